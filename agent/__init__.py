@@ -1,0 +1,1 @@
+"""The fleetpulse agent: collect → encode → publish (spool while the broker is away)."""

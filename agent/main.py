@@ -1,0 +1,190 @@
+"""``fleetpulse-agent``: wire collect → encode → publish, load settings, run the loop.
+
+    fleetpulse-agent once     print one reading as JSON and exit
+    fleetpulse-agent run      publish a reading every interval until stopped
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+
+from agent.collect import Collector, Sample
+from agent.encode import build_meta, build_metrics, encode
+from agent.identity import default_device_id
+from agent.publish import Outbox
+from agent.spool import Reading, Spool
+from shared import __version__
+from shared.config import AgentSettings, add_setting_flags, parse_broker_url, settings_from_args
+from shared.errors import ConfigError
+from shared.mqtt import MqttConnection, Will
+from shared.schema import STATUS_OFFLINE, STATUS_ONLINE
+from shared.topics import meta_topic, metrics_topic, status_topic
+
+log = logging.getLogger("fleetpulse.agent")
+DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
+REPLAY_PUMP_S = 0.1  # how often to pump while the spool is being replayed
+META_CHECK_S = 60.0
+
+
+def next_tick(previous: float, interval_s: float, now: float) -> float:
+    """Return the next tick of a fixed-rate schedule that does not drift.
+
+    Ticks are previous + interval; if the loop fell behind by more than one interval
+    (suspend, overload), it skips ahead instead of bursting to catch up.
+    """
+    tick = previous + interval_s
+    if now - tick > interval_s:
+        missed = int((now - tick) // interval_s)
+        tick += missed * interval_s
+    return tick
+
+
+class Agent:
+    """Collect on a fixed-rate loop and hand each reading to the outbox."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.device_id = settings.device_id or default_device_id(settings.state_dir)
+        self.session_id = uuid.uuid4().hex
+        self.collector = Collector()
+        self.facts = self.collector.static_facts()
+        self.stop_event = threading.Event()
+        self._seq = 0
+        self._prev: Sample | None = None
+        prefix = settings.topic_prefix
+        self._status_topic = status_topic(prefix, self.device_id)
+        self._meta_topic = meta_topic(prefix, self.device_id)
+        self.spool = Spool(settings.state_dir / "spool.sqlite3",
+                           max_bytes=settings.spool_max_bytes, max_age_s=settings.spool_max_age_s)
+        self.mqtt = MqttConnection(
+            f"fleetpulse-agent-{self.device_id}", parse_broker_url(settings.broker_url),
+            username=settings.broker_username, password=settings.broker_password,
+            ca_file=settings.broker_ca_file,
+            will=Will(self._status_topic, STATUS_OFFLINE.encode()), max_inflight=100)
+        self.outbox = Outbox(self.mqtt, self.spool, metrics_topic(prefix, self.device_id),
+                             window=100, flush_s=settings.spool_flush_s,
+                             replay_rate_per_s=settings.replay_rate_per_s)
+        self.mqtt.on_connected = self._announce
+        self.mqtt.on_published = self.outbox.on_published
+        self._meta_dropped = -1
+
+    def _meta_payload(self) -> bytes:
+        self._meta_dropped = self.spool.dropped
+        return encode(build_meta(self.facts, device_id=self.device_id,
+                                 session_id=self.session_id,
+                                 interval_s=self.settings.interval_s,
+                                 spool_readings=len(self.spool),
+                                 spool_dropped=self._meta_dropped))
+
+    def _announce(self) -> None:
+        # On every (re)connect: the retained "online" replaces the Last Will's "offline".
+        self.mqtt.publish(self._status_topic, STATUS_ONLINE.encode(), qos=1, retain=True)
+        self.mqtt.publish(self._meta_topic, self._meta_payload(), qos=1, retain=True)
+
+    def read_once(self) -> bytes:
+        """Take a sample and return the encoded reading (rates need the previous sample)."""
+        sample = self.collector.sample()
+        self._seq += 1
+        message = build_metrics(self._prev, sample, device_id=self.device_id,
+                                session_id=self.session_id, seq=self._seq,
+                                epoch_s=time.time(), interval_s=self.settings.interval_s)
+        self._prev = sample
+        return encode(message)
+
+    def run(self) -> None:
+        interval = self.settings.interval_s
+        log.info("fleetpulse-agent %s: device %s, every %g s, to %s; %d readings spooled.",
+                 __version__, self.device_id, interval, self.settings.broker_url.split("@")[-1],
+                 len(self.spool))
+        self.mqtt.start()
+        self._prev = self.collector.sample()  # rates and CPU % start from here
+        tick = time.monotonic()
+        last_meta_check = tick
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if now >= tick:
+                epoch = time.time()
+                payload = self.read_once()
+                self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload), now)
+                tick = next_tick(tick, interval, time.monotonic())
+            self.outbox.pump(time.monotonic(), time.time())
+            if now - last_meta_check >= META_CHECK_S:
+                last_meta_check = now
+                if self.spool.dropped != self._meta_dropped and self.mqtt.connected:
+                    self.mqtt.publish(self._meta_topic, self._meta_payload(), retain=True)
+            wait = tick - time.monotonic()
+            if self.mqtt.connected and len(self.spool):
+                wait = min(wait, REPLAY_PUMP_S)
+            self.stop_event.wait(max(0.0, wait))
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.mqtt.connected:
+            self.mqtt.publish(self._status_topic, STATUS_OFFLINE.encode(), qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while self.outbox.pending() - len(self.spool) > 0 and time.monotonic() < deadline:
+                self.stop_event.wait(0.05)  # give in-flight readings a moment to be acked
+        self.outbox.close(time.time())
+        log.info("Stopped; %d readings kept in the spool for the next start.", len(self.spool))
+        self.mqtt.stop()
+        self.spool.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetpulse-agent",
+                                     description="Publish this machine's metrics over MQTT.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("command", choices=["run", "once"], help="run: publish every "
+                        "interval; once: print one reading as JSON")
+    parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
+                        "exists, or FLEETPULSE_CONFIG)")
+    add_setting_flags(parser, AgentSettings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_args(AgentSettings, args, DEFAULT_CONFIG)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"Invalid configuration: {problem}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "once":
+        collector = Collector()
+        device_id = settings.device_id or default_device_id(settings.state_dir)
+        first = collector.sample()
+        time.sleep(min(settings.interval_s, 1.0))  # one interval, so rates are filled
+        message = build_metrics(first, collector.sample(), device_id=device_id,
+                                session_id=uuid.uuid4().hex, seq=1, epoch_s=time.time(),
+                                interval_s=settings.interval_s)
+        sys.stdout.write(encode(message).decode() + "\n")
+        return 0
+    try:
+        agent = Agent(settings)
+    except OSError as exc:
+        print(f"Cannot open the agent's state directory {settings.state_dir}: {exc.strerror}. "
+              "Set FLEETPULSE_STATE_DIR or --state-dir to a writable directory.", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

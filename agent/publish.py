@@ -1,0 +1,160 @@
+"""Get every reading to the broker: publish, track acknowledgements, spool, replay.
+
+A reading leaves the agent's keeping only when the broker has acknowledged it (QoS 1
+PUBACK). While connected, readings go straight to MQTT and nothing touches the disk.
+While the broker is away (or stops acknowledging), readings wait in memory and are
+written to the :class:`~agent.spool.Spool` once per ``flush_s``, together with any
+reading that has waited that long for its acknowledgement. After a reconnect the spool
+is replayed oldest first at ``replay_rate_per_s`` while live readings keep flowing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.spool import Reading, Spool
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """What the outbox needs of an MQTT connection (a fake in tests)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                retain: bool = False) -> int: ...
+
+
+@dataclass
+class _InFlight:
+    reading: Reading
+    sent_at: float  # monotonic
+    spooled: bool
+
+
+@dataclass
+class OutboxStats:
+    published: int = 0
+    acked: int = 0
+    refused: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class Outbox:
+    """Readings between collection and the broker's acknowledgement. Thread-safe."""
+
+    transport: Transport
+    spool: Spool
+    topic: str
+    window: int = 100  # readings awaiting PUBACK at once
+    flush_s: float = 10.0
+    replay_rate_per_s: float = 200.0
+    stats: OutboxStats = field(default_factory=OutboxStats)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _inflight: dict[int, _InFlight] = field(default_factory=dict, init=False)
+    _waiting: list[Reading] = field(default_factory=list, init=False)  # not yet on disk
+    _acked_spooled: list[tuple[str, int]] = field(default_factory=list, init=False)
+    _last_flush: float = field(default=0.0, init=False)
+    _replay_tokens: float = field(default=0.0, init=False)
+    _replay_after_id: int = field(default=0, init=False)
+    _last_pump: float | None = field(default=None, init=False)
+
+    # --- called by the collection loop ----------------------------------------------------
+    def submit(self, reading: Reading, now: float) -> None:
+        """Hand over a fresh reading: publish it now if possible, else keep it for the spool."""
+        with self._lock:
+            if self.transport.connected and len(self._inflight) < self.window:
+                self._send(reading, now, spooled=False)
+            else:
+                self._waiting.append(reading)
+
+    def pump(self, now: float, now_epoch_s: float) -> None:
+        """Do the periodic work: spool what waited too long, replay, forget acknowledged."""
+        with self._lock:
+            elapsed = 0.0 if self._last_pump is None else now - self._last_pump
+            self._last_pump = now
+            if self._acked_spooled:
+                self.spool.remove(self._acked_spooled)
+                self._acked_spooled = []
+            if now - self._last_flush >= self.flush_s:
+                self._last_flush = now
+                self._flush(now, now_epoch_s)
+            if self.transport.connected:
+                self._replay(elapsed)
+
+    def pending(self) -> int:
+        """Readings not yet acknowledged: in flight, waiting, or in the spool."""
+        with self._lock:
+            unspooled = sum(1 for f in self._inflight.values() if not f.spooled)
+            return unspooled + len(self._waiting) + len(self.spool)
+
+    def close(self, now_epoch_s: float) -> None:
+        """Write everything unacknowledged to the spool (at a clean stop)."""
+        with self._lock:
+            self._flush(float("inf"), now_epoch_s)
+
+    # --- called by the MQTT thread --------------------------------------------------------
+    def on_published(self, mid: int, accepted: bool) -> None:
+        with self._lock:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                return  # a status or meta message
+            if accepted:
+                self.stats.acked += 1
+            else:
+                # The broker refused it (ACL): sending it again would be refused again.
+                self.stats.refused += 1
+                log.error("The broker refused reading seq %d; check this device's ACL.",
+                          entry.reading.seq)
+            if entry.spooled:
+                self._acked_spooled.append(entry.reading.key)
+
+    # --- inside the lock ------------------------------------------------------------------
+    def _send(self, reading: Reading, now: float, *, spooled: bool) -> None:
+        mid = self.transport.publish(self.topic, reading.payload, qos=1)
+        self._inflight[mid] = _InFlight(reading, now, spooled)
+        self.stats.published += 1
+
+    def _flush(self, now: float, now_epoch_s: float) -> None:
+        batch = list(self._waiting)
+        self._waiting = []
+        for entry in self._inflight.values():
+            if not entry.spooled and now - entry.sent_at >= self.flush_s:
+                entry.spooled = True
+                batch.append(entry.reading)
+        if batch:
+            dropped = self.spool.add(batch, now_epoch_s)
+            self.stats.spooled += len(batch)
+            if dropped:
+                self.stats.dropped += dropped
+                log.error("Spool full: dropped the %d oldest readings (limits: %d bytes, "
+                          "%g s).", dropped, self.spool.max_bytes, self.spool.max_age_s)
+
+    def _replay(self, elapsed: float) -> None:
+        # A token bucket: at most replay_rate_per_s, so a fleet coming back does not flood
+        # the hub, and never more than the free part of the acknowledgement window.
+        self._replay_tokens = min(self._replay_tokens + elapsed * self.replay_rate_per_s,
+                                  self.replay_rate_per_s)
+        budget = min(int(self._replay_tokens), self.window - len(self._inflight))
+        if budget <= 0:
+            return
+        in_flight_keys = {f.reading.key for f in self._inflight.values()}
+        candidates = self.spool.oldest(budget, self._replay_after_id)
+        if not candidates:
+            self._replay_after_id = 0  # start over: catches rows whose send was lost
+            return
+        for item in candidates:
+            self._replay_after_id = item.row_id
+            if item.reading.key in in_flight_keys:
+                continue
+            self._send(item.reading, self._last_pump or 0.0, spooled=True)
+            self.stats.replayed += 1
+            self._replay_tokens -= 1

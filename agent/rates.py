@@ -1,0 +1,53 @@
+"""Turn two cumulative readings into per-second rates and CPU percentages (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CoreTimes:
+    """CPU time of one core: busy seconds and total seconds since boot."""
+
+    busy_s: float
+    total_s: float
+
+
+def rate(prev: float | None, cur: float | None, dt_s: float) -> float | None:
+    """Return (cur - prev) / dt_s, or None when unknown.
+
+    None when either value is missing, the interval is not positive, or the counter went
+    backwards (reboot, interface re-created, 32-bit wrap): a reset gives no rate for that
+    interval rather than a negative or absurd one.
+    """
+    if prev is None or cur is None or dt_s <= 0 or cur < prev:
+        return None
+    return round((cur - prev) / dt_s, 3)
+
+
+def busy_percent(prev: CoreTimes, cur: CoreTimes) -> float | None:
+    """Return the share of time a CPU was busy between two readings, in percent."""
+    total = cur.total_s - prev.total_s
+    busy = cur.busy_s - prev.busy_s
+    if total <= 0 or busy < 0:
+        return None
+    return round(min(100.0, max(0.0, 100.0 * busy / total)), 2)
+
+
+def cpu_percent(prev: Sequence[CoreTimes] | None,
+                cur: Sequence[CoreTimes]) -> tuple[float | None, list[float]]:
+    """Return (total %, per-core %) between two readings of every core.
+
+    With no previous reading, or a different number of cores (CPU hot-plug), the total is
+    None and the per-core list is empty.
+    """
+    if prev is None or len(prev) != len(cur) or not cur:
+        return None, []
+    per_core = [busy_percent(p, c) for p, c in zip(prev, cur, strict=True)]
+    if any(p is None for p in per_core):
+        return None, []
+
+    total = busy_percent(CoreTimes(sum(t.busy_s for t in prev), sum(t.total_s for t in prev)),
+                         CoreTimes(sum(t.busy_s for t in cur), sum(t.total_s for t in cur)))
+    return total, [p for p in per_core if p is not None]

@@ -1,0 +1,1 @@
+"""The fleetpulse hub: receive → validate → batch → write → status / api / web."""

@@ -1,0 +1,102 @@
+"""Gather validated messages into batches, flushed by size or age (pure: time comes in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hub.validate import Accepted, Rejected, Result
+from shared.schema import metrics_row
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message as taken off the broker; ``ack`` is what to acknowledge once it is stored."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+    ack: Any = None
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    payload: bytes
+
+
+@dataclass
+class DeviceEvents:
+    """What a batch says about devices, reduced to the last word per device."""
+
+    seen: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # ts, received
+    status: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    meta: dict[str, tuple[Any, datetime]] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    opened_at: float  # monotonic seconds
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    row_sources: list[Inbound] = field(default_factory=list)  # parallel to rows
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    devices: DeviceEvents = field(default_factory=DeviceEvents)
+    acks: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.acks)
+
+    def add(self, message: Inbound, result: Result) -> None:
+        """Put one message and its validation result into the batch."""
+        self.acks.append(message.ack)
+        if isinstance(result, Rejected):
+            self.quarantine.append(QuarantineRecord(message.received_at, message.topic,
+                                                    result.device_id, result.reason,
+                                                    message.payload))
+            return
+        assert isinstance(result, Accepted)
+        device, received = result.device_id, message.received_at
+        if result.kind == "metrics":
+            self.rows.append(metrics_row(result.value, received))
+            self.row_sources.append(message)
+            ts = result.value["ts"]
+            seen = self.devices.seen.get(device)
+            if seen is None or ts > seen[0]:
+                self.devices.seen[device] = (ts, received)
+        elif result.kind == "status":
+            self.devices.status[device] = (result.value, received)
+        else:
+            self.devices.meta[device] = (result.value, received)
+
+
+@dataclass
+class Batcher:
+    """Hold the open batch; say when it is due (``max_rows`` reached or ``max_age_s`` old)."""
+
+    max_rows: int
+    max_age_s: float
+    _batch: Batch | None = None
+
+    def add(self, message: Inbound, result: Result, now: float) -> None:
+        if self._batch is None:
+            self._batch = Batch(opened_at=now)
+        self._batch.add(message, result)
+
+    def due(self, now: float) -> bool:
+        batch = self._batch
+        return batch is not None and (len(batch) >= self.max_rows
+                                      or now - batch.opened_at >= self.max_age_s)
+
+    def seconds_until_due(self, now: float) -> float | None:
+        """Seconds until the open batch is due by age; None when there is no batch."""
+        if self._batch is None:
+            return None
+        return max(0.0, self._batch.opened_at + self.max_age_s - now)
+
+    def take(self) -> Batch | None:
+        batch, self._batch = self._batch, None
+        return batch

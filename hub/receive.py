@@ -1,0 +1,59 @@
+"""Take messages off the broker: a persistent MQTT v5 session, acknowledged after commit.
+
+The broker keeps the hub's session (fixed client id, ``clean_start=False``, a session
+expiry) so messages published while the hub is down wait for it. Messages are acked
+manually, only once the batch holding them is committed; Receive Maximum bounds how many
+unacknowledged messages the broker sends at once, which is also the hub's memory bound:
+when the database is away and that many are waiting, the broker holds the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from hub.batch import Inbound
+from shared.config import HubSettings, parse_broker_url
+from shared.mqtt import MqttConnection, Received
+from shared.topics import hub_subscriptions
+
+log = logging.getLogger(__name__)
+
+RECEIVE_MAXIMUM_LIMIT = 65535  # the field is two bytes (MQTT 5.0, 3.1.2.11.3)
+
+
+class Receiver:
+    """Subscribe to every device's metrics, status and meta; queue what arrives."""
+
+    def __init__(self, settings: HubSettings, inbox: queue.Queue[Inbound]) -> None:
+        self._inbox = inbox
+        self._filters = hub_subscriptions(settings.topic_prefix, settings.share_group)
+        self.mqtt = MqttConnection(
+            settings.client_id, parse_broker_url(settings.broker_url),
+            username=settings.broker_username, password=settings.broker_password,
+            ca_file=settings.broker_ca_file,
+            persistent_session_s=settings.session_expiry_s,
+            receive_maximum=min(settings.max_pending, RECEIVE_MAXIMUM_LIMIT),
+            manual_ack=True)
+        self.mqtt.on_connected = self._subscribe
+        self.mqtt.on_message = self._take
+
+    def start(self) -> None:
+        self.mqtt.start()
+
+    def stop(self) -> None:
+        self.mqtt.stop()
+
+    def _subscribe(self) -> None:
+        self.mqtt.subscribe(self._filters, qos=1)
+
+    def _take(self, message: Received) -> None:
+        self._inbox.put(Inbound(message.topic, message.payload, datetime.now(UTC),
+                                (message.mid, message.qos, message.generation)))
+
+    def ack(self, tokens: Iterable[tuple[int, int, int]]) -> None:
+        """Acknowledge stored messages, in the order they arrived (MQTT 5.0, 4.6)."""
+        for mid, qos, generation in tokens:
+            self.mqtt.ack(mid, qos, generation)

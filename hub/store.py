@@ -1,0 +1,260 @@
+"""PostgreSQL: the only module that imports psycopg.
+
+Writes a batch in one transaction — readings by binary COPY into a temporary table and
+``INSERT … ON CONFLICT DO NOTHING`` (so a redelivered message is a no-op), quarantine
+records, device status and meta — and translates psycopg's errors once, by SQLSTATE
+class, into :class:`~shared.errors.TransientStoreError` (retry) or
+:class:`~shared.errors.PermanentStoreError` (split the batch, quarantine the bad row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, timedelta
+from importlib import resources
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_dumps
+
+from hub.batch import DeviceEvents, QuarantineRecord
+from shared.errors import PermanentStoreError, StoreError, TransientStoreError
+from shared.schema import metrics_columns
+
+log = logging.getLogger(__name__)
+
+COLUMNS = metrics_columns()
+_COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(c.name) for c in COLUMNS)
+_COPY_TYPES = [c.pg_type.replace("double precision", "float8") for c in COLUMNS]
+# SQLSTATE classes worth retrying: connection (08), transaction rollback (40), resources
+# (53), operator intervention such as shutdown or "starting up" (57), system error (58).
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+
+set_json_dumps(orjson.dumps)  # ~10x faster than json.dumps for the jsonb columns
+
+
+def classify(exc: Exception) -> StoreError:
+    """Translate a psycopg error into a transient or permanent StoreError."""
+    if isinstance(exc, StoreError):
+        return exc
+    state = getattr(exc, "sqlstate", None) or ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError) and not state:
+        return TransientStoreError(f"database unreachable: {message}")
+    if state[:2] in _TRANSIENT_CLASSES:
+        return TransientStoreError(f"{message} (SQLSTATE {state})", state)
+    if isinstance(exc, psycopg.InterfaceError):
+        return TransientStoreError(f"database connection lost: {message}")
+    return PermanentStoreError(f"{message} (SQLSTATE {state or 'none'})", state or None)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted: int  # new metrics rows (redelivered ones are not counted)
+    quarantined: int
+
+
+def _partition_name(day: date) -> str:
+    return f"metrics_{day:%Y%m%d}"
+
+
+def _load_migrations() -> list[tuple[int, str, str]]:
+    """Return (version, name, sql) of every file in hub/migrations, oldest first."""
+    found = []
+    for entry in resources.files("hub.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+class Store:
+    """One connection to PostgreSQL, used by one thread."""
+
+    def __init__(self, url: str, *, quarantine_payload_bytes: int = 4096,
+                 application_name: str = "fleetpulse-hub") -> None:
+        self._url = url
+        self._application_name = application_name
+        self._quarantine_payload_bytes = quarantine_payload_bytes
+        self._conn: psycopg.Connection[Any] | None = None
+        self._partitions: set[date] = set()
+
+    # --- connection -----------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                # prepare_threshold=None: no server-side prepared statements, so the same
+                # code works through Supabase's transaction pooler (port 6543).
+                self._conn = psycopg.connect(self._url, autocommit=False, prepare_threshold=None,
+                                             application_name=self._application_name,
+                                             connect_timeout=5)
+            except psycopg.Error as exc:
+                raise classify(exc) from None
+            self._partitions = set()
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
+        except psycopg.Error as exc:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            raise classify(exc) from None
+
+    def check(self) -> None:
+        """Run a trivial query; raise StoreError when the database cannot be used."""
+        with self._transaction() as cur:
+            cur.execute("select 1")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- schema ---------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied; return their names. Safe to run twice."""
+        applied_now = []
+        with self._transaction() as cur:
+            # One hub at a time: a second hub waits here, then finds nothing to do.
+            cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.migrate'))")
+            cur.execute("create table if not exists schema_migrations ("
+                        "version integer primary key, name text not null, "
+                        "applied_at timestamptz not null default now())")
+            cur.execute("alter table schema_migrations enable row level security")
+            cur.execute("select version from schema_migrations")
+            done = {row[0] for row in cur.fetchall()}
+            for version, name, text in _load_migrations():
+                if version in done:
+                    continue
+                cur.execute(text.encode())  # our own migration files
+                cur.execute("insert into schema_migrations (version, name) values (%s, %s)",
+                            (version, name))
+                applied_now.append(name)
+        return applied_now
+
+    def ensure_partitions(self, days: set[date]) -> None:
+        """Create the daily partitions of ``metrics`` that ``days`` need (with RLS on)."""
+        missing = days - self._partitions
+        if not missing:
+            return
+        with self._transaction() as cur:
+            cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.partitions'))")
+            for day in sorted(missing):
+                name = sql.Identifier(_partition_name(day))
+                cur.execute(sql.SQL(
+                    "create table if not exists {} partition of metrics "
+                    "for values from ({}) to ({})").format(
+                        name, sql.Literal(day.isoformat()),
+                        sql.Literal((day + timedelta(days=1)).isoformat())))
+                # Row level security on the parent does not cover its partitions.
+                cur.execute(sql.SQL("alter table {} enable row level security").format(name))
+        self._partitions |= missing
+
+    def partitions(self) -> list[str]:
+        with self._transaction() as cur:
+            cur.execute("select c.relname from pg_inherits i join pg_class c "
+                        "on c.oid = i.inhrelid where i.inhparent = 'metrics'::regclass "
+                        "order by 1")
+            return [row[0] for row in cur.fetchall()]
+
+    # --- writing --------------------------------------------------------------------------
+    def write(self, rows: Sequence[tuple[Any, ...]], quarantine: Sequence[QuarantineRecord],
+              devices: DeviceEvents) -> WriteResult:
+        """Store one batch in one transaction; raise Transient/PermanentStoreError."""
+        self.ensure_partitions({row[3].astimezone(UTC).date() for row in rows})
+        inserted = 0
+        with self._transaction() as cur:
+            if rows:
+                cur.execute(sql.SQL("create temp table metrics_in (like metrics) on commit drop"))
+                with cur.copy(sql.SQL("copy metrics_in ({}) from stdin (format binary)").format(
+                        _COLUMN_LIST)) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(sql.SQL("insert into metrics ({0}) select {0} from metrics_in "
+                                    "on conflict do nothing").format(_COLUMN_LIST))
+                inserted = cur.rowcount
+            if quarantine:
+                self._insert_quarantine(cur, quarantine)
+            self._update_devices(cur, devices)
+        return WriteResult(inserted=inserted, quarantined=len(quarantine))
+
+    def _insert_quarantine(self, cur: psycopg.Cursor[Any],
+                           records: Sequence[QuarantineRecord]) -> None:
+        limit = self._quarantine_payload_bytes
+        cur.executemany(
+            "insert into quarantine (received_at, topic, device_id, reason, payload, "
+            "payload_bytes, payload_sha256) values (%s, %s, %s, %s, %s, %s, %s) "
+            "on conflict (topic, payload_sha256) do nothing",
+            [(r.received_at, r.topic, r.device_id, r.reason, r.payload[:limit], len(r.payload),
+              hashlib.sha256(r.payload).digest()) for r in records])
+
+    @staticmethod
+    def _update_devices(cur: psycopg.Cursor[Any], events: DeviceEvents) -> None:
+        if events.seen:
+            ids = sorted(events.seen)
+            cur.execute(
+                "insert into devices (device_id, first_seen, last_seen, last_received_at) "
+                "select d, r, t, r from unnest(%s::text[], %s::timestamptz[], "
+                "%s::timestamptz[]) as u(d, t, r) "
+                "on conflict (device_id) do update set "
+                "last_seen = greatest(devices.last_seen, excluded.last_seen), "
+                "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
+                (ids, [events.seen[d][0] for d in ids], [events.seen[d][1] for d in ids]))
+        if events.status:
+            ids = sorted(events.status)
+            cur.execute(
+                "insert into devices (device_id, first_seen, last_received_at, status, "
+                "status_since) select d, r, r, s, r from unnest(%s::text[], %s::text[], "
+                "%s::timestamptz[]) as u(d, s, r) "
+                "on conflict (device_id) do update set "
+                "status_since = case when devices.status is distinct from excluded.status "
+                "then excluded.status_since else devices.status_since end, "
+                "status = excluded.status, "
+                "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
+                (ids, [events.status[d][0] for d in ids], [events.status[d][1] for d in ids]))
+        if events.meta:
+            ids = sorted(events.meta)
+            cur.execute(
+                "insert into devices (device_id, first_seen, last_received_at, hostname, meta) "
+                "select d, r, r, m->>'hostname', m from unnest(%s::text[], %s::jsonb[], "
+                "%s::timestamptz[]) as u(d, m, r) "
+                "on conflict (device_id) do update set meta = excluded.meta, "
+                "hostname = excluded.hostname, "
+                "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
+                (ids, [orjson.dumps(events.meta[d][0]).decode() for d in ids],
+                 [events.meta[d][1] for d in ids]))
+
+    # --- reading --------------------------------------------------------------------------
+    def query(self, text: str,
+              params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read-only query of ours and return rows as dicts."""
+        with self._transaction() as cur:
+            cur.execute(text.encode(), params)  # our own constant SQL
+            if cur.description is None:
+                return []
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def fleet_status(self) -> list[dict[str, Any]]:
+        """Each device with its status and its newest reading's main values."""
+        return self.query(
+            "select d.device_id, d.hostname, d.status, d.status_since, d.last_seen, "
+            "m.cpu_percent, m.memory_percent, m.sensors_cpu_celsius, m.throttling_raw, "
+            "m.throttling_throttled_now, m.throttling_under_voltage_now "
+            "from devices d left join lateral (select * from metrics where "
+            "metrics.device_id = d.device_id order by ts desc limit 1) m on true "
+            "order by d.device_id")

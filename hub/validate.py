@@ -1,0 +1,124 @@
+"""Check every message against the shared schema (pure: time and limits come in as arguments).
+
+A message is either :class:`Accepted` (typed, ready to store) or :class:`Rejected` with a
+reason a person can act on; nothing raises. The fast path is one pydantic
+``validate_json`` call; the reasons are worked out only for messages that fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from shared.schema import SCHEMA_VERSION, STATUS_VALUES, Meta, MetricsV1
+from shared.topics import is_valid_device_id, parse_topic
+
+_METRICS = TypeAdapter(MetricsV1)
+_META = TypeAdapter(Meta)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int = 64 * 1024
+    max_future_skew_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    kind: str  # "metrics", "status" or "meta"
+    device_id: str
+    value: Any  # MetricsV1 | Meta | str (status)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    device_id: str | None
+
+
+Result = Accepted | Rejected
+
+
+def _describe(error: ValidationError, limit: int = 3) -> str:
+    """Summarise pydantic errors as 'cpu.percent: Input should be …; …'."""
+    parts = []
+    for item in error.errors(include_url=False)[:limit]:
+        where = ".".join(str(p) for p in item["loc"]) or "message"
+        parts.append(f"{where}: {item['msg']}")
+    more = error.error_count() - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _why_invalid(payload: bytes, error: ValidationError) -> str:
+    """Explain a failed validation: not UTF-8, not JSON, unknown version, or the fields."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"payload is not UTF-8 text (byte {exc.start})"
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return f"payload is not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return f"payload is JSON {type(data).__name__}, not an object"
+    if "v" not in data:
+        return "payload has no schema version 'v'"
+    if data["v"] != SCHEMA_VERSION or isinstance(data["v"], bool):
+        return f"unknown schema version {data['v']!r} (this hub reads {SCHEMA_VERSION})"
+    return "wrong or missing fields: " + _describe(error)
+
+
+def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
+             limits: Limits = Limits()) -> Result:
+    """Validate one MQTT message taken off ``topic`` at ``received_at`` (UTC)."""
+    parsed = parse_topic(prefix, topic)
+    if parsed is None:
+        return Rejected(f"topic {topic!r} is not {prefix}/<device_id>/<kind>", None)
+    device_id, kind = parsed
+    if not is_valid_device_id(device_id):
+        return Rejected(f"device id {device_id[:80]!r} in the topic is not a valid id", None)
+    if len(payload) > limits.max_payload_bytes:
+        return Rejected(f"payload of {len(payload)} bytes is over the limit of "
+                        f"{limits.max_payload_bytes} bytes", device_id)
+
+    if b"\\u0000" in payload:
+        return Rejected("payload contains a NUL character (\\u0000), which PostgreSQL text "
+                        "cannot store", device_id)
+
+    if kind == "status":
+        text = payload.decode("utf-8", "replace")
+        if text not in STATUS_VALUES:
+            return Rejected(f"status {text[:40]!r} is not one of {', '.join(STATUS_VALUES)}",
+                            device_id)
+        return Accepted("status", device_id, text)
+
+    if kind == "metrics":
+        adapter: TypeAdapter[Any] = _METRICS
+    elif kind == "meta":
+        adapter = _META
+    else:
+        return Rejected(f"unknown topic kind {kind[:40]!r}", device_id)
+    try:
+        value = adapter.validate_json(payload)
+    except ValidationError as exc:
+        return Rejected(_why_invalid(payload, exc), device_id)
+
+    if value["device_id"] != device_id:
+        return Rejected(f"device id {value['device_id']!r} in the payload does not match "
+                        f"{device_id!r} in the topic", device_id)
+    if kind == "metrics":
+        ts = value["ts"]
+        if ts.tzinfo is None or ts.utcoffset() is None:
+            return Rejected(f"ts {ts.isoformat()} has no time zone (send UTC, ending in Z)",
+                            device_id)
+        ahead = (ts - received_at).total_seconds()
+        if ahead > limits.max_future_skew_s:
+            return Rejected(f"ts {ts.isoformat()} is {ahead:.0f} s ahead of the hub's clock "
+                            f"(tolerance {limits.max_future_skew_s:g} s)", device_id)
+        if ts < received_at - timedelta(days=3650):
+            return Rejected(f"ts {ts.isoformat()} is more than ten years old", device_id)
+    return Accepted(kind, device_id, value)

@@ -1,0 +1,276 @@
+"""Settings of the agent and the hub: TOML file < environment (``FLEETPULSE_…``) < flags.
+
+Deliberately stdlib only (dataclasses + tomllib): pydantic-settings would add ~12 MB of
+RSS to the agent, which must stay small on a Pi Zero. Each setting is one dataclass field
+whose metadata holds its help text and an optional check; every problem found becomes
+one line of a :class:`~shared.errors.ConfigError`, so a wrong config stops the process
+before any connection with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from shared.errors import ConfigError
+from shared.topics import DEFAULT_PREFIX, is_valid_device_id, is_valid_prefix
+
+ENV_PREFIX = "FLEETPULSE_"
+
+
+class Secret(str):
+    """A string that never shows itself in logs or reprs."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return "**********"
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """A parsed broker URL."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: Secret | None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://…``; raise ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a URL like mqtt://host:1883 or mqtts://host:8883")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ValueError(f"{url!r} has a port that is not a number from 1 to 65535") from None
+    password = Secret(unquote(parts.password)) if parts.password is not None else None
+    return BrokerAddress(parts.hostname, port, parts.scheme == "mqtts",
+                         unquote(parts.username) if parts.username else None, password)
+
+
+def _check_broker_url(value: str) -> None:
+    parse_broker_url(value)
+
+
+def _check_prefix(value: str) -> None:
+    if not is_valid_prefix(value):
+        raise ValueError(f"{value!r} is not a usable topic prefix (no '+', '#', empty levels "
+                         "or leading '$')")
+
+
+def _check_device_id(value: str | None) -> None:
+    if value is not None and not is_valid_device_id(value):
+        raise ValueError(f"{value!r} is not a device id: use 1-64 letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit")
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{value!r} must be greater than 0")
+
+
+def _check_db_url(value: Secret | None) -> None:
+    if value is not None and not value.reveal().startswith(("postgresql://", "postgres://")):
+        raise ValueError("is not a URL like postgresql://user:password@host:5432/dbname")
+
+
+_BROKER_URL_HELP = ("Broker URL: mqtt://host:1883 or mqtts://host:8883; user:password@ may be "
+                    "included")
+
+
+def setting(default: Any, help: str, check: Callable[[Any], None] | None = None) -> Any:
+    """Declare one setting: its default, its help line and an optional check."""
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def default_state_dir(name: str) -> Path:
+    """Return ``/var/lib/<name>`` for root (a service), else ``~/.local/state/<name>``."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib") / name
+    return Path.home() / ".local" / "state" / name
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    broker_url: str = setting("mqtt://localhost:1883", _BROKER_URL_HELP, _check_broker_url)
+    broker_username: str | None = setting(None, "Broker user name (overrides the URL's)")
+    broker_password: Secret | None = setting(None, "Broker password (overrides the URL's)")
+    broker_ca_file: Path | None = setting(None, "CA certificate to verify an mqtts:// broker "
+                                          "(default: the system's CAs)")
+    device_id: str | None = setting(None, "Device id (default: derived from /etc/machine-id)",
+                                    _check_device_id)
+    interval_s: float = setting(1.0, "Seconds between readings", _positive)
+    topic_prefix: str = setting(DEFAULT_PREFIX, "First level of every topic", _check_prefix)
+    state_dir: Path = setting(default_state_dir("fleetpulse-agent"),
+                              "Directory for the spool and the generated device id")
+    spool_max_bytes: int = setting(256 * 1024 * 1024, "Largest size of the on-disk spool",
+                                   _positive)
+    spool_max_age_s: float = setting(7 * 86400.0, "Oldest reading the spool keeps", _positive)
+    spool_flush_s: float = setting(10.0, "Seconds between spool writes while the broker is "
+                                   "away (one transaction each, to spare SD cards)", _positive)
+    replay_rate_per_s: float = setting(200.0, "Spooled readings replayed per second after a "
+                                       "reconnect", _positive)
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    broker_url: str = setting("mqtt://localhost:1883", _BROKER_URL_HELP, _check_broker_url)
+    broker_username: str | None = setting(None, "Broker user name (overrides the URL's)")
+    broker_password: Secret | None = setting(None, "Broker password (overrides the URL's)")
+    broker_ca_file: Path | None = setting(None, "CA certificate to verify an mqtts:// broker")
+    db: Secret | None = setting(None, "PostgreSQL URL (a Supabase connection string works); "
+                                "default: an embedded PostgreSQL under data_dir", _check_db_url)
+    data_dir: Path = setting(default_state_dir("fleetpulse-hub"),
+                             "Directory of the embedded PostgreSQL")
+    topic_prefix: str = setting(DEFAULT_PREFIX, "First level of every topic", _check_prefix)
+    client_id: str = setting("fleetpulse-hub", "MQTT client id; stable, so the broker keeps "
+                             "the session (and unacknowledged messages) across restarts")
+    share_group: str | None = setting(None, "Share the load with other hubs through an "
+                                      "MQTT v5 shared subscription of this group name")
+    session_expiry_s: int = setting(7 * 86400, "How long the broker keeps the hub's session "
+                                    "while the hub is away", _positive)
+    batch_max_rows: int = setting(5000, "Write a batch when it holds this many messages",
+                                  _positive)
+    batch_max_age_s: float = setting(0.5, "… or when its oldest message is this old", _positive)
+    max_pending: int = setting(50000, "Messages held in memory while the database is away; "
+                               "beyond this the hub stops taking messages", _positive)
+    max_payload_bytes: int = setting(64 * 1024, "Larger messages are quarantined", _positive)
+    quarantine_payload_bytes: int = setting(4096, "Bytes of a bad payload kept in quarantine",
+                                            _positive)
+    max_future_skew_s: float = setting(300.0, "Readings stamped further ahead of the hub's "
+                                       "clock are quarantined", _positive)
+    http_host: str = setting("127.0.0.1", "Address of the HTTP API and dashboard")
+    http_port: int = setting(8080, "Port of the HTTP API and dashboard (0: no HTTP)")
+    api_token: Secret | None = setting(None, "Bearer token required to read the API")
+    retention_days: int = setting(30, "Days of per-second history kept", _positive)
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+S = TypeVar("S", AgentSettings, HubSettings)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(raw: Any, tp: Any) -> Any:
+    """Convert a TOML value or a string from the environment/flags to the field's type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args and len(args) < len(typing.get_args(tp)):  # Optional[...]
+        if raw is None or raw == "":
+            return None
+        tp = args[0]
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{raw!r} is not true or false")
+    if tp is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(f"{raw!r} is not a whole number")
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a whole number") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number") from None
+    if tp is Path:
+        return Path(str(raw)).expanduser()
+    if tp is Secret:
+        return Secret(str(raw))
+    return str(raw)
+
+
+def load_settings(cls: type[S], *, file: Path | None = None,
+                  environ: Mapping[str, str] | None = None,
+                  flags: Mapping[str, Any] | None = None) -> S:
+    """Build settings from a TOML file, then the environment, then flags; check each value.
+
+    Args:
+        file: TOML file with ``name = value`` lines (names as the dataclass fields).
+        environ: usually ``os.environ``; only ``FLEETPULSE_<NAME>`` keys are read.
+        flags: values given on the command line (None means not given).
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    raw: dict[str, tuple[str, Any]] = {}  # name -> (where it came from, value)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+
+    if file is not None:
+        try:
+            table = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError([f"{file}: cannot read the config file ({exc.strerror})."]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{file}: not valid TOML ({exc})."]) from None
+        for key, value in table.items():
+            if key not in fields:
+                problems.append(f"{file}: unknown setting {key!r} (known: "
+                                f"{', '.join(sorted(fields))}).")
+            else:
+                raw[key] = (f"{file}: {key}", value)
+    for name in fields:
+        if env_name(name) in environ:
+            raw[name] = (env_name(name), environ[env_name(name)])
+    for name, value in (flags or {}).items():
+        if value is not None and name in fields:
+            raw[name] = ("--" + name.replace("_", "-"), value)
+
+    values: dict[str, Any] = {}
+    for name, (where, value) in raw.items():
+        try:
+            converted = _convert(value, hints[name])
+            check = fields[name].metadata.get("check")
+            if check is not None:
+                check(converted)
+            values[name] = converted
+        except ValueError as exc:
+            shown = "'**********'" if "password" in name or name in ("db", "api_token") \
+                else repr(value)
+            message = str(exc)
+            if not message.startswith(repr(value)) and not message.startswith(repr(str(value))):
+                message = f"{shown} {message}"
+            problems.append(f"{where}: {message}.")
+    if problems:
+        raise ConfigError(problems)
+    return cls(**values)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one ``--name`` flag per setting (default None: 'not given')."""
+    for f in dataclasses.fields(cls):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=f.name.upper(),
+                            help=f"{f.metadata['help']} [env {env_name(f.name)}]")
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace, default_file: Path) -> S:
+    """Load settings for a CLI from ``--config``, FLEETPULSE_CONFIG or ``default_file``."""
+    config = getattr(args, "config", None) or os.environ.get(ENV_PREFIX + "CONFIG")
+    file = Path(config) if config else (default_file if default_file.exists() else None)
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return load_settings(cls, file=file, flags=flags)

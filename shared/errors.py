@@ -1,0 +1,58 @@
+"""Exceptions of fleetpulse. Third-party errors are translated into these once, at the edge.
+
+    FleetpulseError
+    ├── ConfigError            a setting is wrong; the message lists one line per problem
+    ├── BrokerError            the MQTT broker refused us or cannot be reached
+    ├── InvalidMessage         a message failed validation; ``reason`` says why (→ quarantine)
+    └── StoreError             the database failed
+        ├── TransientStoreError   worth retrying (connection lost, server starting, deadlock)
+        └── PermanentStoreError   retrying will not help (bad data, missing privilege)
+"""
+
+from __future__ import annotations
+
+
+class FleetpulseError(Exception):
+    """Base of every error fleetpulse raises on purpose."""
+
+
+class ConfigError(FleetpulseError):
+    """A setting is wrong. ``problems`` has one human sentence per wrong setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid configuration: " + " ".join(problems))
+
+
+class BrokerError(FleetpulseError):
+    """The broker refused the connection or could not be reached."""
+
+
+class InvalidMessage(FleetpulseError):
+    """A message failed validation."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StoreError(FleetpulseError):
+    """The database failed. ``sqlstate`` is PostgreSQL's error code when there is one."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+    @property
+    def bad_data(self) -> bool:
+        """True for data exceptions (22xxx) and constraint violations (23xxx): the rows'
+        fault, so the batch can be split to find them; anything else needs an operator."""
+        return (self.sqlstate or "")[:2] in ("22", "23")
+
+
+class TransientStoreError(StoreError):
+    """A database failure worth retrying with backoff."""
+
+
+class PermanentStoreError(StoreError):
+    """A database failure that retrying will not fix."""

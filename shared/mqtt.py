@@ -1,0 +1,187 @@
+"""MQTT connection for agent and hub: the only module that imports paho.
+
+:class:`MqttConnection` wraps a paho-mqtt 2.x client with what both sides need and paho
+gets subtly wrong by default (see the comments): MQTT v5, TLS from an ``mqtts://`` URL,
+reconnect forever with capped backoff, one clear log line per outage instead of a
+traceback per attempt, and plain Python callbacks so no other module sees paho's types.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from shared.config import BrokerAddress, Secret
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    generation: int  # which connection delivered it: acks of an old one are not sent
+
+
+def describe_broker(address: BrokerAddress) -> str:
+    return f"{'mqtts' if address.tls else 'mqtt'}://{address.host}:{address.port}"
+
+
+class MqttConnection:
+    """One MQTT v5 client running paho's network loop in a background thread."""
+
+    def __init__(self, client_id: str, address: BrokerAddress, *,
+                 username: str | None = None, password: Secret | None = None,
+                 ca_file: Path | None = None, will: Will | None = None,
+                 persistent_session_s: int | None = None, receive_maximum: int | None = None,
+                 manual_ack: bool = False, max_inflight: int = 20) -> None:
+        self.address = address
+        self.on_connected: Callable[[], None] = lambda: None
+        self.on_disconnected: Callable[[], None] = lambda: None
+        self.on_message: Callable[[Received], None] = lambda message: None
+        # (mid, accepted): accepted is False when the broker refused it (e.g. the ACL).
+        self.on_published: Callable[[int, bool], None] = lambda mid, accepted: None
+        self._generation = 0
+        self._connected = threading.Event()
+        self._outage_logged = False
+        self._persistent_session_s = persistent_session_s
+        self._receive_maximum = receive_maximum
+
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   protocol=paho.MQTTv5, manual_ack=manual_ack)
+        user = username or address.username
+        secret = password or address.password
+        if user:
+            self._client.username_pw_set(user, secret.reveal() if secret else None)
+        if address.tls:
+            self._client.tls_set(ca_certs=str(ca_file) if ca_file else None,
+                                 cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)  # we bound what we hand paho ourselves
+        self._client.on_connect = self._handle_connect
+        self._client.on_connect_fail = self._handle_connect_fail
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background and keep reconnecting until :meth:`stop`."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self._persistent_session_s:
+            # Without a session expiry an MQTT v5 session ends at disconnect, and the broker
+            # would forget the messages queued for us while we are away.
+            properties.SessionExpiryInterval = self._persistent_session_s
+        if self._receive_maximum:
+            # How many unacknowledged QoS 1 messages the broker may send us at once.
+            properties.ReceiveMaximum = self._receive_maximum
+        # paho's default, MQTT_CLEAN_START_FIRST_ONLY, wipes the session on the first connect.
+        clean_start = not self._persistent_session_s
+        self._client.connect_async(self.address.host, self.address.port, keepalive=30,
+                                   clean_start=clean_start, properties=properties)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    # --- actions (thread-safe in paho) ----------------------------------------------------
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """Hand a message to paho and return its mid.
+
+        A QoS 1 message stays in paho's memory until the broker acknowledges it, and paho
+        sends it again after a reconnect (also when handed over while disconnected).
+        """
+        return int(self._client.publish(topic, payload, qos=qos, retain=retain).mid)
+
+    def subscribe(self, filters: list[str], qos: int = 1) -> None:
+        self._client.subscribe([(f, qos) for f in filters])
+
+    def ack(self, mid: int, qos: int, generation: int) -> None:
+        """Acknowledge a message, unless it came over an earlier connection.
+
+        After a reconnect the broker redelivers what was not acknowledged, under new
+        packet ids; acking an old id would acknowledge some other message.
+        """
+        if generation == self._generation and qos > 0:
+            self._client.ack(mid, qos)
+
+    # --- paho callbacks -------------------------------------------------------------------
+    def _handle_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                        properties: Any) -> None:
+        if reason.is_failure:
+            # Refused (bad credentials, not authorised...): say it once, keep trying.
+            if not self._outage_logged:
+                log.error("Broker %s refused the connection: %s. Check the broker user "
+                          "name, password and ACL.", describe_broker(self.address), reason)
+                self._outage_logged = True
+            return
+        self._generation += 1
+        if self._outage_logged:
+            log.warning("Connected to broker %s again.", describe_broker(self.address))
+        else:
+            log.info("Connected to broker %s.", describe_broker(self.address))
+        self._outage_logged = False
+        self._connected.set()
+        self.on_connected()
+
+    def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
+        if not self._outage_logged:
+            log.warning("Broker %s is unreachable; retrying every %d-%d s.",
+                        describe_broker(self.address), RECONNECT_MIN_S, RECONNECT_MAX_S)
+            self._outage_logged = True
+
+    def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                           properties: Any) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            if reason.is_failure and not self._outage_logged:
+                log.warning("Lost the broker %s (%s); reconnecting.",
+                            describe_broker(self.address), reason)
+                self._outage_logged = True
+            self.on_disconnected()
+
+    def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.on_message(Received(message.topic, message.payload, message.mid, message.qos,
+                                 bool(message.retain), self._generation))
+
+    def _handle_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
+                        properties: Any) -> None:
+        if reason.is_failure:
+            log.warning("Broker refused message %d: %s", mid, reason)
+        self.on_published(mid, not reason.is_failure)

@@ -1,0 +1,71 @@
+"""Topic names. Every topic string in fleetpulse is made or parsed here.
+
+Tree (as MQTT Explorer shows it)::
+
+    <prefix>/<device_id>/metrics   one reading per interval, QoS 1, not retained
+    <prefix>/<device_id>/status    "online" / "offline", retained (Last Will: "offline")
+    <prefix>/<device_id>/meta      static facts as JSON, retained
+    <prefix>/<device_id>/alert/<rule>   open alert as JSON, retained; empty when closed
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, NamedTuple
+
+DEFAULT_PREFIX = "fleetpulse"
+Kind = Literal["metrics", "status", "meta"]
+KINDS: tuple[Kind, ...] = ("metrics", "status", "meta")
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def is_valid_device_id(device_id: str) -> bool:
+    """Tell whether a device id is safe as one topic level (no wildcards, no slash)."""
+    return bool(_DEVICE_ID.match(device_id))
+
+
+def is_valid_prefix(prefix: str) -> bool:
+    """Tell whether a topic prefix is usable (levels without wildcards, no leading '$')."""
+    return bool(prefix) and not prefix.startswith("$") and all(
+        level and "+" not in level and "#" not in level for level in prefix.split("/"))
+
+
+def metrics_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/{device_id}/metrics"
+
+
+def status_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/{device_id}/status"
+
+
+def meta_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/{device_id}/meta"
+
+
+def alert_topic(prefix: str, device_id: str, rule: str) -> str:
+    return f"{prefix}/{device_id}/alert/{rule}"
+
+
+def hub_subscriptions(prefix: str, share_group: str | None = None) -> list[str]:
+    """Return the filters the hub subscribes to; with a group, as MQTT v5 shared subscriptions."""
+    filters = [f"{prefix}/+/{kind}" for kind in KINDS]
+    if share_group:
+        return [f"$share/{share_group}/{f}" for f in filters]
+    return filters
+
+
+class ParsedTopic(NamedTuple):
+    device_id: str
+    kind: str
+
+
+def parse_topic(prefix: str, topic: str) -> ParsedTopic | None:
+    """Split ``<prefix>/<device_id>/<kind>``; return None for any other shape."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return None
+    rest = topic[len(head):].split("/")
+    if len(rest) != 2:
+        return None
+    return ParsedTopic(rest[0], rest[1])
