@@ -118,6 +118,7 @@ class Collector:
 
     refresh_s: float = 60.0
     sys_root: Path = Path("/sys")
+    ps: Any = psutil  # the psutil module; tests pass a fake platform
     _refreshed_at: float = field(default=-1e18, init=False)
     _mounts: list[tuple[str, str, str]] = field(default_factory=list, init=False)
     _disks: set[str] | None = field(default=None, init=False)
@@ -130,7 +131,7 @@ class Collector:
     def static_facts(self) -> StaticFacts:
         """Read what does not change while the agent runs (called once, for meta)."""
         try:
-            memory_total: int | None = psutil.virtual_memory().total
+            memory_total: int | None = self.ps.virtual_memory().total
         except Exception:  # noqa: BLE001 - a platform without it reports null
             memory_total = None
         return StaticFacts(
@@ -139,8 +140,8 @@ class Collector:
             kernel=platform.release(),
             architecture=platform.machine(),
             pi_model=pi.read_model(),
-            cpu_count_logical=psutil.cpu_count(logical=True),
-            cpu_count_physical=psutil.cpu_count(logical=False),
+            cpu_count_logical=self.ps.cpu_count(logical=True),
+            cpu_count_physical=self.ps.cpu_count(logical=False),
             memory_total_bytes=memory_total,
         )
 
@@ -150,7 +151,7 @@ class Collector:
         seen_devices: set[str] = set()
         mounts = []
         try:
-            for part in psutil.disk_partitions(all=False):
+            for part in self.ps.disk_partitions(all=False):
                 if part.fstype in _SKIP_FSTYPES or part.mountpoint.startswith("/snap/"):
                     continue
                 if part.device in seen_devices:  # bind mounts show the same device again
@@ -173,7 +174,7 @@ class Collector:
             self._refresh(now)
         return Sample(
             monotonic_s=now,
-            core_times=[core_times_from(t) for t in psutil.cpu_times(percpu=True)],
+            core_times=[core_times_from(t) for t in self.ps.cpu_times(percpu=True)],
             freq_mhz=self._freq(),
             **self._cpu_stats(),
             load=self._load(),
@@ -186,19 +187,17 @@ class Collector:
             throttled_raw=self._throttle.read() if self._throttle else None,
         )
 
-    @staticmethod
-    def _freq() -> tuple[float | None, float | None, float | None]:
+    def _freq(self) -> tuple[float | None, float | None, float | None]:
         try:
-            freq = psutil.cpu_freq()
+            freq = self.ps.cpu_freq()
         except Exception:  # noqa: BLE001 - e.g. FileNotFoundError in some containers
             freq = None
         if freq is None:
             return (None, None, None)
         return (_none_if_zero(freq.current), _none_if_zero(freq.min), _none_if_zero(freq.max))
 
-    @staticmethod
-    def _cpu_stats() -> dict[str, int | None]:
-        stats = psutil.cpu_stats()
+    def _cpu_stats(self) -> dict[str, int | None]:
+        stats = self.ps.cpu_stats()
         return {
             "ctx_switches": stats.ctx_switches,
             "interrupts": stats.interrupts,
@@ -207,22 +206,20 @@ class Collector:
             "syscalls": None if sys.platform.startswith("linux") else stats.syscalls,
         }
 
-    @staticmethod
-    def _load() -> tuple[float, float, float] | None:
+    def _load(self) -> tuple[float, float, float] | None:
         try:
-            one, five, fifteen = psutil.getloadavg()
+            one, five, fifteen = self.ps.getloadavg()
             return (float(one), float(five), float(fifteen))
         except (OSError, AttributeError):
             return None
 
-    @staticmethod
-    def _memory() -> dict[str, int | float | None]:
-        vm = psutil.virtual_memory()
+    def _memory(self) -> dict[str, int | float | None]:
+        vm = self.ps.virtual_memory()
         memory: dict[str, int | float | None] = {
             "total_bytes": vm.total, "available_bytes": vm.available, "used_bytes": vm.used,
             "free_bytes": vm.free, "percent": vm.percent}
         try:
-            sw = psutil.swap_memory()
+            sw = self.ps.swap_memory()
             memory.update({"swap_total_bytes": sw.total, "swap_used_bytes": sw.used,
                            "swap_free_bytes": sw.free, "swap_percent": sw.percent,
                            "swap_in_bytes": sw.sin, "swap_out_bytes": sw.sout})
@@ -236,7 +233,7 @@ class Collector:
         partitions: list[Partition] = []
         for mountpoint, device, fstype in self._mounts:
             try:
-                usage = psutil.disk_usage(mountpoint)
+                usage = self.ps.disk_usage(mountpoint)
             except OSError:  # unmounted since the last refresh
                 continue
             partitions.append({"mountpoint": mountpoint, "device": device, "fstype": fstype,
@@ -247,17 +244,16 @@ class Collector:
     def _disk_io(self) -> dict[str, tuple[int, ...]]:
         try:
             # perdisk=True is cheaper than the total, and gives the total by summing.
-            per_disk = psutil.disk_io_counters(perdisk=True, nowrap=True) or {}
+            per_disk = self.ps.disk_io_counters(perdisk=True, nowrap=True) or {}
         except Exception:  # noqa: BLE001 - no /proc/diskstats in some containers
             return {}
         return {name: (c.read_count, c.write_count, c.read_bytes, c.write_bytes)
                 for name, c in per_disk.items()
                 if self._disks is None or name in self._disks}
 
-    @staticmethod
-    def _net_io() -> dict[str, tuple[int, ...]]:
+    def _net_io(self) -> dict[str, tuple[int, ...]]:
         try:
-            per_nic = psutil.net_io_counters(pernic=True, nowrap=True)
+            per_nic = self.ps.net_io_counters(pernic=True, nowrap=True)
         except Exception:  # noqa: BLE001
             return {}
         return {name: (c.bytes_sent, c.bytes_recv, c.packets_sent, c.packets_recv,
@@ -267,7 +263,7 @@ class Collector:
     def _temperatures(self) -> list[Temperature]:
         temps: list[Temperature] = []
         zone_types = {kind for kind, _ in self._zones}
-        reader = getattr(psutil, "sensors_temperatures", None)  # absent on Windows
+        reader = getattr(self.ps, "sensors_temperatures", None)  # absent on Windows
         if reader is not None:
             try:
                 for sensor, entries in reader().items():
@@ -288,9 +284,8 @@ class Collector:
                               "celsius": celsius})
         return temps
 
-    @staticmethod
-    def _battery() -> tuple[float | None, bool | None, float | None]:
-        reader = getattr(psutil, "sensors_battery", None)
+    def _battery(self) -> tuple[float | None, bool | None, float | None]:
+        reader = getattr(self.ps, "sensors_battery", None)
         try:
             battery = reader() if reader else None
         except Exception:  # noqa: BLE001

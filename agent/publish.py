@@ -62,7 +62,7 @@ class Outbox:
     _inflight: dict[int, _InFlight] = field(default_factory=dict, init=False)
     _waiting: list[Reading] = field(default_factory=list, init=False)  # not yet on disk
     _acked_spooled: list[tuple[str, int]] = field(default_factory=list, init=False)
-    _last_flush: float = field(default=0.0, init=False)
+    _last_flush: float | None = field(default=None, init=False)
     _replay_tokens: float = field(default=0.0, init=False)
     _replay_after_id: int = field(default=0, init=False)
     _last_pump: float | None = field(default=None, init=False)
@@ -84,6 +84,8 @@ class Outbox:
             if self._acked_spooled:
                 self.spool.remove(self._acked_spooled)
                 self._acked_spooled = []
+            if self._last_flush is None:
+                self._last_flush = now
             if now - self._last_flush >= self.flush_s:
                 self._last_flush = now
                 self._flush(now, now_epoch_s)

@@ -1,0 +1,55 @@
+"""Fixtures: a real PostgreSQL (one per session, a fresh database per test) and a real
+Mosquitto (one per session, a unique topic prefix per test; fault tests start their own)."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.servers import MosquittoServer, PostgresServer
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def work_root() -> Iterator[Path]:
+    # Under /tmp (not pytest's tmp_path under /root) so the postgres user can reach it.
+    with tempfile.TemporaryDirectory(prefix="fleetpulse-tests-") as d:
+        path = Path(d)
+        path.chmod(0o755)
+        yield path
+
+
+@pytest.fixture(scope="session")
+def postgres(work_root: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(work_root / "pg").init().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def db_url(postgres: PostgresServer) -> str:
+    """A new empty database on the session's PostgreSQL."""
+    name = f"t_{next(_counter)}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    return postgres.url_for(name)
+
+
+@pytest.fixture(scope="session")
+def broker(work_root: Path) -> Iterator[MosquittoServer]:
+    server = MosquittoServer(work_root / "mqtt", persistence=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this test's own, so tests on a shared broker never see each other."""
+    return f"fptest-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,179 @@
+"""Real Mosquitto and PostgreSQL servers for tests, on free loopback ports, stopped by PID.
+
+Debian's binaries: ``mosquitto`` and ``/usr/lib/postgresql/<v>/bin``. PostgreSQL refuses
+to run as root, so as root it runs as the ``postgres`` user (via ``runuser``). A missing
+binary raises: in CI a missing service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PG_USER = "postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition",
+             interval_s: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail until the thing is up
+            last_error = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}"
+                         + (f" (last error: {last_error})" if last_error else ""))
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class MosquittoServer:
+    """A private Mosquitto with a config of ours; can be killed and started again."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "",
+                 persistence: bool = True) -> None:
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).exists():
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log_file = workdir / "mosquitto.log"
+        self.conf = workdir / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                 f"log_dest file {self.log_file}", "log_type error", "log_type warning",
+                 "log_type notice", "log_type information",
+                 "max_queued_messages 0", "max_inflight_messages 0"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {workdir}/",
+                      "autosave_interval 1"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it drops to 'mosquitto' and cannot write workdir
+        self.conf.write_text("\n".join(lines) + "\n" + extra_conf + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> MosquittoServer:
+        self.process = subprocess.Popen([self.binary, "-c", str(self.conf)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(lambda: self._alive() and port_open(self.port), 10, "mosquitto to listen")
+        return self
+
+    def _alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            err = self.process.stderr.read().decode() if self.process and self.process.stderr \
+                else ""
+            raise RuntimeError(f"mosquitto exited: {err}")
+        return True
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+
+def _pg_bindir() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "postgres").exists():
+            return candidate
+    raise RuntimeError("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in ``workdir``, run as an unprivileged user."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.bindir = _pg_bindir()
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.data = workdir / "data"
+        self.log_file = workdir / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._as_root = os.geteuid() == 0
+
+    def _as_user(self) -> dict[str, object]:
+        # Popen(user=...) switches user in the child itself, so the PID we hold is the
+        # postmaster's own and SIGKILL reaches it (runuser would not pass SIGKILL on).
+        return {"user": PG_USER, "group": PG_USER, "extra_groups": []} if self._as_root else {}
+
+    def init(self) -> PostgresServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._as_root:
+            shutil.chown(self.workdir, PG_USER, PG_USER)
+            self.workdir.chmod(0o755)
+            # Every parent must be searchable by the postgres user.
+            for parent in self.workdir.parents:
+                if parent == Path("/"):
+                    break
+                parent.chmod(parent.stat().st_mode | 0o011)
+        subprocess.run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], cwd=self.workdir,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       **self._as_user())  # type: ignore[call-overload]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, dbname: str, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> PostgresServer:
+        log = open(self.log_file, "ab")
+        if self._as_root:
+            shutil.chown(self.log_file, PG_USER, PG_USER)
+        self.process = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.workdir}",
+             "-c", "fsync=off", "-c", "max_connections=200"],
+            stdout=log, stderr=log, cwd=self.workdir, **self._as_user())  # type: ignore[call-overload]
+        wait_for(self.ready, 30, "PostgreSQL to accept connections")
+        return self
+
+    def ready(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError("postgres exited: " + self.log_file.read_text()[-2000:])
+        # An open port is not readiness ("the database system is starting up").
+        return subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p",
+                               str(self.port), "-q"], check=False).returncode == 0
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+        self.process = None
+
+    def stop(self) -> None:
+        self.kill(signal.SIGINT)  # "fast" shutdown
