@@ -15,6 +15,7 @@ import platform
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ class Collector:
     refresh_s: float = 60.0
     sys_root: Path = Path("/sys")
     ps: Any = psutil  # the psutil module; tests pass a fake platform
+    clock: Callable[[], float] = time.monotonic
     _refreshed_at: float = field(default=-1e18, init=False)
     _mounts: list[tuple[str, str, str]] = field(default_factory=list, init=False)
     _disks: set[str] | None = field(default=None, init=False)
@@ -169,7 +171,7 @@ class Collector:
 
     def sample(self) -> Sample:
         """Read every metric once. Never raises for a missing sensor."""
-        now = time.monotonic()
+        now = self.clock()
         if now - self._refreshed_at >= self.refresh_s:
             self._refresh(now)
         return Sample(

@@ -119,7 +119,7 @@ class AgentSettings:
     topic_prefix: str = setting(DEFAULT_PREFIX, "First level of every topic", _check_prefix)
     state_dir: Path = setting(default_state_dir("fleetpulse-agent"),
                               "Directory for the spool and the generated device id")
-    spool_max_bytes: int = setting(256 * 1024 * 1024, "Largest size of the on-disk spool",
+    spool_max_bytes: int = setting(512 * 1024 * 1024, "Largest size of the on-disk spool",
                                    _positive)
     spool_max_age_s: float = setting(7 * 86400.0, "Oldest reading the spool keeps", _positive)
     spool_flush_s: float = setting(10.0, "Seconds between spool writes while the broker is "

@@ -1,0 +1,60 @@
+from agent.spool import Reading, Spool
+
+
+def reading(seq: int, t: float = 1000.0, size: int = 10, session: str = "s") -> Reading:
+    return Reading(session, seq, t + seq, b"x" * size)
+
+
+def test_spool_returns_readings_oldest_first_and_forgets_acknowledged(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=10**6)
+    spool.add([reading(1), reading(2), reading(3)], now_epoch_s=1010)
+    assert [r.reading.seq for r in spool.oldest(10)] == [1, 2, 3]
+    spool.remove([("s", 2)])
+    assert [r.reading.seq for r in spool.oldest(10)] == [1, 3]
+    assert len(spool) == 2
+
+
+def test_spool_survives_a_restart(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=10**6)
+    spool.add([reading(1), reading(2)], now_epoch_s=1010)
+    spool.close()
+    again = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=10**6)
+    assert [r.reading.payload for r in again.oldest(10)] == [b"x" * 10] * 2
+
+
+def test_full_spool_drops_the_oldest_and_counts_them(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=35, max_age_s=10**6)
+    dropped = spool.add([reading(i) for i in range(1, 6)], now_epoch_s=1010)
+    assert dropped == 2
+    assert [r.reading.seq for r in spool.oldest(10)] == [3, 4, 5]
+    assert spool.dropped == 2
+
+
+def test_readings_older_than_the_age_bound_are_dropped_and_counted(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=100)
+    spool.add([reading(1, t=0), reading(2, t=500)], now_epoch_s=550)
+    assert [r.reading.seq for r in spool.oldest(10)] == [2]
+    spool.close()
+    assert Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=100).dropped == 1
+
+
+def test_the_same_reading_is_stored_once(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=10**6)
+    spool.add([reading(1)], now_epoch_s=1000)
+    spool.add([reading(1)], now_epoch_s=1000)
+    assert len(spool) == 1
+
+
+def test_oldest_can_continue_after_a_row_id(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=10**6)
+    spool.add([reading(i) for i in range(1, 5)], now_epoch_s=1010)
+    first = spool.oldest(2)
+    assert [r.reading.seq for r in spool.oldest(10, first[-1].row_id)] == [3, 4]
+
+
+def test_default_bounds_hold_a_day_at_one_reading_a_second(tmp_path):
+    from shared.config import AgentSettings
+    settings = AgentSettings()
+    day = 86400
+    assert settings.spool_max_age_s >= day
+    assert settings.spool_max_bytes >= day * 3500  # a full reading is ~3.4 KB on a desktop
