@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -24,6 +25,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
 from hub.batch import DeviceEvents, QuarantineRecord
+from hub.rollup import insert_with_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
 from shared.schema import metrics_columns
 
@@ -35,6 +37,8 @@ _COPY_TYPES = [c.pg_type.replace("double precision", "float8") for c in COLUMNS]
 # SQLSTATE classes worth retrying: connection (08), transaction rollback (40), resources
 # (53), operator intervention such as shutdown or "starting up" (57), system error (58).
 _TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+
+_INSERT_WITH_ROLLUPS = insert_with_rollups_sql("metrics_in").encode()  # constant SQL of ours
 
 set_json_dumps(orjson.dumps)  # ~10x faster than json.dumps for the jsonb columns
 
@@ -157,18 +161,46 @@ class Store:
                 cur.execute(sql.SQL(
                     "create table if not exists {} partition of metrics "
                     "for values from ({}) to ({})").format(
-                        name, sql.Literal(day.isoformat()),
-                        sql.Literal((day + timedelta(days=1)).isoformat())))
+                        # UTC days whatever the session's TimeZone is.
+                        name, sql.Literal(f"{day.isoformat()} 00:00:00+00"),
+                        sql.Literal(f"{(day + timedelta(days=1)).isoformat()} 00:00:00+00")))
                 # Row level security on the parent does not cover its partitions.
                 cur.execute(sql.SQL("alter table {} enable row level security").format(name))
         self._partitions |= missing
 
+    def drop_partitions_before(self, day: date) -> list[str]:
+        """Drop the daily partitions of ``metrics`` whose whole day is before ``day``."""
+        dropped = []
+        with self._transaction() as cur:
+            cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.partitions'))")
+            for name in self._partition_names(cur):
+                try:
+                    partition_day = datetime.strptime(name, "metrics_%Y%m%d").date()
+                except ValueError:
+                    continue  # not one of ours
+                if partition_day < day:
+                    cur.execute(sql.SQL("drop table {}").format(sql.Identifier(name)))
+                    dropped.append(name)
+                    self._partitions.discard(partition_day)
+        return dropped
+
+    def delete_older(self, table: str, column: str, before: datetime) -> int:
+        """Delete rows of one of our tables whose ``column`` is before ``before``."""
+        with self._transaction() as cur:
+            cur.execute(sql.SQL("delete from {} where {} < %s").format(
+                sql.Identifier(table), sql.Identifier(column)), (before,))
+            return cur.rowcount
+
+    @staticmethod
+    def _partition_names(cur: psycopg.Cursor[Any]) -> list[str]:
+        cur.execute("select c.relname from pg_inherits i join pg_class c "
+                    "on c.oid = i.inhrelid where i.inhparent = 'metrics'::regclass "
+                    "order by 1")
+        return [row[0] for row in cur.fetchall()]
+
     def partitions(self) -> list[str]:
         with self._transaction() as cur:
-            cur.execute("select c.relname from pg_inherits i join pg_class c "
-                        "on c.oid = i.inhrelid where i.inhparent = 'metrics'::regclass "
-                        "order by 1")
-            return [row[0] for row in cur.fetchall()]
+            return self._partition_names(cur)
 
     # --- writing --------------------------------------------------------------------------
     def write(self, rows: Sequence[tuple[Any, ...]], quarantine: Sequence[QuarantineRecord],
@@ -184,9 +216,11 @@ class Store:
                     copy.set_types(_COPY_TYPES)
                     for row in rows:
                         copy.write_row(row)
-                cur.execute(sql.SQL("insert into metrics ({0}) select {0} from metrics_in "
-                                    "on conflict do nothing").format(_COLUMN_LIST))
-                inserted = cur.rowcount
+                # Insert and roll up in one statement: only rows new to ``metrics`` reach
+                # the minute and hour rollups, so a redelivered message is counted once.
+                cur.execute(_INSERT_WITH_ROLLUPS)
+                counted = cur.fetchone()
+                inserted = int(counted[0]) if counted else 0
             if quarantine:
                 self._insert_quarantine(cur, quarantine)
             self._update_devices(cur, devices)
@@ -249,6 +283,41 @@ class Store:
             names = [d.name for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    def execute(self, statements: Sequence[tuple[str, Sequence[Any] | dict[str, Any]]]) -> None:
+        """Run statements of ours in one transaction."""
+        with self._transaction() as cur:
+            for text, params in statements:
+                cur.execute(text.encode(), params)  # our own constant SQL
+
+    def stream(self, text: str, params: Sequence[Any] | dict[str, Any] | None = None,
+               chunk_rows: int = 5000) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """Yield (column names, rows) chunks of a query through a server-side cursor.
+
+        Memory stays constant however many rows match: the server keeps the result and
+        sends ``chunk_rows`` at a time. Abandoning the iterator ends the transaction.
+        """
+        conn = self._connection()
+        finished = False
+        try:
+            with conn.cursor(name="fleetpulse_stream") as cur:
+                cur.execute(text.encode(), params)  # our own constant SQL
+                while True:
+                    rows = cur.fetchmany(chunk_rows)
+                    if not rows:
+                        break
+                    assert cur.description is not None
+                    yield [d.name for d in cur.description], rows
+            conn.commit()
+            finished = True
+        except psycopg.Error as exc:
+            raise classify(exc) from None
+        finally:
+            if not finished:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    pass
+
     def fleet_status(self) -> list[dict[str, Any]]:
         """Each device with its status and its newest reading's main values."""
         return self.query(
@@ -258,3 +327,39 @@ class Store:
             "from devices d left join lateral (select * from metrics where "
             "metrics.device_id = d.device_id order by ts desc limit 1) m on true "
             "order by d.device_id")
+
+
+class StorePool:
+    """A few :class:`Store` connections shared by the HTTP API's worker threads."""
+
+    def __init__(self, url: str, size: int = 4) -> None:
+        self._idle: queue.LifoQueue[Store] = queue.LifoQueue()
+        for _ in range(size):
+            self._idle.put(Store(url, application_name="fleetpulse-hub-api"))
+        self._all = list(self._idle.queue)
+
+    @contextmanager
+    def borrow(self, timeout_s: float = 10.0) -> Iterator[Store]:
+        """Lend a Store to one thread; raise TransientStoreError when all stay busy."""
+        try:
+            store = self._idle.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TransientStoreError("all database connections of the API are busy") from None
+        try:
+            yield store
+        finally:
+            self._idle.put(store)
+
+    def query(self, text: str,
+              params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.borrow() as store:
+            return store.query(text, params)
+
+    def stream(self, text: str, params: Sequence[Any] | dict[str, Any] | None = None,
+               chunk_rows: int = 5000) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        with self.borrow() as store:
+            yield from store.stream(text, params, chunk_rows)
+
+    def close(self) -> None:
+        for store in self._all:
+            store.close()

@@ -160,6 +160,13 @@ class HubSettings:
     http_port: int = setting(8080, "Port of the HTTP API and dashboard (0: no HTTP)")
     api_token: Secret | None = setting(None, "Bearer token required to read the API")
     retention_days: int = setting(30, "Days of per-second history kept", _positive)
+    rollup_minute_days: int = setting(90, "Days of per-minute rollups kept", _positive)
+    rollup_hour_days: int = setting(730, "Days of per-hour rollups (and closed alerts) kept",
+                                    _positive)
+    alert_rules_file: Path | None = setting(None, "TOML file overriding the alert rules' "
+                                            "thresholds, durations and enabled flags")
+    alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",
+                                   _positive)
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
 

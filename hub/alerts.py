@@ -1,0 +1,292 @@
+"""Alert rules and their evaluation (pure: readings, device states and the clock come in).
+
+A threshold rule fires when a metric has stayed above its threshold for ``duration_s`` of
+consecutive readings (reading time stamps, so a device with a wrong clock is judged
+consistently) and clears when the newest reading is at or below ``clear`` (hysteresis, so a
+value hovering at the threshold does not flap). Two rules look at the device instead:
+``device_offline`` (its retained status says offline for more than N intervals) and
+``no_data`` (it says online, yet no reading has arrived for N intervals, by the hub's
+clock). :func:`evaluate` compares what fires with the open alerts and returns the changes
+to store and publish; it keeps no state of its own, so a restarted hub carries on.
+
+Rules are configurable from a TOML table (``alert_rules_file``)::
+
+    [cpu_temperature_high]
+    threshold = 75.0
+    duration_s = 30
+    [swap_thrashing]
+    enabled = false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+Kind = Literal["above", "offline", "no_data"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    kind: Kind
+    metric: str  # key of Reading.values; for offline/no_data, unused
+    threshold: float  # for offline/no_data: a number of the device's intervals
+    duration_s: float = 0.0
+    clear: float | None = None  # close at or below this (default: the threshold)
+    enabled: bool = True
+    unit: str = ""
+    description: str = ""
+
+    @property
+    def clear_at(self) -> float:
+        return self.threshold if self.clear is None else self.clear
+
+
+MIB = 1024 * 1024
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("cpu_temperature_high", "above", "cpu_celsius", 80.0, 60.0, 75.0, unit="°C",
+         description="CPU temperature high"),
+    Rule("under_voltage", "above", "under_voltage", 0.5, 0.0, unit="",
+         description="Raspberry Pi under-voltage"),
+    Rule("throttled", "above", "throttled", 0.5, 10.0, unit="",
+         description="Raspberry Pi throttled or frequency capped"),
+    Rule("disk_nearly_full", "above", "disk_percent", 90.0, 60.0, 88.0, unit="%",
+         description="A disk partition nearly full"),
+    Rule("memory_pressure", "above", "memory_percent", 90.0, 120.0, 85.0, unit="%",
+         description="Memory nearly exhausted"),
+    Rule("swap_thrashing", "above", "swap_bytes_per_s", 1.0 * MIB, 60.0, 0.5 * MIB,
+         unit="B/s", description="Swapping in and out heavily"),
+    Rule("device_offline", "offline", "", 60.0, unit="intervals",
+         description="Device offline"),
+    Rule("no_data", "no_data", "", 10.0, unit="intervals",
+         description="No readings while online"),
+)
+METRICS = ("cpu_celsius", "under_voltage", "throttled", "disk_percent", "memory_percent",
+           "swap_bytes_per_s")
+_TUNABLE = {"threshold": float, "duration_s": float, "clear": float, "enabled": bool}
+
+
+def rules_from_table(table: Mapping[str, Any]) -> list[Rule]:
+    """Apply a TOML table of overrides to the default rules; raise ValueError listing problems.
+
+    Each key names a rule; its table may set ``threshold``, ``duration_s``, ``clear`` and
+    ``enabled``.
+    """
+    rules = {rule.name: rule for rule in DEFAULT_RULES}
+    problems = []
+    for name, overrides in table.items():
+        if name not in rules:
+            problems.append(f"unknown alert rule {name!r} (known: {', '.join(rules)})")
+            continue
+        if not isinstance(overrides, Mapping):
+            problems.append(f"alert rule {name!r} must be a table like [{name}]")
+            continue
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            expected = _TUNABLE.get(key)
+            if expected is None:
+                problems.append(f"{name}.{key} is not a setting of a rule (use "
+                                f"{', '.join(_TUNABLE)})")
+            elif expected is bool and not isinstance(value, bool):
+                problems.append(f"{name}.{key} = {value!r} is not true or false")
+            elif expected is float and (isinstance(value, bool)
+                                        or not isinstance(value, int | float) or value < 0):
+                problems.append(f"{name}.{key} = {value!r} is not a number ≥ 0")
+            else:
+                changes[key] = float(value) if expected is float else value
+        rules[name] = dataclasses.replace(rules[name], **changes)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return list(rules.values())
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The values of one stored reading that rules look at (None: the device cannot tell)."""
+
+    ts: datetime
+    values: Mapping[str, float | None]
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    device_id: str
+    status: str  # "online", "offline" or "unknown"
+    status_since: datetime | None
+    interval_s: float
+    last_reading_received_at: datetime | None  # hub clock
+
+
+@dataclass(frozen=True)
+class OpenAlert:
+    device_id: str
+    rule: str
+    started_at: datetime
+    peak_value: float | None
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Literal["open", "update", "close"]
+    device_id: str
+    rule: str
+    started_at: datetime  # when the condition began
+    ended_at: datetime | None  # close: when it ended
+    value: float | None
+    peak_value: float | None
+    threshold: float
+    message: str
+
+
+@dataclass(frozen=True)
+class _Firing:
+    started_at: datetime
+    value: float
+    peak: float
+
+
+def reading_values(row: Mapping[str, Any]) -> dict[str, float | None]:
+    """Derive the rule metrics from a stored reading's columns (see ``METRICS``)."""
+
+    def flag(*names: str) -> float | None:
+        known = [row.get(n) for n in names if row.get(n) is not None]
+        return None if not known else float(any(known))
+
+    swap = [row.get("memory_swap_in_bytes_per_s"), row.get("memory_swap_out_bytes_per_s")]
+    return {
+        "cpu_celsius": row.get("sensors_cpu_celsius"),
+        "under_voltage": flag("throttling_under_voltage_now"),
+        "throttled": flag("throttling_throttled_now", "throttling_freq_capped_now",
+                          "throttling_soft_temp_limit_now"),
+        "disk_percent": row.get("disk_max_percent"),
+        "memory_percent": row.get("memory_percent"),
+        "swap_bytes_per_s": None if all(v is None for v in swap)
+        else float(sum(v for v in swap if v is not None)),
+    }
+
+
+def _above(rule: Rule, readings: Sequence[Reading], is_open: bool) -> _Firing | None:
+    """Return the run of breaching readings ending at the newest, if it lasted long enough."""
+    if not readings:
+        return None
+    limit = rule.clear_at if is_open else rule.threshold
+    run: list[tuple[datetime, float]] = []
+    for reading in reversed(readings):
+        value = reading.values.get(rule.metric)
+        if value is None or value <= limit:
+            break
+        run.append((reading.ts, value))
+    if not run:
+        return None
+    newest_ts, newest_value = run[0]
+    started_at = run[-1][0]
+    if not is_open and (newest_ts - started_at).total_seconds() < rule.duration_s:
+        return None
+    return _Firing(started_at, newest_value, max(v for _, v in run))
+
+
+def _device_rule(rule: Rule, device: DeviceState, now: datetime) -> _Firing | None:
+    limit_s = rule.threshold * device.interval_s
+    if rule.kind == "offline":
+        if device.status != "offline" or device.status_since is None:
+            return None
+        offline_s = (now - device.status_since).total_seconds()
+        return _Firing(device.status_since, offline_s, offline_s) if offline_s > limit_s \
+            else None
+    # no_data: the device says it is online but nothing arrives.
+    if device.status != "online":
+        return None
+    since = device.last_reading_received_at or device.status_since
+    if since is None:
+        return None
+    gap_s = (now - since).total_seconds()
+    if gap_s <= limit_s:
+        return None
+    return _Firing(since + timedelta(seconds=device.interval_s), gap_s, gap_s)
+
+
+def _message(rule: Rule, device_id: str, firing: _Firing) -> str:
+    if rule.kind in ("offline", "no_data"):
+        return f"{rule.description}: {device_id} for {firing.value:.0f} s"
+    if rule.unit == "":
+        return f"{rule.description}: {device_id}"
+    value = f"{firing.peak / MIB:.1f} MiB/s" if rule.unit == "B/s" else \
+        f"{firing.peak:.1f} {rule.unit}"
+    limit = f"{rule.threshold / MIB:g} MiB/s" if rule.unit == "B/s" else \
+        f"{rule.threshold:g} {rule.unit}"
+    return f"{rule.description}: {device_id} peaked at {value} (threshold {limit})"
+
+
+def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Reading],
+             open_alerts: Mapping[str, OpenAlert], now: datetime) -> list[Change]:
+    """Return what changes for one device: alerts to open, to update (new peak), to close.
+
+    Args:
+        readings: the device's recent readings, oldest first, covering at least the
+            longest ``duration_s`` of the threshold rules.
+        open_alerts: the device's open alerts by rule name.
+    """
+    changes: list[Change] = []
+    for rule in rules:
+        if not rule.enabled:
+            continue
+        current = open_alerts.get(rule.name)
+        if rule.kind == "above":
+            if not readings and current is not None:
+                continue  # nothing to judge by (the offline rules speak for the device)
+            firing = _above(rule, readings, current is not None)
+            ended_at = readings[-1].ts if readings else now
+        else:
+            firing = _device_rule(rule, device, now)
+            ended_at = now
+        if firing is not None and current is None:
+            changes.append(Change("open", device.device_id, rule.name, firing.started_at,
+                                  None, firing.value, firing.peak, rule.threshold,
+                                  _message(rule, device.device_id, firing)))
+        elif firing is not None and current is not None:
+            if current.peak_value is None or firing.peak > current.peak_value:
+                peak = firing.peak
+                changes.append(Change("update", device.device_id, rule.name,
+                                      current.started_at, None, firing.value, peak, rule.threshold,
+                                      _message(rule, device.device_id,
+                                               dataclasses.replace(firing, peak=peak))))
+        elif firing is None and current is not None:
+            changes.append(Change("close", device.device_id, rule.name, current.started_at,
+                                  ended_at, None, current.peak_value, rule.threshold, ""))
+    return changes
+
+
+def window_s(rules: Iterable[Rule]) -> float:
+    """Seconds of readings :func:`evaluate` needs: the longest threshold duration, plus slack."""
+    return max([r.duration_s for r in rules if r.enabled and r.kind == "above"] + [0.0]) + 10.0
+
+
+@dataclass
+class FleetInput:
+    """What one evaluation round reads: every device, its readings and its open alerts."""
+
+    devices: list[DeviceState] = field(default_factory=list)
+    readings: dict[str, list[Reading]] = field(default_factory=dict)
+    open_alerts: dict[str, dict[str, OpenAlert]] = field(default_factory=dict)
+
+
+def evaluate_fleet(rules: Sequence[Rule], fleet: FleetInput, now: datetime) -> list[Change]:
+    """Run :func:`evaluate` for every device."""
+    changes = []
+    for device in fleet.devices:
+        changes += evaluate(rules, device, fleet.readings.get(device.device_id, []),
+                            fleet.open_alerts.get(device.device_id, {}), now)
+    return changes
+
+
+def alert_payload(change: Change, rule: Rule | None) -> dict[str, Any]:
+    """Return the retained MQTT payload of an open alert."""
+    return {"device_id": change.device_id, "rule": change.rule,
+            "started_at": change.started_at.isoformat(),
+            "value": change.value, "peak_value": change.peak_value,
+            "threshold": change.threshold, "unit": rule.unit if rule else "",
+            "message": change.message}

@@ -1,0 +1,170 @@
+"""Rollups and resolution: which columns are summarised per minute and per hour, the SQL
+that keeps the summaries in step with the inserts, and which table answers a time range.
+
+Pure: builds SQL text from constant column names and does arithmetic on ranges; the
+connection that runs it is in ``hub/store.py``. A rollup row keeps sum, count, min and
+max of each column (not the mean), so merging a late or replayed reading into an existing
+bucket is exact: sums and counts add, min and max take the extreme.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from shared.schema import metrics_columns
+
+# The main per-second columns that get a minute and an hour summary.
+ROLLUP_COLUMNS: tuple[str, ...] = (
+    "interval_s",
+    "cpu_percent",
+    "cpu_load_1",
+    "memory_percent",
+    "memory_swap_percent",
+    "memory_swap_in_bytes_per_s",
+    "memory_swap_out_bytes_per_s",
+    "sensors_cpu_celsius",
+    "disk_read_bytes_per_s",
+    "disk_write_bytes_per_s",
+    "network_bytes_sent_per_s",
+    "network_bytes_recv_per_s",
+)
+AGGREGATES = ("sum", "count", "min", "max")
+
+
+@dataclass(frozen=True)
+class RollupTable:
+    name: str
+    step_s: int
+    keep_setting: str  # the HubSettings field saying how many days it is kept
+
+
+MINUTE = RollupTable("metrics_1m", 60, "rollup_minute_days")
+HOUR = RollupTable("metrics_1h", 3600, "rollup_hour_days")
+ROLLUP_TABLES = (MINUTE, HOUR)
+# date_bin's origin: a fixed UTC instant, so buckets do not depend on the session time zone
+# (date_trunc('hour', …) would cut at local half hours in zones like +05:30).
+_ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
+
+
+def rollup_column_types() -> dict[str, str]:
+    """Return each rollup table's columns after (device_id, bucket) with their SQL types."""
+    types = {"readings": "bigint"}
+    for column in ROLLUP_COLUMNS:
+        for agg in AGGREGATES:
+            types[f"{column}_{agg}"] = "bigint" if agg == "count" else "double precision"
+    return types
+
+
+def _merge(column: str, agg: str) -> str:
+    name = f"{column}_{agg}"
+    if agg == "min":
+        return f"{name} = least(r.{name}, excluded.{name})"  # least() skips nulls
+    if agg == "max":
+        return f"{name} = greatest(r.{name}, excluded.{name})"
+    if agg == "count":
+        return f"{name} = r.{name} + excluded.{name}"
+    return f"{name} = coalesce(r.{name} + excluded.{name}, r.{name}, excluded.{name})"
+
+
+def _rollup_insert(table: RollupTable, source: str) -> str:
+    names = ["device_id", "bucket", *rollup_column_types()]
+    selects = ["device_id", f"date_bin('{table.step_s} seconds', ts, {_ORIGIN})", "count(*)"]
+    for column in ROLLUP_COLUMNS:
+        selects += [f"sum({column})", f"count({column})", f"min({column})", f"max({column})"]
+    merges = ["readings = r.readings + excluded.readings"]
+    merges += [_merge(column, agg) for column in ROLLUP_COLUMNS for agg in AGGREGATES]
+    return (f"insert into {table.name} as r ({', '.join(names)}) "
+            f"select {', '.join(selects)} from {source} group by 1, 2 "
+            f"on conflict (device_id, bucket) do update set {', '.join(merges)}")
+
+
+def insert_with_rollups_sql(staging: str) -> str:
+    """Return one statement that moves ``staging`` rows into ``metrics`` and the rollups.
+
+    Only rows the insert really added reach the rollups (``RETURNING`` of ``ON CONFLICT DO
+    NOTHING``), so a redelivered message is counted once; the statement's single result is
+    the number of new rows. Data-modifying CTEs always run to completion (PostgreSQL docs,
+    7.8.4), and all of it is one statement in the caller's transaction.
+    """
+    columns = ", ".join(c.name for c in metrics_columns())
+    returning = ", ".join(["device_id", "ts", *dict.fromkeys(ROLLUP_COLUMNS)])
+    parts = [f"ins as (insert into metrics ({columns}) select {columns} from {staging} "
+             f"on conflict do nothing returning {returning})"]
+    for i, table in enumerate(ROLLUP_TABLES):
+        parts.append(f"r{i} as ({_rollup_insert(table, 'ins')})")
+    return "with " + ", ".join(parts) + " select count(*) from ins"
+
+
+def create_rollup_table_sql(table: RollupTable) -> str:
+    """Return the DDL of one rollup table (used to write and check the migration)."""
+    body = ",\n".join(f"    {name} {tp}" + (" not null default 0" if name == "readings" else "")
+                      for name, tp in rollup_column_types().items())
+    return (f"create table {table.name} (\n    device_id text not null,\n"
+            f"    bucket timestamptz not null,\n{body},\n"
+            f"    primary key (device_id, bucket)\n);")
+
+
+# --- choosing a resolution -------------------------------------------------------------------
+
+MAX_POINTS = 1000
+MAX_RANGE = timedelta(days=3660)  # ten years of hourly rollups, binned: still ≤ MAX_POINTS
+
+
+@dataclass(frozen=True)
+class Resolution:
+    source: str  # "raw", "1m" or "1h"
+    table: str
+    step_s: int  # width of one point
+
+
+def choose_resolution(start: datetime, end: datetime, max_points: int = MAX_POINTS,
+                      source: str = "auto") -> Resolution:
+    """Pick the table and bucket width that give at most ``max_points`` points per series.
+
+    Ranges short enough for per-second points read ``metrics``; longer ones the minute
+    rollup, then the hour rollup; the bucket is widened (to a whole number of the table's
+    step) until the range fits in ``max_points``.
+
+    Args:
+        source: "auto", or "raw" / "1m" / "1h" to force a table (still binned to fit).
+    """
+    span_s = (end - start).total_seconds()
+    needed = max(1, math.ceil(span_s / max_points))
+    if source == "auto":
+        source = "raw" if needed < 60 else "1m" if needed < 3600 else "1h"
+    base = {"raw": 1, "1m": 60, "1h": 3600}[source]
+    step = max(base, math.ceil(needed / base) * base)
+    table = {"raw": "metrics", "1m": MINUTE.name, "1h": HOUR.name}[source]
+    return Resolution(source, table, step)
+
+
+def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
+    """Return the query of one device's series: a bucket, then mean/min/max per column.
+
+    Parameters: device_id, start, end (``%(device)s``, ``%(start)s``, ``%(end)s``).
+    """
+    bucket = f"date_bin('{resolution.step_s} seconds', {{ts}}, {_ORIGIN})"
+    selects = []
+    if resolution.source == "raw":
+        for c in columns:
+            selects += [f"avg({c})", f"min({c})", f"max({c})"]
+        return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} from metrics "
+                "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
+                "group by 1 order by 1")
+    for c in columns:
+        selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0)", f"min({c}_min)",
+                    f"max({c}_max)"]
+    return (f"select {bucket.format(ts='bucket')} as t, {', '.join(selects)} "
+            f"from {resolution.table} where device_id = %(device)s "
+            "and bucket >= %(start)s and bucket < %(end)s group by 1 order by 1")
+
+
+def per_core_sql(resolution: Resolution) -> str:
+    """Return the query of the per-core CPU means per bucket (per-second data only)."""
+    bucket = f"date_bin('{resolution.step_s} seconds', ts, {_ORIGIN})"
+    return ("select t, array_agg(v order by i) from (select " + bucket + " as t, u.i, avg(u.v) "
+            "as v from metrics, unnest(cpu_per_core_percent) with ordinality as u(v, i) "
+            "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
+            "group by 1, 2) cores group by t order by t")
