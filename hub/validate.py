@@ -7,11 +7,11 @@ reason a person can act on; nothing raises. The fast path is one pydantic
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from shared.schema import SCHEMA_VERSION, STATUS_VALUES, Meta, MetricsV1
@@ -53,6 +53,10 @@ def _describe(error: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _why_invalid(payload: bytes, error: ValidationError) -> str:
     """Explain a failed validation: not UTF-8, not JSON, unknown version, or the fields."""
     try:
@@ -60,8 +64,10 @@ def _why_invalid(payload: bytes, error: ValidationError) -> str:
     except UnicodeDecodeError as exc:
         return f"payload is not UTF-8 text (byte {exc.start})"
     try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
+        # The standard library here, not orjson: it takes integers beyond 64 bits (so they
+        # are reported as too large, not as bad JSON); NaN and Infinity are not JSON.
+        data = json.loads(payload, parse_constant=_refuse_constant)
+    except ValueError as exc:
         return f"payload is not valid JSON: {exc}"
     if not isinstance(data, dict):
         return f"payload is JSON {type(data).__name__}, not an object"

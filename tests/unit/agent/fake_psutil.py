@@ -14,7 +14,8 @@ Swap = namedtuple("Swap", "total used free percent sin sout")
 Part = namedtuple("Part", "device mountpoint fstype opts")
 Usage = namedtuple("Usage", "total used free percent")
 DiskIo = namedtuple("DiskIo", "read_count write_count read_bytes write_bytes")
-NetIo = namedtuple("NetIo", "bytes_sent bytes_recv packets_sent packets_recv errin errout dropin dropout")
+NetIo = namedtuple("NetIo", "bytes_sent bytes_recv packets_sent packets_recv "
+                   "errin errout dropin dropout")
 Temp = namedtuple("Temp", "label current high critical")
 Battery = namedtuple("Battery", "percent secsleft power_plugged")
 

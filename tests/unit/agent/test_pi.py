@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.pi import ThrottleReader, decode_throttled, find_throttled_file, parse_throttled, read_model
+from agent.pi import (
+    ThrottleReader,
+    decode_throttled,
+    find_throttled_file,
+    parse_throttled,
+    read_model,
+)
 
 
 def test_decode_throttled_0x50005_is_under_voltage_and_throttled_now_and_since_boot():

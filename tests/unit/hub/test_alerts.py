@@ -1,0 +1,170 @@
+"""Alert rules as pure functions: readings and device states in, changes out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hub.alerts import (
+    DEFAULT_RULES,
+    MIB,
+    DeviceState,
+    OpenAlert,
+    Reading,
+    Rule,
+    alert_payload,
+    evaluate,
+    reading_values,
+    rules_from_table,
+    window_s,
+)
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+TEMP = Rule("cpu_temperature_high", "above", "cpu_celsius", 80.0, 60.0, 75.0, unit="°C",
+            description="CPU temperature high")
+
+
+def online(now: datetime = T0, last: datetime | None = T0) -> DeviceState:
+    return DeviceState("pi-1", "online", T0 - timedelta(hours=1), 1.0, last)
+
+
+def temps(values: list[float | None], start: datetime = T0) -> list[Reading]:
+    return [Reading(start + timedelta(seconds=i), {"cpu_celsius": v})
+            for i, v in enumerate(values)]
+
+
+def by_name(name: str) -> Rule:
+    return next(r for r in DEFAULT_RULES if r.name == name)
+
+
+def test_threshold_alert_opens_only_after_the_duration_has_passed() -> None:
+    short = temps([85.0] * 60)  # 59 s from first to last
+    assert evaluate([TEMP], online(), short, {}, T0) == []
+    long = temps([85.0] * 61)
+    (change,) = evaluate([TEMP], online(), long, {}, T0)
+    assert change.action == "open" and change.started_at == T0
+    assert change.peak_value == 85.0 and "peaked at 85.0 °C" in change.message
+
+
+def test_a_dip_below_the_threshold_restarts_the_duration() -> None:
+    readings = temps([85.0] * 40 + [79.0] + [85.0] * 40)
+    assert evaluate([TEMP], online(), readings, {}, T0) == []
+
+
+def test_open_alert_stays_open_above_the_clear_level_and_closes_below_it() -> None:
+    opened = {"cpu_temperature_high": OpenAlert("pi-1", "cpu_temperature_high", T0, 90.0)}
+    hovering = temps([78.0, 77.0])
+    assert evaluate([TEMP], online(), hovering, opened, T0) == []
+    cooled = temps([78.0, 74.0])
+    (change,) = evaluate([TEMP], online(), cooled, opened, T0)
+    assert change.action == "close" and change.ended_at == T0 + timedelta(seconds=1)
+    assert change.peak_value == 90.0
+
+
+def test_open_alert_reports_a_new_peak() -> None:
+    opened = {"cpu_temperature_high": OpenAlert("pi-1", "cpu_temperature_high", T0, 85.0)}
+    (change,) = evaluate([TEMP], online(), temps([86.0, 92.5, 88.0]), opened, T0)
+    assert change.action == "update" and change.peak_value == 92.5
+    assert change.started_at == T0 and change.value == 88.0
+
+
+def test_missing_sensor_never_fires() -> None:
+    assert evaluate([TEMP], online(), temps([None] * 100), {}, T0) == []
+
+
+def test_under_voltage_fires_on_the_first_reading() -> None:
+    values = reading_values({"throttling_under_voltage_now": True})
+    (change,) = evaluate([by_name("under_voltage")], online(), [Reading(T0, values)], {}, T0)
+    assert change.action == "open" and change.value == 1.0
+
+
+def test_throttling_flags_combine_and_unknown_flags_are_none() -> None:
+    assert reading_values({"throttling_freq_capped_now": True,
+                           "throttling_throttled_now": False})["throttled"] == 1.0
+    assert reading_values({})["throttled"] is None
+    assert reading_values({"memory_swap_in_bytes_per_s": 3.0,
+                           "memory_swap_out_bytes_per_s": None})["swap_bytes_per_s"] == 3.0
+
+
+def test_swap_thrashing_uses_in_plus_out_rate() -> None:
+    rule = by_name("swap_thrashing")
+    rows = [Reading(T0 + timedelta(seconds=i),
+                    reading_values({"memory_swap_in_bytes_per_s": 0.6 * MIB,
+                                    "memory_swap_out_bytes_per_s": 0.6 * MIB}))
+            for i in range(61)]
+    (change,) = evaluate([rule], online(), rows, {}, T0)
+    assert change.action == "open" and "1.2 MiB/s" in change.message
+
+
+def test_device_offline_longer_than_n_intervals_opens_and_closes_when_back() -> None:
+    rule = by_name("device_offline")  # 60 intervals
+    since = T0 - timedelta(seconds=61)
+    offline = DeviceState("pi-1", "offline", since, 1.0, since)
+    (change,) = evaluate([rule], offline, [], {}, T0)
+    assert change.action == "open" and change.started_at == since
+    assert evaluate([rule], offline, [], {}, since + timedelta(seconds=30)) == []
+    back = evaluate([rule], online(), [], {"device_offline": OpenAlert(
+        "pi-1", "device_offline", since, 61.0)}, T0)
+    assert [c.action for c in back] == ["close"]
+
+
+def test_offline_interval_scales_with_the_device_interval() -> None:
+    rule = by_name("device_offline")
+    since = T0 - timedelta(seconds=200)
+    slow = DeviceState("pi-1", "offline", since, 10.0, since)  # 60 intervals = 600 s
+    assert evaluate([rule], slow, [], {}, T0) == []
+
+
+def test_no_data_while_online_opens_after_n_intervals_of_silence() -> None:
+    rule = by_name("no_data")  # 10 intervals
+    last = T0 - timedelta(seconds=11)
+    (change,) = evaluate([rule], online(last=last), [], {}, T0)
+    assert change.action == "open" and change.started_at == last + timedelta(seconds=1)
+    assert evaluate([rule], online(last=T0 - timedelta(seconds=5)), [], {}, T0) == []
+
+
+def test_no_data_does_not_fire_for_an_offline_device() -> None:
+    rule = by_name("no_data")
+    offline = DeviceState("pi-1", "offline", T0 - timedelta(hours=1), 1.0,
+                          T0 - timedelta(hours=1))
+    assert evaluate([rule], offline, [], {}, T0) == []
+
+
+def test_disabled_rule_never_fires() -> None:
+    (rule,) = [r for r in rules_from_table({"under_voltage": {"enabled": False}})
+               if r.name == "under_voltage"]
+    values = reading_values({"throttling_under_voltage_now": True})
+    assert evaluate([rule], online(), [Reading(T0, values)], {}, T0) == []
+
+
+def test_rules_table_overrides_thresholds() -> None:
+    rules = {r.name: r for r in rules_from_table(
+        {"cpu_temperature_high": {"threshold": 70, "duration_s": 5}})}
+    assert rules["cpu_temperature_high"].threshold == 70.0
+    assert rules["cpu_temperature_high"].duration_s == 5.0
+    assert rules["memory_pressure"] == by_name("memory_pressure")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"cpu_hot": {}}, "unknown alert rule 'cpu_hot'"),
+    ({"no_data": {"threshold": "ten"}}, "no_data.threshold = 'ten' is not a number"),
+    ({"no_data": {"enabled": 1}}, "no_data.enabled = 1 is not true or false"),
+    ({"no_data": {"colour": 1}}, "no_data.colour is not a setting of a rule"),
+    ({"no_data": 5}, "must be a table"),
+])
+def test_rules_table_rejects_mistakes_with_a_clear_message(table: dict[str, object],
+                                                           message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        rules_from_table(table)
+
+
+def test_window_covers_the_longest_enabled_duration() -> None:
+    assert window_s(DEFAULT_RULES) >= max(r.duration_s for r in DEFAULT_RULES)
+
+
+def test_payload_of_an_open_alert_carries_start_and_peak() -> None:
+    (change,) = evaluate([TEMP], online(), temps([85.0] * 61), {}, T0)
+    payload = alert_payload(change, TEMP)
+    assert payload["started_at"] == T0.isoformat() and payload["peak_value"] == 85.0
+    assert payload["unit"] == "°C"

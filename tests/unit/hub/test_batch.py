@@ -1,0 +1,55 @@
+from datetime import datetime, timezone
+
+from hub.batch import Batcher, Inbound
+from hub.validate import validate
+from shared.schema import metrics_columns
+from tests.unit.hub.messages import meta_bytes, metrics_bytes
+
+NOW = datetime.now(timezone.utc)
+
+
+def inbound(topic: str, payload: bytes, ack: int) -> Inbound:
+    return Inbound(topic, payload, NOW, ack)
+
+
+def add(batcher: Batcher, message: Inbound, now: float) -> None:
+    batcher.add(message, validate(message.topic, message.payload, NOW, "fp"), now)
+
+
+def test_batch_is_due_by_size_or_by_age():
+    by_size = Batcher(max_rows=2, max_age_s=60)
+    add(by_size, inbound("fp/pi-1/metrics", metrics_bytes(seq=1), 1), now=0)
+    assert not by_size.due(now=1)
+    add(by_size, inbound("fp/pi-1/metrics", metrics_bytes(seq=2), 2), now=1)
+    assert by_size.due(now=1)
+
+    by_age = Batcher(max_rows=1000, max_age_s=0.5)
+    assert by_age.seconds_until_due(now=0) is None
+    add(by_age, inbound("fp/pi-1/metrics", metrics_bytes(), 1), now=10)
+    assert abs(by_age.seconds_until_due(now=10.2) - 0.3) < 1e-9
+    assert not by_age.due(now=10.4) and by_age.due(now=10.5)
+
+
+def test_batch_sorts_messages_into_rows_quarantine_and_device_events():
+    batcher = Batcher(max_rows=100, max_age_s=1)
+    add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(seq=1), 1), 0)
+    add(batcher, inbound("fp/pi-1/metrics", b"garbage", 2), 0)
+    add(batcher, inbound("fp/pi-1/status", b"online", 3), 0)
+    add(batcher, inbound("fp/pi-1/status", b"offline", 4), 0)
+    add(batcher, inbound("fp/pi-1/meta", meta_bytes(), 5), 0)
+    batch = batcher.take()
+    assert batch is not None and batcher.take() is None
+    assert batch.acks == [1, 2, 3, 4, 5]  # every message is acknowledged, in arrival order
+    assert len(batch.rows) == 1 and len(batch.rows[0]) == len(metrics_columns())
+    assert [q.reason[:26] for q in batch.quarantine] == ["payload is not valid JSON:"]
+    assert batch.devices.status["pi-1"][0] == "offline"  # the last word wins
+    assert batch.devices.meta["pi-1"][0]["hostname"] == "pi"
+    assert "pi-1" in batch.devices.seen
+
+
+def test_row_carries_the_hub_receive_time():
+    batcher = Batcher(max_rows=100, max_age_s=1)
+    add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(), 1), 0)
+    batch = batcher.take()
+    names = [c.name for c in metrics_columns()]
+    assert batch.rows[0][names.index("received_at")] == NOW
