@@ -90,6 +90,7 @@ class MqttConnection:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
+        self._client.on_subscribe = self._handle_subscribe
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +176,15 @@ class MqttConnection:
                             describe_broker(self.address), reason)
                 self._outage_logged = True
             self.on_disconnected()
+
+    def _handle_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
+                          properties: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("Broker %s refused a subscription: %s. Check the ACL.",
+                      describe_broker(self.address), ", ".join(refused))
+        else:
+            log.info("Subscribed at broker %s.", describe_broker(self.address))
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         self.on_message(Received(message.topic, message.payload, message.mid, message.qos,

@@ -78,16 +78,16 @@ class MosquittoServer:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> MosquittoServer:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.workdir / "mosquitto.stderr", "ab") as err:
+            self.process = subprocess.Popen([self.binary, "-c", str(self.conf)],
+                                            stdout=subprocess.DEVNULL, stderr=err)
         wait_for(lambda: self._alive() and port_open(self.port), 10, "mosquitto to listen")
         return self
 
     def _alive(self) -> bool:
         if self.process is None or self.process.poll() is not None:
-            err = self.process.stderr.read().decode() if self.process and self.process.stderr \
-                else ""
-            raise RuntimeError(f"mosquitto exited: {err}")
+            err = (self.workdir / "mosquitto.stderr").read_text(errors="replace")
+            raise RuntimeError(f"mosquitto exited: {err[-2000:]} {self.log()[-2000:]}")
         return True
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -151,14 +151,16 @@ class PostgresServer:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> PostgresServer:
-        log = open(self.log_file, "ab")
-        if self._as_root:
-            shutil.chown(self.log_file, PG_USER, PG_USER)
-        self.process = subprocess.Popen(
-            [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.workdir}",
-             "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=log, stderr=log, cwd=self.workdir, **self._as_user())  # type: ignore[call-overload]
+        with open(self.log_file, "ab") as log:
+            if self._as_root:
+                shutil.chown(self.log_file, PG_USER, PG_USER)
+            self.process = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                 "-c", "listen_addresses=127.0.0.1",
+                 "-c", f"unix_socket_directories={self.workdir}",
+                 "-c", "fsync=off", "-c", "max_connections=200"],
+                stdout=log, stderr=log, cwd=self.workdir,
+                **self._as_user())  # type: ignore[call-overload]
         wait_for(self.ready, 30, "PostgreSQL to accept connections")
         return self
 
