@@ -92,6 +92,9 @@ class Store:
     # --- connection -----------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()  # a broken one: release it before making a new one
+                self._conn = None
             try:
                 # prepare_threshold=None: no server-side prepared statements, so the same
                 # code works through Supabase's transaction pooler (port 6543).
