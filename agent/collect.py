@@ -9,9 +9,12 @@ every ``refresh_s``; what a platform lacks comes back as None, never as an excep
 
 from __future__ import annotations
 
+import glob
 import logging
+import operator
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -113,6 +116,316 @@ def read_zone_celsius(temp_file: Path) -> float | None:
         return None
 
 
+# --- Linux fast path ------------------------------------------------------------------------
+# At one reading a second the psutil calls above cost ~2 ms of CPU (cold caches: each call
+# opens its file through Python's io stack, parses every line, and several read the same
+# file: /proc/stat twice, /proc/meminfo twice; sensors_temperatures globs sysfs each call).
+# On Linux the collector instead keeps the /proc files open, reads each once per sample
+# (seq_file regenerates the text when read from offset 0: fs/seq_file.c, seq_read_iter) and
+# picks out only the numbers it publishes — computing them exactly as psutil 5.9-7.x does
+# (_pslinux.py), so the message is the same. Anything unexpected falls back to psutil.
+
+_NUMBER = re.compile(rb" *(\d+)")
+_CPU_LINE = re.compile(rb"^cpu\d+ ([^\n]*)", re.M)
+_CPUINFO_MHZ = re.compile(rb"^cpu mhz[^:\n]*:([^\n]*)", re.M | re.I)
+_NET_LINE = re.compile(rb"^ *([^ :]+): *(\d+) +(\d+) +(\d+) +(\d+) +\d+ +\d+ +\d+ +\d+ +"
+                       rb"(\d+) +(\d+) +(\d+) +(\d+)", re.M)
+_DISK_LINE = re.compile(rb"^ *\d+ +\d+ +(\S+) ([^\n]*)", re.M)
+_SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector
+
+
+class ProcFile:
+    """A /proc file kept open; :meth:`read` returns its current text."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> bytes:
+        fd = self.fd
+        data = os.pread(fd, 65536, 0)
+        # An iterating seq_file returns at most one buffer per read: read on until EOF.
+        more = os.pread(fd, 65536, len(data))
+        while more:
+            data += more
+            more = os.pread(fd, 65536, len(data))
+        return data
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _number_after(data: bytes, key: bytes) -> int | None:
+    """Return the integer after the first ``key`` in ``data`` (None if absent)."""
+    at = data.find(key)
+    if at < 0:
+        return None
+    match = _NUMBER.match(data, at + len(key))
+    return int(match.group(1)) if match else None
+
+
+def _read_bytes(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _percent(used: int, total: int) -> float:
+    # psutil._common.usage_percent(used, total, round_=1)
+    try:
+        return round(float(used) / total * 100, 1)
+    except ZeroDivisionError:
+        return 0.0
+
+
+class Unwrap:
+    """psutil's ``nowrap=True``: a counter that went down is taken to have wrapped.
+
+    From then on the value it had is added to it (per name and field), as
+    psutil._common._WrapNumbers does; the common case (nothing went down) costs one
+    comparison per name.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, ...]] | None = None
+        self._offsets: dict[str, list[int]] = {}
+
+    def run(self, current: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        last, self._last = self._last, current
+        if last is None:
+            return current
+        offsets = self._offsets
+        for gone in [name for name in offsets if name not in current]:
+            del offsets[gone]
+        out = {}
+        for name, values in current.items():
+            old = last.get(name)
+            if old is None:
+                out[name] = values
+                continue
+            offset = offsets.get(name)
+            if offset is None:
+                if not any(map(operator.lt, values, old)):
+                    out[name] = values
+                    continue
+                offset = offsets[name] = [0] * len(values)
+            for i, (value, before) in enumerate(zip(values, old, strict=True)):
+                if value < before:
+                    offset[i] += before
+            out[name] = tuple(map(operator.add, values, offset))
+        return out
+
+
+def hwmon_sensors(sys_root: str = "/sys") -> list[tuple[str, str, str]]:
+    """List the hwmon temperature inputs as psutil.sensors_temperatures finds them.
+
+    Returns (input file, sensor name, label) in psutil's order; the names and labels are
+    read here, once, instead of at every reading.
+    """
+    hwmon = f"{sys_root}/class/hwmon"
+    found = glob.glob(f"{hwmon}/hwmon*/temp*_*")  # as psutil 7.2 _pslinux.sensors_temperatures
+    found.extend(glob.glob(f"{hwmon}/hwmon*/device/temp*_*"))
+    # psutil cuts the whole path at its first "_"; under /sys that is in the file name.
+    bases = sorted({os.path.join(os.path.dirname(x), os.path.basename(x).split("_")[0])
+                    for x in found})
+    coretemp = re.compile(f"{re.escape(sys_root)}/devices/platform/coretemp.*/hwmon/")
+    for name in glob.glob(f"{sys_root}/devices/platform/coretemp.*/hwmon/hwmon*/temp*_*"):
+        if coretemp.sub(f"{hwmon}/", name) not in bases:
+            bases.append(name)
+    sensors = []
+    for base in bases:
+        try:
+            unit = _read_bytes(os.path.join(os.path.dirname(base), "name")).decode().strip()
+        except (OSError, ValueError):
+            continue
+        try:
+            label = _read_bytes(base + "_label").decode().strip()
+        except (OSError, ValueError):
+            label = ""
+        sensors.append((base + "_input", unit, label))
+    return sensors
+
+
+def cpufreq_dirs(sys_root: str = "/sys") -> list[str]:
+    """The cpufreq directories psutil.cpu_freq reads, in its order."""
+    dirs = (glob.glob(f"{sys_root}/devices/system/cpu/cpufreq/policy[0-9]*")
+            or glob.glob(f"{sys_root}/devices/system/cpu/cpu[0-9]*/cpufreq"))
+    number = re.compile(r"[0-9]+")
+
+    def key(path: str) -> int:
+        found = number.search(path[len(sys_root):])
+        return int(found.group()) if found else 0
+
+    return sorted(dirs, key=key)
+
+
+class ProcReader:
+    """The Linux readings of :class:`Collector`, from /proc and /sys directly."""
+
+    def __init__(self, ps: Any, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
+        self.ps = ps
+        self.sys_root = sys_root
+        self.stat = ProcFile(f"{proc_root}/stat")
+        self.meminfo = ProcFile(f"{proc_root}/meminfo")
+        self.diskstats = ProcFile(f"{proc_root}/diskstats")
+        self.net_dev = ProcFile(f"{proc_root}/net/dev")
+        self.ticks = float(os.sysconf("SC_CLK_TCK"))
+        # psutil sizes its cpu_times tuple from the first line of /proc/stat once, at import.
+        self.cpu_fields = min(10, len(self.stat.read().split(b"\n", 1)[0].split()) - 1)
+        try:
+            self.vmstat: ProcFile | None = ProcFile(f"{proc_root}/vmstat")
+        except OSError:
+            self.vmstat = None
+        try:
+            self.cpuinfo: ProcFile | None = ProcFile(f"{proc_root}/cpuinfo")
+            has_mhz = bool(_CPUINFO_MHZ.search(self.cpuinfo.read()))
+        except OSError:
+            self.cpuinfo, has_mhz = None, False
+        # psutil picks its cpu_freq at import: sysfs cpufreq if present (current from
+        # /proc/cpuinfo when it has one "cpu MHz" per cpufreq directory), else /proc/cpuinfo.
+        self.freq_sysfs = (os.path.exists(f"{sys_root}/devices/system/cpu/cpufreq/policy0")
+                           or os.path.exists(f"{sys_root}/devices/system/cpu/cpu0/cpufreq"))
+        if not has_mhz:
+            self.cpuinfo = None  # e.g. ARM: nothing to read there each second
+        self.freq_dirs: list[str] = []
+        self.sensors: list[tuple[str, str, str]] = []
+        self.hwmon_found = False
+        self.has_battery = True
+        self.disk_names: set[str] | None = None
+        self.disk_unwrap = Unwrap()
+        self.net_unwrap = Unwrap()
+
+    def refresh(self, disks: set[str] | None) -> None:
+        self.disk_names = disks
+        self.freq_dirs = cpufreq_dirs(self.sys_root) if self.freq_sysfs else []
+        self.sensors = hwmon_sensors(self.sys_root)
+        self.hwmon_found = bool(self.sensors) or bool(
+            glob.glob(f"{self.sys_root}/class/hwmon/hwmon*/temp*_*"))
+        try:
+            supplies = os.listdir(f"{self.sys_root}/class/power_supply")
+            # psutil.sensors_battery returns None when no entry looks like a battery.
+            self.has_battery = any(x.startswith("BAT") or "battery" in x.lower()
+                                   for x in supplies)
+        except OSError:
+            self.has_battery = False
+
+    def close(self) -> None:
+        for f in (self.stat, self.meminfo, self.diskstats, self.net_dev, self.vmstat,
+                  self.cpuinfo):
+            if f is not None:
+                f.close()
+
+    # /proc/stat: per-core times (psutil.cpu_times(percpu=True)) and cpu_stats().
+    def cpu(self) -> tuple[list[CoreTimes], int | None, int | None, int | None]:
+        data = self.stat.read()
+        ticks, n = self.ticks, self.cpu_fields
+        cores = []
+        for line in _CPU_LINE.findall(data):
+            t = [float(x) / ticks for x in line.split()[:n]]
+            # As core_times_from: guest time is already in user/nice.
+            total = sum(t)
+            total -= (t[8] if n > 8 else 0.0) + (t[9] if n > 9 else 0.0)
+            idle = t[3] + t[4]
+            cores.append(CoreTimes(busy_s=total - idle, total_s=total))
+        return (cores, _number_after(data, b"\nctxt "), _number_after(data, b"\nintr "),
+                _number_after(data, b"\nsoftirq "))
+
+    def freq(self) -> tuple[float | None, float | None, float | None]:
+        mhz = ([float(x) for x in _CPUINFO_MHZ.findall(self.cpuinfo.read())]
+               if self.cpuinfo is not None else [])
+        if self.freq_sysfs:
+            dirs = self.freq_dirs
+            freqs = []
+            for i, path in enumerate(dirs):
+                if len(dirs) == len(mhz):
+                    current = int(mhz[i] * 1000) / 1000
+                else:
+                    current = int(_read_bytes(path + "/scaling_cur_freq")) / 1000
+                freqs.append((current, int(_read_bytes(path + "/scaling_min_freq")) / 1000,
+                              int(_read_bytes(path + "/scaling_max_freq")) / 1000))
+        else:
+            freqs = [(x, 0.0, 0.0) for x in mhz]
+        if not freqs:
+            return (None, None, None)
+        if len(freqs) == 1:
+            current, low, high = freqs[0]
+        else:
+            current = low = high = 0.0
+            for c, lo, hi in freqs:
+                current += c
+                low += lo
+                high += hi
+            current, low, high = current / len(freqs), low / len(freqs), high / len(freqs)
+        return (_none_if_zero(current), _none_if_zero(low), _none_if_zero(high))
+
+    def memory(self) -> dict[str, int | float | None] | None:
+        """Memory as psutil's virtual_memory and swap_memory; None to ask psutil instead."""
+        data = self.meminfo.read()
+        total = _number_after(data, b"MemTotal:")
+        free = _number_after(data, b"MemFree:")
+        available = _number_after(data, b"MemAvailable:")
+        swap_total = _number_after(data, b"SwapTotal:")
+        swap_free = _number_after(data, b"SwapFree:")
+        if (total is None or free is None or not available or swap_total is None
+                or swap_free is None or self.vmstat is None):
+            return None  # old kernel or odd container: psutil's own estimates apply
+        vmstat = self.vmstat.read()
+        swap_in = _number_after(vmstat, b"\npswpin ")
+        swap_out = _number_after(vmstat, b"\npswpout ")
+        if swap_in is None or swap_out is None:
+            return None
+        total, free, available = total * 1024, free * 1024, available * 1024
+        if available > total:  # psutil: symptomatic of an LXC container; use free
+            available = free
+        swap_total, swap_free = swap_total * 1024, swap_free * 1024
+        return {"total_bytes": total, "available_bytes": available,
+                "used_bytes": total - available, "free_bytes": free,
+                "percent": _percent(total - available, total),
+                "swap_total_bytes": swap_total, "swap_used_bytes": swap_total - swap_free,
+                "swap_free_bytes": swap_free,
+                "swap_percent": _percent(swap_total - swap_free, swap_total),
+                "swap_in_bytes": swap_in * 4096, "swap_out_bytes": swap_out * 4096}
+
+    def disk_io(self) -> dict[str, tuple[int, ...]]:
+        names = self.disk_names
+        current: dict[str, tuple[int, ...]] = {}
+        for raw_name, rest in _DISK_LINE.findall(self.diskstats.read()):
+            name = raw_name.decode()
+            if names is not None and name not in names:
+                continue
+            f = rest.split()
+            if len(f) == 11 or len(f) >= 15:  # 11 counters, +4 since Linux 4.18, +2 since 5.5
+                current[name] = (int(f[0]), int(f[4]), int(f[2]) * _SECTOR_BYTES,
+                                 int(f[6]) * _SECTOR_BYTES)
+            elif len(f) == 4:  # a partition on Linux 2.6
+                current[name] = (int(f[0]), int(f[2]), int(f[1]) * _SECTOR_BYTES,
+                                 int(f[3]) * _SECTOR_BYTES)
+            else:  # e.g. Linux 2.4's layout: psutil knows it
+                raise ValueError(f"not sure how to interpret diskstats line of {name}")
+        return self.disk_unwrap.run(current)
+
+    def net_io(self) -> dict[str, tuple[int, ...]]:
+        current: dict[str, tuple[int, ...]] = {
+            name.decode(): (int(bs), int(br), int(ps), int(pr), int(ei), int(eo), int(di),
+                            int(do))
+            for name, br, pr, ei, di, bs, ps, eo, do in _NET_LINE.findall(self.net_dev.read())}
+        return self.net_unwrap.run(current)
+
+    def temperatures(self) -> list[tuple[str, str, float]]:
+        """(sensor, label, °C) of the hwmon inputs, grouped by sensor as psutil does."""
+        by_sensor: dict[str, list[tuple[str, str, float]]] = {}
+        for path, unit, label in self.sensors:
+            try:
+                current = float(_read_bytes(path)) / 1000.0
+            except (OSError, ValueError):
+                continue
+            by_sensor.setdefault(unit, []).append((unit, label, current))
+        return [entry for entries in by_sensor.values() for entry in entries]
+
+
 @dataclass
 class Collector:
     """Take samples of this machine; keeps the slow-to-read, rarely-changing facts cached."""
@@ -121,14 +434,24 @@ class Collector:
     sys_root: Path = Path("/sys")
     ps: Any = psutil  # the psutil module; tests pass a fake platform
     clock: Callable[[], float] = time.monotonic
+    # On Linux with the real psutil, read /proc and /sys directly (see ProcReader).
+    fast: bool = True
+    proc_root: str = "/proc"
     _refreshed_at: float = field(default=-1e18, init=False)
     _mounts: list[tuple[str, str, str]] = field(default_factory=list, init=False)
     _disks: set[str] | None = field(default=None, init=False)
     _zones: list[tuple[str, Path]] = field(default_factory=list, init=False)
     _throttle: pi.ThrottleReader | None = field(default=None, init=False)
+    _proc: ProcReader | None = field(default=None, init=False)
+    _blank_zones: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self._throttle = pi.ThrottleReader(self.sys_root)
+        if self.fast and self.ps is psutil and sys.platform.startswith("linux"):
+            try:
+                self._proc = ProcReader(self.ps, self.proc_root, str(self.sys_root))
+            except (OSError, ValueError) as exc:
+                log.debug("reading /proc through psutil: %s", exc)
 
     def static_facts(self) -> StaticFacts:
         """Read what does not change while the agent runs (called once, for meta)."""
@@ -168,12 +491,21 @@ class Collector:
             self._disks = {p.name for p in block.iterdir()
                            if not p.name.startswith(_SKIP_DISK_PREFIXES)}
         self._zones = read_thermal_zones(self.sys_root) if sys.platform == "linux" else []
+        if self._proc is not None:
+            self._proc.refresh(self._disks)
+            # Without hwmon, psutil lists the thermal zones themselves (empty label): all are
+            # dropped as copies of self._zones, except a zone whose type is blank.
+            self._blank_zones = [] if self._proc.hwmon_found else [
+                str(path) for kind, path in self._zones if kind == path.parent.name
+                and _blank_type(path.parent)]
 
     def sample(self) -> Sample:
         """Read every metric once. Never raises for a missing sensor."""
         now = self.clock()
         if now - self._refreshed_at >= self.refresh_s:
             self._refresh(now)
+        if self._proc is not None:
+            return self._sample_proc(now)
         return Sample(
             monotonic_s=now,
             core_times=[core_times_from(t) for t in self.ps.cpu_times(percpu=True)],
@@ -188,6 +520,111 @@ class Collector:
             battery=self._battery(),
             throttled_raw=self._throttle.read() if self._throttle else None,
         )
+
+    def _sample_proc(self, now: float) -> Sample:
+        # The same readings as sample(), from ProcReader; a reader that fails asks psutil.
+        try:
+            core_times, ctx, intr, soft = self._proc_cpu()
+        except (OSError, ValueError, IndexError):
+            core_times = [core_times_from(t) for t in self.ps.cpu_times(percpu=True)]
+            stats = self._cpu_stats()
+            ctx, intr, soft = stats["ctx_switches"], stats["interrupts"], \
+                stats["soft_interrupts"]
+        return Sample(
+            monotonic_s=now,
+            core_times=core_times,
+            freq_mhz=self._proc_freq(),
+            ctx_switches=ctx, interrupts=intr, soft_interrupts=soft, syscalls=None,
+            load=self._load_os(),
+            memory=self._proc_memory(),
+            partitions=self._partitions_statvfs(),
+            disk_io=self._proc_disk_io(),
+            net_io=self._proc_net_io(),
+            temperatures=self._proc_temperatures(),
+            battery=self._battery() if self._proc and self._proc.has_battery
+            else (None, None, None),
+            throttled_raw=self._throttle.read() if self._throttle else None,
+        )
+
+    def _proc_cpu(self) -> tuple[list[CoreTimes], int | None, int | None, int | None]:
+        assert self._proc is not None
+        return self._proc.cpu()
+
+    def _proc_freq(self) -> tuple[float | None, float | None, float | None]:
+        assert self._proc is not None
+        try:
+            return self._proc.freq()
+        except (OSError, ValueError, IndexError):
+            return self._freq()
+
+    def _load_os(self) -> tuple[float, float, float] | None:
+        try:
+            return os.getloadavg()  # what psutil.getloadavg is on Linux
+        except OSError:
+            return None
+
+    def _proc_memory(self) -> dict[str, int | float | None]:
+        assert self._proc is not None
+        try:
+            memory = self._proc.memory()
+        except (OSError, ValueError):
+            memory = None
+        return memory if memory is not None else self._memory()
+
+    def _partitions_statvfs(self) -> list[Partition]:
+        partitions: list[Partition] = []
+        for mountpoint, device, fstype in self._mounts:
+            try:
+                st = os.statvfs(mountpoint)  # as psutil.disk_usage on POSIX
+            except OSError:
+                continue
+            total = st.f_blocks * st.f_frsize
+            used = total - st.f_bfree * st.f_frsize
+            free = st.f_bavail * st.f_frsize
+            partitions.append({"mountpoint": mountpoint, "device": device, "fstype": fstype,
+                               "total_bytes": total, "used_bytes": used, "free_bytes": free,
+                               "percent": _percent(used, used + free)})
+        return partitions
+
+    def _proc_disk_io(self) -> dict[str, tuple[int, ...]]:
+        assert self._proc is not None
+        try:
+            return self._proc.disk_io()
+        except (OSError, ValueError, IndexError):
+            return self._disk_io()
+
+    def _proc_net_io(self) -> dict[str, tuple[int, ...]]:
+        assert self._proc is not None
+        try:
+            return self._proc.net_io()
+        except (OSError, ValueError, IndexError):
+            return self._net_io()
+
+    def _proc_temperatures(self) -> list[Temperature]:
+        assert self._proc is not None
+        temps: list[Temperature] = []
+        zone_types = {kind for kind, _ in self._zones}
+        for sensor, label, celsius in self._proc.temperatures():
+            if not label and sensor in zone_types:
+                continue  # the same as a thermal zone read below
+            if -100 <= celsius <= 300:
+                temps.append({"sensor": sensor, "label": label, "celsius": celsius})
+        for path in self._blank_zones:
+            try:
+                celsius = float(_read_bytes(path)) / 1000.0
+            except (OSError, ValueError):
+                continue
+            if -100 <= celsius <= 300:
+                temps.append({"sensor": "", "label": "", "celsius": celsius})
+        for kind, temp_file in self._zones:
+            try:
+                celsius = int(_read_bytes(str(temp_file))) / 1000.0
+            except (OSError, ValueError):
+                continue
+            if -100 <= celsius <= 300:
+                temps.append({"sensor": kind, "label": temp_file.parent.name,
+                              "celsius": celsius})
+        return temps
 
     def _freq(self) -> tuple[float | None, float | None, float | None]:
         try:
@@ -297,6 +734,13 @@ class Collector:
         secs = battery.secsleft
         seconds_left = float(secs) if isinstance(secs, (int, float)) and secs >= 0 else None
         return (float(battery.percent), battery.power_plugged, seconds_left)
+
+
+def _blank_type(zone: Path) -> bool:
+    try:
+        return not (zone / "type").read_text().strip()
+    except OSError:
+        return False
 
 
 def process_cpu_s() -> float:

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import orjson
 
 from agent.collect import Sample, StaticFacts
 from agent.pi import decode_throttled
-from agent.rates import cpu_percent, rate
+from agent.rates import cpu_percent
 from shared import __version__
 from shared.schema import (
     SCHEMA_VERSION,
     Cpu,
     Disk,
-    DiskIo,
     Memory,
     Meta,
     MetricsV1,
-    NetIo,
     Network,
     Sensors,
     Temperature,
@@ -61,93 +59,145 @@ NET_FIELDS = ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv",
               "errors_in", "errors_out", "drops_in", "drops_out")
 Counters = tuple[int, ...]
 
+# This runs once a second on every device, with cold caches: the message is built with as
+# few calls and temporary objects as possible (key names computed once, rates inlined).
+# The values are those of agent.rates.rate: None without a previous value, for a
+# non-positive interval or a counter that went backwards; else rounded to 3 decimals.
+_DISK_KEYS = tuple((name, name + "_per_s") for name in DISK_FIELDS)
+_NET_KEYS = tuple((name, name + "_per_s") for name in NET_FIELDS)
+
+
+def _rates(keys: tuple[tuple[str, str], ...], prev: Counters | None, cur: Counters | None,
+           dt: float, out: dict[str, Any]) -> dict[str, Any]:
+    """Put ``field: cumulative, field_per_s: rate`` into ``out`` for each field."""
+    if cur is None:
+        for name, per_s in keys:
+            out[name] = None
+            out[per_s] = None
+    elif prev is None or dt <= 0:
+        for (name, per_s), value in zip(keys, cur, strict=False):
+            out[name] = value
+            out[per_s] = None
+    else:
+        for (name, per_s), value, before in zip(keys, cur, prev, strict=False):
+            out[name] = value
+            out[per_s] = (None if value is None or before is None or value < before
+                          else round((value - before) / dt, 3))
+    return out
+
 
 def counters_and_rates(fields: tuple[str, ...], prev: Counters | None, cur: Counters | None,
                        dt: float) -> dict[str, int | float | None]:
     """Return ``{field: cumulative, field_per_s: rate}`` for each field of a counter tuple."""
-    out: dict[str, int | float | None] = {}
-    for i, name in enumerate(fields):
-        value = cur[i] if cur is not None else None
-        out[name] = value
-        out[name + "_per_s"] = rate(prev[i] if prev is not None else None, value, dt)
-    return out
+    keys = _DISK_KEYS if fields is DISK_FIELDS else _NET_KEYS if fields is NET_FIELDS else \
+        tuple((name, name + "_per_s") for name in fields)
+    return _rates(keys, prev, cur, dt, {})
 
 
-def _sum(rows: Iterable[Counters]) -> Counters | None:
-    rows = list(rows)
+def _sum(rows: list[Counters]) -> Counters | None:
+    if len(rows) == 1:
+        return rows[0]
     return tuple(map(sum, zip(*rows, strict=True))) if rows else None
+
+
+def _totals(keys: tuple[tuple[str, str], ...], before: Mapping[str, Counters],
+            now: Mapping[str, Counters], names: list[str], dt: float,
+            out: dict[str, Any]) -> dict[str, Any]:
+    common = [n for n in names if n in before]
+    current = [now[n] for n in names]
+    if len(common) == len(names):
+        _rates(keys, _sum([before[n] for n in names]), _sum(current), dt, out)
+        return out
+    _rates(keys, _sum([before[n] for n in common]), _sum([now[n] for n in common]), dt, out)
+    cumulative = _sum(current)
+    for i, (name, _) in enumerate(keys):
+        out[name] = cumulative[i] if cumulative else None
+    return out
 
 
 def totals(fields: tuple[str, ...], before: Mapping[str, Counters], now: Mapping[str, Counters],
            names: list[str], dt: float) -> dict[str, int | float | None]:
     """Sum counters over ``names``; rates only over the names present in both readings,
     so a disk or interface that appears between two readings is not a burst of traffic."""
-    common = [n for n in names if n in before]
-    out = counters_and_rates(fields, _sum(before[n] for n in common),
-                             _sum(now[n] for n in common), dt)
-    cumulative = _sum(now[n] for n in names)
-    for i, name in enumerate(fields):
-        out[name] = cumulative[i] if cumulative else None
-    return out
+    keys = tuple((name, name + "_per_s") for name in fields)
+    return _totals(keys, before, now, names, dt, {})
+
+
+def _rate(prev: float | None, cur: float | None, dt: float) -> float | None:
+    if prev is None or cur is None or dt <= 0 or cur < prev:
+        return None
+    return round((cur - prev) / dt, 3)
 
 
 def _cpu(prev: Sample | None, cur: Sample, dt: float) -> Cpu:
     total, per_core = cpu_percent(prev.core_times if prev else None, cur.core_times)
     load = cur.load or (None, None, None)
-
-    def counter_rate(name: str) -> float | None:
-        return rate(getattr(prev, name) if prev else None, getattr(cur, name), dt)
-
+    freq = cur.freq_mhz
+    if prev is None:
+        ctx_rate = intr_rate = soft_rate = sys_rate = None
+    else:
+        ctx_rate = _rate(prev.ctx_switches, cur.ctx_switches, dt)
+        intr_rate = _rate(prev.interrupts, cur.interrupts, dt)
+        soft_rate = _rate(prev.soft_interrupts, cur.soft_interrupts, dt)
+        sys_rate = _rate(prev.syscalls, cur.syscalls, dt)
     return {
         "percent": total, "per_core_percent": per_core,
-        "freq_current_mhz": cur.freq_mhz[0], "freq_min_mhz": cur.freq_mhz[1],
-        "freq_max_mhz": cur.freq_mhz[2],
-        "ctx_switches": cur.ctx_switches, "ctx_switches_per_s": counter_rate("ctx_switches"),
-        "interrupts": cur.interrupts, "interrupts_per_s": counter_rate("interrupts"),
-        "soft_interrupts": cur.soft_interrupts,
-        "soft_interrupts_per_s": counter_rate("soft_interrupts"),
-        "syscalls": cur.syscalls, "syscalls_per_s": counter_rate("syscalls"),
+        "freq_current_mhz": freq[0], "freq_min_mhz": freq[1], "freq_max_mhz": freq[2],
+        "ctx_switches": cur.ctx_switches, "ctx_switches_per_s": ctx_rate,
+        "interrupts": cur.interrupts, "interrupts_per_s": intr_rate,
+        "soft_interrupts": cur.soft_interrupts, "soft_interrupts_per_s": soft_rate,
+        "syscalls": cur.syscalls, "syscalls_per_s": sys_rate,
         "load_1": load[0], "load_5": load[1], "load_15": load[2],
     }
 
 
 def _memory(prev: Sample | None, cur: Sample, dt: float) -> Memory:
     m = cur.memory
-    return cast(Memory, {
-        **m,
-        "swap_in_bytes_per_s": rate(prev.memory["swap_in_bytes"] if prev else None,
-                                    m["swap_in_bytes"], dt),
-        "swap_out_bytes_per_s": rate(prev.memory["swap_out_bytes"] if prev else None,
-                                     m["swap_out_bytes"], dt),
-    })
+    out: dict[str, Any] = dict(m)
+    if prev is None:
+        out["swap_in_bytes_per_s"] = out["swap_out_bytes_per_s"] = None
+    else:
+        before = prev.memory
+        out["swap_in_bytes_per_s"] = _rate(before["swap_in_bytes"], m["swap_in_bytes"], dt)
+        out["swap_out_bytes_per_s"] = _rate(before["swap_out_bytes"], m["swap_out_bytes"],
+                                            dt)
+    return cast(Memory, out)
 
 
 def _disk(prev: Sample | None, cur: Sample, dt: float) -> Disk:
     before = prev.disk_io if prev else {}
-    per_disk = [cast(DiskIo, {"name": name, **counters_and_rates(DISK_FIELDS, before.get(name),
-                                                                  counters, dt)})
-                for name, counters in sorted(cur.disk_io.items())]
-    return cast(Disk, {**totals(DISK_FIELDS, before, cur.disk_io, list(cur.disk_io), dt),
-                       "partitions": cur.partitions, "per_disk": per_disk})
+    now = cur.disk_io
+    per_disk = []
+    for name in sorted(now):
+        per_disk.append(_rates(_DISK_KEYS, before.get(name), now[name], dt, {"name": name}))
+    out = _totals(_DISK_KEYS, before, now, list(now), dt, {})
+    out["partitions"] = cur.partitions
+    out["per_disk"] = per_disk
+    return cast(Disk, out)
 
 
 def _network(prev: Sample | None, cur: Sample, dt: float) -> Network:
     before = prev.net_io if prev else {}
-    per_interface = [cast(NetIo, {"name": name, **counters_and_rates(NET_FIELDS, before.get(name),
-                                                                      counters, dt)})
-                     for name, counters in sorted(cur.net_io.items())]
+    now = cur.net_io
+    per_interface = []
+    for name in sorted(now):
+        per_interface.append(_rates(_NET_KEYS, before.get(name), now[name], dt, {"name": name}))
     # Totals leave out loopback: traffic a machine sends itself is not network traffic.
-    external = [n for n in cur.net_io if n != "lo" and not n.lower().startswith("loopback")]
-    return cast(Network, {**totals(NET_FIELDS, before, cur.net_io, external, dt),
-                          "per_interface": per_interface})
+    external = [n for n in now if n != "lo" and not n.lower().startswith("loopback")]
+    out = _totals(_NET_KEYS, before, now, external, dt, {})
+    out["per_interface"] = per_interface
+    return cast(Network, out)
 
 
 def _sensors(cur: Sample) -> Sensors:
     percent, charging, seconds_left = cur.battery
+    temperatures = cur.temperatures
     return {
-        "cpu_celsius": pick_celsius(cur.temperatures, CPU_SENSORS, _CPU_LABELS),
-        "gpu_celsius": pick_celsius(cur.temperatures, GPU_SENSORS, ("edge", "")),
-        "temperatures": cur.temperatures,
+        "cpu_celsius": pick_celsius(temperatures, CPU_SENSORS, _CPU_LABELS)
+        if temperatures else None,
+        "gpu_celsius": pick_celsius(temperatures, GPU_SENSORS, ("edge", ""))
+        if temperatures else None,
+        "temperatures": temperatures,
         "battery_percent": percent, "battery_charging": charging,
         "battery_s_left": seconds_left,
     }

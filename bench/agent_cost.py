@@ -1,0 +1,427 @@
+"""Measure what the agent costs the machine it watches, against collectd in the same run.
+
+Runs the real agent (``python -m agent.main run``, every 1 s) and collectd 5 (cpu, memory,
+swap, df, disk, interface, thermal, battery, load → its mqtt plugin, Interval 1, QoS 1)
+side by side, both publishing to a private Mosquitto. After a warm-up it measures, over a
+window of at least two minutes:
+
+* CPU: utime+stime ticks of /proc/<pid>/stat (and the threads' nanosecond schedstat run
+  time), as % of one core;
+* RSS: median of a per-second VmRSS sample (steady) and VmHWM (peak);
+* values published per second: numeric leaf values in the payloads a subscriber receives
+  (null / NaN not counted), payload bytes, and MQTT bytes (the QoS 1 PUBLISH packets that
+  carried them and their PUBACKs, sized from what arrived: the MQTT version is known).
+
+Then, in a fresh process, a per-call breakdown of one collection: each psutil call and each
+collector step timed as the agent makes them, once a second (cold caches), and back to back.
+
+    python3 -m bench.agent_cost                 # 20 s warm-up, 120 s window, 30 s breakdown
+    python3 -m bench.agent_cost --window-s 300
+    python3 -m bench.agent_cost --breakdown-only 60
+
+Writes bench/results/agent_cost.json. Needs mosquitto and collectd-core (apt-get install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import (
+    ROOT,
+    cpu_percent,
+    cpu_snapshot,
+    describe_machine,
+    machine,
+    progress,
+    status_kb,
+    table,
+    write_result,
+)
+
+COLLECTD_PLUGINS = ("cpu", "memory", "swap", "df", "disk", "interface", "thermal", "battery",
+                    "load")
+AGENT_TOPIC = "benchagent"
+COLLECTD_TOPIC = "collectd"
+
+
+def collectd_conf(workdir: Path, port: int) -> str:
+    plugin_dir = "/usr/lib/collectd"
+    lines = ['Hostname "bench"', "FQDNLookup false", "Interval 1", f'BaseDir "{workdir}"',
+             f'PIDFile "{workdir}/collectd.pid"', f'PluginDir "{plugin_dir}"',
+             'TypesDB "/usr/share/collectd/types.db"']
+    lines += [f"LoadPlugin {p}" for p in (*COLLECTD_PLUGINS, "mqtt")]
+    lines += ["<Plugin mqtt>", '  <Publish "bench">', '    Host "127.0.0.1"', f"    Port {port}",
+              '    ClientId "collectd-bench"', "    QoS 1", f'    Prefix "{COLLECTD_TOPIC}"',
+              "  </Publish>", "</Plugin>"]
+    return "\n".join(lines) + "\n"
+
+
+def count_json_values(node: Any) -> int:
+    """Count numeric leaves (not booleans, not null) of a decoded JSON document."""
+    if isinstance(node, dict):
+        return sum(count_json_values(v) for v in node.values())
+    if isinstance(node, list):
+        return sum(count_json_values(v) for v in node)
+    return 1 if isinstance(node, (int, float)) and not isinstance(node, bool) else 0
+
+
+def count_collectd_values(payload: bytes) -> int:
+    """collectd's mqtt plugin sends ``<time>:<v1>[:<v2>…]``; count the values that are numbers."""
+    count = 0
+    for part in payload.rstrip(b"\0").split(b":")[1:]:
+        try:
+            value = float(part)
+        except ValueError:
+            continue
+        if not math.isnan(value):
+            count += 1
+    return count
+
+
+def publish_packet_bytes(topic: str, payload: bytes, *, v5: bool) -> int:
+    """Size of the QoS 1 PUBLISH the publisher sent, plus the broker's 4-byte PUBACK.
+
+    (MQTT 5.0 §3.3: fixed header, topic, packet id, properties length in v5, payload.)
+    """
+    remaining = 2 + len(topic.encode()) + 2 + (1 if v5 else 0) + len(payload)
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3
+    return 1 + length_bytes + remaining + 4
+
+
+class Tally:
+    """What a subscriber saw from one source, with a switch to count only inside the window."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counting = False
+        self.messages = 0
+        self.values = 0
+        self.payload_bytes = 0
+        self.packet_bytes = 0
+        self.sizes: list[int] = []
+        self.sample: bytes = b""
+
+    def add(self, values: int, payload: bytes, packet: int) -> None:
+        with self.lock:
+            self.sample = payload
+            if self.counting:
+                self.messages += 1
+                self.values += values
+                self.payload_bytes += len(payload)
+                self.packet_bytes += packet
+                self.sizes.append(len(payload))
+
+
+def wait_until(deadline: float, what: str, step_s: float = 10.0) -> None:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        progress(f"{what}: {left:.0f} s left")
+        time.sleep(min(step_s, left))
+
+
+def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
+                   baseline_tree: Path | None) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from shared.config import parse_broker_url
+    from shared.mqtt import MqttConnection, Received
+    from tests.servers import MosquittoServer, wait_for
+
+    tmp = Path(tempfile.mkdtemp(prefix="fleetpulse-agent-cost-"))
+    broker = MosquittoServer(tmp / "mqtt", persistence=False).start()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    tallies = {"agent": Tally(), "collectd": Tally(), "agent_baseline": Tally()}
+
+    def on_message(msg: Received) -> None:
+        if msg.topic.startswith(AGENT_TOPIC + "/") and msg.topic.endswith("/metrics"):
+            name = "agent_baseline" if "/bench-baseline/" in msg.topic else "agent"
+            tallies[name].add(count_json_values(orjson.loads(msg.payload)), msg.payload,
+                              publish_packet_bytes(msg.topic, msg.payload, v5=True))
+        elif msg.topic.startswith(COLLECTD_TOPIC + "/"):
+            tallies["collectd"].add(count_collectd_values(msg.payload), msg.payload,
+                                    publish_packet_bytes(msg.topic, msg.payload, v5=False))
+
+    sub = MqttConnection("bench-agent-cost-sub", parse_broker_url(broker.url))
+    sub.on_message = on_message
+    sub.on_connected = lambda: sub.subscribe([f"{AGENT_TOPIC}/#", f"{COLLECTD_TOPIC}/#"], qos=1)
+    sub.start()
+    try:
+        wait_for(lambda: sub.connected, 10, "the subscriber to connect")
+        agents = {"agent": (ROOT, "bench-agent")}
+        if baseline_tree is not None:
+            agents["agent_baseline"] = (baseline_tree, "bench-baseline")
+        logs = {}
+        for name, (tree, device_id) in agents.items():
+            logs[name] = open(tmp / f"{name}.log", "wb")
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "agent.main", "run", "--broker-url", broker.url,
+                 "--state-dir", str(tmp / name), "--device-id", device_id,
+                 "--interval-s", "1", "--topic-prefix", AGENT_TOPIC, "--log-level", "WARNING"],
+                cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                stdout=subprocess.DEVNULL, stderr=logs[name])
+        if with_collectd:
+            binary = shutil.which("collectd") or "/usr/sbin/collectd"
+            if not Path(binary).exists():
+                raise SystemExit("collectd is not installed: apt-get install collectd-core")
+            (tmp / "collectd").mkdir()
+            conf = tmp / "collectd" / "collectd.conf"
+            conf.write_text(collectd_conf(tmp / "collectd", broker.port))
+            procs["collectd"] = subprocess.Popen([binary, "-f", "-C", str(conf)],
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL)
+        wait_until(time.monotonic() + warmup_s, "warm-up")
+        for name, proc in procs.items():
+            log_file = tmp / f"{name}.log"
+            if proc.poll() is not None:
+                err = log_file.read_text() if log_file.exists() else ""
+                raise SystemExit(f"{name} exited during the warm-up: {err[-2000:]}")
+        start = {n: cpu_snapshot([p.pid]) for n, p in procs.items()}
+        threads0 = {n: thread_split(p.pid) for n, p in procs.items() if n.startswith("agent")}
+        for tally in tallies.values():
+            tally.counting = True
+        rss: dict[str, list[int]] = defaultdict(list)
+        deadline = time.monotonic() + window_s
+        next_report = time.monotonic()
+        while time.monotonic() < deadline:
+            for name, proc in procs.items():
+                kb = status_kb(proc.pid, "VmRSS")
+                if kb:
+                    rss[name].append(kb)
+            if time.monotonic() >= next_report:
+                progress(f"window: {deadline - time.monotonic():.0f} s left")
+                next_report += 15
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        end = {n: cpu_snapshot([p.pid]) for n, p in procs.items()}
+        for tally in tallies.values():
+            tally.counting = False
+        results: dict[str, Any] = {}
+        for name, proc in procs.items():
+            cpu = cpu_percent(start[name], end[name])
+            tally = tallies[name]
+            threads = None
+            if name in threads0:
+                now = thread_split(proc.pid)
+                threads = {k: round(100 * (now[k] - threads0[name][k]) / cpu["window_s"], 4)
+                           for k in now}
+            results[name] = {
+                "pid": proc.pid, "cpu": cpu,
+                "cpu_percent": cpu["ticks_percent"],
+                "rss_steady_mb": statistics.median(rss[name]) / 1024 if rss[name] else None,
+                "rss_peak_mb": (status_kb(proc.pid, "VmHWM") or 0) / 1024,
+                "messages_per_s": tally.messages / cpu["window_s"],
+                "values_per_s": tally.values / cpu["window_s"],
+                "payload_bytes_per_s": tally.payload_bytes / cpu["window_s"],
+                "mqtt_bytes_per_s": tally.packet_bytes / cpu["window_s"],
+                "median_payload_bytes": statistics.median(tally.sizes) if tally.sizes else None,
+                "threads_cpu_percent": threads,
+            }
+        results["agent"]["sample_payload"] = tallies["agent"].sample.decode(errors="replace")
+        for name in agents:
+            text = (tmp / f"{name}.log").read_text(errors="replace")
+            results[name]["log_tail"] = text[-1000:]
+        return results
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        sub.stop()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def thread_split(pid: int) -> dict[str, float]:
+    """CPU seconds of the main thread (collection loop) and the others (paho's network loop)."""
+    out: dict[str, float] = {"main": 0.0, "other_threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        out["main" if int(task.name) == pid else "other_threads"] += ns / 1e9
+    return out
+
+
+# --- per-call breakdown ----------------------------------------------------------------------
+
+def breakdown(seconds: int, back_to_back: int = 300) -> dict[str, Any]:
+    """Time each step of a collection, once a second as the agent does, then back to back."""
+    sys.path.insert(0, str(ROOT))
+    import psutil
+
+    from agent.collect import Collector
+    from agent.encode import build_metrics, encode
+
+    timings: dict[str, list[float]] = defaultdict(list)
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timings[name].append(time.perf_counter() - t0)
+        return wrapper
+
+    class TimedPsutil:
+        """psutil, with every function call timed (what the collector asks of it)."""
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(psutil, name)
+            return timed(f"psutil.{name}", attr) if callable(attr) else attr
+
+    collector = Collector()
+    collector.ps = TimedPsutil()
+    for name in dir(Collector):
+        member = getattr(Collector, name)
+        if (name.startswith("_") and not name.startswith("__") and callable(member)
+                and not isinstance(member, type) and name != "_refresh"):
+            setattr(collector, name, timed(f"Collector.{name}", getattr(collector, name)))
+
+    def one(prev: Any) -> Any:
+        t0 = time.perf_counter()
+        sample = collector.sample()
+        t1 = time.perf_counter()
+        message = build_metrics(prev, sample, device_id="bench-agent", session_id="s" * 32,
+                                seq=1, epoch_s=time.time(), interval_s=1.0)
+        t2 = time.perf_counter()
+        payload = encode(message)
+        t3 = time.perf_counter()
+        timings["sample() total"].append(t1 - t0)
+        timings["build_metrics"].append(t2 - t1)
+        timings["encode (orjson)"].append(t3 - t2)
+        timings["collect+build+encode"].append(t3 - t0)
+        return sample, payload
+
+    prev, payload = one(None)
+    time.sleep(1.0)
+    timings.clear()
+    tick = time.monotonic()
+    for i in range(seconds):
+        tick += 1.0
+        time.sleep(max(0.0, tick - time.monotonic()))
+        prev, payload = one(prev)
+        if i % 15 == 14:
+            progress(f"breakdown at 1 Hz: {seconds - i - 1} s left")
+    at_1hz = {k: sorted(v) for k, v in timings.items()}
+    timings.clear()
+    for _ in range(back_to_back):
+        prev, payload = one(prev)
+    tight = {k: sorted(v) for k, v in timings.items()}
+    rows = {}
+    for name, values in at_1hz.items():
+        rows[name] = {"calls_per_sample": len(values) / seconds,
+                      "median_us_1hz": statistics.median(values) * 1e6,
+                      "p90_us_1hz": values[int(0.9 * (len(values) - 1))] * 1e6,
+                      "median_us_back_to_back": statistics.median(tight[name]) * 1e6
+                      if name in tight else None}
+    return {"seconds": seconds, "back_to_back_n": back_to_back, "payload_bytes": len(payload),
+            "values_per_message": count_json_values(orjson.loads(payload)), "calls": rows}
+
+
+def print_breakdown(result: dict[str, Any]) -> None:
+    calls = result["calls"]
+    order = sorted(calls, key=lambda n: (not n.startswith("psutil."),
+                                         not n.startswith("Collector."), n))
+    print(f"\nPer-call breakdown (N = {result['seconds']} samples at 1 Hz, "
+          f"{result['back_to_back_n']} back to back; µs; "
+          f"payload {result['payload_bytes']} bytes, {result['values_per_message']} values)")
+    print(table(["call", "per sample", "median 1 Hz", "p90 1 Hz", "median back-to-back"],
+                [[n, calls[n]["calls_per_sample"], calls[n]["median_us_1hz"],
+                  calls[n]["p90_us_1hz"], calls[n]["median_us_back_to_back"]] for n in order]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup-s", type=float, default=20.0)
+    parser.add_argument("--window-s", type=float, default=120.0)
+    parser.add_argument("--breakdown-s", type=int, default=30)
+    parser.add_argument("--no-collectd", action="store_true")
+    parser.add_argument("--baseline-tree", type=Path, help="also run the agent of this source "
+                        "tree (e.g. `git archive` of an older commit) in the same run")
+    parser.add_argument("--breakdown-only", type=int, metavar="SECONDS")
+    parser.add_argument("--label", default="agent_cost", help="results file name")
+    args = parser.parse_args()
+    if args.breakdown_only:
+        result = breakdown(args.breakdown_only)
+        if os.environ.get("BENCH_BREAKDOWN_JSON"):
+            Path(os.environ["BENCH_BREAKDOWN_JSON"]).write_bytes(orjson.dumps(result))
+        else:
+            print_breakdown(result)
+        return 0
+
+    info = machine()
+    runs = measure_window(args.warmup_s, args.window_s, not args.no_collectd,
+                          args.baseline_tree)
+    progress("per-call breakdown in a fresh process")
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, "-m", "bench.agent_cost", "--breakdown-only",
+                        str(args.breakdown_s)], cwd=ROOT, check=True,
+                       env={**os.environ, "BENCH_BREAKDOWN_JSON": out.name})
+        calls = orjson.loads(Path(out.name).read_bytes())
+
+    a, c = runs["agent"], runs.get("collectd")
+    rows = []
+    for name, r in runs.items():
+        rows.append([name, r["cpu"]["ticks_percent"], r["cpu"]["schedstat_percent"],
+                     r["rss_steady_mb"], r["rss_peak_mb"], r["values_per_s"],
+                     r["messages_per_s"], r["payload_bytes_per_s"], r["mqtt_bytes_per_s"]])
+    print(f"\nAgent cost: window {a['cpu']['window_s']:.0f} s after {args.warmup_s:.0f} s "
+          f"warm-up; {describe_machine(info)}")
+    print(table(["agent", "CPU % (ticks)", "CPU % (schedstat)", "RSS MB", "peak RSS MB",
+                 "values/s", "messages/s", "payload B/s", "MQTT B/s"], rows))
+    ratio = ratio_ticks = None
+    if c:
+        ratio = a["cpu"]["schedstat_percent"] / c["cpu"]["schedstat_percent"]
+        ratio_ticks = a["cpu"]["ticks_percent"] / max(c["cpu"]["ticks_percent"], 1e-9)
+        print(f"fleetpulse agent: {a['cpu']['ticks_percent']:.3f} % of one core "
+              f"({a['cpu']['schedstat_percent']:.3f} % schedstat), "
+              f"{a['values_per_s']:.0f} values/s; collectd same run: "
+              f"{c['cpu']['ticks_percent']:.3f} % ({c['cpu']['schedstat_percent']:.3f} %), "
+              f"{c['values_per_s']:.0f} values/s → CPU ratio {ratio:.2f}× "
+              f"({ratio_ticks:.2f}× by ticks), "
+              f"values ratio {a['values_per_s'] / max(c['values_per_s'], 1e-9):.2f}×")
+    for name, r in runs.items():
+        if r.get("threads_cpu_percent"):
+            print(f"{name} CPU % by thread (schedstat): {r['threads_cpu_percent']}")
+    if "agent_baseline" in runs:
+        b = runs["agent_baseline"]
+        print(f"agent now vs baseline tree, same run: {a['cpu']['schedstat_percent']:.3f} % vs "
+              f"{b['cpu']['schedstat_percent']:.3f} % "
+              f"({a['cpu']['schedstat_percent'] / max(b['cpu']['schedstat_percent'], 1e-9):.2f}×)")
+    print_breakdown(calls)
+    path = write_result(args.label, {
+        "benchmark": "agent_cost", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": info, "warmup_s": args.warmup_s, "window_s": args.window_s,
+        "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
+        "runs": runs, "cpu_ratio_agent_to_collectd": ratio,
+        "cpu_ratio_agent_to_collectd_ticks": ratio_ticks, "breakdown": calls,
+        "targets": {"agent_cpu_percent_max": 0.10, "ratio_to_collectd_max": 0.5,
+                    "rss_mb_max": 24}})
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
