@@ -3,6 +3,7 @@
     fleetpulse-hub run       subscribe, validate, store; serve the API and dashboard
     fleetpulse-hub status    print the fleet as a table
     fleetpulse-hub migrate   create or upgrade the tables, then exit
+    fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
 """
 
 from __future__ import annotations
@@ -14,20 +15,28 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
+from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
 from hub.batch import Batcher, Inbound
 from hub.receive import Receiver
+from hub.retention import Retention, housekeep
 from hub.status import format_fleet
-from hub.store import Store
+from hub.store import Store, StorePool
 from hub.validate import Limits, validate
+from hub.watch import AlertWatcher
 from hub.write import backoff_s, write_batch
 from shared import __version__
 from shared.config import HubSettings, add_setting_flags, settings_from_args
 from shared.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from hub.api import HttpServer
 
 log = logging.getLogger("fleetpulse.hub")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/hub.toml")
@@ -112,6 +121,65 @@ def ingest(inbox: queue.Queue[Inbound], receiver: Receiver, store: Store,
             return
 
 
+def load_rules(settings: HubSettings) -> list[Rule]:
+    """Return the alert rules: the defaults, with ``alert_rules_file``'s overrides."""
+    if settings.alert_rules_file is None:
+        return list(DEFAULT_RULES)
+    where = f"alert_rules_file {settings.alert_rules_file}"
+    try:
+        table = tomllib.loads(settings.alert_rules_file.read_text())
+        return rules_from_table(table)
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read it ({exc.strerror})."]) from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError([f"{where}: {exc}."]) from None
+
+
+def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: float,
+          stop: threading.Event) -> None:
+    """Evaluate the alert rules every ``every_s``; housekeep at start and each new UTC day."""
+    housekept: object = None
+    failing = False
+    republished = False
+    while not stop.is_set():
+        try:
+            now = datetime.now(UTC)
+            if housekept != now.date():
+                housekeep(store, retention, now)
+                housekept = now.date()
+            if not republished:
+                watcher.republish_open()
+                republished = True
+            watcher.check(now)
+            if failing:
+                log.warning("Alert checks work again.")
+            failing = False
+        except StoreError as exc:
+            if not failing:
+                log.error("Cannot check alerts or housekeep: %s. Retrying every %g s.", exc,
+                          every_s)
+            failing = True
+        stop.wait(every_s)
+
+
+def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
+               inbox: queue.Queue[Inbound], stats: IngestStats,
+               rules: list[Rule]) -> HttpServer:
+    """Serve the API and the dashboard in a thread; return the server (it has ``stop()``)."""
+    from hub.api import HttpServer, HubHealth, create_app  # FastAPI only when serving
+    from hub.read import FleetReader
+
+    def health() -> HubHealth:
+        return HubHealth(receiver.mqtt.connected, stats.last_write_at, inbox.qsize(),
+                         stats.received, stats.stored, stats.quarantined)
+
+    server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
+                                   token=settings.api_token, rules=rules),
+                        settings.http_host, settings.http_port)
+    server.start()
+    return server
+
+
 def run(settings: HubSettings) -> int:
     stop = threading.Event()
 
@@ -121,17 +189,47 @@ def run(settings: HubSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("fleetpulse-hub %s starting.", __version__)
+    try:
+        rules = load_rules(settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"Invalid configuration: {problem}", file=sys.stderr)
+        return 2
     store = open_store(settings, stop)
     if store is None:
         return 0
     inbox: queue.Queue[Inbound] = queue.Queue()
     receiver = Receiver(settings, inbox)
     stats = IngestStats()
+    watch_store = Store(store.url, application_name="fleetpulse-hub-alerts")
+    pool = StorePool(store.url)
+    http: HttpServer | None = None
+    watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
+        topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
+    retention = Retention(settings.retention_days, settings.rollup_minute_days,
+                          settings.rollup_hour_days)
+    watching = threading.Thread(target=watch, name="alerts", daemon=True,
+                                args=(watch_store, watcher, retention, settings.alert_check_s,
+                                      stop))
     receiver.start()
     try:
+        if settings.http_port:
+            try:
+                http = start_http(settings, pool, receiver, inbox, stats, rules)
+            except OSError as exc:
+                log.error("%s", exc)
+                return 1
+        watching.start()
         ingest(inbox, receiver, store, settings, stop, stats)
     finally:
+        stop.set()
+        if http is not None:
+            http.stop()
         receiver.stop()
+        if watching.is_alive():
+            watching.join(10)
+        pool.close()
+        watch_store.close()
         store.close()
         log.info("Stopped: %d messages received, %d rows stored, %d quarantined.",
                  stats.received, stats.stored, stats.quarantined)
@@ -151,11 +249,70 @@ def status(settings: HubSettings) -> int:
     return 0
 
 
+def export(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``fleetpulse-hub export``: stream rows to a CSV or Parquet file, progress on stderr."""
+    from hub.export import export_to_file, format_for_path, parse_format, parse_when
+
+    if not args.output:
+        print("export needs --output FILE (.csv or .parquet, or - for stdout).", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    try:
+        start, end = parse_when(args.start, now), parse_when(args.end, now)
+        fmt = parse_format(args.format) if args.format else format_for_path(args.output)
+    except ValueError as exc:
+        print(f"Cannot export: {exc}.", file=sys.stderr)
+        return 2
+    if end <= start:
+        print(f"Cannot export: --end {end.isoformat()} is not after --start "
+              f"{start.isoformat()}.", file=sys.stderr)
+        return 2
+    store = Store(database_url(settings), application_name="fleetpulse-hub-export")
+    target = Path(args.output)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        store.migrate()
+        if args.device and not store.query("select 1 from devices where device_id = %s",
+                                           (args.device,)):
+            print(f"Cannot export: device {args.device!r} is not known.", file=sys.stderr)
+            return 1
+        if args.output == "-":
+            rows = export_to_file(store, sys.stdout.buffer, fmt, start, end, args.device)
+        else:
+            # Written aside and renamed, so a failed export leaves no truncated file.
+            with open(partial, "wb") as out:
+                rows = export_to_file(store, out, fmt, start, end, args.device,
+                                      progress=sys.stderr)
+            partial.replace(target)
+        print(f"Exported {rows:,} readings ({args.device or 'all devices'}, "
+              f"{start.isoformat()} to {end.isoformat()}) as {fmt}"
+              + ("" if args.output == "-" else f" to {target}") + ".", file=sys.stderr)
+    except StoreError as exc:
+        print(f"Cannot read the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"Cannot write {args.output}: {exc.strerror}.", file=sys.stderr)
+        return 1
+    finally:
+        partial.unlink(missing_ok=True)
+        store.close()
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse-hub",
                                      description="Store and show the metrics of a fleet.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "status", "migrate"])
+    parser.add_argument("command", choices=["run", "status", "migrate", "export"])
+    export = parser.add_argument_group("export")
+    export.add_argument("--device", help="export this device only (default: the whole fleet)")
+    export.add_argument("--start", default="24h", help="ISO 8601 time or an age such as 90m, "
+                        "24h, 7d (default 24h)")
+    export.add_argument("--end", default="now", help="ISO 8601 time, 'now' or an age")
+    export.add_argument("--output", "-o", help="file to write; .parquet/.pq means Parquet, "
+                        "anything else CSV; '-' for stdout")
+    export.add_argument("--format", choices=["csv", "parquet"],
+                        help="override the format the file name implies")
     parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
                         "exists, or FLEETPULSE_CONFIG)")
     add_setting_flags(parser, HubSettings)
@@ -176,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(settings)
     if args.command == "status":
         return status(settings)
+    if args.command == "export":
+        return export(settings, args)
     store = Store(database_url(settings))
     try:
         print("\n".join(store.migrate()) or "Schema is current.")

@@ -141,7 +141,7 @@ def choose_resolution(start: datetime, end: datetime, max_points: int = MAX_POIN
 
 
 def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
-    """Return the query of one device's series: a bucket, then mean/min/max per column.
+    """Return the query of one device's series: ``t``, then ``<column>_mean/_min/_max``.
 
     Parameters: device_id, start, end (``%(device)s``, ``%(start)s``, ``%(end)s``).
     """
@@ -149,13 +149,14 @@ def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
     selects = []
     if resolution.source == "raw":
         for c in columns:
-            selects += [f"avg({c})", f"min({c})", f"max({c})"]
+            selects += [f"avg({c}) as {c}_mean", f"min({c}) as {c}_min",
+                        f"max({c}) as {c}_max"]
         return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} from metrics "
                 "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
                 "group by 1 order by 1")
     for c in columns:
-        selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0)", f"min({c}_min)",
-                    f"max({c}_max)"]
+        selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0) as {c}_mean",
+                    f"min({c}_min) as {c}_min", f"max({c}_max) as {c}_max"]
     return (f"select {bucket.format(ts='bucket')} as t, {', '.join(selects)} "
             f"from {resolution.table} where device_id = %(device)s "
             "and bucket >= %(start)s and bucket < %(end)s group by 1 order by 1")
@@ -164,7 +165,8 @@ def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
 def per_core_sql(resolution: Resolution) -> str:
     """Return the query of the per-core CPU means per bucket (per-second data only)."""
     bucket = f"date_bin('{resolution.step_s} seconds', ts, {_ORIGIN})"
-    return ("select t, array_agg(v order by i) from (select " + bucket + " as t, u.i, avg(u.v) "
-            "as v from metrics, unnest(cpu_per_core_percent) with ordinality as u(v, i) "
+    return ("select t, array_agg(v order by i) as cores from (select " + bucket +
+            " as t, u.i, avg(u.v) as v from metrics, "
+            "unnest(cpu_per_core_percent) with ordinality as u(v, i) "
             "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
             "group by 1, 2) cores group by t order by t")

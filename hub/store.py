@@ -89,6 +89,10 @@ class Store:
         self._conn: psycopg.Connection[Any] | None = None
         self._partitions: set[date] = set()
 
+    @property
+    def url(self) -> str:
+        return self._url
+
     # --- connection -----------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -336,6 +340,7 @@ class StorePool:
     """A few :class:`Store` connections shared by the HTTP API's worker threads."""
 
     def __init__(self, url: str, size: int = 4) -> None:
+        self._url = url
         self._idle: queue.LifoQueue[Store] = queue.LifoQueue()
         for _ in range(size):
             self._idle.put(Store(url, application_name="fleetpulse-hub-api"))
@@ -360,8 +365,12 @@ class StorePool:
 
     def stream(self, text: str, params: Sequence[Any] | dict[str, Any] | None = None,
                chunk_rows: int = 5000) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
-        with self.borrow() as store:
+        """Stream on a connection of its own, so a long export does not hold a pool slot."""
+        store = Store(self._url, application_name="fleetpulse-hub-export")
+        try:
             yield from store.stream(text, params, chunk_rows)
+        finally:
+            store.close()
 
     def close(self) -> None:
         for store in self._all:

@@ -25,6 +25,7 @@ from shared.schema import (
 _SECTIONS = {"cpu": Cpu, "memory": Memory, "disk": Disk, "network": Network,
              "sensors": Sensors, "throttling": Throttling}
 _LISTS = {"per_core_percent", "partitions", "per_disk", "per_interface", "temperatures"}
+_FIELDS = {section: tuple(get_type_hints(cls)) for section, cls in _SECTIONS.items()}
 
 
 def reading(device_id: str, ts: datetime, *, seq: int = 1, session_id: str = "s1",
@@ -32,9 +33,8 @@ def reading(device_id: str, ts: datetime, *, seq: int = 1, session_id: str = "s1
     """Return one reading; ``values`` set fields as ``<section>_<field>=value``."""
     message: dict[str, Any] = {"v": 1, "device_id": device_id, "session_id": session_id,
                                "seq": seq, "ts": ts, "interval_s": interval_s}
-    for section, cls in _SECTIONS.items():
-        message[section] = {field: ([] if field in _LISTS else None)
-                            for field in get_type_hints(cls)}
+    for section, fields in _FIELDS.items():
+        message[section] = {field: ([] if field in _LISTS else None) for field in fields}
     for key, value in values.items():
         section, field = key.split("_", 1)
         assert field in message[section], f"{key} is not a field of the schema"

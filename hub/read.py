@@ -1,0 +1,162 @@
+"""Read the fleet for the API and the dashboard: latest values, series, alerts, quarantine.
+
+The SQL of the read side, run through any object with ``query(text, params)`` (a
+:class:`~hub.store.StorePool` in the hub), so this module stays free of the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from hub.rollup import HOUR, MINUTE, ROLLUP_COLUMNS, Resolution, per_core_sql, series_sql
+from hub.watch import DISK_MAX_PERCENT
+
+# The columns a series can show (the rolled-up ones; interval_s is bookkeeping).
+SERIES_COLUMNS: tuple[str, ...] = tuple(c for c in ROLLUP_COLUMNS if c != "interval_s")
+LATEST_COLUMNS = (
+    "ts", "interval_s", "cpu_percent", "cpu_per_core_percent", "cpu_load_1",
+    "cpu_freq_current_mhz", "memory_percent", "memory_used_bytes", "memory_total_bytes",
+    "memory_swap_percent", "memory_swap_in_bytes_per_s", "memory_swap_out_bytes_per_s",
+    "sensors_cpu_celsius", "sensors_gpu_celsius", "disk_read_bytes_per_s",
+    "disk_write_bytes_per_s", "network_bytes_sent_per_s", "network_bytes_recv_per_s",
+    "throttling_raw", "throttling_under_voltage_now", "throttling_throttled_now",
+    "throttling_freq_capped_now", "throttling_soft_temp_limit_now",
+    "throttling_under_voltage_occurred", "throttling_throttled_occurred")
+
+_DEVICES = (
+    "select d.device_id, d.hostname, d.status, d.status_since, d.first_seen, d.last_seen, "
+    "d.last_received_at, d.meta->>'pi_model' as pi_model, d.meta->>'os' as os, "
+    "coalesce((d.meta->>'interval_s')::float8, m.interval_s) as device_interval_s, "
+    + ", ".join(f"m.{c}" for c in LATEST_COLUMNS) + ", m.disk_max_percent, "
+    "coalesce(a.rules, '{}') as alerts "
+    "from devices d left join lateral (select m.*, " + DISK_MAX_PERCENT + " from metrics m "
+    "where m.device_id = d.device_id order by ts desc limit 1) m on true "
+    "left join lateral (select array_agg(rule order by rule) as rules from alerts "
+    "where alerts.device_id = d.device_id and ended_at is null) a on true "
+    "{where} order by d.device_id")
+
+
+class Querier(Protocol):
+    def query(self, text: str, params: Any = None) -> list[dict[str, Any]]: ...
+
+
+class Streamer(Protocol):
+    def stream(self, text: str, params: Any = None,
+               chunk_rows: int = 5000) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]: ...
+
+
+@dataclass(frozen=True)
+class Completeness:
+    start: datetime
+    end: datetime
+    expected: int
+    stored: int
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.expected <= 0 else min(1.0, self.stored / self.expected)
+
+
+def completeness(start: datetime, end: datetime, stored: int,
+                 interval_s: float | None) -> Completeness:
+    """Readings expected over [start, end) at ``interval_s`` against those stored."""
+    span = max(0.0, (end - start).total_seconds())
+    expected = 0 if not interval_s else round(span / interval_s)
+    return Completeness(start, end, expected, stored)
+
+
+class FleetReader:
+    """Queries of the read side; each method is one or two round trips."""
+
+    def __init__(self, db: Querier) -> None:
+        self._db = db
+
+    def devices(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        """Every device (or one) with its status, newest reading and open alert rules."""
+        if device_id is None:
+            return self._db.query(_DEVICES.replace("{where}", ""))
+        return self._db.query(_DEVICES.replace("{where}", "where d.device_id = %(device)s"),
+                              {"device": device_id})
+
+    def meta(self, device_id: str) -> Any:
+        rows = self._db.query("select meta from devices where device_id = %s", (device_id,))
+        return rows[0]["meta"] if rows else None
+
+    def series(self, device_id: str, start: datetime, end: datetime, resolution: Resolution,
+               columns: tuple[str, ...]) -> dict[str, Any]:
+        """Mean, min and max per bucket of each column, columnar (as charts want them)."""
+        params = {"device": device_id, "start": start, "end": end}
+        rows = self._db.query(series_sql(resolution, columns), params)
+        times = [row["t"].timestamp() for row in rows]
+        series = {c: {agg: [row[f"{c}_{agg}"] for row in rows] for agg in ("mean", "min", "max")}
+                  for c in columns}
+        per_core: list[list[float | None]] | None = None
+        if resolution.source == "raw":
+            # Per-core values exist in the per-second table only.
+            cores = {row["t"].timestamp(): row["cores"] or []
+                     for row in self._db.query(per_core_sql(resolution), params)}
+            width = max((len(v) for v in cores.values()), default=0)
+            per_core = [[_at(cores.get(t, []), k) for t in times] for k in range(width)]
+        return {"t": times, "series": series, "per_core": per_core}
+
+    def completeness(self, device_id: str, start: datetime, end: datetime) -> Completeness:
+        """Compare readings expected from the device's interval with those stored."""
+        rows = self._db.query(
+            f"select coalesce(sum(readings), 0) as stored, sum(interval_s_sum) / "
+            f"nullif(sum(interval_s_count), 0) as interval_s from {MINUTE.name} "
+            "where device_id = %(device)s and bucket >= %(start)s and bucket < %(end)s",
+            {"device": device_id, "start": start, "end": end})
+        # Nothing is expected before the device's first stored reading.
+        first = self._db.query(
+            f"select (select min(bucket) from {HOUR.name} where device_id = %(device)s) "
+            "as first, (select (meta->>'interval_s')::float8 from devices "
+            "where device_id = %(device)s) as interval_s", {"device": device_id})[0]
+        since = max(start, first["first"]) if first["first"] is not None else end
+        interval = first["interval_s"] or rows[0]["interval_s"]
+        return completeness(since, end, int(rows[0]["stored"]), interval)
+
+    def alerts(self, device_id: str | None = None, open_only: bool = False,
+               limit: int = 100) -> list[dict[str, Any]]:
+        where = []
+        if device_id is not None:
+            where.append("device_id = %(device)s")
+        if open_only:
+            where.append("ended_at is null")
+        clause = ("where " + " and ".join(where)) if where else ""
+        return self._db.query(
+            "select id, device_id, rule, started_at, ended_at, peak_value, last_value, "
+            f"threshold, message from alerts {clause} "
+            "order by (ended_at is null) desc, started_at desc limit %(limit)s",
+            {"device": device_id, "limit": limit})
+
+    def quarantine(self, since: datetime, limit: int = 20) -> dict[str, Any]:
+        params = {"since": since, "limit": limit}
+        total = self._db.query("select count(*) as n, coalesce(sum(payload_bytes), 0) as bytes "
+                               "from quarantine where received_at >= %(since)s", params)[0]
+        reasons = self._db.query(
+            "select reason, count(*) as count, max(received_at) as last_at from quarantine "
+            "where received_at >= %(since)s group by reason order by 2 desc, 1 "
+            "limit %(limit)s", params)
+        devices = self._db.query(
+            "select device_id, count(*) as count from quarantine where received_at >= "
+            "%(since)s group by device_id order by 2 desc, 1 limit %(limit)s", params)
+        recent = self._db.query(
+            "select id, received_at, topic, device_id, reason, payload_bytes from quarantine "
+            "where received_at >= %(since)s order by received_at desc, id desc "
+            "limit %(limit)s", params)
+        return {"since": since, "total": int(total["n"]), "bytes": int(total["bytes"]),
+                "by_reason": reasons, "by_device": devices, "recent": recent}
+
+    def check(self) -> bool:
+        self._db.query("select 1")
+        return True
+
+    def device_ids_exist(self, device_id: str) -> bool:
+        return bool(self._db.query("select 1 from devices where device_id = %s", (device_id,)))
+
+
+def _at(values: list[float | None], k: int) -> float | None:
+    return values[k] if k < len(values) else None

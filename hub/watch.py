@@ -1,0 +1,137 @@
+"""Evaluate the alert rules against the database and announce what changed.
+
+The edge around :mod:`hub.alerts`: reads device states, recent readings and open alerts,
+runs the pure evaluation, stores the changes in one transaction, and only then publishes
+each alert retained on ``<prefix>/<device>/alert/<rule>`` — JSON while open, an empty
+retained payload when closed (which clears the retained message, MQTT 5.0 §3.3.1.3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from hub.alerts import (
+    Change,
+    DeviceState,
+    FleetInput,
+    OpenAlert,
+    Reading,
+    Rule,
+    alert_payload,
+    evaluate_fleet,
+    reading_values,
+    window_s,
+)
+from shared.topics import alert_topic
+
+log = logging.getLogger(__name__)
+
+# Largest partition use of a reading, from the disk_partitions jsonb.
+DISK_MAX_PERCENT = ("(select max((p->>'percent')::float8) from "
+                    "jsonb_array_elements(m.disk_partitions) p) as disk_max_percent")
+_STATES = (
+    "select d.device_id, d.status, d.status_since, "
+    "coalesce((d.meta->>'interval_s')::float8, m.interval_s, 1.0) as interval_s, "
+    "m.received_at as last_reading_received_at from devices d "
+    "left join lateral (select interval_s, received_at from metrics m "
+    "where m.device_id = d.device_id order by ts desc limit 1) m on true order by 1")
+# Readings up to the window before each device's newest one (its own clock).
+_READINGS = (
+    "select m.device_id, m.ts, m.sensors_cpu_celsius, m.memory_percent, "
+    "m.memory_swap_in_bytes_per_s, m.memory_swap_out_bytes_per_s, "
+    "m.throttling_under_voltage_now, m.throttling_throttled_now, "
+    "m.throttling_freq_capped_now, m.throttling_soft_temp_limit_now, " + DISK_MAX_PERCENT + " "
+    "from devices d join lateral (select * from metrics m where m.device_id = d.device_id "
+    "and m.ts > d.last_seen - make_interval(secs => %(window)s) and m.ts <= d.last_seen) m "
+    "on true order by m.device_id, m.ts")
+_OPEN = "select device_id, rule, started_at, peak_value from alerts where ended_at is null"
+_INSERT = (
+    "insert into alerts (device_id, rule, started_at, peak_value, last_value, threshold, "
+    "message, updated_at) values (%(device_id)s, %(rule)s, %(started_at)s, %(peak)s, "
+    "%(value)s, %(threshold)s, %(message)s, %(now)s) "
+    "on conflict (device_id, rule) where ended_at is null do nothing")
+_UPDATE = (
+    "update alerts set peak_value = %(peak)s, last_value = %(value)s, message = %(message)s, "
+    "updated_at = %(now)s where device_id = %(device_id)s and rule = %(rule)s "
+    "and ended_at is null")
+_CLOSE = (
+    "update alerts set ended_at = %(ended_at)s, updated_at = %(now)s "
+    "where device_id = %(device_id)s and rule = %(rule)s and ended_at is null")
+
+
+class WatchStore(Protocol):
+    def query(self, text: str, params: Any = None) -> list[dict[str, Any]]: ...
+    def execute(self, statements: Sequence[tuple[str, Any]]) -> None: ...
+
+
+Publish = Callable[[str, bytes], object]  # topic, payload: retained, QoS 1
+
+
+class AlertWatcher:
+    """Run one evaluation round at a time; :meth:`check` is called by the hub's loop."""
+
+    def __init__(self, store: WatchStore, publish: Publish, prefix: str,
+                 rules: Sequence[Rule]) -> None:
+        self._store = store
+        self._publish = publish
+        self._prefix = prefix
+        self._rules = list(rules)
+        self._by_name = {r.name: r for r in rules}
+        self._window_s = window_s(rules)
+
+    def load(self) -> FleetInput:
+        fleet = FleetInput()
+        for row in self._store.query(_STATES):
+            fleet.devices.append(DeviceState(row["device_id"], row["status"],
+                                             row["status_since"], float(row["interval_s"]),
+                                             row["last_reading_received_at"]))
+        for row in self._store.query(_READINGS, {"window": self._window_s}):
+            fleet.readings.setdefault(row["device_id"], []).append(
+                Reading(row["ts"], reading_values(row)))
+        for row in self._store.query(_OPEN):
+            fleet.open_alerts.setdefault(row["device_id"], {})[row["rule"]] = OpenAlert(
+                row["device_id"], row["rule"], row["started_at"], row["peak_value"])
+        return fleet
+
+    def check(self, now: datetime) -> list[Change]:
+        """Evaluate every device, store the changes, then publish them."""
+        changes = evaluate_fleet(self._rules, self.load(), now)
+        if not changes:
+            return []
+        statements: list[tuple[str, Any]] = []
+        for c in changes:
+            params = {"device_id": c.device_id, "rule": c.rule, "started_at": c.started_at,
+                      "ended_at": c.ended_at, "peak": c.peak_value, "value": c.value,
+                      "threshold": c.threshold, "message": c.message, "now": now}
+            statements.append(({"open": _INSERT, "update": _UPDATE, "close": _CLOSE}[c.action],
+                               params))
+        self._store.execute(statements)
+        for c in changes:
+            if c.action == "open":
+                log.warning("Alert: %s.", c.message)
+            elif c.action == "close":
+                log.info("Alert over: %s on %s (peak %s).", c.rule, c.device_id, c.peak_value)
+            self._announce(c)
+        return changes
+
+    def republish_open(self) -> int:
+        """Publish every open alert again (retained), e.g. after the hub restarts."""
+        rows = self._store.query("select * from alerts where ended_at is null")
+        for row in rows:
+            self._announce(Change("open", row["device_id"], row["rule"], row["started_at"],
+                                  None, row["last_value"], row["peak_value"],
+                                  row["threshold"] or 0.0, row["message"]))
+        return len(rows)
+
+    def _announce(self, change: Change) -> None:
+        topic = alert_topic(self._prefix, change.device_id, change.rule)
+        if change.action == "close":
+            self._publish(topic, b"")
+        else:
+            self._publish(topic, orjson.dumps(alert_payload(change, self._by_name.get(
+                change.rule))))

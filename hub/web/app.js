@@ -1,0 +1,416 @@
+/* fleetpulse dashboard: plain JavaScript, no build step. Live values come from the hub's
+   Server-Sent Events stream (/api/stream); history from /api/devices/{id}/series. */
+"use strict";
+
+const state = {
+  token: localStorage.getItem("fleetpulse.token") || "",
+  devices: [],          // newest event's devices
+  sort: { key: "device_id", dir: 1 },
+  view: null,           // "fleet" | "device"
+  device: null,         // device id on the device page
+  range: "live",        // "live" | seconds | "custom"
+  live: null,           // rolling 60 s buffers on the device page
+  charts: {},
+  source: null,         // EventSource
+  timers: [],
+};
+window.fleetpulse = state;  // for the browser tests and curious operators
+
+const $ = (sel) => document.querySelector(sel);
+const LIVE_WINDOW_S = 60;
+
+// --- formatting ---------------------------------------------------------------------------
+function num(v, digits = 1) { return v === null || v === undefined ? "–" : v.toFixed(digits); }
+function bytesPerS(v) {
+  if (v === null || v === undefined) return "–";
+  const units = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+function ago(iso) {
+  if (!iso) return "never";
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 120) return `${s} s ago`;
+  if (s < 7200) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+function throttling(latest) {
+  if (!latest || latest.throttling_raw === null || latest.throttling_raw === undefined) return "–";
+  const now = [];
+  if (latest.throttling_under_voltage_now) now.push("under-voltage");
+  if (latest.throttling_throttled_now) now.push("throttled");
+  if (latest.throttling_freq_capped_now) now.push("capped");
+  if (latest.throttling_soft_temp_limit_now) now.push("soft limit");
+  if (now.length) return now.join(", ");
+  return latest.throttling_raw ? `ok (0x${latest.throttling_raw.toString(16)})` : "ok";
+}
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+// --- API ----------------------------------------------------------------------------------
+function withToken(url) {
+  if (!state.token) return url;
+  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(state.token);
+}
+async function api(path) {
+  const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  const response = await fetch(path, { headers });
+  if (response.status === 401) { askToken(); throw new Error("a token is needed"); }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || response.statusText);
+  return body;
+}
+function askToken() {
+  $("#token-form").hidden = false;
+  $("#fleet-view").hidden = true;
+  $("#device-view").hidden = true;
+}
+$("#token-submit").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.token = $("#token-input").value.trim();
+  localStorage.setItem("fleetpulse.token", state.token);
+  $("#token-form").hidden = true;
+  connect();
+  route();
+});
+
+// --- live stream --------------------------------------------------------------------------
+function connect() {
+  if (state.source) state.source.close();
+  const source = new EventSource(withToken("/api/stream"));
+  state.source = source;
+  source.addEventListener("fleet", (e) => {
+    const body = JSON.parse(e.data);
+    state.devices = body.devices;
+    state.lastEvent = body.at;
+    $("#live").textContent = "live";
+    $("#live").classList.add("on");
+    renderSummary(body.summary);
+    if (state.view === "fleet") renderFleet();
+    if (state.view === "device") onDeviceEvent();
+  });
+  source.addEventListener("problem", (e) => showError(JSON.parse(e.data).detail));
+  source.onerror = () => {
+    $("#live").textContent = "reconnecting…";
+    $("#live").classList.remove("on");
+  };
+}
+
+function renderSummary(s) {
+  const nav = $("#summary");
+  nav.replaceChildren(...[["devices", "devices"], ["online", "online"], ["offline", "offline"],
+    ["silent", "silent"], ["alerting", "alerting"]].map(([key, label]) =>
+    el("span", { class: "chip", "data-summary": key }, el("b", { text: String(s[key]) }), ` ${label}`)));
+}
+
+// --- fleet page ---------------------------------------------------------------------------
+function sortValue(d, key) {
+  const l = d.latest || {};
+  switch (key) {
+    case "cpu": return l.cpu_percent ?? -1;
+    case "memory": return l.memory_percent ?? -1;
+    case "temp": return l.sensors_cpu_celsius ?? -1;
+    case "throttling": return throttling(d.latest);
+    case "alerts": return d.alerts.length;
+    case "last_seen": return d.last_seen ? -Date.parse(d.last_seen) : Infinity;
+    case "state": return d.state;
+    default: return d.device_id;
+  }
+}
+function visibleDevices() {
+  const text = $("#filter").value.trim().toLowerCase();
+  const wanted = $("#state-filter").value;
+  const { key, dir } = state.sort;
+  return state.devices
+    .filter((d) => !text || d.device_id.toLowerCase().includes(text) ||
+      (d.hostname || "").toLowerCase().includes(text))
+    .filter((d) => !wanted || (wanted === "alerting" ? d.alerts.length > 0 : d.state === wanted))
+    .sort((a, b) => {
+      const x = sortValue(a, key), y = sortValue(b, key);
+      return (x < y ? -1 : x > y ? 1 : a.device_id < b.device_id ? -1 : 1) * dir;
+    });
+}
+function bar(percent) {
+  const i = el("i");
+  i.style.width = `${Math.max(0, Math.min(100, percent || 0))}%`;
+  return el("span", { class: "bar" }, i);
+}
+function renderFleet() {
+  const rows = visibleDevices().map((d) => {
+    const l = d.latest || {};
+    const temp = el("td", { class: "num", "data-col": "temp", text: num(l.sensors_cpu_celsius) });
+    if ((l.sensors_cpu_celsius || 0) >= 80) temp.classList.add("hot");
+    const alerts = el("td", { "data-col": "alerts" },
+      ...d.alerts.map((a) => el("span", { class: "badge alert", text: a.replaceAll("_", " ") })));
+    const name = el("td", { "data-col": "device" }, el("a", { href: `#/device/${encodeURIComponent(d.device_id)}`, text: d.device_id }));
+    if (d.hostname && d.hostname !== d.device_id) name.append(el("span", { class: "host", text: d.hostname }));
+    const tr = el("tr", { "data-device": d.device_id }, name,
+      el("td", { "data-col": "state" }, el("span", { class: `badge ${d.state}`, text: d.state })),
+      el("td", { class: "num", "data-col": "cpu" }, num(l.cpu_percent), bar(l.cpu_percent)),
+      el("td", { class: "num", "data-col": "memory" }, num(l.memory_percent), bar(l.memory_percent)),
+      temp,
+      el("td", { "data-col": "throttling", text: throttling(d.latest) }),
+      alerts,
+      el("td", { class: "num", "data-col": "last_seen", text: ago(l.ts || d.last_seen) }));
+    tr.addEventListener("click", (e) => {
+      if (e.target.tagName !== "A") location.hash = `#/device/${encodeURIComponent(d.device_id)}`;
+    });
+    return tr;
+  });
+  $("#fleet tbody").replaceChildren(...rows);
+  $("#empty").hidden = state.devices.length > 0;
+  $("#shown").textContent = `${rows.length} of ${state.devices.length} shown`;
+}
+for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
+  th.addEventListener("click", () => {
+    const key = th.dataset.sort;
+    state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
+    for (const other of document.querySelectorAll("#fleet th")) other.removeAttribute("aria-sort");
+    th.setAttribute("aria-sort", state.sort.dir === 1 ? "ascending" : "descending");
+    renderFleet();
+  });
+}
+$("#filter").addEventListener("input", renderFleet);
+$("#state-filter").addEventListener("change", renderFleet);
+
+async function refreshFleetPanels() {
+  try {
+    const [alerts, quarantine, health] = await Promise.all([
+      api("/api/alerts?open=true&limit=50"), api("/api/quarantine?hours=24&limit=5"),
+      fetch("/api/health").then((r) => r.json())]);
+    $("#open-alerts").replaceChildren(...(alerts.length ? alerts.map((a) => el("li", {},
+      el("a", { href: `#/device/${encodeURIComponent(a.device_id)}`, text: a.device_id }),
+      ` ${a.message} `, el("span", { class: "muted", text: `since ${ago(a.started_at)}` })))
+      : [el("li", { class: "muted", text: "None" })]));
+    const q = $("#quarantine");
+    q.replaceChildren(el("p", { text: `${quarantine.total} messages refused` }),
+      el("ul", { class: "alerts" }, ...quarantine.by_reason.map((r) =>
+        el("li", {}, el("b", { text: `${r.count}× ` }), r.reason))));
+    const facts = [["Broker", health.broker_connected ? "connected" : "disconnected"],
+      ["Database", health.database_reachable ? "reachable" : "unreachable"],
+      ["Last write", ago(health.last_write_at)], ["Backlog", String(health.backlog)],
+      ["Stored", String(health.stored)], ["Quarantined", String(health.quarantined)]];
+    $("#health").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  } catch (err) { showError(`Cannot load the fleet panels: ${err.message}`); }
+}
+
+// --- device page --------------------------------------------------------------------------
+const PALETTE = ["#1f5fbf", "#c62828", "#1a7f37", "#b26a00", "#6a4fb3", "#00838f", "#ad1457",
+  "#5d4037", "#455a64", "#7cb342", "#f9a825", "#0277bd"];
+const CHARTS = {
+  cpu: { el: "#chart-cpu", unit: "%", series: (cores) => [["CPU", "cpu_percent"],
+    ...Array.from({ length: cores }, (_, i) => [`core ${i}`, `core${i}`])] },
+  memory: { el: "#chart-memory", unit: "%", series: () => [["memory", "memory_percent"], ["swap", "memory_swap_percent"]] },
+  temp: { el: "#chart-temp", unit: "°C", series: () => [["CPU", "sensors_cpu_celsius"]] },
+  disk: { el: "#chart-disk", unit: "B/s", series: () => [["read", "disk_read_bytes_per_s"], ["write", "disk_write_bytes_per_s"]] },
+  net: { el: "#chart-net", unit: "B/s", series: () => [["received", "network_bytes_recv_per_s"], ["sent", "network_bytes_sent_per_s"]] },
+};
+
+function chartWidth(node) { return Math.max(300, node.clientWidth - 4); }
+function makeChart(name, labels, data) {
+  const spec = CHARTS[name];
+  const node = $(spec.el);
+  if (state.charts[name]) state.charts[name].destroy();
+  const series = [{}, ...labels.map(([label], i) => ({
+    label, stroke: PALETTE[i % PALETTE.length], width: i === 0 ? 2 : 1,
+    dash: name === "cpu" && i > 0 ? [4, 3] : undefined,
+    value: (u, v) => (v === null || v === undefined ? "–" : spec.unit === "B/s" ? bytesPerS(v) : v.toFixed(1)),
+  }))];
+  const axisValues = spec.unit === "B/s" ? (u, ticks) => ticks.map((t) => bytesPerS(t)) : undefined;
+  const opts = {
+    width: chartWidth(node), height: 180, series,
+    scales: { x: { time: true }, y: spec.unit === "%" ? { range: [0, 100] } : { auto: true } },
+    axes: [{}, { size: spec.unit === "B/s" ? 80 : 50, values: axisValues }],
+    legend: { live: true },
+  };
+  state.charts[name] = new uPlot(opts, data, node);
+  state.charts[name].labels = labels;
+}
+
+function columnsFromSeries(body, labels) {
+  const cores = body.per_core || [];
+  return [body.t, ...labels.map(([, key]) => key.startsWith("core")
+    ? cores[Number(key.slice(4))] || body.t.map(() => null)
+    : body.series[key].mean)];
+}
+
+function drawAll(body) {
+  const cores = body.per_core ? body.per_core.length : 0;
+  for (const name of Object.keys(CHARTS)) {
+    const labels = CHARTS[name].series(cores);
+    makeChart(name, labels, columnsFromSeries(body, labels));
+  }
+  const kind = { raw: "per second", "1m": "minute rollup", "1h": "hour rollup" }[body.source];
+  $("#range-label").textContent = `${kind}, ${body.step_s} s per point, ${body.t.length} points`;
+  $("#range-label").dataset.source = body.source;
+  $("#range-label").dataset.points = String(body.t.length);
+}
+
+async function loadRange() {
+  const end = state.range === "custom" ? new Date($("#custom-end").value) : new Date();
+  const seconds = state.range === "live" ? LIVE_WINDOW_S : Number(state.range);
+  const start = state.range === "custom" ? new Date($("#custom-start").value)
+    : new Date(end.getTime() - seconds * 1000);
+  if (isNaN(start) || isNaN(end)) { showError("Choose both ends of the custom range."); return; }
+  const path = `/api/devices/${encodeURIComponent(state.device)}/series?start=${start.toISOString()}&end=${end.toISOString()}`;
+  try {
+    const body = await api(path);
+    showError("");
+    state.live = state.range === "live" ? { body } : null;
+    drawAll(body);
+  } catch (err) { showError(`Cannot load the series: ${err.message}`); }
+}
+
+function appendLive(device) {
+  const l = device.latest;
+  if (!state.live || !l) return;
+  const body = state.live.body;
+  const t = Date.parse(l.ts) / 1000;
+  const last = body.t.length ? body.t[body.t.length - 1] : 0;
+  if (t <= last) return;
+  body.t.push(t);
+  for (const [key, entry] of Object.entries(body.series)) {
+    const v = l[key] ?? null;
+    entry.mean.push(v); entry.min.push(v); entry.max.push(v);
+  }
+  const cores = l.cpu_per_core_percent || [];
+  if (!body.per_core || body.per_core.length !== cores.length) {
+    body.per_core = cores.map(() => body.t.slice(0, -1).map(() => null));
+  }
+  cores.forEach((v, i) => body.per_core[i].push(v));
+  while (body.t.length && body.t[0] < t - LIVE_WINDOW_S) {
+    body.t.shift();
+    for (const entry of Object.values(body.series)) { entry.mean.shift(); entry.min.shift(); entry.max.shift(); }
+    for (const core of body.per_core) core.shift();
+  }
+  const cpuLabels = CHARTS.cpu.series(cores.length);
+  for (const name of Object.keys(CHARTS)) {
+    const chart = state.charts[name];
+    const labels = name === "cpu" ? cpuLabels : chart.labels;
+    const data = columnsFromSeries(body, labels);
+    if (chart && chart.labels.length === labels.length) chart.setData(data);
+    else makeChart(name, labels, data);
+  }
+  $("#range-label").textContent = `live, per second, ${body.t.length} points`;
+  $("#range-label").dataset.points = String(body.t.length);
+}
+
+function renderCurrent(d) {
+  const l = d.latest || {};
+  $("#device-state").className = `badge ${d.state}`;
+  $("#device-state").textContent = d.state;
+  const cores = (l.cpu_per_core_percent || []).map((v) => v.toFixed(0)).join(" · ");
+  const facts = [
+    ["CPU", `${num(l.cpu_percent)} %`, "current-cpu"], ["Per core", cores || "–", "current-cores"],
+    ["Load (1 min)", num(l.cpu_load_1, 2), "current-load"],
+    ["Memory", `${num(l.memory_percent)} %`, "current-memory"], ["Swap", `${num(l.memory_swap_percent)} %`, "current-swap"],
+    ["Temperature", `${num(l.sensors_cpu_celsius)} °C`, "current-temp"],
+    ["Fullest disk", `${num(l.disk_max_percent)} %`, "current-disk"],
+    ["Disk read", bytesPerS(l.disk_read_bytes_per_s), "current-disk-read"],
+    ["Disk write", bytesPerS(l.disk_write_bytes_per_s), "current-disk-write"],
+    ["Net in", bytesPerS(l.network_bytes_recv_per_s), "current-net-in"],
+    ["Net out", bytesPerS(l.network_bytes_sent_per_s), "current-net-out"],
+    ["Throttling", throttling(d.latest), "current-throttling"],
+    ["Reading", l.ts ? new Date(l.ts).toLocaleTimeString() : "–", "current-ts"]];
+  $("#current").replaceChildren(...facts.flatMap(([k, v, id]) => [el("dt", { text: k }), el("dd", { id, text: v })]));
+}
+
+function onDeviceEvent() {
+  const d = state.devices.find((x) => x.device_id === state.device);
+  if (!d) return;
+  renderCurrent(d);
+  if (state.range === "live") appendLive(d);
+}
+
+async function loadDevice() {
+  try {
+    const [d, alerts] = await Promise.all([
+      api(`/api/devices/${encodeURIComponent(state.device)}`),
+      api(`/api/devices/${encodeURIComponent(state.device)}/alerts?limit=20`)]);
+    showError("");
+    $("#device-title").textContent = d.device_id;
+    $("#device-facts").textContent = [d.hostname, d.pi_model, d.os].filter(Boolean).join(" · ");
+    renderCurrent(d);
+    const c = [["Last hour", d.completeness_1h], ["Last 24 h", d.completeness_24h]];
+    $("#completeness").replaceChildren(...c.flatMap(([k, v]) => [el("dt", { text: k }),
+      el("dd", { text: v.ratio === null ? "–" : `${(v.ratio * 100).toFixed(1)} % (${v.stored}/${v.expected})` })]));
+    $("#device-alerts").replaceChildren(...(alerts.length ? alerts.map((a) => el("li", { class: a.ended_at ? "closed" : "" },
+      el("b", { text: a.rule.replaceAll("_", " ") }), ` ${a.ended_at ? "ended " + ago(a.ended_at) : "open since " + ago(a.started_at)}`,
+      el("div", { class: "muted", text: a.message })))
+      : [el("li", { class: "muted", text: "None" })]));
+  } catch (err) { showError(`Cannot load ${state.device}: ${err.message}`); }
+}
+
+function setRange(range) {
+  state.range = range;
+  for (const b of document.querySelectorAll("button.range")) b.setAttribute("aria-pressed", String(b.dataset.range === range));
+  $("#custom-range").hidden = range !== "custom";
+  if (range === "custom") {
+    const end = new Date(), start = new Date(end.getTime() - 6 * 3600 * 1000);
+    const local = (x) => new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+    if (!$("#custom-start").value) $("#custom-start").value = local(start);
+    if (!$("#custom-end").value) $("#custom-end").value = local(end);
+  }
+  loadRange();
+  updateExportLinks();
+}
+for (const b of document.querySelectorAll("button.range")) b.addEventListener("click", () => setRange(b.dataset.range));
+$("#custom-apply").addEventListener("click", () => loadRange());
+
+function updateExportLinks() {
+  const end = new Date();
+  const seconds = state.range === "live" ? 3600 : state.range === "custom" ? 86400 : Number(state.range);
+  const start = new Date(end.getTime() - seconds * 1000);
+  for (const format of ["csv", "parquet"]) {
+    $(`#export-${format}`).href = withToken(`/api/devices/${encodeURIComponent(state.device)}/export?format=${format}&start=${start.toISOString()}&end=${end.toISOString()}`);
+  }
+}
+
+// --- routing ------------------------------------------------------------------------------
+function route() {
+  for (const t of state.timers) clearInterval(t);
+  state.timers = [];
+  const match = location.hash.match(/^#\/device\/(.+)$/);
+  $("#token-form").hidden = true;
+  if (match) {
+    state.view = "device";
+    state.device = decodeURIComponent(match[1]);
+    $("#fleet-view").hidden = true;
+    $("#device-view").hidden = false;
+    document.title = `${state.device} · fleetpulse`;
+    loadDevice();
+    setRange("live");
+    state.timers.push(setInterval(loadDevice, 30000));
+  } else {
+    state.view = "fleet";
+    state.device = null;
+    $("#device-view").hidden = true;
+    $("#fleet-view").hidden = false;
+    document.title = "fleetpulse";
+    renderFleet();
+    refreshFleetPanels();
+    state.timers.push(setInterval(refreshFleetPanels, 10000));
+  }
+}
+window.addEventListener("hashchange", route);
+window.addEventListener("resize", () => {
+  for (const [name, chart] of Object.entries(state.charts)) {
+    chart.setSize({ width: chartWidth($(CHARTS[name].el)), height: 180 });
+  }
+});
+connect();
+route();
