@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from hub.rollup import HOUR, MINUTE, ROLLUP_COLUMNS, Resolution, per_core_sql, series_sql
+from hub.rollup import MINUTE, ROLLUP_COLUMNS, Resolution, per_core_sql, series_sql
 from hub.watch import DISK_MAX_PERCENT
 
 # The columns a series can show (the rolled-up ones; interval_s is bookkeeping).
@@ -111,7 +111,7 @@ class FleetReader:
             {"device": device_id, "start": start, "end": end})
         # Nothing is expected before the device's first stored reading.
         first = self._db.query(
-            f"select (select min(bucket) from {HOUR.name} where device_id = %(device)s) "
+            f"select (select min(bucket) from {MINUTE.name} where device_id = %(device)s) "
             "as first, (select (meta->>'interval_s')::float8 from devices "
             "where device_id = %(device)s) as interval_s", {"device": device_id})[0]
         since = max(start, first["first"]) if first["first"] is not None else end

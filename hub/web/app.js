@@ -233,12 +233,27 @@ function makeChart(name, labels, data) {
   const axisValues = spec.unit === "B/s" ? (u, ticks) => ticks.map((t) => bytesPerS(t)) : undefined;
   const opts = {
     width: chartWidth(node), height: 180, series,
-    scales: { x: { time: true }, y: spec.unit === "%" ? { range: [0, 100] } : { auto: true } },
+    scales: {
+      // Live: always a 60 s window ending at the newest reading, however few points yet.
+      x: state.range === "live" ? { time: true, range: (u, min, max) => [max - LIVE_WINDOW_S, max] }
+        : { time: true },
+      y: spec.unit === "%" ? { range: [0, 100] } : { auto: true },
+    },
     axes: [{}, { size: spec.unit === "B/s" ? 80 : 50, values: axisValues }],
     legend: { live: true },
   };
   state.charts[name] = new uPlot(opts, data, node);
   state.charts[name].labels = labels;
+  markEmpty(name, data);
+}
+
+function markEmpty(name, data) {
+  // Say so when a device cannot measure something (no sensor), instead of an empty chart.
+  const caption = $(CHARTS[name].el).parentElement.querySelector("figcaption");
+  const empty = data.slice(1).every((column) => column.every((v) => v === null || v === undefined));
+  let note = caption.querySelector(".nodata");
+  if (empty && !note) caption.append(note = el("span", { class: "nodata muted", text: " — no data in this range" }));
+  if (!empty && note) note.remove();
 }
 
 function columnsFromSeries(body, labels) {
@@ -302,7 +317,7 @@ function appendLive(device) {
     const chart = state.charts[name];
     const labels = name === "cpu" ? cpuLabels : chart.labels;
     const data = columnsFromSeries(body, labels);
-    if (chart && chart.labels.length === labels.length) chart.setData(data);
+    if (chart && chart.labels.length === labels.length) { chart.setData(data); markEmpty(name, data); }
     else makeChart(name, labels, data);
   }
   $("#range-label").textContent = `live, per second, ${body.t.length} points`;

@@ -1,0 +1,241 @@
+"""The dashboard in real headless Chromium, fed by a real hub and a real agent.
+
+One hub and one agent (processes, as a user runs them) serve every test of this module;
+the database also holds a week of history for the range selector and a second device with
+an open alert. Screenshots go to tests/web/screenshots/ (ignored by git) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from hub.batch import DeviceEvents
+from hub.store import Store
+from tests import processes
+from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
+from tests.web.readings import partition, series, write_readings
+
+pytestmark = pytest.mark.integration
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+AGENT = "web-1"
+
+
+@dataclass
+class Site:
+    url: str
+    db_url: str
+    browser: WebDriver
+
+
+def _chromium() -> WebDriver:
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not Path(binary).exists() or not Path(driver).exists():
+        raise RuntimeError("chromium and chromium-driver are not installed "
+                           "(apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    profile = tempfile.mkdtemp(prefix="fleetpulse-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(driver))
+    browser.set_page_load_timeout(30)
+    return browser
+
+
+def _seed(db_url: str, now: datetime) -> None:
+    """A week of minute readings of the agent's device, and a hot, throttled second Pi."""
+    store = Store(db_url)
+    store.migrate()
+    week = now - timedelta(days=7)
+    history = series(AGENT, week, 7 * 24 * 60 - 30, step_s=60.0,
+                     cpu_percent=lambda i: 20.0 + 15.0 * ((i // 60) % 4),
+                     memory_percent=lambda i: 30.0 + (i % 1440) / 100,
+                     sensors_cpu_celsius=lambda i: 45.0 + (i % 1440) / 144,
+                     disk_read_bytes_per_s=lambda i: float(i % 97) * 4096,
+                     network_bytes_recv_per_s=lambda i: float(i % 61) * 10000)
+    kitchen = series("pi-kitchen", now - timedelta(minutes=10), 600,
+                     cpu_percent=lambda i: 70.0 + i % 20, memory_percent=55.0,
+                     sensors_cpu_celsius=lambda i: 81.0 + (i % 5),
+                     cpu_per_core_percent=lambda i: [70.0, 80.0, 90.0, 75.0],
+                     disk_partitions=[partition("/", 93.0)], throttling_raw=0x50005,
+                     throttling_under_voltage_now=True, throttling_throttled_now=True)
+    for i in range(0, len(history), 5000):
+        write_readings(store, history[i:i + 5000], received_at=now)
+    write_readings(store, kitchen, received_at=now - timedelta(minutes=1))
+    events = DeviceEvents()
+    events.meta["pi-kitchen"] = ({"hostname": "kitchen", "pi_model": "Raspberry Pi 4 Model B",
+                                  "interval_s": 1.0}, now)
+    events.status["pi-kitchen"] = ("offline", now - timedelta(seconds=30))
+    store.write([], [], events)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def site(postgres: PostgresServer, broker: MosquittoServer) -> Iterator[Site]:
+    name = f"web_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    db_url = postgres.url_for(name)
+    _seed(db_url, datetime.now(UTC))
+    workdir = Path(tempfile.mkdtemp(prefix="fleetpulse-web-"))
+    prefix = f"fpweb-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = processes.base_env(broker_url=broker.url, db=db_url, topic_prefix=prefix,
+                             client_id=f"{prefix}-hub", http_port=str(port),
+                             data_dir=str(workdir / "hub"), batch_max_age_s="0.2",
+                             alert_check_s="1")
+    hub = processes.Process(["-m", "hub.main", "run"], env, workdir / "hub.log").start()
+    agent = processes.agent(workdir, broker_url=broker.url, prefix=prefix, device_id=AGENT,
+                            interval_s="1")
+    browser = None
+    try:
+        processes.wait_hub_subscribed(hub)
+        agent.start()
+        processes.wait_rows(db_url, 3, where=f"device_id = '{AGENT}' and ts > now() - "
+                            "interval '1 minute'")
+        browser = _chromium()
+        yield Site(f"http://127.0.0.1:{port}", db_url, browser)
+    finally:
+        if browser is not None:
+            browser.quit()
+        agent.stop()
+        hub.stop()
+    assert "Traceback" not in hub.log(), hub.log()[-3000:]
+
+
+def screenshot(browser: WebDriver, name: str) -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    browser.save_screenshot(str(path))
+    return path
+
+
+def cell(browser: WebDriver, device: str, column: str) -> str:
+    text: str = browser.find_element(
+        By.CSS_SELECTOR, f'tr[data-device="{device}"] td[data-col="{column}"]').text
+    return text
+
+
+def rows(browser: WebDriver) -> list[str]:
+    return [r.get_attribute("data-device") or ""
+            for r in browser.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")]
+
+
+def test_fleet_page_lists_every_device_with_live_values(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + "/#/")
+    wait_for(lambda: len(rows(b)) == 2, 15, "both devices in the table")
+    assert cell(b, AGENT, "state") == "online"
+    assert cell(b, "pi-kitchen", "state") == "offline"
+    assert cell(b, "pi-kitchen", "throttling") == "under-voltage, throttled"
+    assert cell(b, "pi-kitchen", "temp") in {"81.0", "82.0", "83.0", "84.0", "85.0"}
+    float(cell(b, AGENT, "cpu"))  # a number from the agent's real reading
+    # The agent's newest reading arrives over the event stream, second after second.
+    first = b.execute_script(f"return state.devices.find(d => d.device_id == '{AGENT}')"
+                             ".latest.ts")
+    wait_for(lambda: b.execute_script(
+        f"return state.devices.find(d => d.device_id == '{AGENT}').latest.ts") != first,
+        10, "a newer reading on the page")
+    assert b.find_element(By.ID, "live").text == "live"
+    assert b.find_element(By.CSS_SELECTOR, '[data-summary="online"] b').text == "1"
+    wait_for(lambda: "CPU temperature high" in b.find_element(By.ID, "open-alerts").text, 20,
+             "the kitchen Pi's temperature alert in the open alerts")
+    assert screenshot(b, "fleet").stat().st_size > 10_000
+
+
+def test_fleet_table_sorts_and_filters(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + "/#/")
+    wait_for(lambda: len(rows(b)) == 2, 15, "both devices")
+    assert rows(b) == sorted(rows(b))
+    header = b.find_element(By.CSS_SELECTOR, 'th[data-sort="temp"]')
+    header.click()
+    header.click()  # descending: the hot kitchen Pi first
+    wait_for(lambda: rows(b)[0] == "pi-kitchen", 5, "hottest first")
+    assert header.get_attribute("aria-sort") == "descending"
+    b.find_element(By.ID, "filter").send_keys("kitch")
+    wait_for(lambda: rows(b) == ["pi-kitchen"], 5, "only the kitchen Pi")
+    b.find_element(By.ID, "filter").clear()
+    b.execute_script("const s = document.getElementById('state-filter'); s.value = 'online';"
+                     "s.dispatchEvent(new Event('change'))")
+    wait_for(lambda: rows(b) == [AGENT], 5, "only online devices")
+
+
+def test_device_page_charts_live_values_and_follows_the_range_selector(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + f"/#/device/{AGENT}")
+    wait_for(lambda: b.find_element(By.ID, "current-cpu").text.endswith("%"), 15,
+             "current values")
+    points = "return state.charts.cpu.data[0].length"
+    wait_for(lambda: b.execute_script(points) >= 3, 15, "a few live points")
+    before = b.execute_script(points)
+    stamp = b.find_element(By.ID, "current-ts").text
+    wait_for(lambda: b.execute_script(points) > before, 10, "the live chart to grow")
+    wait_for(lambda: b.find_element(By.ID, "current-ts").text != stamp, 10,
+             "the current values to change")
+    live_span = b.execute_script("const x = state.charts.cpu.scales.x; return x.max - x.min")
+    assert live_span <= 65
+    assert screenshot(b, "device-live").stat().st_size > 10_000
+
+    b.find_element(By.CSS_SELECTOR, 'button[data-range="86400"]').click()
+    label = b.find_element(By.ID, "range-label")
+    wait_for(lambda: label.get_attribute("data-source") == "1m", 15, "the minute rollup")
+    span = b.execute_script("const x = state.charts.cpu.scales.x; return x.max - x.min")
+    assert span > 20 * 3600
+    assert "minute rollup" in label.text
+    assert screenshot(b, "device-24h").stat().st_size > 10_000
+
+    b.find_element(By.CSS_SELECTOR, 'button[data-range="604800"]').click()
+    wait_for(lambda: b.execute_script(
+        "const x = state.charts.cpu.scales.x; return x.max - x.min") > 6 * 86400, 15,
+        "a week on the chart")
+    assert int(label.get_attribute("data-points") or 0) <= 1000
+    assert screenshot(b, "device-7d").stat().st_size > 10_000
+
+    b.find_element(By.CSS_SELECTOR, 'button[data-range="custom"]').click()
+    end = datetime.now() - timedelta(days=2)  # the browser's local time, as the input wants
+    start = end - timedelta(hours=2)
+    b.execute_script(
+        "document.getElementById('custom-start').value = arguments[0];"
+        "document.getElementById('custom-end').value = arguments[1];"
+        "document.getElementById('custom-apply').click()",
+        start.strftime("%Y-%m-%dT%H:%M"), end.strftime("%Y-%m-%dT%H:%M"))
+    wait_for(lambda: 7000 <= b.execute_script(
+        "const x = state.charts.cpu.scales.x; return x.max - x.min") <= 7300, 15,
+        "the custom two hours")
+    assert b.find_element(By.ID, "error").is_displayed() is False
+
+
+def test_device_page_shows_the_devices_alerts_and_completeness(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + "/#/device/pi-kitchen")
+    wait_for(lambda: "cpu temperature high" in b.find_element(By.ID, "device-alerts").text,
+             20, "the open temperature alert")
+    assert "%" in b.find_element(By.ID, "completeness").text
+    assert b.find_element(By.ID, "current-throttling").text == "under-voltage, throttled"
+    assert b.find_element(By.ID, "device-facts").text.startswith("kitchen")
+    assert screenshot(b, "device-alerts").stat().st_size > 10_000
+
+
+def test_unknown_device_page_says_so(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + "/#/device/nope")
+    error = b.find_element(By.ID, "error")
+    wait_for(lambda: "device 'nope' is not known" in error.text, 10, "the error message")
