@@ -4,6 +4,8 @@
     fleetpulse-hub status    print the fleet as a table
     fleetpulse-hub migrate   create or upgrade the tables, then exit
     fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
+    fleetpulse-hub add-device ID      give a device a broker account; print its agent.toml
+    fleetpulse-hub revoke-device ID   remove a device's broker account
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
 from hub.batch import Batcher, Inbound
+from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
 from hub.receive import Receiver
 from hub.retention import Retention, housekeep
 from hub.status import format_fleet
@@ -303,7 +306,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse-hub",
                                      description="Store and show the metrics of a fleet.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "status", "migrate", "export"])
+    parser.add_argument("command", choices=["run", "status", "migrate", "export", "add-device",
+                                            "revoke-device"])
+    accounts = parser.add_argument_group("add-device / revoke-device")
+    accounts.add_argument("device_id", nargs="?", help="the device's id (= its broker user name)")
+    accounts.add_argument("--password-file", type=Path, default=DEFAULT_PASSWORD_FILE,
+                          help=f"Mosquitto's password file (default {DEFAULT_PASSWORD_FILE})")
+    accounts.add_argument("--reload-pid", type=int, help="send SIGHUP to this process (the "
+                          "broker) so it re-reads the password file")
     export = parser.add_argument_group("export")
     export.add_argument("--device", help="export this device only (default: the whole fleet)")
     export.add_argument("--start", default="24h", help="ISO 8601 time or an age such as 90m, "
@@ -335,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         return status(settings)
     if args.command == "export":
         return export(settings, args)
+    if args.command in ("add-device", "revoke-device"):
+        if not args.device_id:
+            print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
+            return 2
+        if args.command == "add-device":
+            return run_add_device(args.device_id, args.password_file, settings, args.reload_pid)
+        return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
     store = Store(database_url(settings))
     try:
         print("\n".join(store.migrate()) or "Schema is current.")

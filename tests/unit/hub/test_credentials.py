@@ -1,0 +1,165 @@
+"""Device broker accounts: hashes in Mosquitto's format, file edits, the agent's TOML."""
+
+from __future__ import annotations
+
+import base64
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hub.credentials import (
+    AGENT_CA_FILE,
+    add_device,
+    agent_broker_url,
+    agent_config,
+    check_device_id,
+    format_agent_toml,
+    hash_password,
+    new_password,
+    read_password_file,
+    remove_user,
+    revoke_device,
+    set_user,
+    users,
+    verify_password,
+)
+from shared.config import AgentSettings, load_settings
+from shared.errors import ConfigError
+
+# Made by `mosquitto_passwd -c -b passwd alice secret1` (mosquitto 2.0.11).
+MOSQUITTO_LINE = ("alice:$7$101$rQvg2xUt7jYAJRsT$EXQ+KbgLiCw1kocNaV4YEZWD8DfyThEUgtZbay08JFoI53"
+                  "PtbUUueDHLtjalENrbWG24VPwB5N9eSWf8ME5PmA==")
+
+
+def test_verify_accepts_a_hash_made_by_mosquitto_passwd() -> None:
+    hashed = MOSQUITTO_LINE.split(":", 1)[1]
+    assert verify_password("secret1", hashed)
+    assert not verify_password("secret2", hashed)
+
+
+def test_hash_password_reproduces_mosquitto_passwd_given_its_salt() -> None:
+    hashed = MOSQUITTO_LINE.split(":", 1)[1]
+    salt = base64.b64decode(hashed.split("$")[3])
+    assert hash_password("secret1", salt) == hashed
+
+
+def test_hash_password_has_mosquitto_2_layout() -> None:
+    hashed = hash_password("pw", b"\x01" * 12)
+    empty, kind, iterations, salt, key = hashed.split("$")
+    assert (empty, kind, iterations) == ("", "7", "101")
+    assert len(base64.b64decode(salt)) == 12
+    assert len(base64.b64decode(key)) == 64
+    assert verify_password("pw", hashed)
+
+
+def test_verify_rejects_malformed_hashes() -> None:
+    assert not verify_password("pw", "plain")
+    assert not verify_password("pw", "$7$x$AAAA$AAAA")
+    assert not verify_password("pw", "$7$101$!!!$AAAA")
+
+
+def test_new_passwords_are_long_random_and_url_safe() -> None:
+    first, second = new_password(), new_password()
+    assert first != second
+    assert len(first) >= 43  # 256 bits in base64
+    assert set(first) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@pytest.mark.parametrize("device_id", ["", "a/b", "pi+1", "pi#", "-pi", "x" * 65, "a:b",
+                                       "fleetpulse-hub"])
+def test_check_device_id_refuses_unusable_names_and_the_hub_account(device_id: str) -> None:
+    with pytest.raises(ConfigError):
+        check_device_id(device_id)
+
+
+def test_check_device_id_accepts_a_normal_id() -> None:
+    check_device_id("pi-kitchen.01")
+
+
+def test_set_user_replaces_only_that_users_line_and_keeps_comments() -> None:
+    text = "# accounts\nfleetpulse-hub:$7$hub\npi-01:$7$old\npi-02:$7$two\n"
+    updated = set_user(text, "pi-01", "$7$new")
+    assert updated == "# accounts\nfleetpulse-hub:$7$hub\npi-01:$7$new\npi-02:$7$two\n"
+
+
+def test_set_user_appends_a_new_user_and_does_not_match_a_prefix() -> None:
+    assert set_user("pi-01x:$7$a", "pi-01", "$7$b") == "pi-01x:$7$a\npi-01:$7$b\n"
+    assert set_user("", "pi-01", "$7$b") == "pi-01:$7$b\n"
+
+
+def test_remove_user_removes_the_line_and_reports_whether_it_existed() -> None:
+    text, removed = remove_user("a:$7$1\npi-01:$7$2\nb:$7$3\n", "pi-01")
+    assert (text, removed) == ("a:$7$1\nb:$7$3\n", True)
+    assert remove_user(text, "pi-01") == (text, False)
+    assert users(text) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("mqtts://fleetpulse-hub:s3cret@broker.lan:8883", "mqtts://broker.lan:8883"),
+    ("mqtt://broker.lan", "mqtt://broker.lan"),
+    ("mqtt://u@[fd00::1]:1883", "mqtt://[fd00::1]:1883"),
+])
+def test_agent_broker_url_never_carries_the_hubs_credentials(url: str, expected: str) -> None:
+    assert agent_broker_url(url) == expected
+
+
+def test_agent_toml_loads_as_agent_settings_with_ca_for_mqtts(tmp_path: Path) -> None:
+    config = agent_config("pi-01", 'p"w\\x', "mqtts://hub:pw@broker.lan:8883")
+    text = format_agent_toml(config)
+    assert "hub:pw" not in text
+    table = tomllib.loads(text)
+    assert table["broker_password"] == 'p"w\\x'
+    (tmp_path / "agent.toml").write_text(text)
+    settings = load_settings(AgentSettings, file=tmp_path / "agent.toml", environ={})
+    assert settings.device_id == "pi-01"
+    assert settings.broker_username == "pi-01"
+    assert settings.broker_password is not None
+    assert settings.broker_password.reveal() == 'p"w\\x'
+    assert settings.broker_url == "mqtts://broker.lan:8883"
+    assert str(settings.broker_ca_file) == AGENT_CA_FILE
+
+
+def test_agent_toml_for_plain_mqtt_has_no_ca_file() -> None:
+    table = tomllib.loads(format_agent_toml(agent_config("pi-01", "pw", "mqtt://broker.lan")))
+    assert "broker_ca_file" not in table
+
+
+def test_add_device_creates_a_private_file_whose_hash_matches_the_password(
+        tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    password = add_device(path, "pi-01")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    (line,) = read_password_file(path).splitlines()
+    name, hashed = line.split(":", 1)
+    assert name == "pi-01"
+    assert verify_password(password, hashed)
+
+
+def test_add_device_again_replaces_the_password_and_keeps_the_file_mode(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("fleetpulse-hub:" + hash_password("hub", b"s" * 12) + "\n")
+    path.chmod(0o640)
+    first = add_device(path, "pi-01")
+    second = add_device(path, "pi-01")
+    text = read_password_file(path)
+    assert users(text) == ["fleetpulse-hub", "pi-01"]
+    hashed = dict(line.split(":", 1) for line in text.splitlines())["pi-01"]
+    assert verify_password(second, hashed) and not verify_password(first, hashed)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["passwd"]  # no temporary file left
+
+
+def test_revoke_device_removes_only_that_device(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    add_device(path, "pi-01")
+    add_device(path, "pi-02")
+    assert revoke_device(path, "pi-01")
+    assert users(read_password_file(path)) == ["pi-02"]
+    assert not revoke_device(path, "pi-01")
+
+
+def test_add_device_into_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot write the password file"):
+        add_device(tmp_path / "missing" / "passwd", "pi-01")
