@@ -189,6 +189,15 @@ def _above(rule: Rule, readings: Sequence[Reading], is_open: bool) -> _Firing | 
     return _Firing(started_at, newest_value, max(v for _, v in run))
 
 
+def _cleared_at(rule: Rule, readings: Sequence[Reading]) -> datetime:
+    """Return the time of the first reading at or below ``clear`` after the last one above."""
+    for i in range(len(readings) - 1, -1, -1):
+        value = readings[i].values.get(rule.metric)
+        if value is not None and value > rule.clear_at:
+            return readings[min(i + 1, len(readings) - 1)].ts
+    return readings[0].ts
+
+
 def _device_rule(rule: Rule, device: DeviceState, now: datetime) -> _Firing | None:
     limit_s = rule.threshold * device.interval_s
     if rule.kind == "offline":
@@ -239,7 +248,7 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
             if not readings and current is not None:
                 continue  # nothing to judge by (the offline rules speak for the device)
             firing = _above(rule, readings, current is not None)
-            ended_at = readings[-1].ts if readings else now
+            ended_at = _cleared_at(rule, readings) if readings else now
         else:
             firing = _device_rule(rule, device, now)
             ended_at = now
