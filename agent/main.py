@@ -32,6 +32,7 @@ log = logging.getLogger("fleetpulse.agent")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
 REPLAY_PUMP_S = 0.1  # how often to pump while the spool is being replayed
 META_CHECK_S = 60.0
+WINDOW = 100  # readings awaiting the broker's acknowledgement at once
 
 
 def next_tick(previous: float, interval_s: float, now: float) -> float:
@@ -68,20 +69,25 @@ class Agent:
             f"fleetpulse-agent-{self.device_id}", parse_broker_url(settings.broker_url),
             username=settings.broker_username, password=settings.broker_password,
             ca_file=settings.broker_ca_file,
-            will=Will(self._status_topic, STATUS_OFFLINE.encode()), max_inflight=100)
+            # Room for the status and meta messages beside a full window of readings, so
+            # paho never has to queue a reading itself.
+            will=Will(self._status_topic, STATUS_OFFLINE.encode()), max_inflight=WINDOW + 16)
         self.outbox = Outbox(self.mqtt, self.spool, metrics_topic(prefix, self.device_id),
-                             window=100, flush_s=settings.spool_flush_s,
+                             window=WINDOW, flush_s=settings.spool_flush_s,
                              replay_rate_per_s=settings.replay_rate_per_s)
         self.mqtt.on_connected = self._announce
         self.mqtt.on_published = self.outbox.on_published
         self._meta_dropped = -1
+        self._spool_readings = len(self.spool)
+        self._spool_dropped = self.spool.dropped
 
     def _meta_payload(self) -> bytes:
-        self._meta_dropped = self.spool.dropped
+        # Called from the MQTT thread too: use the counts the main loop noted, not the spool.
+        self._meta_dropped = self._spool_dropped
         return encode(build_meta(self.facts, device_id=self.device_id,
                                  session_id=self.session_id,
                                  interval_s=self.settings.interval_s,
-                                 spool_readings=len(self.spool),
+                                 spool_readings=self._spool_readings,
                                  spool_dropped=self._meta_dropped))
 
     def _announce(self) -> None:
@@ -118,7 +124,8 @@ class Agent:
             self.outbox.pump(time.monotonic(), time.time())
             if now - last_meta_check >= META_CHECK_S:
                 last_meta_check = now
-                if self.spool.dropped != self._meta_dropped and self.mqtt.connected:
+                self._spool_readings, self._spool_dropped = len(self.spool), self.spool.dropped
+                if self._spool_dropped != self._meta_dropped and self.mqtt.connected:
                     self.mqtt.publish(self._meta_topic, self._meta_payload(), retain=True)
             wait = tick - time.monotonic()
             if self.mqtt.connected and len(self.spool):
@@ -133,7 +140,11 @@ class Agent:
             while self.outbox.pending() - len(self.spool) > 0 and time.monotonic() < deadline:
                 self.stop_event.wait(0.05)  # give in-flight readings a moment to be acked
         self.outbox.close(time.time())
-        log.info("Stopped; %d readings kept in the spool for the next start.", len(self.spool))
+        stats = self.outbox.stats
+        log.info("Stopped after %d readings (session %s): %d acknowledged, %d refused, %d "
+                 "dropped; %d kept in the spool for the next start.", self._seq,
+                 self.session_id, stats.acked, stats.refused, self.spool.dropped,
+                 len(self.spool))
         self.mqtt.stop()
         self.spool.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +45,7 @@ class OutboxStats:
     refused: int = 0
     spooled: int = 0
     replayed: int = 0
+    resent: int = 0
     dropped: int = 0
 
 
@@ -57,6 +59,7 @@ class Outbox:
     window: int = 100  # readings awaiting PUBACK at once
     flush_s: float = 10.0
     replay_rate_per_s: float = 200.0
+    ack_timeout_s: float = 5.0
     stats: OutboxStats = field(default_factory=OutboxStats)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _inflight: dict[int, _InFlight] = field(default_factory=dict, init=False)
@@ -66,11 +69,13 @@ class Outbox:
     _replay_tokens: float = field(default=0.0, init=False)
     _replay_after_id: int = field(default=0, init=False)
     _last_pump: float | None = field(default=None, init=False)
+    _acks: deque[tuple[int, bool]] = field(default_factory=deque, init=False)
 
     # --- called by the collection loop ----------------------------------------------------
     def submit(self, reading: Reading, now: float) -> None:
         """Hand over a fresh reading: publish it now if possible, else keep it for the spool."""
         with self._lock:
+            self._apply_acks()
             if self.transport.connected and len(self._inflight) < self.window:
                 self._send(reading, now, spooled=False)
             else:
@@ -79,6 +84,7 @@ class Outbox:
     def pump(self, now: float, now_epoch_s: float) -> None:
         """Do the periodic work: spool what waited too long, replay, forget acknowledged."""
         with self._lock:
+            self._apply_acks()
             elapsed = 0.0 if self._last_pump is None else now - self._last_pump
             self._last_pump = now
             if self._acked_spooled:
@@ -90,25 +96,38 @@ class Outbox:
                 self._last_flush = now
                 self._flush(now, now_epoch_s)
             if self.transport.connected:
+                self._resend_overdue(now)
                 self._replay(elapsed)
 
     def pending(self) -> int:
         """Readings not yet acknowledged: in flight, waiting, or in the spool."""
         with self._lock:
+            self._apply_acks()
             unspooled = sum(1 for f in self._inflight.values() if not f.spooled)
             return unspooled + len(self._waiting) + len(self.spool)
 
     def close(self, now_epoch_s: float) -> None:
         """Write everything unacknowledged to the spool (at a clean stop)."""
         with self._lock:
+            self._apply_acks()
             self._flush(float("inf"), now_epoch_s)
 
     # --- called by the MQTT thread --------------------------------------------------------
     def on_published(self, mid: int, accepted: bool) -> None:
-        with self._lock:
+        """Note an acknowledgement; it is applied under the lock by the next call.
+
+        Not taking the lock here avoids a deadlock: paho calls this while holding its
+        message lock, and :meth:`submit` calls paho's publish while holding ours.
+        """
+        self._acks.append((mid, accepted))  # deque.append is atomic
+
+    # --- inside the lock ------------------------------------------------------------------
+    def _apply_acks(self) -> None:
+        while self._acks:
+            mid, accepted = self._acks.popleft()
             entry = self._inflight.pop(mid, None)
             if entry is None:
-                return  # a status or meta message
+                continue  # a status or meta message
             if accepted:
                 self.stats.acked += 1
             else:
@@ -119,7 +138,6 @@ class Outbox:
             if entry.spooled:
                 self._acked_spooled.append(entry.reading.key)
 
-    # --- inside the lock ------------------------------------------------------------------
     def _send(self, reading: Reading, now: float, *, spooled: bool) -> None:
         mid = self.transport.publish(self.topic, reading.payload, qos=1)
         self._inflight[mid] = _InFlight(reading, now, spooled)
@@ -140,6 +158,21 @@ class Outbox:
                 log.error("Spool full: dropped the %d oldest readings (limits: %d bytes, "
                           "%g s).", dropped, self.spool.max_bytes, self.spool.max_age_s)
 
+    def _resend_overdue(self, now: float) -> None:
+        # Connected, yet no acknowledgement after ack_timeout_s: the message was lost on
+        # the way (a broker restart, or the client library dropping it in a reconnect
+        # race). Send it again; a late acknowledgement of the first copy is ignored, and
+        # the hub stores a reading once however often it arrives.
+        overdue = [mid for mid, entry in self._inflight.items()
+                   if now - entry.sent_at >= self.ack_timeout_s]
+        for mid in overdue:
+            entry = self._inflight.pop(mid)
+            self._send(entry.reading, now, spooled=entry.spooled)
+        if overdue:
+            self.stats.resent += len(overdue)
+            log.warning("%d readings were not acknowledged within %g s; sent them again.",
+                        len(overdue), self.ack_timeout_s)
+
     def _replay(self, elapsed: float) -> None:
         # A token bucket: at most replay_rate_per_s, so a fleet coming back does not flood
         # the hub, and never more than the free part of the acknowledgement window.
@@ -150,9 +183,10 @@ class Outbox:
             return
         in_flight_keys = {f.reading.key for f in self._inflight.values()}
         candidates = self.spool.oldest(budget, self._replay_after_id)
-        if not candidates:
-            self._replay_after_id = 0  # start over: catches rows whose send was lost
-            return
+        if not candidates and self._replay_after_id:
+            # At the end: start over, for rows skipped while in flight and given up since.
+            self._replay_after_id = 0
+            candidates = self.spool.oldest(budget)
         for item in candidates:
             self._replay_after_id = item.row_id
             if item.reading.key in in_flight_keys:

@@ -67,9 +67,9 @@ def base_env(**settings: str) -> dict[str, str]:
 
 def hub(workdir: Path, *, broker_url: str, db_url: str, prefix: str, name: str = "hub",
         **settings: str) -> Process:
-    env = base_env(broker_url=broker_url, db=db_url, topic_prefix=prefix,
-                   client_id=f"{prefix}-{name}", http_port="0", data_dir=str(workdir / name),
-                   **settings)
+    settings = {"client_id": f"{prefix}-{name}", "http_port": "0",
+                "data_dir": str(workdir / name), **settings}
+    env = base_env(broker_url=broker_url, db=db_url, topic_prefix=prefix, **settings)
     return Process(["-m", "hub.main", "run"], env, workdir / f"{name}.log")
 
 

@@ -121,7 +121,8 @@ def test_refused_readings_are_counted_and_not_resent(tmp_path):
     outbox.submit(r(1), now=0)
     (mid,) = transport.sent
     outbox.on_published(mid, False)
-    assert outbox.stats.refused == 1 and outbox.pending() == 0
+    assert outbox.pending() == 0
+    assert outbox.stats.refused == 1
 
 
 def test_close_keeps_everything_unacknowledged_on_disk(tmp_path):
@@ -136,4 +137,17 @@ def test_close_keeps_everything_unacknowledged_on_disk(tmp_path):
 def test_status_and_meta_acks_are_ignored(tmp_path):
     outbox, transport, spool = make(tmp_path)
     outbox.on_published(999, True)  # a mid the outbox never sent
+    assert outbox.pending() == 0
     assert outbox.stats.acked == 0
+
+
+def test_a_reading_never_acknowledged_is_sent_again(tmp_path):
+    outbox, transport, spool = make(tmp_path, flush_s=10, ack_timeout_s=5)
+    outbox.pump(now=0, now_epoch_s=1000)
+    outbox.submit(r(1), now=0)  # the broker (or the client library) loses it
+    outbox.pump(now=4, now_epoch_s=1004)
+    assert len(transport.sent) == 1
+    outbox.pump(now=5, now_epoch_s=1005)
+    assert list(transport.sent.values()) == [b"reading 1", b"reading 1"]
+    ack_all(outbox, transport)
+    assert outbox.pending() == 0 and outbox.stats.resent == 1
