@@ -229,7 +229,8 @@ def publish_all(target: Target, messages: list[tuple[str, bytes]]) -> None:
 # No shrinking: each example is a run against real servers; a failure prints its seed.
 @settings(max_examples=EXAMPLES, deadline=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture, HealthCheck.large_base_example])
+                                 HealthCheck.function_scoped_fixture,
+                                 HealthCheck.large_base_example])
 @given(st.lists(hostile_message(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
 def test_hostile_traffic_is_quarantined_and_valid_traffic_stored(
         target: Target, batch: list[tuple[str, bytes, str]]) -> None:
