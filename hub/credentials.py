@@ -285,11 +285,13 @@ def run_revoke_device(device_id: str, path: Path, reload_pid: int | None) -> int
         print(f"{device_id!r} has no broker account in {path}; nothing changed.",
               file=sys.stderr)
         return 1
-    # mosquitto.conf(5), password_file: "Clients that are already connected will not be
-    # affected" by a reload (tests/integration/test_security.py shows it).
+    # At a reload mosquitto 2.0 re-checks every connected client against the new password
+    # file and disconnects those no longer in it (mosquitto_security_apply_default; seen
+    # in tests/integration/test_security.py), although mosquitto.conf(5) says connected
+    # clients are not affected.
     print(f"Removed broker account {device_id!r} from {path}. "
-          + (f"Sent SIGHUP to the broker (pid {reload_pid}): new connections are refused. "
-             if reload_pid is not None else _RELOAD_HINT + " ")
-          + "A reload does not drop a connection already open: restart the broker to cut "
-          "the device off now.", file=sys.stderr)
+          + (f"Sent SIGHUP to the broker (pid {reload_pid}): it disconnects the device and "
+             "refuses it from now on." if reload_pid is not None else
+             _RELOAD_HINT + " The broker then disconnects the device and refuses it."),
+          file=sys.stderr)
     return 0
