@@ -295,11 +295,13 @@ class ProcReader:
         self.hwmon_found = False
         self.has_battery = True
         self.disk_names: set[str] | None = None
+        self.swap_io: tuple[int, int] | None = None  # pswpin, pswpout while there is no swap
         self.disk_unwrap = Unwrap()
         self.net_unwrap = Unwrap()
 
     def refresh(self, disks: set[str] | None) -> None:
         self.disk_names = disks
+        self.swap_io = None
         self.freq_dirs = cpufreq_dirs(self.sys_root) if self.freq_sysfs else []
         self.sensors = hwmon_sensors(self.sys_root)
         self.hwmon_found = bool(self.sensors) or bool(
@@ -372,11 +374,17 @@ class ProcReader:
         if (total is None or free is None or not available or swap_total is None
                 or swap_free is None or self.vmstat is None):
             return None  # old kernel or odd container: psutil's own estimates apply
-        vmstat = self.vmstat.read()
-        swap_in = _number_after(vmstat, b"\npswpin ")
-        swap_out = _number_after(vmstat, b"\npswpout ")
-        if swap_in is None or swap_out is None:
-            return None
+        if swap_total == 0 and self.swap_io is not None:
+            # With no swap space there is no swap traffic: the counters stand still, so
+            # /proc/vmstat (~170 counters summed over every CPU) is read once per refresh.
+            swap_in, swap_out = self.swap_io
+        else:
+            vmstat = self.vmstat.read()
+            pswpin = _number_after(vmstat, b"\npswpin ")
+            pswpout = _number_after(vmstat, b"\npswpout ")
+            if pswpin is None or pswpout is None:
+                return None
+            swap_in, swap_out = self.swap_io = (pswpin, pswpout)
         total, free, available = total * 1024, free * 1024, available * 1024
         if available > total:  # psutil: symptomatic of an LXC container; use free
             available = free

@@ -205,3 +205,17 @@ def test_fake_platforms_keep_the_psutil_path(tmp_path):
     from tests.unit.agent import fake_psutil
 
     assert Collector(sys_root=tmp_path, ps=fake_psutil.make())._proc is None
+
+
+def test_swap_counters_are_reread_once_swap_space_appears(tmp_path):
+    root = _proc(tmp_path / "proc", meminfo=MEMINFO.replace("2097148", "0").replace(
+        "1048576", "0"))
+    reader = ProcReader(psutil, str(root), str(tmp_path / "sys"))
+    first = reader.memory()
+    assert first is not None and first["swap_in_bytes"] == 1234 * 4096
+    (root / "vmstat").write_text(VMSTAT.replace("pswpin 1234", "pswpin 2000"))
+    unchanged = reader.memory()  # no swap space: the counters cannot have moved
+    assert unchanged is not None and unchanged["swap_in_bytes"] == 1234 * 4096
+    (root / "meminfo").write_text(MEMINFO)  # swapon
+    after = reader.memory()
+    assert after is not None and after["swap_in_bytes"] == 2000 * 4096

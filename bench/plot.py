@@ -1,0 +1,192 @@
+"""Turn bench/results/*.json into PNG charts next to them.
+
+    python3 -m bench.plot            # every result file present
+    pip install matplotlib           # (the ``bench`` extra) — used only here
+
+Charts: hub_ingest_rates.png (rate offered vs delivered), hub_ingest_latency.png (publish →
+commit p50/p99), hub_ingest_cpu.png (who used the CPU at each hub's best rate),
+agent_cost.png (CPU against collectd, per-call breakdown), storage.png (write paths).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import RESULTS
+
+STYLE = {("fleetpulse", 1): ("tab:blue", "-"), ("minimal", 1): ("tab:orange", "-"),
+         ("fleetpulse", 0): ("tab:blue", "--"), ("minimal", 0): ("tab:orange", "--")}
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _series(windows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for w in windows:
+        if "rows" in w:
+            out.setdefault((w["hub"], w["qos"]), []).append(w)
+    for ws in out.values():
+        ws.sort(key=lambda w: w["rate"])
+    return out
+
+
+def delivered_rate(w: dict[str, Any]) -> float:
+    """Rows stored per second, from the first publish to the last commit."""
+    g = w["generator"]
+    span = g["last_publish"] - g["first_publish"] + max(
+        0.0, w["last_commit_after_last_publish_s"] or 0.0)
+    return float(w["distinct"]) / span if span > 0 else 0.0
+
+
+def plot_hub(data: dict[str, Any]) -> list[Path]:
+    series = _series(data["windows"])
+    note = (f"{data['devices']} devices, {data['payload_bytes']}-byte messages, "
+            f"{data['window_s']:g} s windows, {data['machine']['nproc']} cores shared by "
+            "generator, broker, hub, PostgreSQL")
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    top = 0
+    for (hub, qos), ws in sorted(series.items()):
+        color, line = STYLE.get((hub, qos), ("gray", ":"))
+        xs = [w["rate"] for w in ws]
+        ys = [delivered_rate(w) for w in ws]
+        top = max(top, *xs)
+        ax.plot(xs, ys, line, color=color, label=f"{hub} hub, QoS {qos}")
+        for w, x, y in zip(ws, xs, ys, strict=True):
+            ax.plot(x, y, "o", color=color, markerfacecolor=color if w["sustained"] else "white")
+    ax.plot([0, top], [0, top], ":", color="gray", label="delivered = offered")
+    ax.set_xlabel("offered rate (msg/s)")
+    ax.set_ylabel("delivered rate (rows/s, first publish → last commit)")
+    ax.set_title("Hub ingest: offered vs delivered (filled = sustained: 0 lost, 0 dup, "
+                 "last commit ≤ 1 s)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, note, fontsize=7)
+    paths.append(_save(fig, "hub_ingest_rates.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for (hub, qos), ws in sorted(series.items()):
+        color, line = STYLE.get((hub, qos), ("gray", ":"))
+        xs = [w["rate"] for w in ws]
+        ax.plot(xs, [w["latency_p99_s"] for w in ws], line, color=color, marker="o",
+                label=f"{hub}, QoS {qos}, p99")
+        ax.plot(xs, [w["latency_p50_s"] for w in ws], line, color=color, marker="x", alpha=0.5,
+                label=f"{hub}, QoS {qos}, p50")
+    ax.axhline(1.0, color="red", lw=0.8, label="target p99 ≤ 1 s")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (msg/s)")
+    ax.set_ylabel("publish → commit latency (s)")
+    ax.set_title("Hub ingest latency (PostgreSQL commit timestamp − ts set at publish)",
+                 fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.text(0.01, 0.01, note, fontsize=7)
+    paths.append(_save(fig, "hub_ingest_latency.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    parts = ["hub", "broker", "postgresql", "generator", "interrupts", "others"]
+    labels, stacks = [], []
+    for (hub, qos), ws in sorted(series.items()):
+        ok = [w for w in ws if w["sustained"]]
+        w = ok[-1] if ok else ws[0]
+        labels.append(f"{hub}\nQoS {qos}\n{w['rate']:,}/s{'' if ok else ' (not sust.)'}")
+        stacks.append([max(0.0, w["cpu_percent"].get(p, 0.0)) for p in parts])
+    bottom = [0.0] * len(labels)
+    for i, part in enumerate(parts):
+        values = [s[i] for s in stacks]
+        ax.bar(labels, values, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.axhline(100 * data["machine"]["nproc"], color="black", lw=0.8, ls=":",
+               label="all cores")
+    ax.set_ylabel("% of one core during the window")
+    ax.set_title("CPU at each hub's best sustained rate", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.text(0.01, 0.01, note, fontsize=7)
+    paths.append(_save(fig, "hub_ingest_cpu.png"))
+    return paths
+
+
+def plot_agent(data: dict[str, Any]) -> list[Path]:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5),
+                                      gridspec_kw={"width_ratios": [1, 2]})
+    runs = data["runs"]
+    names = list(runs)
+    cpu = [runs[n]["cpu"]["schedstat_percent"] for n in names]
+    bars = left.bar(names, cpu, color=["tab:blue", "tab:gray", "tab:orange"][:len(names)])
+    for bar, n in zip(bars, names, strict=True):
+        r = runs[n]
+        left.annotate(f"{r['cpu']['schedstat_percent']:.3f} %\n{r['values_per_s']:.0f} values/s"
+                      f"\n{r['rss_steady_mb']:.1f} MB", (bar.get_x() + bar.get_width() / 2,
+                                                          bar.get_height()),
+                      ha="center", va="bottom", fontsize=7)
+    left.axhline(0.10, color="red", lw=0.8, label="target 0.10 %")
+    left.set_ylabel("CPU, % of one core (schedstat)")
+    left.set_title(f"Agents publishing every 1 s ({data['window_s']:.0f} s window)", fontsize=9)
+    left.legend(fontsize=7)
+    left.tick_params(axis="x", labelsize=8)
+    calls = data["breakdown"]["calls"]
+    order = [n for n in sorted(calls, key=lambda n: calls[n]["median_us_1hz"])
+             if not n.endswith("total") and n != "collect+build+encode"]
+    ys = range(len(order))
+    right.barh([y + 0.2 for y in ys], [calls[n]["median_us_1hz"] for n in order], height=0.4,
+               label="once a second (as the agent runs)")
+    right.barh([y - 0.2 for y in ys], [calls[n]["median_us_back_to_back"] or 0 for n in order],
+               height=0.4, label="back to back")
+    right.set_yticks(list(ys), order, fontsize=7)
+    right.set_xlabel("median µs per call")
+    total = calls.get("collect+build+encode", {}).get("median_us_1hz")
+    right.set_title(f"One reading, step by step (total at 1 Hz: {total:.0f} µs)", fontsize=9)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return [_save(fig, "agent_cost.png")]
+
+
+def plot_storage(data: dict[str, Any]) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = data["methods"]
+    bars = ax.bar(list(methods), [m["rows_per_s"] for m in methods.values()],
+                  color=["tab:gray", "tab:green", "tab:blue"][:len(methods)])
+    for bar in bars:
+        ax.annotate(f"{bar.get_height():,.0f}", (bar.get_x() + bar.get_width() / 2,
+                                                bar.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_ylabel("rows/s (commit per batch)")
+    b = data["bytes_per_row"]
+    ax.set_title(f"Writing {data['rows']:,} rows in batches of {data['batch']:,}; stored: "
+                 f"{b['total']:.0f} bytes/row ({b['indexes']:.0f} of it indexes)", fontsize=9)
+    return [_save(fig, "storage.png")]
+
+
+def _save(fig: Any, name: str) -> Path:
+    path = RESULTS / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    made: list[Path] = []
+    for name, fn in (("hub_ingest", plot_hub), ("agent_cost", plot_agent),
+                     ("storage", plot_storage)):
+        data = _load(name)
+        if data is not None:
+            made += fn(data)
+    for path in made:
+        print(path)
+    return 0 if made else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
