@@ -21,11 +21,14 @@ from hub.credentials import (
     read_password_file,
     remove_user,
     revoke_device,
+    run_add_device,
+    run_revoke_device,
     set_user,
     users,
     verify_password,
 )
-from shared.config import AgentSettings, load_settings
+from hub.main import main as hub_main
+from shared.config import AgentSettings, HubSettings, load_settings
 from shared.errors import ConfigError
 
 # Made by `mosquitto_passwd -c -b passwd alice secret1` (mosquitto 2.0.11).
@@ -163,3 +166,27 @@ def test_revoke_device_removes_only_that_device(tmp_path: Path) -> None:
 def test_add_device_into_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot write the password file"):
         add_device(tmp_path / "missing" / "passwd", "pi-01")
+
+
+def test_add_device_command_prints_the_agent_toml_and_what_to_do_next(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = HubSettings(broker_url="mqtts://fleetpulse-hub:hubpw@broker.lan:8883")
+    assert run_add_device("pi-01", tmp_path / "passwd", settings, None) == 0
+    out, err = capsys.readouterr()
+    table = tomllib.loads(out)
+    assert table["broker_url"] == "mqtts://broker.lan:8883"
+    assert "hubpw" not in out + err
+    hashed = read_password_file(tmp_path / "passwd").split(":", 1)[1].strip()
+    assert verify_password(table["broker_password"], hashed)
+    assert "SIGHUP" in err and "/etc/fleetpulse/ca.crt" in err
+
+
+def test_revoke_device_command_fails_for_an_unknown_device(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_revoke_device("pi-09", tmp_path / "passwd", None) == 1
+    assert "has no broker account" in capsys.readouterr().err
+
+
+def test_hub_cli_needs_a_device_id_for_add_device(capsys: pytest.CaptureFixture[str]) -> None:
+    assert hub_main(["add-device"]) == 2
+    assert "needs a device id" in capsys.readouterr().err
