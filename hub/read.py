@@ -32,8 +32,10 @@ _DEVICES = (
     "coalesce((d.meta->>'interval_s')::float8, m.interval_s) as device_interval_s, "
     + ", ".join(f"m.{c}" for c in LATEST_COLUMNS) + ", m.disk_max_percent, "
     "coalesce(a.rules, '{}') as alerts "
+    # Bounded by devices.last_seen so that only the newest day partitions are searched.
     "from devices d left join lateral (select m.*, " + DISK_MAX_PERCENT + " from metrics m "
-    "where m.device_id = d.device_id order by ts desc limit 1) m on true "
+    "where m.device_id = d.device_id and m.ts <= d.last_seen "
+    "and m.ts > d.last_seen - interval '1 day' order by ts desc limit 1) m on true "
     "left join lateral (select array_agg(rule order by rule) as rules from alerts "
     "where alerts.device_id = d.device_id and ended_at is null) a on true "
     "{where} order by d.device_id")
@@ -154,7 +156,7 @@ class FleetReader:
         self._db.query("select 1")
         return True
 
-    def device_ids_exist(self, device_id: str) -> bool:
+    def device_exists(self, device_id: str) -> bool:
         return bool(self._db.query("select 1 from devices where device_id = %s", (device_id,)))
 
 

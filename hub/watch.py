@@ -39,7 +39,8 @@ _STATES = (
     "coalesce((d.meta->>'interval_s')::float8, m.interval_s, 1.0) as interval_s, "
     "m.received_at as last_reading_received_at from devices d "
     "left join lateral (select interval_s, received_at from metrics m "
-    "where m.device_id = d.device_id order by ts desc limit 1) m on true order by 1")
+    "where m.device_id = d.device_id and m.ts <= d.last_seen "
+    "and m.ts > d.last_seen - interval '1 day' order by ts desc limit 1) m on true order by 1")
 # Readings up to the window before each device's newest one (its own clock).
 _READINGS = (
     "select m.device_id, m.ts, m.sensors_cpu_celsius, m.memory_percent, "
