@@ -50,6 +50,7 @@ class IngestStats:
     """Counters shown by the health endpoint and logged at stop."""
 
     received: int = 0
+    acked: int = 0  # stored or quarantined, and acknowledged to the broker
     stored: int = 0
     quarantined: int = 0
     batches: int = 0
@@ -116,6 +117,7 @@ def ingest(inbox: queue.Queue[Inbound], receiver: Receiver, store: Store,
             if outcome is None:
                 return  # stopped while the database was away: the broker keeps the messages
             receiver.ack(batch.acks)
+            stats.acked += len(batch.acks)
             stats.stored += outcome.inserted
             stats.quarantined += outcome.quarantined
             stats.batches += 1
@@ -173,8 +175,11 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
     from hub.read import FleetReader
 
     def health() -> HubHealth:
-        return HubHealth(receiver.mqtt.connected, stats.last_write_at, inbox.qsize(),
-                         stats.received, stats.stored, stats.quarantined)
+        # Backlog: taken off the broker and not yet acknowledged (queued or in a batch that
+        # waits for the database); the broker's Receive Maximum bounds it by max_pending.
+        return HubHealth(receiver.mqtt.connected, stats.last_write_at,
+                         inbox.qsize() + stats.received - stats.acked, stats.received,
+                         stats.stored, stats.quarantined)
 
     server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
                                    token=settings.api_token, rules=rules),

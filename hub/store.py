@@ -163,6 +163,9 @@ class Store:
             return
         with self._transaction() as cur:
             cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.partitions'))")
+            # Take the parent's lock before creating the child: otherwise an INSERT that
+            # holds the parent and then waits for the new child deadlocks with us.
+            cur.execute("lock table metrics in access exclusive mode")
             for day in sorted(missing):
                 name = sql.Identifier(_partition_name(day))
                 cur.execute(sql.SQL(
@@ -180,6 +183,7 @@ class Store:
         dropped = []
         with self._transaction() as cur:
             cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.partitions'))")
+            cur.execute("lock table metrics in access exclusive mode")  # as ensure_partitions
             for name in self._partition_names(cur):
                 try:
                     partition_day = datetime.strptime(name, "metrics_%Y%m%d").date()

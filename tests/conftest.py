@@ -26,6 +26,19 @@ def work_root() -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture
+def private_dir(work_root: Path) -> Path:
+    """A directory of this test's own that the postgres user can reach.
+
+    Not pytest's tmp_path: every pytest run resets /tmp/pytest-of-<user> to mode 0700, which
+    would lock the postgres user out of a cluster it is running from there.
+    """
+    path = work_root / f"t-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+    path.mkdir()
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
 def postgres(work_root: Path) -> Iterator[PostgresServer]:
     server = PostgresServer(work_root / "pg").init().start()

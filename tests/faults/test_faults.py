@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.faults.fleet import Fleet
 from tests.processes import query, wait_hub_subscribed
-from tests.servers import PostgresServer, wait_for
+from tests.servers import PostgresServer, free_port, wait_for
 
 # How long the broker stays away in the long-outage test (the issue asks for minutes).
 LONG_OUTAGE_S = float(os.environ.get("FLEETPULSE_FAULT_OUTAGE_S", "120"))
@@ -78,14 +79,14 @@ def test_hub_killed_mid_batch_and_restarted_loses_and_doubles_nothing(fleet_fact
     assert_clean(fleet, fleet.stop_agents(), "hub SIGKILL")
 
 
-def test_database_away_longer_than_the_hub_memory_bound(fleet_factory, tmp_path: Path) -> None:
-    (tmp_path / "pg").mkdir()
-    tmp_path.chmod(0o755)
-    database = PostgresServer(tmp_path / "pg").init().start()
+def test_database_away_longer_than_the_hub_memory_bound(fleet_factory, private_dir: Path) -> None:
+    database = PostgresServer(private_dir / "pg").init().start()
     try:
         # At most 150 unacknowledged messages in the hub: 3 agents at 20/s fill it in 2.5 s.
+        http_port = free_port()
         fleet = fleet_factory(db_url=database.url, interval_s=0.05,
-                              hub_settings={"max_pending": "150", "batch_max_rows": "50"})
+                              hub_settings={"max_pending": "150", "batch_max_rows": "50",
+                                            "http_port": str(http_port)})
         fleet.broker.start()
         fleet.hub.start()
         wait_hub_subscribed(fleet.hub)
@@ -95,8 +96,15 @@ def test_database_away_longer_than_the_hub_memory_bound(fleet_factory, tmp_path:
         stopped_at = datetime.now(timezone.utc)
         wait_for(lambda: "Cannot store a batch" in fleet.hub.log(), 30, "the hub to notice")
         # 15 s away: ~900 readings, six times what the hub may hold; the broker keeps them.
-        wait_for(lambda: (datetime.now(timezone.utc) - stopped_at).total_seconds() > 15, 30,
-                 "the outage to last", interval_s=0.5)
+        backlogs = []
+
+        def outage_lasted() -> bool:
+            health = httpx.get(f"http://127.0.0.1:{http_port}/api/health", timeout=5).json()
+            backlogs.append(health["backlog"])
+            return (datetime.now(timezone.utc) - stopped_at).total_seconds() > 15
+
+        wait_for(outage_lasted, 30, "the outage to last", interval_s=0.5)
+        assert max(backlogs) == 150, backlogs  # the hub filled its window, and took no more
         database.start()
         wait_for(lambda: "Database is back" in fleet.hub.log(), 120, "the hub to recover")
         fleet.wait_spools_empty()

@@ -123,9 +123,8 @@ def test_an_unreachable_database_is_a_transient_error(tmp_path):
     store.close()
 
 
-def test_store_reconnects_after_the_server_restarts(tmp_path):
-    server = PostgresServer(tmp_path / "pg")
-    tmp_path.chmod(0o755)  # the postgres user must reach its directory
+def test_store_reconnects_after_the_server_restarts(private_dir):
+    server = PostgresServer(private_dir / "pg")
     server.init().start()
     try:
         store = Store(server.url)
