@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,7 +18,7 @@ from hub.batch import DeviceEvents, QuarantineRecord
 from hub.read import SERIES_COLUMNS, FleetReader
 from hub.store import Store, StorePool
 from shared.config import Secret
-from tests.servers import free_port, wait_for
+from tests.servers import PostgresServer, free_port, wait_for
 from tests.web.readings import partition, series, write_readings
 
 pytestmark = pytest.mark.integration
@@ -26,7 +28,16 @@ HEALTHY = HubHealth(broker_connected=True, last_write_at=NOW, backlog=3, receive
                     stored=9, quarantined=1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def db_url(postgres: PostgresServer) -> str:
+    """One database for the module: its tests only read, so they share the seeded data."""
+    name = f"api_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    return postgres.url_for(name)
+
+
+@pytest.fixture(scope="module")
 def store(db_url: str) -> Iterator[Store]:
     s = Store(db_url)
     s.migrate()
