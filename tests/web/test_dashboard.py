@@ -22,8 +22,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from hub.api import HttpServer, HubHealth, create_app
 from hub.batch import DeviceEvents
-from hub.store import Store
+from hub.read import FleetReader
+from hub.store import Store, StorePool
+from shared.config import Secret
 from tests import processes
 from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
 from tests.web.readings import partition, series, write_readings
@@ -239,3 +242,25 @@ def test_unknown_device_page_says_so(site: Site) -> None:
     b.get(site.url + "/#/device/nope")
     error = b.find_element(By.ID, "error")
     wait_for(lambda: "device 'nope' is not known" in error.text, 10, "the error message")
+
+
+def test_with_a_token_the_page_asks_for_it_then_shows_the_fleet(site: Site) -> None:
+    pool = StorePool(site.db_url, size=2)
+    app = create_app(FleetReader(pool), streamer=pool,
+                     health=lambda: HubHealth(True, None, 0), token=Secret("s3cret"))
+    server = HttpServer(app, "127.0.0.1", free_port())
+    server.start()
+    b = site.browser
+    try:
+        b.get(f"http://127.0.0.1:{server.port}/#/")
+        form = b.find_element(By.ID, "token-form")
+        wait_for(form.is_displayed, 10, "the token form")
+        assert rows(b) == []
+        b.find_element(By.ID, "token-input").send_keys("s3cret")
+        b.find_element(By.CSS_SELECTOR, "#token-submit button").click()
+        wait_for(lambda: len(rows(b)) == 2, 15, "the fleet, once the token is given")
+        assert not form.is_displayed()
+        b.execute_script("localStorage.removeItem('fleetpulse.token')")
+    finally:
+        server.stop()
+        pool.close()
