@@ -82,7 +82,7 @@ def _check_device_id(value: str | None) -> None:
 
 def _positive(value: float) -> None:
     if value <= 0:
-        raise ValueError(f"{value!r} must be greater than 0")
+        raise ValueError("must be greater than 0")
 
 
 def _check_db_url(value: Secret | None) -> None:
