@@ -144,6 +144,7 @@ class Client:
     pubacks: dict[int, int] = field(default_factory=dict)
     messages: list[tuple[str, bytes]] = field(default_factory=list)
     granted: list[int] = field(default_factory=list)
+    disconnects: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -165,6 +166,7 @@ class Client:
 
     def _on_disconnect(self, c: object, u: object, f: object, r: object, p: object) -> None:
         self.connected = False
+        self.disconnects.append(str(r))
 
     def _on_publish(self, c: object, u: object, mid: int, reason: object, p: object) -> None:
         with self.lock:
@@ -274,6 +276,30 @@ def test_device_qos0_publish_to_another_devices_topic_is_dropped_silently(
     finally:
         device.stop()
     assert "fleetpulse/dev-b/status" not in hub_client.topics()
+
+
+def test_message_over_the_hubs_limit_reaches_it_and_over_the_brokers_limit_is_dropped(
+        secure: ShippedBroker, hub_client: Client) -> None:
+    password = new_device(secure, "dev-big")
+    device = Client(secure.port, "dev-big", "dev-big", password).connect()
+    try:
+        # Over the hub's 64 KiB (it quarantines those, visibly) but under the broker's 1 MiB.
+        assert device.publish("fleetpulse/dev-big/metrics", b"x" * 100_000) == 0
+        wait_for(lambda: "fleetpulse/dev-big/metrics" in hub_client.topics(), 10,
+                 "the 100 kB message")
+        # Over 1 MiB at QoS 0: dropped, connection kept.
+        device.paho.publish("fleetpulse/dev-big/meta", b"x" * 1_100_000, qos=0)
+        assert device.publish("fleetpulse/dev-big/status", b"online") == 0  # in order
+        wait_for(lambda: "fleetpulse/dev-big/status" in hub_client.topics(), 10, "status")
+        assert device.connected and device.disconnects == []
+        # At QoS 1 mosquitto 2.0.11 acks with 0x95, which paho treats as a protocol error:
+        # it drops the connection (and resends after reconnecting, again and again).
+        device.paho.publish("fleetpulse/dev-big/meta", b"x" * 1_100_000, qos=1)
+        wait_for(lambda: len(device.disconnects) >= 2, 10, "paho to drop the connection twice")
+        assert set(device.disconnects) == {"Protocol error"}
+    finally:
+        device.stop()
+    assert "fleetpulse/dev-big/meta" not in hub_client.topics()
 
 
 def test_hub_account_may_write_alerts_and_read_through_a_shared_subscription(
