@@ -33,6 +33,7 @@ DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
 REPLAY_PUMP_S = 0.1  # how often to pump while the spool is being replayed
 META_CHECK_S = 60.0
 WINDOW = 100  # readings awaiting the broker's acknowledgement at once
+MAX_READING_BYTES = 512 * 1024  # under message_size_limit in mosquitto/mosquitto.conf
 
 
 def next_tick(previous: float, interval_s: float, now: float) -> float:
@@ -119,7 +120,13 @@ class Agent:
             if now >= tick:
                 epoch = time.time()
                 payload = self.read_once()
-                self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload), now)
+                if len(payload) > MAX_READING_BYTES:
+                    # Over the broker's message_size_limit, paho would resend it forever.
+                    log.error("Reading seq %d is %d bytes, over %d: not sent.", self._seq,
+                              len(payload), MAX_READING_BYTES)
+                else:
+                    self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload),
+                                       now)
                 tick = next_tick(tick, interval, time.monotonic())
             self.outbox.pump(time.monotonic(), time.time())
             if now - last_meta_check >= META_CHECK_S:

@@ -133,8 +133,10 @@ class Outbox:
             else:
                 # The broker refused it (ACL): sending it again would be refused again.
                 self.stats.refused += 1
-                log.error("The broker refused reading seq %d; check this device's ACL.",
-                          entry.reading.seq)
+                if self.stats.refused in (1, 10, 100) or self.stats.refused % 1000 == 0:
+                    # Rate-limited: with a wrong ACL this would repeat every interval.
+                    log.error("The broker refused reading seq %d (%d refused so far); check "
+                              "this device's ACL.", entry.reading.seq, self.stats.refused)
             if entry.spooled:
                 self._acked_spooled.append(entry.reading.key)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,9 +162,21 @@ class MqttConnection:
         self.on_connected()
 
     def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError`, so the cause is at hand.
+        error = sys.exc_info()[1]
         if not self._outage_logged:
-            log.warning("Broker %s is unreachable; retrying every %d-%d s.",
-                        describe_broker(self.address), RECONNECT_MIN_S, RECONNECT_MAX_S)
+            if isinstance(error, ssl.SSLCertVerificationError):
+                # Retrying will not help until an operator fixes the CA or the host name.
+                log.error("Broker %s presented a TLS certificate this client does not trust "
+                          "(%s). Check broker_ca_file and that the host name in the URL is "
+                          "in the certificate; retrying every %d-%d s.",
+                          describe_broker(self.address), error.verify_message,
+                          RECONNECT_MIN_S, RECONNECT_MAX_S)
+            else:
+                reason = f" ({error.strerror or error})" if isinstance(error, OSError) else ""
+                log.warning("Broker %s is unreachable%s; retrying every %d-%d s.",
+                            describe_broker(self.address), reason, RECONNECT_MIN_S,
+                            RECONNECT_MAX_S)
             self._outage_logged = True
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
