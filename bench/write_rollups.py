@@ -6,7 +6,7 @@ per batch, ``--rows`` rows of 100 devices at 1 Hz. Baseline in the same run, on 
 database: the same COPY and ``INSERT … ON CONFLICT DO NOTHING`` without the rollups (the
 statement before rollups existed). A private PostgreSQL on a free port.
 
-    python3 bench/write_rollups.py [--rows 200000] [--batch 5000]
+    python3 bench/write_rollups.py [--rows 200000] [--batch 5000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     start = datetime(2026, 11, 23, tzinfo=UTC)
     received = datetime.now(UTC)
@@ -69,18 +70,20 @@ def main() -> None:
     work.chmod(0o755)
     pg = PostgresServer(work / "pg").init().start()
     try:
-        results = {}
-        for name, plain in (("baseline", True), ("rollups", False), ("baseline2", True),
-                            ("rollups2", False)):
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                conn.execute(f"create database {name}")
-            results[name] = run(pg.url_for(name), rows, args.batch, plain)
-        with_rollups = max(results["rollups"], results["rollups2"])
-        without = max(results["baseline"], results["baseline2"])
+        results: dict[str, list[float]] = {"rollups": [], "plain": []}
+        for round_ in range(args.rounds):  # alternated, so a busy moment hits both
+            for name, plain in (("plain", True), ("rollups", False)):
+                db = f"{name}{round_}"
+                with psycopg.connect(pg.url, autocommit=True) as conn:
+                    conn.execute(f"create database {db}")
+                results[name].append(run(pg.url_for(db), rows, args.batch, plain))
+        best = {k: max(v) for k, v in results.items()}
         print(f"Store.write, {args.rows:,} rows of 100 devices, batch {args.batch:,}: "
-              f"with minute+hour rollups {with_rollups:,.0f} rows/s; plain insert same run "
-              f"{without:,.0f} rows/s ({with_rollups / without:.2f}×) "
-              f"[best of 2 each; runs: {', '.join(f'{k} {v:,.0f}' for k, v in results.items())}]")
+              f"with minute+hour rollups {best['rollups']:,.0f} rows/s; plain insert same run "
+              f"{best['plain']:,.0f} rows/s ({best['rollups'] / best['plain']:.2f}×); best of "
+              f"{args.rounds}, all runs: rollups "
+              f"{', '.join(f'{v:,.0f}' for v in results['rollups'])}; plain "
+              f"{', '.join(f'{v:,.0f}' for v in results['plain'])}")
     finally:
         pg.stop()
 
