@@ -51,6 +51,7 @@ class IngestStats:
 
     received: int = 0
     acked: int = 0  # stored or quarantined, and acknowledged to the broker
+    stale: int = 0  # from a dropped connection; the broker redelivers them
     stored: int = 0
     quarantined: int = 0
     batches: int = 0
@@ -101,9 +102,15 @@ def ingest(inbox: queue.Queue[Inbound], receiver: Receiver, store: Store,
         except queue.Empty:
             message = None
         while message is not None:
-            stats.received += 1
-            batcher.add(message, validate(message.topic, message.payload, message.received_at,
-                                          prefix, limits), time.monotonic())
+            if receiver.is_stale(message):
+                # Delivered over a connection that has since dropped: it cannot be acked,
+                # and the broker sends it again over the new one (persistent session).
+                stats.stale += 1
+            else:
+                stats.received += 1
+                batcher.add(message, validate(message.topic, message.payload,
+                                              message.received_at, prefix, limits),
+                            time.monotonic())
             if batcher.due(time.monotonic()):
                 break
             try:
@@ -239,8 +246,9 @@ def run(settings: HubSettings) -> int:
         pool.close()
         watch_store.close()
         store.close()
-        log.info("Stopped: %d messages received, %d rows stored, %d quarantined.",
-                 stats.received, stats.stored, stats.quarantined)
+        log.info("Stopped: %d messages received, %d rows stored, %d quarantined, %d left "
+                 "for redelivery after a reconnect.", stats.received, stats.stored,
+                 stats.quarantined, stats.stale)
     return 0
 
 

@@ -53,6 +53,10 @@ class Receiver:
         self._inbox.put(Inbound(message.topic, message.payload, datetime.now(UTC),
                                 (message.mid, message.qos, message.generation)))
 
+    def is_stale(self, message: Inbound) -> bool:
+        """Tell whether a message came over a connection that has since been replaced."""
+        return bool(message.ack[2] != self.mqtt.generation)
+
     def ack(self, tokens: Iterable[tuple[int, int, int]]) -> None:
         """Acknowledge stored messages, in the order they arrived (MQTT 5.0, 4.6)."""
         for mid, qos, generation in tokens:

@@ -115,6 +115,11 @@ class MqttConnection:
         self._client.loop_stop()
 
     @property
+    def generation(self) -> int:
+        """Which connection this is: 1 for the first, +1 at every reconnect."""
+        return self._generation
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -23,11 +23,10 @@ from hub.batch import Batcher, Inbound
 from hub.store import Store
 from hub.validate import validate
 from tests.servers import PostgresServer
-from tests.unit.hub.messages import meta_bytes, metrics_bytes
+from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(UTC)
 PREFIX = "fp"
 
 

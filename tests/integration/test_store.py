@@ -15,9 +15,7 @@ from hub.validate import validate
 from hub.write import write_batch
 from shared.errors import TransientStoreError
 from tests.servers import PostgresServer
-from tests.unit.hub.messages import metrics, metrics_bytes
-
-NOW = datetime.now(timezone.utc)
+from tests.unit.hub.messages import NOW, metrics, metrics_bytes
 
 
 def batch_of(payloads: list[tuple[str, bytes]]):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -28,12 +28,18 @@ BASE = Sample(
     battery=(None, None, None), throttled_raw=0x50005)
 
 
+# One clock for every test that validates these messages: stamped and checked at the same
+# instant, however long the suite has been running (a "now" read later would see them old,
+# one read earlier would see them from the future).
+NOW = datetime.now(timezone.utc)
+
+
 def metrics(device_id: str = "pi-1", seq: int = 2, epoch_s: float | None = None,
             session_id: str = "s1") -> dict[str, Any]:
     cur = replace(BASE, monotonic_s=2.0, core_times=[CoreTimes(30, 200), CoreTimes(10, 200)],
                   ctx_switches=1100)
     message = build_metrics(BASE, cur, device_id=device_id, session_id=session_id, seq=seq,
-                            epoch_s=time.time() if epoch_s is None else epoch_s, interval_s=1.0)
+                            epoch_s=NOW.timestamp() if epoch_s is None else epoch_s, interval_s=1.0)
     return orjson.loads(encode(message))
 
 

@@ -1,11 +1,8 @@
-from datetime import datetime, timezone
 
 from hub.batch import Batcher, Inbound
 from hub.validate import validate
 from shared.schema import metrics_columns
-from tests.unit.hub.messages import meta_bytes, metrics_bytes
-
-NOW = datetime.now(timezone.utc)
+from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 
 
 def inbound(topic: str, payload: bytes, ack: int) -> Inbound:

@@ -1,14 +1,13 @@
 """Every kind of bad message is rejected with a reason a person can act on."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import orjson
 import pytest
 
 from hub.validate import Accepted, Limits, Rejected, validate
-from tests.unit.hub.messages import meta_bytes, metrics, metrics_bytes
+from tests.unit.hub.messages import NOW, meta_bytes, metrics, metrics_bytes
 
-NOW = datetime.now(timezone.utc)
 TOPIC = "fp/pi-1/metrics"
 
 

@@ -1,13 +1,11 @@
 """The write policy with a fake store: retry what is transient, isolate the bad row."""
 
 import threading
-from datetime import datetime, timezone
 
 from hub.batch import Batch, Inbound, QuarantineRecord
 from hub.write import BACKOFF_MAX_S, backoff_s, write_batch
 from shared.errors import PermanentStoreError, TransientStoreError
-
-NOW = datetime.now(timezone.utc)
+from tests.unit.hub.messages import NOW
 
 
 class FakeStore:
