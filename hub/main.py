@@ -151,14 +151,21 @@ def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: fl
           stop: threading.Event) -> None:
     """Evaluate the alert rules every ``every_s``; housekeep at start and each new UTC day."""
     housekept: object = None
+    postponed: object = None
     failing = False
     republished = False
     while not stop.is_set():
-        try:
-            now = datetime.now(UTC)
-            if housekept != now.date():
+        now = datetime.now(UTC)
+        if housekept != now.date():
+            try:
                 housekeep(store, retention, now)
                 housekept = now.date()
+            except StoreError as exc:  # e.g. a long export holds the table: next round
+                if postponed != now.date():
+                    log.warning("Housekeeping (partitions ahead, retention) postponed: %s. "
+                                "Retrying every %g s.", exc, every_s)
+                postponed = now.date()
+        try:
             if not republished:
                 watcher.republish_open()
                 republished = True
@@ -168,8 +175,7 @@ def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: fl
             failing = False
         except StoreError as exc:
             if not failing:
-                log.error("Cannot check alerts or housekeep: %s. Retrying every %g s.", exc,
-                          every_s)
+                log.error("Cannot check alerts: %s. Retrying every %g s.", exc, every_s)
             failing = True
         stop.wait(every_s)
 

@@ -17,11 +17,16 @@ from hub.rollup import HOUR, MINUTE
 log = logging.getLogger(__name__)
 
 PARTITIONS_AHEAD_DAYS = 2
+# Creating or dropping a partition locks ``metrics`` exclusively, and a waiting exclusive
+# lock queues every later reader and writer behind it: give up after this long (a long
+# export holds its share) and try again at the next round, instead of stalling ingest.
+LOCK_TIMEOUT_S = 2.0
 
 
 class HousekeepingStore(Protocol):
-    def ensure_partitions(self, days: set[date]) -> None: ...
-    def drop_partitions_before(self, day: date) -> list[str]: ...
+    def ensure_partitions(self, days: set[date], lock_timeout_s: float | None = None) -> None: ...
+    def drop_partitions_before(self, day: date,
+                               lock_timeout_s: float | None = None) -> list[str]: ...
     def delete_older(self, table: str, column: str, before: datetime) -> int: ...
 
 
@@ -43,8 +48,10 @@ class HousekeepingResult:
 def housekeep(store: HousekeepingStore, retention: Retention, now: datetime) -> HousekeepingResult:
     """Create today's and the next days' partitions; drop and delete what is too old."""
     today = now.date()
-    store.ensure_partitions({today + timedelta(days=i) for i in range(PARTITIONS_AHEAD_DAYS + 1)})
-    dropped = store.drop_partitions_before(today - timedelta(days=retention.metrics_days))
+    store.ensure_partitions({today + timedelta(days=i) for i in range(PARTITIONS_AHEAD_DAYS + 1)},
+                            LOCK_TIMEOUT_S)
+    dropped = store.drop_partitions_before(today - timedelta(days=retention.metrics_days),
+                                           LOCK_TIMEOUT_S)
     minute = store.delete_older(MINUTE.name, "bucket", now - timedelta(days=retention.minute_days))
     hour = store.delete_older(HOUR.name, "bucket", now - timedelta(days=retention.hour_days))
     alerts = store.delete_older("alerts", "ended_at", now - timedelta(days=retention.hour_days))

@@ -156,13 +156,26 @@ class Store:
                 applied_now.append(name)
         return applied_now
 
-    def ensure_partitions(self, days: set[date]) -> None:
-        """Create the daily partitions of ``metrics`` that ``days`` need (with RLS on)."""
+    def ensure_partitions(self, days: set[date], lock_timeout_s: float | None = None) -> None:
+        """Create the daily partitions of ``metrics`` that ``days`` need (with RLS on).
+
+        Args:
+            lock_timeout_s: give up (StoreError) rather than wait longer for the parent's
+                lock; housekeeping uses it so that it never queues the writer behind a
+                long reader such as an export.
+        """
         missing = days - self._partitions
         if not missing:
             return
         with self._transaction() as cur:
             cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.partitions'))")
+            existing = set(self._partition_names(cur))  # the catalog: no lock on metrics
+            known = {d for d in missing if _partition_name(d) in existing}
+            self._partitions |= known
+            missing -= known
+            if not missing:
+                return
+            self._set_lock_timeout(cur, lock_timeout_s)
             # Take the parent's lock before creating the child: otherwise an INSERT that
             # holds the parent and then waits for the new child deadlocks with us.
             cur.execute("lock table metrics in access exclusive mode")
@@ -178,22 +191,35 @@ class Store:
                 cur.execute(sql.SQL("alter table {} enable row level security").format(name))
         self._partitions |= missing
 
-    def drop_partitions_before(self, day: date) -> list[str]:
+    def drop_partitions_before(self, day: date,
+                               lock_timeout_s: float | None = None) -> list[str]:
         """Drop the daily partitions of ``metrics`` whose whole day is before ``day``."""
         dropped = []
         with self._transaction() as cur:
             cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.partitions'))")
-            cur.execute("lock table metrics in access exclusive mode")  # as ensure_partitions
+            old = []
             for name in self._partition_names(cur):
                 try:
                     partition_day = datetime.strptime(name, "metrics_%Y%m%d").date()
                 except ValueError:
                     continue  # not one of ours
                 if partition_day < day:
-                    cur.execute(sql.SQL("drop table {}").format(sql.Identifier(name)))
-                    dropped.append(name)
-                    self._partitions.discard(partition_day)
+                    old.append((name, partition_day))
+            if not old:
+                return []
+            self._set_lock_timeout(cur, lock_timeout_s)
+            cur.execute("lock table metrics in access exclusive mode")  # as ensure_partitions
+            for name, partition_day in old:
+                cur.execute(sql.SQL("drop table {}").format(sql.Identifier(name)))
+                dropped.append(name)
+                self._partitions.discard(partition_day)
         return dropped
+
+    @staticmethod
+    def _set_lock_timeout(cur: psycopg.Cursor[Any], seconds: float | None) -> None:
+        if seconds is not None:
+            cur.execute(sql.SQL("set local lock_timeout = {}").format(
+                sql.Literal(f"{max(1, int(seconds * 1000))}ms")))
 
     def delete_older(self, table: str, column: str, before: datetime) -> int:
         """Delete rows of one of our tables whose ``column`` is before ``before``."""

@@ -275,7 +275,9 @@ function drawAll(body) {
   $("#range-label").dataset.points = String(body.t.length);
 }
 
+let rangeRequest = 0;  // answers to superseded requests are dropped
 async function loadRange() {
+  const ticket = ++rangeRequest;
   const end = state.range === "custom" ? new Date($("#custom-end").value) : new Date();
   const seconds = state.range === "live" ? LIVE_WINDOW_S : Number(state.range);
   const start = state.range === "custom" ? new Date($("#custom-start").value)
@@ -284,10 +286,11 @@ async function loadRange() {
   const path = `/api/devices/${encodeURIComponent(state.device)}/series?start=${start.toISOString()}&end=${end.toISOString()}`;
   try {
     const body = await api(path);
+    if (ticket !== rangeRequest) return;
     showError("");
     state.live = state.range === "live" ? { body } : null;
     drawAll(body);
-  } catch (err) { showError(`Cannot load the series: ${err.message}`); }
+  } catch (err) { if (ticket === rangeRequest) showError(`Cannot load the series: ${err.message}`); }
 }
 
 function appendLive(device) {
@@ -352,10 +355,12 @@ function onDeviceEvent() {
 }
 
 async function loadDevice() {
+  const device = state.device;
   try {
     const [d, alerts] = await Promise.all([
-      api(`/api/devices/${encodeURIComponent(state.device)}`),
-      api(`/api/devices/${encodeURIComponent(state.device)}/alerts?limit=20`)]);
+      api(`/api/devices/${encodeURIComponent(device)}`),
+      api(`/api/devices/${encodeURIComponent(device)}/alerts?limit=20`)]);
+    if (device !== state.device) return;  // the user moved on to another device
     showError("");
     $("#device-title").textContent = d.device_id;
     $("#device-facts").textContent = [d.hostname, d.pi_model, d.os].filter(Boolean).join(" · ");
@@ -367,7 +372,7 @@ async function loadDevice() {
       el("b", { text: a.rule.replaceAll("_", " ") }), ` ${a.ended_at ? "ended " + ago(a.ended_at) : "open since " + ago(a.started_at)}`,
       el("div", { class: "muted", text: a.message })))
       : [el("li", { class: "muted", text: "None" })]));
-  } catch (err) { showError(`Cannot load ${state.device}: ${err.message}`); }
+  } catch (err) { if (device === state.device) showError(`Cannot load ${device}: ${err.message}`); }
 }
 
 function setRange(range) {
@@ -401,6 +406,7 @@ function route() {
   state.timers = [];
   const match = location.hash.match(/^#\/device\/(.+)$/);
   $("#token-form").hidden = true;
+  showError("");
   if (match) {
     state.view = "device";
     state.device = decodeURIComponent(match[1]);

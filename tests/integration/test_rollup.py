@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from hub.retention import Retention, housekeep
 from hub.rollup import HOUR, MINUTE, rollup_column_types
 from hub.store import Store
+from shared.errors import StoreError
 from tests.web.readings import reading, series, write_readings
 
 pytestmark = pytest.mark.integration
@@ -105,3 +107,25 @@ def test_readings_for_a_day_dropped_by_retention_are_stored_again_later(store: S
     housekeep(store, Retention(30, 90, 730), now)
     # A late reading for that day recreates its partition instead of failing the batch.
     assert write_readings(store, [reading("pi-1", old, seq=7)]).inserted == 1
+
+
+def test_housekeeping_gives_way_to_a_long_reader_instead_of_stalling_writes(
+        store: Store, db_url: str) -> None:
+    now = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
+    write_readings(store, series("pi-1", now, 3))
+    reader = Store(db_url)
+    housekeeper = Store(db_url)
+    try:
+        # An export in progress: its transaction holds a share of metrics between chunks.
+        export = reader.stream("select * from metrics", chunk_rows=1)
+        next(export)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="lock timeout"):
+            housekeep(housekeeper, Retention(30, 90, 730), now)
+        assert time.monotonic() - started < 10
+        export.close()  # the export ends; the next round succeeds
+        housekeep(housekeeper, Retention(30, 90, 730), now)
+        assert store.partitions()[-1] == "metrics_20261125"
+    finally:
+        reader.close()
+        housekeeper.close()
