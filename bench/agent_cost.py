@@ -32,6 +32,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -138,7 +139,7 @@ def wait_until(deadline: float, what: str, step_s: float = 10.0) -> None:
 
 
 def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
-                   baseline_tree: Path | None) -> dict[str, Any]:
+                   baseline_tree: Path | None, no_site: bool) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from shared.config import parse_broker_url
     from shared.mqtt import MqttConnection, Received
@@ -147,11 +148,13 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     tmp = Path(tempfile.mkdtemp(prefix="fleetpulse-agent-cost-"))
     broker = MosquittoServer(tmp / "mqtt", persistence=False).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    tallies = {"agent": Tally(), "collectd": Tally(), "agent_baseline": Tally()}
+    tallies = {"agent": Tally(), "collectd": Tally(), "agent_baseline": Tally(),
+               "agent_no_site": Tally()}
 
     def on_message(msg: Received) -> None:
         if msg.topic.startswith(AGENT_TOPIC + "/") and msg.topic.endswith("/metrics"):
-            name = "agent_baseline" if "/bench-baseline/" in msg.topic else "agent"
+            name = ("agent_baseline" if "/bench-baseline/" in msg.topic else "agent_no_site"
+                    if "/bench-nosite/" in msg.topic else "agent")
             tallies[name].add(count_json_values(orjson.loads(msg.payload)), msg.payload,
                               publish_packet_bytes(msg.topic, msg.payload, v5=True))
         elif msg.topic.startswith(COLLECTD_TOPIC + "/"):
@@ -164,17 +167,29 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     sub.start()
     try:
         wait_for(lambda: sub.connected, 10, "the subscriber to connect")
-        agents = {"agent": (ROOT, "bench-agent")}
+        agents = {"agent": (ROOT, "bench-agent", False)}
         if baseline_tree is not None:
-            agents["agent_baseline"] = (baseline_tree, "bench-baseline")
+            agents["agent_baseline"] = (baseline_tree, "bench-baseline", False)
+        if no_site:
+            agents["agent_no_site"] = (ROOT, "bench-nosite", True)
         logs = {}
-        for name, (tree, device_id) in agents.items():
+        for name, (tree, device_id, plain) in agents.items():
             logs[name] = open(tmp / f"{name}.log", "wb")
+            args = ["run", "--broker-url", broker.url, "--state-dir", str(tmp / name),
+                    "--device-id", device_id, "--interval-s", "1", "--topic-prefix",
+                    AGENT_TOPIC, "--log-level", "WARNING"]
+            cmd = [sys.executable, "-m", "agent.main", *args]
+            if plain:
+                # As from a wheel: site-packages on the path, but no .pth files run (a
+                # development install's editable-import hook imports urllib and http).
+                paths = [str(tree), sysconfig.get_paths()["purelib"],
+                         sysconfig.get_paths()["platlib"]]
+                cmd = [sys.executable, "-S", "-c",
+                       f"import sys, runpy; sys.path[:0] = {paths!r}; "
+                       f"sys.argv = ['agent.main', *{args!r}]; "
+                       "runpy.run_module('agent.main', run_name='__main__')"]
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "agent.main", "run", "--broker-url", broker.url,
-                 "--state-dir", str(tmp / name), "--device-id", device_id,
-                 "--interval-s", "1", "--topic-prefix", AGENT_TOPIC, "--log-level", "WARNING"],
-                cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                 stdout=subprocess.DEVNULL, stderr=logs[name])
         if with_collectd:
             binary = shutil.which("collectd") or "/usr/sbin/collectd"
@@ -360,6 +375,9 @@ def main() -> int:
     parser.add_argument("--no-collectd", action="store_true")
     parser.add_argument("--baseline-tree", type=Path, help="also run the agent of this source "
                         "tree (e.g. `git archive` of an older commit) in the same run")
+    parser.add_argument("--no-site", action="store_true", help="also run the agent as "
+                        "installed from a wheel (python -S, site-packages on the path): a "
+                        "development install's import hook adds ~5 MB of RSS")
     parser.add_argument("--breakdown-only", type=int, metavar="SECONDS")
     parser.add_argument("--label", default="agent_cost", help="results file name")
     args = parser.parse_args()
@@ -373,7 +391,7 @@ def main() -> int:
 
     info = machine()
     runs = measure_window(args.warmup_s, args.window_s, not args.no_collectd,
-                          args.baseline_tree)
+                          args.baseline_tree, args.no_site)
     progress("per-call breakdown in a fresh process")
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, "-m", "bench.agent_cost", "--breakdown-only",

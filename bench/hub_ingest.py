@@ -175,7 +175,7 @@ class Bench:
     def reset_tables(self) -> None:
         with self.db() as conn:
             conn.execute("truncate metrics, devices, quarantine")
-            for name in ("metrics_minute", "metrics_hour"):
+            for name in ("metrics_1m", "metrics_1h", "alerts"):
                 exists = conn.execute("select to_regclass(%s)", (name,)).fetchone()
                 if exists and exists[0]:
                     conn.execute(f"truncate {name}")

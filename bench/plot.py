@@ -111,20 +111,42 @@ def plot_hub(data: dict[str, Any]) -> list[Path]:
     ax.axhline(100 * data["machine"]["nproc"], color="black", lw=0.8, ls=":",
                label="all cores")
     ax.set_ylabel("% of one core during the window")
-    ax.set_title("CPU at each hub's best sustained rate", fontsize=9)
+    ax.set_title("CPU at each hub's best sustained rate (others: work on the machine that is "
+                 "not this benchmark's)", fontsize=9)
     ax.legend(fontsize=7)
+    fig.subplots_adjust(bottom=0.2)
     fig.text(0.01, 0.01, note, fontsize=7)
     paths.append(_save(fig, "hub_ingest_cpu.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for (hub, qos), ws in sorted(series.items()):
+        color, line = STYLE.get((hub, qos), ("gray", ":"))
+        ws = [w for w in ws if "cpu_us_per_message" in w]
+        xs = [w["rate"] for w in ws]
+        ax.plot(xs, [w["cpu_us_per_message"]["hub"] for w in ws], line, color=color,
+                marker="o", label=f"{hub} hub process, QoS {qos}")
+        ax.plot(xs, [w["cpu_us_per_message"]["postgresql"] for w in ws], line, color=color,
+                marker="s", alpha=0.5, label=f"PostgreSQL for {hub}, QoS {qos}")
+    ax.set_xlabel("offered rate (msg/s)")
+    ax.set_ylabel("CPU µs per stored message (window + drain)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("What one message costs: hub process and database", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, note, fontsize=7)
+    paths.append(_save(fig, "hub_ingest_cost.png"))
     return paths
 
 
 def plot_agent(data: dict[str, Any]) -> list[Path]:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5),
                                       gridspec_kw={"width_ratios": [1, 2]})
-    runs = data["runs"]
+    runs = {n: r for n, r in data["runs"].items() if r["messages_per_s"] > 0}
+    colors = {"agent": "tab:blue", "agent_no_site": "tab:cyan", "agent_baseline": "tab:gray",
+              "collectd": "tab:orange"}
     names = list(runs)
-    cpu = [runs[n]["cpu"]["schedstat_percent"] for n in names]
-    bars = left.bar(names, cpu, color=["tab:blue", "tab:gray", "tab:orange"][:len(names)])
+    bars = left.bar(names, [runs[n]["cpu"]["schedstat_percent"] for n in names],
+                    color=[colors.get(n, "tab:gray") for n in names])
     for bar, n in zip(bars, names, strict=True):
         r = runs[n]
         left.annotate(f"{r['cpu']['schedstat_percent']:.3f} %\n{r['values_per_s']:.0f} values/s"
@@ -132,13 +154,15 @@ def plot_agent(data: dict[str, Any]) -> list[Path]:
                                                           bar.get_height()),
                       ha="center", va="bottom", fontsize=7)
     left.axhline(0.10, color="red", lw=0.8, label="target 0.10 %")
+    left.set_ylim(0, max(r["cpu"]["schedstat_percent"] for r in runs.values()) * 1.3)
     left.set_ylabel("CPU, % of one core (schedstat)")
     left.set_title(f"Agents publishing every 1 s ({data['window_s']:.0f} s window)", fontsize=9)
     left.legend(fontsize=7)
     left.tick_params(axis="x", labelsize=8)
     calls = data["breakdown"]["calls"]
     order = [n for n in sorted(calls, key=lambda n: calls[n]["median_us_1hz"])
-             if not n.endswith("total") and n != "collect+build+encode"]
+             if not n.endswith("total") and n not in ("collect+build+encode",
+                                                       "Collector._sample_proc")]
     ys = range(len(order))
     right.barh([y + 0.2 for y in ys], [calls[n]["median_us_1hz"] for n in order], height=0.4,
                label="once a second (as the agent runs)")
@@ -146,8 +170,15 @@ def plot_agent(data: dict[str, Any]) -> list[Path]:
                height=0.4, label="back to back")
     right.set_yticks(list(ys), order, fontsize=7)
     right.set_xlabel("median µs per call")
-    total = calls.get("collect+build+encode", {}).get("median_us_1hz")
-    right.set_title(f"One reading, step by step (total at 1 Hz: {total:.0f} µs)", fontsize=9)
+    total = calls["collect+build+encode"]["median_us_1hz"]
+    title = f"One reading at 1 Hz: {total:.0f} µs"
+    before = _load("agent_cost_before")
+    if before is not None:
+        was = before["breakdown"]["calls"]
+        title += (f" (before, through psutil: {was['collect+build+encode']['median_us_1hz']:.0f};"
+                  f" collect {was['sample() total']['median_us_1hz']:.0f} → "
+                  f"{calls['sample() total']['median_us_1hz']:.0f})")
+    right.set_title(title, fontsize=9)
     right.legend(fontsize=7)
     fig.tight_layout()
     return [_save(fig, "agent_cost.png")]

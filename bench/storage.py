@@ -6,7 +6,8 @@ over ``--devices`` devices, validated once by the hub's own validator, flattened
 ``--batch`` rows with a commit per batch, three ways in the same run:
 
 * ``Store.write`` — the hub's path: binary COPY into a temporary table, then one INSERT …
-  ON CONFLICT DO NOTHING that also feeds the minute/hour rollups, plus the devices table;
+  ON CONFLICT DO NOTHING that also feeds the minute/hour rollups (metrics_1m,
+  metrics_1h), plus the devices table;
 * plain ``executemany`` INSERT of the same rows into ``metrics`` (psycopg pipelines it);
 * plain binary COPY straight into ``metrics`` (the floor: no idempotence, no rollups).
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_dumps
+from psycopg.types.json import Jsonb, set_json_dumps
 
 from bench.hub_ingest import PREFIX, template
 from hub.batch import DeviceEvents
@@ -113,7 +114,7 @@ def main() -> int:
         def reset() -> None:
             with conn.cursor() as cur:
                 cur.execute("truncate metrics, devices")
-                for rollup in ("metrics_minute", "metrics_hour"):
+                for rollup in ("metrics_1m", "metrics_1h"):
                     if cur.execute("select to_regclass(%s)", (rollup,)).fetchone()[0]:  # type: ignore[index]
                         cur.execute(sql.SQL("truncate {}").format(sql.Identifier(rollup)))
             conn.commit()
@@ -125,9 +126,14 @@ def main() -> int:
                 events.seen[row[0]] = (row[3], row[5])
             store.write(batch, [], events)
 
+        # Parameters (not COPY) need the jsonb values wrapped: done before timing.
+        jsonb = [i for i, c in enumerate(columns) if c.pg_type == "jsonb"]
+        wrapped = {id(batch_row): tuple(Jsonb(v) if i in jsonb else v
+                                        for i, v in enumerate(batch_row)) for batch_row in rows}
+
         def executemany(batch: list[tuple[Any, ...]]) -> None:
             with conn.cursor() as cur:
-                cur.executemany(insert, batch)
+                cur.executemany(insert, [wrapped[id(r)] for r in batch])
             conn.commit()
 
         def copy(batch: list[tuple[Any, ...]]) -> None:
@@ -144,9 +150,9 @@ def main() -> int:
             rate = timed_batches(rows, args.batch, fn, name)
             results[name] = {"rows_per_s": rate}
         # The last load was Store.write's: measure what it left on disk.
-        with conn.cursor() as cur:
-            cur.execute("vacuum analyze metrics")
         conn.commit()
+        conn.autocommit = True  # VACUUM cannot run in a transaction
+        conn.execute("vacuum analyze metrics")
         with conn.cursor() as cur:
             stored = cur.execute("select count(*) from metrics").fetchone()[0]  # type: ignore[index]
             size = cur.execute(
@@ -154,7 +160,7 @@ def main() -> int:
                 " sum(pg_indexes_size(inhrelid)) from pg_inherits "
                 "where inhparent = 'metrics'::regclass").fetchone()
             rollups = {}
-            for rollup in ("metrics_minute", "metrics_hour"):
+            for rollup in ("metrics_1m", "metrics_1h"):
                 if cur.execute("select to_regclass(%s)", (rollup,)).fetchone()[0]:  # type: ignore[index]
                     rollups[rollup] = cur.execute(
                         "select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c "
