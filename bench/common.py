@@ -7,6 +7,7 @@ nanosecond ``sum_exec_runtime`` of every thread in /proc/<pid>/task/*/schedstat.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -185,15 +186,18 @@ def claim_cpu(nice: int) -> str:
 
     With sched_autogroup (the default on desktop kernels) CPU is first shared equally
     between sessions, whatever the processes' nice values: the session's own autogroup
-    niceness (/proc/self/autogroup, see sched(7)) must be set too. Other work on the machine
-    then gets less CPU while the benchmark runs; say so in any figure taken this way.
+    niceness (/proc/self/autogroup, see sched(7)) must be set too. It belongs to the whole
+    session (the shell that started the benchmark), so it is put back at exit. Other work
+    on the machine gets less CPU while the benchmark runs; say so in any figure taken so.
     """
     if nice == 0:
         return "not changed"
     os.nice(nice)
     autogroup = Path("/proc/self/autogroup")
     try:
+        before = autogroup.read_text().split()[-1]
         autogroup.write_text(str(nice))
-        return f"nice {nice}, autogroup nice {nice}"
-    except OSError:
+    except (OSError, IndexError):
         return f"nice {nice} (autogroup unchanged)"
+    atexit.register(lambda: autogroup.write_text(before))
+    return f"nice {nice}, autogroup nice {nice} (was {before}; restored at exit)"
