@@ -472,7 +472,8 @@ def main() -> int:
             prof.update({"rate": args.profile, "qos": 1, "payload_bytes": payload_bytes,
                          "machine": info})
             print(json.dumps(prof, indent=2))
-            write_result(f"{args.label}_profile", prof)
+            write_result("hub_profile" if args.label == "hub_ingest" else f"{args.label}_profile",
+                         prof)
             return 0
         results: list[dict[str, Any]] = []
         best: dict[str, int | None] = {}
