@@ -97,6 +97,7 @@ class Outbox:
                 self._flush(now, now_epoch_s)
             if self.transport.connected:
                 self._resend_overdue(now)
+                self._send_waiting(now)
                 self._replay(elapsed)
 
     def pending(self) -> int:
@@ -159,6 +160,14 @@ class Outbox:
                 self.stats.dropped += dropped
                 log.error("Spool full: dropped the %d oldest readings (limits: %d bytes, "
                           "%g s).", dropped, self.spool.max_bytes, self.spool.max_age_s)
+
+    def _send_waiting(self, now: float) -> None:
+        # Readings taken while disconnected and not yet on disk: send them first, in order.
+        free = self.window - len(self._inflight)
+        if free > 0 and self._waiting:
+            sending, self._waiting = self._waiting[:free], self._waiting[free:]
+            for reading in sending:
+                self._send(reading, now, spooled=False)
 
     def _resend_overdue(self, now: float) -> None:
         # Connected, yet no acknowledgement after ack_timeout_s: the message was lost on

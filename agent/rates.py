@@ -29,10 +29,12 @@ def rate(prev: float | None, cur: float | None, dt_s: float) -> float | None:
 def busy_percent(prev: CoreTimes, cur: CoreTimes) -> float | None:
     """Return the share of time a CPU was busy between two readings, in percent."""
     total = cur.total_s - prev.total_s
-    busy = cur.busy_s - prev.busy_s
-    if total <= 0 or busy < 0:
+    if total <= 0:
         return None
-    return round(min(100.0, max(0.0, 100.0 * busy / total)), 2)
+    # Linux's per-CPU idle and iowait counters can step back a little (NO_HZ accounting;
+    # psutil clamps the same way), so a small negative busy time means "idle", not unknown.
+    busy = max(0.0, cur.busy_s - prev.busy_s)
+    return round(min(100.0, 100.0 * busy / total), 2)
 
 
 def cpu_percent(prev: Sequence[CoreTimes] | None,

@@ -151,3 +151,13 @@ def test_a_reading_never_acknowledged_is_sent_again(tmp_path):
     assert list(transport.sent.values()) == [b"reading 1", b"reading 1"]
     ack_all(outbox, transport)
     assert outbox.pending() == 0 and outbox.stats.resent == 1
+
+
+def test_readings_taken_before_the_first_connect_are_sent_once_connected(tmp_path):
+    outbox, transport, spool = make(tmp_path, connected=False, flush_s=10)
+    outbox.pump(now=0, now_epoch_s=1000)
+    outbox.submit(r(1), now=0.1)  # the broker is not connected yet
+    transport.connected = True
+    outbox.pump(now=0.5, now_epoch_s=1000.5)
+    assert list(transport.sent.values()) == [b"reading 1"]
+    assert len(spool) == 0  # never went to disk
