@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Literal, Protocol, TextIO
 
 import orjson
-import pyarrow as pa  # type: ignore[import-untyped]  # no stubs
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow as pa  # no type stubs: see the mypy override in pyproject.toml
+import pyarrow.parquet as pq
 
 from shared.schema import metrics_columns
 
