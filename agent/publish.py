@@ -185,6 +185,9 @@ class Outbox:
                         len(overdue), self.ack_timeout_s)
 
     def _replay(self, elapsed: float) -> None:
+        if not len(self.spool):
+            self._replay_tokens = 0.0
+            return
         # A token bucket: at most replay_rate_per_s, so a fleet coming back does not flood
         # the hub, and never more than the free part of the acknowledgement window.
         self._replay_tokens = min(self._replay_tokens + elapsed * self.replay_rate_per_s,

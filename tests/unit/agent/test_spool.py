@@ -58,3 +58,14 @@ def test_default_bounds_hold_a_day_at_one_reading_a_second(tmp_path):
     day = 86400
     assert settings.spool_max_age_s >= day
     assert settings.spool_max_bytes >= day * 3500  # a full reading is ~3.4 KB on a desktop
+
+
+def test_the_count_kept_in_memory_matches_the_table(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=35, max_age_s=100)
+    spool.add([reading(i, t=1000) for i in range(1, 6)], now_epoch_s=1010)  # 2 over the size
+    spool.add([reading(5, t=1000)], now_epoch_s=1010)  # already there
+    spool.remove([("s", 4), ("s", 99)])
+    table = spool._db.execute("select count(*) from readings").fetchone()[0]
+    assert len(spool) == table == 2
+    spool.close()
+    assert len(Spool(tmp_path / "s.db", max_bytes=35, max_age_s=100)) == 2
