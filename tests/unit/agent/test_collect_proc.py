@@ -139,6 +139,17 @@ def test_frequency_from_cpuinfo_is_the_mean_with_null_min_and_max(proc, tmp_path
     assert reader.freq() == ((2445.404 + 2000.0) / 2, None, None)
 
 
+def test_cpuinfo_without_cpufreq_is_read_every_30_s_not_every_reading(proc, tmp_path):
+    reader = ProcReader(psutil, str(proc), str(tmp_path / "sys"))
+    reader.freq_sysfs = False
+    first = reader.freq()
+    cpuinfo = proc / "cpuinfo"
+    cpuinfo.write_bytes(cpuinfo.read_bytes().replace(b"2445.404", b"1000.000"))
+    assert reader.freq() == first  # cached: /proc/cpuinfo is the costliest file
+    reader._cpuinfo_at -= 30.0  # thirty seconds later
+    assert reader.freq() == ((1000.0 + 2000.0) / 2, None, None)
+
+
 def test_frequency_from_cpufreq_sysfs_takes_cpuinfo_current_when_counts_match(tmp_path):
     root = _proc(tmp_path / "proc")
     sys_root = tmp_path / "sys"
