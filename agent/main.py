@@ -96,13 +96,13 @@ class Agent:
         self.mqtt.publish(self._status_topic, STATUS_ONLINE.encode(), qos=1, retain=True)
         self.mqtt.publish(self._meta_topic, self._meta_payload(), qos=1, retain=True)
 
-    def read_once(self) -> bytes:
-        """Take a sample and return the encoded reading (rates need the previous sample)."""
+    def read_once(self, epoch_s: float) -> bytes:
+        """Take a sample stamped ``epoch_s`` and return the encoded reading."""
         sample = self.collector.sample()
         self._seq += 1
         message = build_metrics(self._prev, sample, device_id=self.device_id,
                                 session_id=self.session_id, seq=self._seq,
-                                epoch_s=time.time(), interval_s=self.settings.interval_s)
+                                epoch_s=epoch_s, interval_s=self.settings.interval_s)
         self._prev = sample
         return encode(message)
 
@@ -119,7 +119,7 @@ class Agent:
             now = time.monotonic()
             if now >= tick:
                 epoch = time.time()
-                payload = self.read_once()
+                payload = self.read_once(epoch)  # the spool ages it by the same time
                 if len(payload) > MAX_READING_BYTES:
                     # Over the broker's message_size_limit, paho would resend it forever.
                     log.error("Reading seq %d is %d bytes, over %d: not sent.", self._seq,

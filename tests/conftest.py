@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.servers import MosquittoServer, PostgresServer
@@ -49,10 +48,7 @@ def postgres(work_root: Path) -> Iterator[PostgresServer]:
 @pytest.fixture
 def db_url(postgres: PostgresServer) -> str:
     """A new empty database on the session's PostgreSQL."""
-    name = f"t_{next(_counter)}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    return postgres.url_for(name)
+    return postgres.create_database(f"t_{next(_counter)}")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,6 +150,15 @@ class PostgresServer:
 
     def url_for(self, dbname: str, user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """Create a new empty database with a unique name; return its URL."""
+        import psycopg  # the tests' own driver; servers.py otherwise needs none
+
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'create database "{name}"'.encode())
+        return self.url_for(name)
 
     def start(self) -> PostgresServer:
         with open(self.log_file, "ab") as log:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
-import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -49,10 +48,7 @@ class Target:
 @pytest.fixture(scope="module")
 def target(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     workdir: Path = tmp_path_factory.mktemp("hostile")
-    name = f"hostile_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    db_url = postgres.url_for(name)
+    db_url = postgres.create_database("hostile")
     prefix = f"fphostile-{uuid.uuid4().hex[:8]}"
     broker = MosquittoServer(workdir / "mqtt", persistence=False).start()
     hub = processes.hub(workdir, broker_url=broker.url, db_url=db_url, prefix=prefix,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -31,10 +29,7 @@ HEALTHY = HubHealth(broker_connected=True, last_write_at=NOW, backlog=3, receive
 @pytest.fixture(scope="module")
 def db_url(postgres: PostgresServer) -> str:
     """One database for the module: its tests only read, so they share the seeded data."""
-    name = f"api_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    return postgres.url_for(name)
+    return postgres.create_database("api")
 
 
 @pytest.fixture(scope="module")

@@ -98,10 +98,7 @@ def _seed(db_url: str, now: datetime) -> None:
 
 @pytest.fixture(scope="module")
 def site(postgres: PostgresServer, broker: MosquittoServer) -> Iterator[Site]:
-    name = f"web_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    db_url = postgres.url_for(name)
+    db_url = postgres.create_database("web")
     _seed(db_url, datetime.now(UTC))
     workdir = Path(tempfile.mkdtemp(prefix="fleetpulse-web-"))
     prefix = f"fpweb-{uuid.uuid4().hex[:8]}"
