@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import signal
 import sys
 import threading
@@ -25,9 +24,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
-from hub.batch import Batcher, Inbound
+from hub.batch import Batcher
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
-from hub.receive import Receiver
+from hub.receive import Inbox, Receiver
 from hub.retention import Retention, housekeep
 from hub.status import format_fleet
 from hub.store import Store, StorePool
@@ -43,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetpulse.hub")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/hub.toml")
+# How often the ingest loop takes what has arrived: adds at most this to the latency, and
+# lets a bunch of messages build up between thread switches.
+INGEST_POLL_S = 0.05
 
 
 @dataclass
@@ -88,49 +90,49 @@ def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
     return None
 
 
-def ingest(inbox: queue.Queue[Inbound], receiver: Receiver, store: Store,
-           settings: HubSettings, stop: threading.Event, stats: IngestStats) -> None:
+def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
+           stop: threading.Event, stats: IngestStats) -> None:
     """Validate, batch, write and then acknowledge, until ``stop`` is set."""
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s)
     prefix = settings.topic_prefix
+
+    def flush() -> bool:
+        """Write the open batch and ack it; False if stopped while the database was away."""
+        batch = batcher.take()
+        assert batch is not None
+        outcome = write_batch(store, batch, stop)
+        if outcome is None:
+            return False  # the broker keeps the messages
+        receiver.ack(batch.acks)
+        stats.acked += len(batch.acks)
+        stats.stored += outcome.inserted
+        stats.quarantined += outcome.quarantined
+        stats.batches += 1
+        stats.last_write_at = datetime.now(UTC)
+        return True
+
     while True:
         stopping = stop.is_set()
-        wait = batcher.seconds_until_due(time.monotonic())
-        try:
-            message: Inbound | None = inbox.get(timeout=0.2 if wait is None else min(wait, 0.2))
-        except queue.Empty:
-            message = None
-        while message is not None:
+        for message in inbox.take_all():
             if receiver.is_stale(message):
                 # Delivered over a connection that has since dropped: it cannot be acked,
                 # and the broker sends it again over the new one (persistent session).
                 stats.stale += 1
-            else:
-                stats.received += 1
-                batcher.add(message, validate(message.topic, message.payload,
-                                              message.received_at, prefix, limits),
-                            time.monotonic())
-            if batcher.due(time.monotonic()):
-                break
-            try:
-                message = inbox.get_nowait()
-            except queue.Empty:
-                message = None
+                continue
+            stats.received += 1
+            batcher.add(message, validate(message.topic, message.payload,
+                                          message.received_at, prefix, limits),
+                        time.monotonic())
+            if batcher.due(time.monotonic()) and not flush():
+                return
         if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0) is not None):
-            batch = batcher.take()
-            assert batch is not None
-            outcome = write_batch(store, batch, stop)
-            if outcome is None:
-                return  # stopped while the database was away: the broker keeps the messages
-            receiver.ack(batch.acks)
-            stats.acked += len(batch.acks)
-            stats.stored += outcome.inserted
-            stats.quarantined += outcome.quarantined
-            stats.batches += 1
-            stats.last_write_at = datetime.now(UTC)
-        if stopping and inbox.empty():
+            if not flush():
+                return
+        if stopping and not len(inbox):
             return
+        due_in = batcher.seconds_until_due(time.monotonic())
+        stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
 
 
 def load_rules(settings: HubSettings) -> list[Rule]:
@@ -181,7 +183,7 @@ def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: fl
 
 
 def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
-               inbox: queue.Queue[Inbound], stats: IngestStats,
+               inbox: Inbox, stats: IngestStats,
                rules: list[Rule]) -> HttpServer:
     """Serve the API and the dashboard in a thread; return the server (it has ``stop()``)."""
     from hub.api import HttpServer, HubHealth, create_app  # FastAPI only when serving
@@ -191,7 +193,7 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
         # Backlog: taken off the broker and not yet acknowledged (queued or in a batch that
         # waits for the database); the broker's Receive Maximum bounds it by max_pending.
         return HubHealth(receiver.mqtt.connected, stats.last_write_at,
-                         inbox.qsize() + stats.received - stats.acked, stats.received,
+                         len(inbox) + stats.received - stats.acked, stats.received,
                          stats.stored, stats.quarantined)
 
     server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
@@ -219,7 +221,7 @@ def run(settings: HubSettings) -> int:
     store = open_store(settings, stop)
     if store is None:
         return 0
-    inbox: queue.Queue[Inbound] = queue.Queue()
+    inbox = Inbox()
     receiver = Receiver(settings, inbox)
     stats = IngestStats()
     watch_store = Store(store.url, application_name="fleetpulse-hub-alerts")

@@ -1,24 +1,93 @@
 """Check every message against the shared schema (pure: time and limits come in as arguments).
 
 A message is either :class:`Accepted` (typed, ready to store) or :class:`Rejected` with a
-reason a person can act on; nothing raises. The fast path is one pydantic
-``validate_json`` call; the reasons are worked out only for messages that fail.
+reason a person can act on; nothing raises.
+
+Metrics, the hot path, are decoded by msgspec into structs compiled from the same
+``shared.schema`` declarations (same types, same bounds, unknown fields refused): about a
+fifth of pydantic's cost per message. A message msgspec refuses goes through pydantic,
+the reference, whose errors name every field that is wrong; a test checks on generated
+messages that msgspec never accepts what pydantic refuses, and that both read the same
+values. Meta and status messages are rare and go through pydantic only.
 """
 
 from __future__ import annotations
 
 import json
+import types
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
+import msgspec
+from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import TypeAdapter, ValidationError
+from typing_extensions import is_typeddict
 
 from shared.schema import SCHEMA_VERSION, STATUS_VALUES, Meta, MetricsV1
 from shared.topics import is_valid_device_id, parse_topic
 
 _METRICS = TypeAdapter(MetricsV1)
 _META = TypeAdapter(Meta)
+
+
+# The timestamps the fast path reads itself: RFC 3339 with a zone and at most microseconds
+# (msgspec rounds further digits where pydantic truncates; such rare forms go to pydantic).
+_TIMESTAMP = Annotated[str, msgspec.Meta(
+    pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$")]
+
+
+def msgspec_type(tp: Any, structs: dict[Any, Any] | None = None) -> Any:
+    """Translate a ``shared.schema`` annotation into msgspec's terms.
+
+    TypedDicts become structs that refuse unknown fields (a msgspec TypedDict would drop
+    them silently); annotated-types bounds become ``msgspec.Meta`` constraints; a datetime
+    is read as a string of :data:`_TIMESTAMP`'s form (see :func:`decode_metrics`).
+    """
+    structs = {} if structs is None else structs
+    if tp is datetime:
+        return _TIMESTAMP
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *bounds = get_args(tp)
+        names = {Ge: ("ge", "ge"), Le: ("le", "le"), MinLen: ("min_length", "min_length"),
+                 MaxLen: ("max_length", "max_length")}
+        constraints = {}
+        for bound in bounds:
+            keyword, attribute = names[type(bound)]  # KeyError: a bound not handled here
+            constraints[keyword] = getattr(bound, attribute)
+        return Annotated[msgspec_type(base, structs), msgspec.Meta(**constraints)]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(msgspec_type(a, structs) for a in get_args(tp))]  # noqa: UP007
+    if origin is list:
+        return list[msgspec_type(get_args(tp)[0], structs)]  # type: ignore[misc]
+    if is_typeddict(tp):
+        if tp not in structs:
+            fields = [(name, msgspec_type(hint, structs)) for name, hint
+                      in get_type_hints(tp, include_extras=True).items()]
+            structs[tp] = msgspec.defstruct(tp.__name__, fields, forbid_unknown_fields=True)
+        return structs[tp]
+    return tp
+
+
+_FAST_METRICS = msgspec.json.Decoder(msgspec_type(MetricsV1))
+
+
+def decode_metrics_fast(payload: bytes) -> Any:
+    """Decode and check with msgspec alone; raise msgspec.DecodeError or ValueError."""
+    message = msgspec.to_builtins(_FAST_METRICS.decode(payload))
+    message["ts"] = datetime.fromisoformat(message["ts"])  # the schema's only datetime
+    return message
+
+
+def decode_metrics(payload: bytes) -> Any:
+    """Return the message as checked dicts; raise pydantic's ValidationError if it is bad."""
+    try:
+        return decode_metrics_fast(payload)
+    except (msgspec.DecodeError, ValueError):  # ValidationError is a DecodeError
+        # Refused (or a form only pydantic reads, such as a space in the timestamp): the
+        # reference decides, and explains what is wrong.
+        return _METRICS.validate_json(payload)
 
 
 @dataclass(frozen=True)
@@ -102,14 +171,10 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
                             device_id)
         return Accepted("status", device_id, text)
 
-    if kind == "metrics":
-        adapter: TypeAdapter[Any] = _METRICS
-    elif kind == "meta":
-        adapter = _META
-    else:
+    if kind not in ("metrics", "meta"):
         return Rejected(f"unknown topic kind {kind[:40]!r}", device_id)
     try:
-        value = adapter.validate_json(payload)
+        value: Any = decode_metrics(payload) if kind == "metrics" else _META.validate_json(payload)
     except ValidationError as exc:
         return Rejected(_why_invalid(payload, exc), device_id)
 
