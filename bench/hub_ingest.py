@@ -168,6 +168,7 @@ class Bench:
     window_s: float
     small: bool
     hub_log_level: str = "WARNING"
+    processes: int = 1  # fleetpulse hub processes sharing the load ($share subscription)
 
     def db(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.pg.url, autocommit=True)
@@ -181,9 +182,19 @@ class Bench:
                     conn.execute(f"truncate {name}")
             conn.execute("checkpoint")
 
+    def start_hubs(self, kind: str, broker: MosquittoServer, qos: int,
+                   log: Path) -> list[subprocess.Popen[bytes]]:
+        """Start the hub: ``processes`` fleetpulse hubs in one share group, or the minimal one."""
+        if kind != "fleetpulse" or self.processes == 1:
+            return [self.start_hub(kind, broker, qos, log)]
+        group = f"bench-{uuid.uuid4().hex[:6]}"
+        return [self.start_hub(kind, broker, qos, log.with_name(f"{log.stem}-{i}.log"),
+                               {"FLEETPULSE_SHARE_GROUP": group})
+                for i in range(self.processes)]
+
     def start_hub(self, kind: str, broker: MosquittoServer, qos: int,
-                  log: Path) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+                  log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
         if kind == "fleetpulse":
             env.update({"FLEETPULSE_BROKER_URL": broker.url, "FLEETPULSE_DB": self.pg.url,
                         "FLEETPULSE_TOPIC_PREFIX": PREFIX,
@@ -220,13 +231,15 @@ class Bench:
         wd.mkdir(parents=True, exist_ok=True)
         self.reset_tables()
         broker = MosquittoServer(wd / "mqtt", persistence=False).start()
-        hub = self.start_hub(kind, broker, qos, wd / "hub.log")
-        result: dict[str, Any] = {"hub": kind, "qos": qos, "rate": rate}
+        hubs = self.start_hubs(kind, broker, qos, wd / "hub.log")
+        result: dict[str, Any] = {"hub": kind, "qos": qos, "rate": rate,
+                                  "hub_processes": len(hubs)}
         try:
-            wait_for(lambda: "as bench-" in broker.log() or hub.poll() is not None, 30,
-                     "the hub to connect")
-            if hub.poll() is not None:
-                raise RuntimeError(f"{kind} hub exited: {(wd / 'hub.log').read_text()[-2000:]}")
+            wait_for(lambda: broker.log().count("as bench-") >= len(hubs)
+                     or any(h.poll() is not None for h in hubs), 30, "the hub to connect")
+            if any(h.poll() is not None for h in hubs):
+                logs = "".join(p.read_text() for p in wd.glob("hub*.log"))
+                raise RuntimeError(f"{kind} hub exited: {logs[-2000:]}")
             time.sleep(1.0)  # its subscription
             # Warm-up: another session id, 2 s at the window's rate (caches, partitions, JIT).
             warm_id = uuid.uuid4().hex
@@ -242,7 +255,8 @@ class Bench:
             payload_file.write_bytes(template(session_id, small=self.small))
             expected = int(rate * self.window_s)
             pg_pids = [self.pg.process.pid] if self.pg.process else []
-            pids = {"hub": [hub.pid], "broker": [broker.process.pid] if broker.process else [],
+            pids = {"hub": [h.pid for h in hubs],
+                    "broker": [broker.process.pid] if broker.process else [],
                     "postgresql": pg_pids + children(pg_pids[0])}
             before = {name: cpu_snapshot(p) for name, p in pids.items()}
             busy0 = machine_busy_s()
@@ -283,18 +297,21 @@ class Bench:
                                                    "interrupts"))
             result["generator"] = generator
             result["achieved_rate"] = (generator["sent"] - 1) / max(window, 1e-9)
-            result["hub_alive"] = hub.poll() is None
+            result["hub_alive"] = all(h.poll() is None for h in hubs)
             result["broker_dropped"] = "dropped" in broker.log()
         finally:
-            if hub.poll() is None:
-                hub.send_signal(signal.SIGTERM)
+            for hub in hubs:
+                if hub.poll() is None:
+                    hub.send_signal(signal.SIGTERM)
+            for hub in hubs:
                 try:
                     hub.wait(20)
                 except subprocess.TimeoutExpired:
                     hub.kill()
                     hub.wait(5)
             broker.stop()
-        result["hub_log_tail"] = (wd / "hub.log").read_text(errors="replace")[-600:]
+        result["hub_log_tail"] = "".join(p.read_text(errors="replace")
+                                         for p in sorted(wd.glob("hub*.log")))[-600:]
         return result
 
     def check(self, session_id: str, expected: int, generator: dict[str, Any]) -> dict[str, Any]:
@@ -432,6 +449,10 @@ def main() -> int:
     parser.add_argument("--qos", type=int, choices=[0, 1], action="append")
     parser.add_argument("--hubs", default="fleetpulse,minimal")
     parser.add_argument("--rates", help="comma-separated msg/s (default: a sweep per QoS)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="fleetpulse hub processes, sharing the load through an MQTT v5 "
+                        "shared subscription (FLEETPULSE_SHARE_GROUP), as a bigger fleet "
+                        "would run them")
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--payload", choices=["small", "pi"], default="small",
@@ -466,7 +487,8 @@ def main() -> int:
         store = Store(pg.url)
         store.ensure_partitions({date.today() + timedelta(days=d) for d in (-1, 0, 1)})
         store.close()
-        bench = Bench(workdir, build_loadgen(workdir), pg, args.devices, args.window_s, small)
+        bench = Bench(workdir, build_loadgen(workdir), pg, args.devices, args.window_s, small,
+                      processes=args.processes)
         if args.profile:
             prof = profile(bench, args.profile, args.profile_s)
             prof.update({"rate": args.profile, "qos": 1, "payload_bytes": payload_bytes,
@@ -511,6 +533,7 @@ def main() -> int:
         "benchmark": "hub_ingest", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info, "devices": args.devices, "payload": args.payload,
         "payload_bytes": payload_bytes, "window_s": args.window_s, "best": best,
+        "hub_processes": args.processes,
         "priority": priority,
         "windows": results,
         "targets": {"qos1_msg_per_s": 20000, "qos1_ratio_to_minimal": 0.9,

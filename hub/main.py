@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
-from hub.batch import Batcher
+from hub.batch import Batch, Batcher
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
 from hub.receive import Inbox, Receiver
 from hub.retention import Retention, housekeep
@@ -90,49 +91,88 @@ def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
     return None
 
 
+class BatchWriter:
+    """Write batches in a thread of its own, then acknowledge their messages.
+
+    The ingest loop goes on validating the next batch while one is written: the database's
+    part of a write runs without the GIL. One batch waits at most while another is written,
+    so memory stays bounded; acks go out in batch order, each only after its commit.
+    """
+
+    def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
+                 stop: threading.Event) -> None:
+        self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
+        self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._gave_up = threading.Event()  # stopped while the database was away
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch | None) -> bool:
+        """Queue a batch (None: no more); False once the writer has given up."""
+        while not self._gave_up.is_set():
+            try:
+                self._pending.put(batch, timeout=0.2)
+                return True
+            except queue.Full:
+                continue  # the previous batch still waits: the database is slow or away
+        return False
+
+    def finish(self) -> None:
+        """Write what is queued, then end the thread."""
+        self.submit(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (batch := self._pending.get()) is not None:
+            started = time.monotonic()
+            outcome = write_batch(self._store, batch, self._stop)
+            if outcome is None:
+                self._gave_up.set()  # the broker keeps the messages
+                return
+            self._receiver.ack(batch.acks)
+            stats = self._stats
+            stats.acked += len(batch.acks)
+            stats.stored += outcome.inserted
+            stats.quarantined += outcome.quarantined
+            stats.batches += 1
+            stats.last_write_at = datetime.now(UTC)
+            log.debug("Stored a batch of %d messages in %.0f ms (%.2f s after it opened).",
+                      len(batch), 1000 * (time.monotonic() - started),
+                      time.monotonic() - batch.opened_at)
+
+
 def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
            stop: threading.Event, stats: IngestStats) -> None:
-    """Validate, batch, write and then acknowledge, until ``stop`` is set."""
+    """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s)
     prefix = settings.topic_prefix
-
-    def flush() -> bool:
-        """Write the open batch and ack it; False if stopped while the database was away."""
-        batch = batcher.take()
-        assert batch is not None
-        outcome = write_batch(store, batch, stop)
-        if outcome is None:
-            return False  # the broker keeps the messages
-        receiver.ack(batch.acks)
-        stats.acked += len(batch.acks)
-        stats.stored += outcome.inserted
-        stats.quarantined += outcome.quarantined
-        stats.batches += 1
-        stats.last_write_at = datetime.now(UTC)
-        return True
-
-    while True:
-        stopping = stop.is_set()
-        for message in inbox.take_all():
-            if receiver.is_stale(message):
-                # Delivered over a connection that has since dropped: it cannot be acked,
-                # and the broker sends it again over the new one (persistent session).
-                stats.stale += 1
-                continue
-            stats.received += 1
-            batcher.add(message, validate(message.topic, message.payload,
-                                          message.received_at, prefix, limits),
-                        time.monotonic())
-            if batcher.due(time.monotonic()) and not flush():
+    writer = BatchWriter(store, receiver, stats, stop)
+    try:
+        while True:
+            stopping = stop.is_set()
+            taken = inbox.take_all()
+            # Delivered over a connection that has since dropped, a message cannot be
+            # acked, and the broker sends it again over the new one: leave it.
+            bunch = [m for m in taken if not receiver.is_stale(m)]
+            stats.stale += len(taken) - len(bunch)
+            stats.received += len(bunch)  # before a submit that may wait: health counts them
+            for message in bunch:
+                batcher.add(message, validate(message.topic, message.payload,
+                                              message.received_at, prefix, limits),
+                            time.monotonic())
+                if batcher.due(time.monotonic()) and not writer.submit(batcher.take()):
+                    return
+            if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0)
+                                                 is not None):
+                if not writer.submit(batcher.take()):
+                    return
+            if stopping and not len(inbox):
                 return
-        if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0) is not None):
-            if not flush():
-                return
-        if stopping and not len(inbox):
-            return
-        due_in = batcher.seconds_until_due(time.monotonic())
-        stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
+            due_in = batcher.seconds_until_due(time.monotonic())
+            stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
+    finally:
+        writer.finish()
 
 
 def load_rules(settings: HubSettings) -> list[Rule]:

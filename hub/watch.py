@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -41,15 +41,19 @@ _STATES = (
     "left join lateral (select interval_s, received_at from metrics m "
     "where m.device_id = d.device_id and m.ts <= d.last_seen "
     "and m.ts > d.last_seen - interval '1 day' order by ts desc limit 1) m on true order by 1")
-# Readings up to the window before each device's newest one (its own clock).
+# Readings up to the window before each device's newest one (its own clock), newer than the
+# newest one this watcher already holds for the device (``known``): each round reads only
+# what arrived since the last, not the whole window of every device again.
 _READINGS = (
     "select m.device_id, m.ts, m.sensors_cpu_celsius, m.memory_percent, "
     "m.memory_swap_in_bytes_per_s, m.memory_swap_out_bytes_per_s, "
     "m.throttling_under_voltage_now, m.throttling_throttled_now, "
     "m.throttling_freq_capped_now, m.throttling_soft_temp_limit_now, " + DISK_MAX_PERCENT + " "
-    "from devices d join lateral (select * from metrics m where m.device_id = d.device_id "
-    "and m.ts > d.last_seen - make_interval(secs => %(window)s) and m.ts <= d.last_seen) m "
-    "on true order by m.device_id, m.ts")
+    "from devices d left join unnest(%(known_ids)s::text[], %(known_ts)s::timestamptz[]) "
+    "as k(device_id, ts) on k.device_id = d.device_id "
+    "join lateral (select * from metrics m where m.device_id = d.device_id "
+    "and m.ts > d.last_seen - make_interval(secs => %(window)s) and m.ts <= d.last_seen "
+    "and (k.ts is null or m.ts > k.ts)) m on true order by m.device_id, m.ts")
 _OPEN = "select device_id, rule, started_at, peak_value from alerts where ended_at is null"
 _INSERT = (
     "insert into alerts (device_id, rule, started_at, peak_value, last_value, threshold, "
@@ -84,6 +88,10 @@ class AlertWatcher:
         self._rules = list(rules)
         self._by_name = {r.name: r for r in rules}
         self._window_s = window_s(rules)
+        # Each device's readings of the last window, oldest first, kept between rounds.
+        # A reading stored after newer ones of its device (replayed from an agent's spool)
+        # is not read back: rules judge the live stream.
+        self._recent: dict[str, list[Reading]] = {}
 
     def load(self) -> FleetInput:
         fleet = FleetInput()
@@ -91,9 +99,23 @@ class AlertWatcher:
             fleet.devices.append(DeviceState(row["device_id"], row["status"],
                                              row["status_since"], float(row["interval_s"]),
                                              row["last_reading_received_at"]))
-        for row in self._store.query(_READINGS, {"window": self._window_s}):
-            fleet.readings.setdefault(row["device_id"], []).append(
+        known = {device: readings[-1].ts for device, readings in self._recent.items()
+                 if readings}
+        for row in self._store.query(_READINGS, {"window": self._window_s,
+                                                 "known_ids": list(known),
+                                                 "known_ts": list(known.values())}):
+            self._recent.setdefault(row["device_id"], []).append(
                 Reading(row["ts"], reading_values(row)))
+        listed = {device.device_id for device in fleet.devices}
+        for device in list(self._recent):
+            readings = self._recent[device]
+            if device not in listed or not readings:
+                del self._recent[device]  # removed from the devices table
+                continue
+            oldest = readings[-1].ts - timedelta(seconds=self._window_s)
+            if readings[0].ts <= oldest:
+                readings[:] = [r for r in readings if r.ts > oldest]
+        fleet.readings = {device: list(readings) for device, readings in self._recent.items()}
         for row in self._store.query(_OPEN):
             fleet.open_alerts.setdefault(row["device_id"], {})[row["rule"]] = OpenAlert(
                 row["device_id"], row["rule"], row["started_at"], row["peak_value"])

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.alerts import DEFAULT_RULES
+from hub.alerts import DEFAULT_RULES, window_s
 from hub.api import HubHealth, create_app
 from hub.batch import DeviceEvents
 from hub.read import FleetReader
@@ -151,3 +151,21 @@ def test_redelivered_hot_readings_do_not_open_a_second_alert(store: Store, prefi
     assert watcher.check(T0 + timedelta(seconds=72)) == []
     rows = store.query("select count(*) as n from alerts where ended_at is null")
     assert rows[0]["n"] == 1
+
+
+def test_each_round_reads_only_new_readings_and_keeps_one_window(store: Store,
+                                                                  prefix: str) -> None:
+    watcher = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES)
+    window = int(window_s(DEFAULT_RULES))
+    first = series("pi-1", T0, 30, cpu_percent=10.0)
+    write_readings(store, first, received_at=T0 + timedelta(seconds=30))
+    assert watcher.load().readings["pi-1"][-1].ts == first[-1]["ts"]
+    later = series("pi-1", T0 + timedelta(seconds=30), window + 20, cpu_percent=10.0)
+    write_readings(store, later, received_at=T0 + timedelta(seconds=window + 50))
+    readings = watcher.load().readings["pi-1"]
+    stamps = [r.ts for r in readings]
+    assert stamps == sorted(set(stamps))  # no reading twice, oldest first
+    assert stamps[-1] == later[-1]["ts"]
+    assert (stamps[-1] - stamps[0]).total_seconds() < window  # older ones dropped
+    assert len(stamps) == len([r for r in later
+                               if (later[-1]["ts"] - r["ts"]).total_seconds() < window])
