@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 from agent.spool import Reading, Spool
 
 
@@ -69,3 +73,28 @@ def test_the_count_kept_in_memory_matches_the_table(tmp_path):
     assert len(spool) == table == 2
     spool.close()
     assert len(Spool(tmp_path / "s.db", max_bytes=35, max_age_s=100)) == 2
+
+
+def test_a_spool_never_needed_loads_no_sqlite_and_leaves_no_file(tmp_path):
+    code = ("import sys\nfrom pathlib import Path\nfrom agent.spool import Spool\n"
+            f"s = Spool(Path({str(tmp_path / 's.db')!r}), max_bytes=10**6, max_age_s=10**6)\n"
+            "assert len(s) == 0 and s.dropped == 0 and s.oldest(5) == []\n"
+            "s.close()\nprint('sqlite3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.strip() == "False"
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_an_emptied_spool_removes_its_file_and_a_counting_one_keeps_it(tmp_path):
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=10**6)
+    spool.add([reading(1)], now_epoch_s=1010)
+    assert (tmp_path / "s.db").exists()
+    spool.remove([("s", 1)])
+    spool.close()
+    assert not any(tmp_path.iterdir())  # nothing kept, nothing to remember
+    full = Spool(tmp_path / "full.db", max_bytes=15, max_age_s=10**6)
+    full.add([reading(1), reading(2)], now_epoch_s=1010)  # one dropped
+    full.remove([("s", 2)])
+    full.close()
+    assert Spool(tmp_path / "full.db", max_bytes=15, max_age_s=10**6).dropped == 1
