@@ -104,6 +104,7 @@ class BatchWriter:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._gave_up = threading.Event()  # stopped while the database was away
+        self.failed = False
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
         self._thread.start()
 
@@ -123,6 +124,17 @@ class BatchWriter:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._write_all()
+        except Exception:
+            # A bug, not the database (write_batch retries those): stop the hub, as an
+            # exception in a single-threaded hub would; the broker keeps the messages.
+            log.exception("The writer failed; stopping.")
+            self.failed = True
+            self._gave_up.set()
+            self._stop.set()
+
+    def _write_all(self) -> None:
         while (batch := self._pending.get()) is not None:
             started = time.monotonic()
             outcome = write_batch(self._store, batch, self._stop)
@@ -173,6 +185,8 @@ def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings
             stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
     finally:
         writer.finish()
+        if writer.failed:
+            raise RuntimeError("the hub's writer thread failed (see the log above)")
 
 
 def load_rules(settings: HubSettings) -> list[Rule]:

@@ -1,0 +1,61 @@
+"""The hub's writer thread: batches written in order, acked only after, failures stop it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hub.main import BatchWriter, IngestStats
+from shared.errors import TransientStoreError
+from tests.unit.hub.test_write import FakeStore, NoWaitEvent, batch_of
+
+
+class FakeReceiver:
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.acked: list[object] = []
+        self.rows_stored_at_ack: list[int] = []
+
+    def ack(self, tokens: list[object]) -> None:
+        self.rows_stored_at_ack.append(len(self.store.rows))
+        self.acked += tokens
+
+
+def test_batches_are_written_in_order_and_acked_after_their_write() -> None:
+    store = FakeStore()
+    receiver = FakeReceiver(store)
+    stats = IngestStats()
+    writer = BatchWriter(store, receiver, stats, threading.Event())  # type: ignore[arg-type]
+    for size in (3, 1, 2):
+        assert writer.submit(batch_of(size))
+    writer.finish()
+    assert store.rows == [(0,), (1,), (2,), (0,), (0,), (1,)]
+    assert receiver.acked == [0, 1, 2, 0, 0, 1]
+    assert receiver.rows_stored_at_ack == [3, 4, 6]  # each ack after its batch was stored
+    assert (stats.acked, stats.stored, stats.batches) == (6, 6, 3)
+    assert stats.last_write_at is not None and not writer.failed
+
+
+def test_stopped_while_the_database_is_away_nothing_is_acked_and_submit_says_so() -> None:
+    store = FakeStore(failures=[TransientStoreError("down")] * 1000)
+    receiver = FakeReceiver(store)
+    stop = NoWaitEvent()
+    stop.set()
+    writer = BatchWriter(store, receiver, IngestStats(), stop)  # type: ignore[arg-type]
+    writer.submit(batch_of(2))
+    writer.finish()
+    assert not writer.submit(batch_of(1))
+    assert receiver.acked == [] and store.rows == []
+
+
+def test_an_unexpected_error_stops_the_hub_instead_of_hanging_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore(failures=[ZeroDivisionError("a bug")])
+    stop = threading.Event()
+    writer = BatchWriter(store, FakeReceiver(store), IngestStats(), stop)  # type: ignore[arg-type]
+    writer.submit(batch_of(1))
+    assert stop.wait(10)
+    writer.finish()
+    assert writer.failed and not writer.submit(batch_of(1))
+    assert "The writer failed" in caplog.text
