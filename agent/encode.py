@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from operator import add, sub
 from typing import Any, cast
 
 import orjson
 
 from agent.collect import Sample, StaticFacts
 from agent.pi import decode_throttled
-from agent.rates import cpu_percent
+from agent.rates import cpu_percent, rate
 from shared import __version__
 from shared.schema import (
     SCHEMA_VERSION,
@@ -49,84 +50,60 @@ def pick_celsius(temperatures: Iterable[Temperature], sensors: tuple[str, ...],
     return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 def utc_ms(epoch_s: float) -> datetime:
     """Return a UTC datetime truncated to the millisecond."""
-    return datetime.fromtimestamp(int(epoch_s * 1000) / 1000, tz=UTC)
+    # The same value as datetime.fromtimestamp(ms / 1000, UTC) for every ms (a float is
+    # far finer than a microsecond there), touching less of the datetime module's code: at
+    # cold caches that costs more than the arithmetic (fromtimestamp also calls fromutc).
+    return _EPOCH + _MILLISECOND * int(epoch_s * 1000)
 
 
 DISK_FIELDS = ("read_count", "write_count", "read_bytes", "write_bytes")
 NET_FIELDS = ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv",
               "errors_in", "errors_out", "drops_in", "drops_out")
 Counters = tuple[int, ...]
+Rates = Sequence[float | None]
 
-# This runs once a second on every device, with cold caches: the message is built with as
-# few calls and temporary objects as possible (key names computed once, rates inlined).
-# The values are those of agent.rates.rate: None without a previous value, for a
-# non-positive interval or a counter that went backwards; else rounded to 3 decimals.
-_DISK_KEYS = tuple((name, name + "_per_s") for name in DISK_FIELDS)
-_NET_KEYS = tuple((name, name + "_per_s") for name in NET_FIELDS)
-
-
-def _rates(keys: tuple[tuple[str, str], ...], prev: Counters | None, cur: Counters | None,
-           dt: float, out: dict[str, Any]) -> dict[str, Any]:
-    """Put ``field: cumulative, field_per_s: rate`` into ``out`` for each field."""
-    if cur is None:
-        for name, per_s in keys:
-            out[name] = None
-            out[per_s] = None
-    elif prev is None or dt <= 0:
-        for (name, per_s), value in zip(keys, cur, strict=False):
-            out[name] = value
-            out[per_s] = None
-    else:
-        for (name, per_s), value, before in zip(keys, cur, prev, strict=False):
-            out[name] = value
-            out[per_s] = (None if value is None or before is None or value < before
-                          else round((value - before) / dt, 3))
-    return out
+# This runs once a second on every device, with cold caches: there, what costs is each
+# kind of work done at all (every function, builtin and allocation is a cache miss), far
+# more than repeating it. So a counter block is one dict display (one allocation, no helper
+# per field), sums and differences use map, and no builtin gets keyword arguments
+# (zip(strict=...) parses them: ~15 µs cold). tests/unit/agent/test_encode.py checks the
+# displays against DISK_FIELDS / NET_FIELDS and the schema.
+_NO_DISK: tuple[None, ...] = (None,) * len(DISK_FIELDS)  # values or rates unknown
+_NO_NET: tuple[None, ...] = (None,) * len(NET_FIELDS)
 
 
-def counters_and_rates(fields: tuple[str, ...], prev: Counters | None, cur: Counters | None,
-                       dt: float) -> dict[str, int | float | None]:
-    """Return ``{field: cumulative, field_per_s: rate}`` for each field of a counter tuple."""
-    keys = _DISK_KEYS if fields is DISK_FIELDS else _NET_KEYS if fields is NET_FIELDS else \
-        tuple((name, name + "_per_s") for name in fields)
-    return _rates(keys, prev, cur, dt, {})
+def _rates(prev: Counters | None, cur: Counters, dt: float) -> Rates | None:
+    """Return each counter's rate as agent.rates.rate does; None without a usable interval."""
+    if prev is None or dt <= 0:
+        return None
+    # An unchanged counter (most of them, each second) is 0.0 without a division and round.
+    return [None if delta < 0 else 0.0 if delta == 0 else round(delta / dt, 3)
+            for delta in map(sub, cur, prev)]
 
 
-def _sum(rows: list[Counters]) -> Counters | None:
-    if len(rows) == 1:
-        return rows[0]
-    return tuple(map(sum, zip(*rows, strict=True))) if rows else None
-
-
-def _totals(keys: tuple[tuple[str, str], ...], before: Mapping[str, Counters],
-            now: Mapping[str, Counters], names: list[str], dt: float,
-            out: dict[str, Any]) -> dict[str, Any]:
-    common = [n for n in names if n in before]
-    current = [now[n] for n in names]
-    if len(common) == len(names):
-        _rates(keys, _sum([before[n] for n in names]), _sum(current), dt, out)
-        return out
-    _rates(keys, _sum([before[n] for n in common]), _sum([now[n] for n in common]), dt, out)
-    cumulative = _sum(current)
-    for i, (name, _) in enumerate(keys):
-        out[name] = cumulative[i] if cumulative else None
-    return out
-
-
-def totals(fields: tuple[str, ...], before: Mapping[str, Counters], now: Mapping[str, Counters],
-           names: list[str], dt: float) -> dict[str, int | float | None]:
+def _totals(before: Mapping[str, Counters], now: Mapping[str, Counters], names: list[str],
+            dt: float) -> tuple[Counters | None, Rates | None]:
     """Sum counters over ``names``; rates only over the names present in both readings,
     so a disk or interface that appears between two readings is not a burst of traffic."""
-    keys = tuple((name, name + "_per_s") for name in fields)
-    return _totals(keys, before, now, names, dt, {})
-
-
-def _rate(prev: float | None, cur: float | None, dt: float) -> float | None:
-    if prev is None or cur is None or dt <= 0 or cur < prev:
-        return None
-    return round((cur - prev) / dt, 3)
+    total: Counters | None = None
+    common_now: Counters | None = None  # over the names also in the reading before
+    common_before: Counters | None = None
+    for name in names:
+        values = now[name]
+        total = values if total is None else tuple(map(add, total, values))
+        old = before.get(name)
+        if old is not None:
+            common_now = values if common_now is None else tuple(map(add, common_now, values))
+            common_before = old if common_before is None else tuple(map(add, common_before, old))
+    if common_now is None:
+        return total, None
+    return total, _rates(common_before, common_now, dt)
 
 
 def _cpu(prev: Sample | None, cur: Sample, dt: float) -> Cpu:
@@ -136,10 +113,10 @@ def _cpu(prev: Sample | None, cur: Sample, dt: float) -> Cpu:
     if prev is None:
         ctx_rate = intr_rate = soft_rate = sys_rate = None
     else:
-        ctx_rate = _rate(prev.ctx_switches, cur.ctx_switches, dt)
-        intr_rate = _rate(prev.interrupts, cur.interrupts, dt)
-        soft_rate = _rate(prev.soft_interrupts, cur.soft_interrupts, dt)
-        sys_rate = _rate(prev.syscalls, cur.syscalls, dt)
+        ctx_rate = rate(prev.ctx_switches, cur.ctx_switches, dt)
+        intr_rate = rate(prev.interrupts, cur.interrupts, dt)
+        soft_rate = rate(prev.soft_interrupts, cur.soft_interrupts, dt)
+        sys_rate = rate(prev.syscalls, cur.syscalls, dt)
     return {
         "percent": total, "per_core_percent": per_core,
         "freq_current_mhz": freq[0], "freq_min_mhz": freq[1], "freq_max_mhz": freq[2],
@@ -158,33 +135,56 @@ def _memory(prev: Sample | None, cur: Sample, dt: float) -> Memory:
         out["swap_in_bytes_per_s"] = out["swap_out_bytes_per_s"] = None
     else:
         before = prev.memory
-        out["swap_in_bytes_per_s"] = _rate(before["swap_in_bytes"], m["swap_in_bytes"], dt)
-        out["swap_out_bytes_per_s"] = _rate(before["swap_out_bytes"], m["swap_out_bytes"],
-                                            dt)
+        out["swap_in_bytes_per_s"] = rate(before["swap_in_bytes"], m["swap_in_bytes"], dt)
+        out["swap_out_bytes_per_s"] = rate(before["swap_out_bytes"], m["swap_out_bytes"], dt)
     return cast(Memory, out)
+
+
+def _disk_io(name: str, c: Sequence[int | None], r: Rates) -> dict[str, Any]:
+    """One disk's counters and rates (the totals are the same without the name)."""
+    return {"name": name,
+            "read_count": c[0], "read_count_per_s": r[0],
+            "write_count": c[1], "write_count_per_s": r[1],
+            "read_bytes": c[2], "read_bytes_per_s": r[2],
+            "write_bytes": c[3], "write_bytes_per_s": r[3]}
 
 
 def _disk(prev: Sample | None, cur: Sample, dt: float) -> Disk:
     before = prev.disk_io if prev else {}
     now = cur.disk_io
-    per_disk = []
-    for name in sorted(now):
-        per_disk.append(_rates(_DISK_KEYS, before.get(name), now[name], dt, {"name": name}))
-    out = _totals(_DISK_KEYS, before, now, list(now), dt, {})
+    per_disk = [_disk_io(name, now[name], _rates(before.get(name), now[name], dt) or _NO_DISK)
+                for name in sorted(now)]
+    cumulative, rates = _totals(before, now, list(now), dt)
+    out = _disk_io("", cumulative or _NO_DISK, rates or _NO_DISK)
+    del out["name"]  # the totals have none
     out["partitions"] = cur.partitions
     out["per_disk"] = per_disk
     return cast(Disk, out)
 
 
+def _net_io(name: str, c: Sequence[int | None], r: Rates) -> dict[str, Any]:
+    """One interface's counters and rates (the totals are the same without the name)."""
+    return {"name": name,
+            "bytes_sent": c[0], "bytes_sent_per_s": r[0],
+            "bytes_recv": c[1], "bytes_recv_per_s": r[1],
+            "packets_sent": c[2], "packets_sent_per_s": r[2],
+            "packets_recv": c[3], "packets_recv_per_s": r[3],
+            "errors_in": c[4], "errors_in_per_s": r[4],
+            "errors_out": c[5], "errors_out_per_s": r[5],
+            "drops_in": c[6], "drops_in_per_s": r[6],
+            "drops_out": c[7], "drops_out_per_s": r[7]}
+
+
 def _network(prev: Sample | None, cur: Sample, dt: float) -> Network:
     before = prev.net_io if prev else {}
     now = cur.net_io
-    per_interface = []
-    for name in sorted(now):
-        per_interface.append(_rates(_NET_KEYS, before.get(name), now[name], dt, {"name": name}))
+    per_interface = [_net_io(name, now[name], _rates(before.get(name), now[name], dt) or _NO_NET)
+                     for name in sorted(now)]
     # Totals leave out loopback: traffic a machine sends itself is not network traffic.
-    external = [n for n in now if n != "lo" and not n.lower().startswith("loopback")]
-    out = _totals(_NET_KEYS, before, now, external, dt, {})
+    external = [n for n in now if n != "lo" and n[:8].lower() != "loopback"]
+    cumulative, rates = _totals(before, now, external, dt)
+    out = _net_io("", cumulative or _NO_NET, rates or _NO_NET)
+    del out["name"]  # the totals have none
     out["per_interface"] = per_interface
     return cast(Network, out)
 

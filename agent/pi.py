@@ -16,6 +16,7 @@ Zero more than all other readings together.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -82,15 +83,26 @@ class ThrottleReader:
 
     def __init__(self, sys_root: Path = Path("/sys"), vcgencmd: str | None = None) -> None:
         self._file = find_throttled_file(sys_root)
+        self._fd = -1  # the sysfs file, kept open: pread from 0 shows the value anew
         self._vcgencmd = None if self._file else (vcgencmd or shutil.which("vcgencmd"))
         self._last_value: int | None = None
         self._last_run = -1e18
 
+    @property
+    def available(self) -> bool:
+        """Whether there is anything to read (a Pi's firmware), else read() is always None."""
+        return self._file is not None or self._vcgencmd is not None
+
     def read(self) -> int | None:
         if self._file is not None:
             try:
-                return parse_throttled(self._file.read_text())
-            except OSError:
+                if self._fd < 0:
+                    self._fd = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)
+                return parse_throttled(os.pread(self._fd, 64, 0).decode())
+            except (OSError, UnicodeDecodeError):
+                if self._fd >= 0:  # opened again at the next reading
+                    os.close(self._fd)
+                    self._fd = -1
                 return None
         if self._vcgencmd is None:
             return None

@@ -10,7 +10,15 @@ import psutil
 import pytest
 from psutil._common import _WrapNumbers
 
-from agent.collect import Collector, ProcReader, Unwrap, core_times_from, hwmon_sensors
+from agent.collect import (
+    Collector,
+    ProcFile,
+    ProcReader,
+    Unwrap,
+    core_times_from,
+    hwmon_sensors,
+    read_thermal_zones,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 
@@ -230,3 +238,145 @@ def test_swap_counters_are_reread_once_swap_space_appears(tmp_path):
     (root / "meminfo").write_text(MEMINFO)  # swapon
     after = reader.memory()
     assert after is not None and after["swap_in_bytes"] == 2000 * 4096
+
+
+# --- kept-open files and the parsers behind them ---------------------------------------------
+
+def test_proc_file_reads_a_file_longer_than_a_page_each_time_anew(tmp_path):
+    path = tmp_path / "long"
+    path.write_bytes(b"x" * 10_000)
+    records, whole = ProcFile(str(path)), ProcFile(str(path), whole=True)
+    assert records.read() == whole.read() == b"x" * 10_000
+    path.write_bytes(b"y" * 3000)  # same inode: a kept-open file sees what is there now
+    assert records.read() == whole.read() == b"y" * 3000
+    records.close()
+    whole.close()
+
+
+def test_lazy_proc_file_is_opened_when_there_and_again_after_a_failed_read(tmp_path):
+    path = tmp_path / "temp1_input"
+    f = ProcFile(str(path), whole=True, lazy=True)
+    with pytest.raises(FileNotFoundError):
+        f.read()
+    path.mkdir()  # opens, but reading fails (as a sysfs file of a removed device does)
+    with pytest.raises(IsADirectoryError):
+        f.read()
+    assert f.fd == -1  # closed: the next read opens the path again
+    path.rmdir()
+    path.write_text("41000\n")
+    assert f.read() == b"41000\n"
+    f.close()
+
+
+def test_stat_without_interrupt_and_context_switch_lines_gives_null_counters(tmp_path):
+    root = _proc(tmp_path / "proc", stat="".join(STAT.splitlines(keepends=True)[:3]))
+    cores, ctx, intr, soft = ProcReader(psutil, str(root), str(tmp_path / "sys")).cpu()
+    assert len(cores) == 2 and (ctx, intr, soft) == (None, None, None)
+
+
+def test_stat_counters_take_the_first_number_of_their_line(tmp_path):
+    root = _proc(tmp_path / "proc", stat=STAT.replace("ctxt 211453402", "ctxt x1")
+                 .rstrip("\n"))  # the last line (softirq) without its newline
+    _, ctx, intr, soft = ProcReader(psutil, str(root), str(tmp_path / "sys")).cpu()
+    assert (ctx, intr, soft) == (None, 114931713, 54012937)
+
+
+def _disk_stat(sys_root: Path, name: str, line: str) -> Path:
+    path = sys_root / "block" / name / "stat"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(line + "\n")
+    return path
+
+
+def test_disks_are_read_from_their_sysfs_stat_files_as_diskstats_would_give(proc, tmp_path):
+    sys_root = tmp_path / "sys"
+    vda = DISKSTATS.splitlines()[1].split(maxsplit=3)[3]  # vda's counters
+    _disk_stat(sys_root, "vda", "   " + vda.replace(" ", "    "))  # sysfs pads the numbers
+    mmc = DISKSTATS.splitlines()[3].split(maxsplit=3)[3]
+    _disk_stat(sys_root, "mmcblk0", mmc)
+    expected = {name: (c.read_count, c.write_count, c.read_bytes, c.write_bytes)
+                for name, c in psutil.disk_io_counters(perdisk=True, nowrap=False).items()
+                if name in ("vda", "mmcblk0")}
+    (proc / "diskstats").write_text("")  # not read while the sysfs files are there
+    reader = ProcReader(psutil, str(proc), str(sys_root))
+    reader.refresh({"vda", "mmcblk0"})
+    assert reader.disk_io() == expected
+
+
+def test_a_disk_whose_stat_file_went_away_is_read_from_diskstats(proc, tmp_path):
+    sys_root = tmp_path / "sys"
+    stat = _disk_stat(sys_root, "vda", "1 2 3 4 5 6 7 8 9 10 11")
+    reader = ProcReader(psutil, str(proc), str(sys_root))
+    reader.refresh({"vda"})
+    assert reader.disk_io() == {"vda": (1, 5, 3 * 512, 7 * 512)}
+    stat.unlink()
+    stat.parent.rmdir()
+    stat.parent.mkdir()  # the device is replaced: the file name now leads nowhere
+    reader.disk_files = {"vda": ProcFile(str(stat), whole=True, lazy=True)}
+    assert reader.disk_io() == {"vda": (69412, 51228, 3723330 * 512, 4883768 * 512)}
+    assert reader.disk_files is None  # diskstats until the next refresh
+
+
+def test_net_dev_names_may_be_padded_and_counters_are_taken_by_position(tmp_path):
+    root = _proc(tmp_path / "proc", **{"net/dev": NET_DEV.replace(
+        "wlan0: 10 1", "  veth1a2b:10 1")})
+    reader = ProcReader(psutil, str(root), str(tmp_path / "sys"))
+    assert reader.net_io()["veth1a2b"] == (20, 10, 2, 1, 0, 0, 0, 0)
+
+
+def _hwmon(sys_root: Path, hwmon: str, name: str, n: int, millidegrees: int,
+           label: str | None = None) -> Path:
+    d = sys_root / "class/hwmon" / hwmon
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "name").write_text(name + "\n")
+    if label is not None:
+        (d / f"temp{n}_label").write_text(label + "\n")
+    path = d / f"temp{n}_input"
+    path.write_text(f"{millidegrees}\n")
+    return path
+
+
+def test_temperatures_keep_psutils_grouping_and_drop_copies_of_thermal_zones(proc, tmp_path):
+    sys_root = tmp_path / "sys"
+    _hwmon(sys_root, "hwmon0", "nvme", 1, -274000, "Composite")  # out of range: dropped
+    _hwmon(sys_root, "hwmon1", "acpitz", 1, 30000)  # the thermal zone below, again
+    core = _hwmon(sys_root, "hwmon2", "coretemp", 1, 45000, "Package id 0")
+    _hwmon(sys_root, "hwmon3", "nvme", 1, 38000, "Composite")
+    zone = sys_root / "class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("acpitz\n")
+    (zone / "temp").write_text("30000\n")
+    reader = ProcReader(psutil, str(proc), str(sys_root))
+    reader.refresh(None, read_thermal_zones(sys_root))
+    assert [(t["sensor"], t["label"], t["celsius"]) for t in reader.temperatures()] == [
+        ("nvme", "Composite", 38.0),  # grouped where psutil's first nvme entry was
+        ("coretemp", "Package id 0", 45.0),
+        ("acpitz", "thermal_zone0", 30.0)]
+    core.write_text("47000\n")  # read anew from the kept-open file
+    assert reader.temperatures()[1]["celsius"] == 47.0
+    (zone / "temp").unlink()
+    (zone / "temp").mkdir()  # unreadable, as the file of a removed device: left out
+    reader.refresh(None, read_thermal_zones(sys_root))
+    assert [(t["sensor"], t["celsius"]) for t in reader.temperatures()] == [
+        ("nvme", 38.0), ("coretemp", 47.0)]
+
+
+def test_a_zone_with_a_blank_type_is_reported_when_there_is_no_hwmon(proc, tmp_path):
+    sys_root = tmp_path / "sys"
+    for n, kind in enumerate(["", "cpu-thermal"]):
+        zone = sys_root / f"class/thermal/thermal_zone{n}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(f"{40000 + n}\n")
+    reader = ProcReader(psutil, str(proc), str(sys_root))
+    reader.refresh(None, read_thermal_zones(sys_root))
+    assert [(t["sensor"], t["label"], t["celsius"]) for t in reader.temperatures()] == [
+        ("", "", 40.0), ("thermal_zone0", "thermal_zone0", 40.0),
+        ("cpu-thermal", "thermal_zone1", 40.001)]
+
+
+def test_unwrap_returns_the_reading_itself_when_nothing_went_down():
+    unwrap = Unwrap()
+    unwrap.run({"a": (1, 2)})
+    reading = {"a": (1, 3), "b": (0, 0)}
+    assert unwrap.run(reading) is reading

@@ -2,14 +2,23 @@
 
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import get_type_hints
 
 import orjson
 from pydantic import TypeAdapter
 
 from agent.collect import Sample, StaticFacts
-from agent.encode import build_meta, build_metrics, encode, pick_celsius, utc_ms
+from agent.encode import (
+    DISK_FIELDS,
+    NET_FIELDS,
+    build_meta,
+    build_metrics,
+    encode,
+    pick_celsius,
+    utc_ms,
+)
 from agent.rates import CoreTimes
-from shared.schema import Meta, MetricsV1
+from shared.schema import DiskCounters, Meta, MetricsV1, NetCounters
 
 METRICS = TypeAdapter(MetricsV1)
 
@@ -123,3 +132,42 @@ def test_meta_is_valid_and_carries_spool_counters():
                       spool_readings=3, spool_dropped=2)
     parsed = TypeAdapter(Meta).validate_json(encode(meta))
     assert parsed["spool_dropped"] == 2 and parsed["pi_model"] == "Raspberry Pi 4"
+
+
+def test_counter_blocks_carry_the_schema_fields_in_field_order():
+    m = build(sample(1.0), sample(2.0))
+    disk = [key for name in DISK_FIELDS for key in (name, name + "_per_s")]
+    net = [key for name in NET_FIELDS for key in (name, name + "_per_s")]
+    assert list(m["disk"]) == [*disk, "partitions", "per_disk"]
+    assert list(m["disk"]["per_disk"][0]) == ["name", *disk]
+    assert list(m["network"]) == [*net, "per_interface"]
+    assert list(m["network"]["per_interface"][0]) == ["name", *net]
+    assert set(disk) == set(get_type_hints(DiskCounters))
+    assert set(net) == set(get_type_hints(NetCounters))
+
+
+def test_no_disks_or_interfaces_give_null_totals():
+    lo = {"lo": (1, 1, 1, 1, 0, 0, 0, 0)}
+    m = build(sample(1.0, net_io=lo), sample(2.0, disk_io={}, net_io=lo))
+    METRICS.validate_python(m)
+    assert m["disk"]["read_bytes"] is None and m["disk"]["read_bytes_per_s"] is None
+    assert m["disk"]["per_disk"] == []
+    assert m["network"]["bytes_sent"] is None  # loopback only: nothing external
+    assert m["network"]["per_interface"][0]["bytes_sent_per_s"] == 0.0
+
+
+def test_an_interface_that_appears_counts_in_totals_but_not_in_their_rates():
+    prev = sample(1.0, net_io={"eth0": (100, 200, 1, 2, 0, 0, 0, 0)})
+    cur = sample(2.0, net_io={"eth0": (150, 260, 2, 3, 0, 0, 0, 0),
+                              "wlan0": (10**6, 10**6, 10, 10, 0, 0, 0, 0)})
+    m = build(prev, cur)
+    assert m["network"]["bytes_sent"] == 150 + 10**6
+    assert m["network"]["bytes_sent_per_s"] == 50.0
+    assert m["network"]["errors_in_per_s"] == 0.0
+
+
+def test_a_zero_or_negative_interval_gives_null_rates():
+    m = build(sample(2.0), sample(2.0, ctx_switches=2000))
+    assert m["cpu"]["ctx_switches_per_s"] is None
+    assert m["disk"]["read_bytes_per_s"] is None
+    assert m["network"]["per_interface"][0]["bytes_sent_per_s"] is None

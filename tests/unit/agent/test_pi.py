@@ -84,3 +84,22 @@ def test_read_model_strips_the_device_tree_nul(tmp_path):
     _fake_firmware(tmp_path, "proc/device-tree/model", "Raspberry Pi 4 Model B Rev 1.4\x00")
     assert read_model(tmp_path) == "Raspberry Pi 4 Model B Rev 1.4"
     assert read_model(tmp_path / "nothing") is None
+
+
+def test_a_reader_with_neither_firmware_file_nor_vcgencmd_has_nothing_to_read(tmp_path):
+    reader = ThrottleReader(tmp_path, vcgencmd=None)
+    reader._vcgencmd = None  # even if this machine had vcgencmd on PATH
+    assert not reader.available
+    _fake_firmware(tmp_path, "devices/platform/soc/soc:firmware/get_throttled", "0\n")
+    assert ThrottleReader(tmp_path, vcgencmd=None).available
+
+
+def test_an_unreadable_throttled_file_gives_none_and_is_opened_again_next_time(tmp_path):
+    path = _fake_firmware(tmp_path, "devices/platform/soc/soc:firmware/get_throttled", "4\n")
+    reader = ThrottleReader(tmp_path, vcgencmd=None)
+    path.unlink()
+    path.mkdir()  # opens, but cannot be read
+    assert reader.read() is None
+    path.rmdir()
+    path.write_text("50005\n")
+    assert reader.read() == 0x50005
