@@ -170,10 +170,11 @@ def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings
             stats.stale += len(taken) - len(bunch)
             stats.received += len(bunch)  # before a submit that may wait: health counts them
             for message in bunch:
-                batcher.add(message, validate(message.topic, message.payload,
-                                              message.received_at, prefix, limits),
-                            time.monotonic())
-                if batcher.due(time.monotonic()) and not writer.submit(batcher.take()):
+                result = validate(message.topic, message.payload, message.received_at,
+                                  prefix, limits)
+                now = time.monotonic()
+                batcher.add(message, result, now)
+                if batcher.due(now) and not writer.submit(batcher.take()):
                     return
             if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0)
                                                  is not None):

@@ -37,6 +37,9 @@ _TIMESTAMP = Annotated[str, msgspec.Meta(
     pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$")]
 
 
+_BOUND_FIELDS = {Ge: "ge", Le: "le", MinLen: "min_length", MaxLen: "max_length"}
+
+
 def msgspec_type(tp: Any, structs: dict[Any, Any] | None = None) -> Any:
     """Translate a ``shared.schema`` annotation into msgspec's terms.
 
@@ -50,12 +53,11 @@ def msgspec_type(tp: Any, structs: dict[Any, Any] | None = None) -> Any:
     origin = get_origin(tp)
     if origin is Annotated:
         base, *bounds = get_args(tp)
-        names = {Ge: ("ge", "ge"), Le: ("le", "le"), MinLen: ("min_length", "min_length"),
-                 MaxLen: ("max_length", "max_length")}
         constraints = {}
         for bound in bounds:
-            keyword, attribute = names[type(bound)]  # KeyError: a bound not handled here
-            constraints[keyword] = getattr(bound, attribute)
+            # The bound's field is also msgspec.Meta's keyword; KeyError: one not handled.
+            field = _BOUND_FIELDS[type(bound)]
+            constraints[field] = getattr(bound, field)
         return Annotated[msgspec_type(base, structs), msgspec.Meta(**constraints)]
     if origin in (Union, types.UnionType):
         return Union[tuple(msgspec_type(a, structs) for a in get_args(tp))]  # noqa: UP007

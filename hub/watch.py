@@ -99,8 +99,7 @@ class AlertWatcher:
             fleet.devices.append(DeviceState(row["device_id"], row["status"],
                                              row["status_since"], float(row["interval_s"]),
                                              row["last_reading_received_at"]))
-        known = {device: readings[-1].ts for device, readings in self._recent.items()
-                 if readings}
+        known = {device: readings[-1].ts for device, readings in self._recent.items()}
         for row in self._store.query(_READINGS, {"window": self._window_s,
                                                  "known_ids": list(known),
                                                  "known_ts": list(known.values())}):
@@ -108,14 +107,14 @@ class AlertWatcher:
                 Reading(row["ts"], reading_values(row)))
         listed = {device.device_id for device in fleet.devices}
         for device in list(self._recent):
-            readings = self._recent[device]
-            if device not in listed or not readings:
+            if device not in listed:
                 del self._recent[device]  # removed from the devices table
                 continue
+            readings = self._recent[device]  # never empty: the newest is always kept
             oldest = readings[-1].ts - timedelta(seconds=self._window_s)
             if readings[0].ts <= oldest:
                 readings[:] = [r for r in readings if r.ts > oldest]
-        fleet.readings = {device: list(readings) for device, readings in self._recent.items()}
+        fleet.readings = dict(self._recent)  # evaluation only reads them
         for row in self._store.query(_OPEN):
             fleet.open_alerts.setdefault(row["device_id"], {})[row["rule"]] = OpenAlert(
                 row["device_id"], row["rule"], row["started_at"], row["peak_value"])
