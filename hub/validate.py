@@ -89,7 +89,25 @@ def decode_metrics(payload: bytes) -> Any:
     except (msgspec.DecodeError, ValueError):  # ValidationError is a DecodeError
         # Refused (or a form only pydantic reads, such as a space in the timestamp): the
         # reference decides, and explains what is wrong.
-        return _METRICS.validate_json(payload)
+        return _validate_reference(_METRICS, payload)
+
+
+class _NotVersion(ValueError):
+    """pydantic took a version that is not the integer 1 (see _validate_reference)."""
+
+
+def _validate_reference(adapter: TypeAdapter[Any], payload: bytes) -> Any:
+    """Validate with pydantic; raise _NotVersion where it took ``true`` or ``1.0`` for 1.
+
+    Its ``Literal[1]`` compares by equality even in strict mode; msgspec, and the schema's
+    other integers, refuse such values. Only messages off the fast path get here.
+    """
+    value = adapter.validate_json(payload)
+    version = json.loads(payload)["v"]
+    if type(version) is not int:
+        raise _NotVersion(f"unknown schema version {version!r} (this hub reads "
+                          f"{SCHEMA_VERSION})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -176,9 +194,12 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
     if kind not in ("metrics", "meta"):
         return Rejected(f"unknown topic kind {kind[:40]!r}", device_id)
     try:
-        value: Any = decode_metrics(payload) if kind == "metrics" else _META.validate_json(payload)
+        value: Any = (decode_metrics(payload) if kind == "metrics"
+                      else _validate_reference(_META, payload))
     except ValidationError as exc:
         return Rejected(_why_invalid(payload, exc), device_id)
+    except _NotVersion as exc:
+        return Rejected(str(exc), device_id)
 
     if value["device_id"] != device_id:
         return Rejected(f"device id {value['device_id']!r} in the payload does not match "

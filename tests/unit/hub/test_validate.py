@@ -138,3 +138,12 @@ def test_status_must_be_online_or_offline():
 def test_meta_is_validated_and_its_device_id_checked():
     assert isinstance(check(meta_bytes(), "fp/pi-1/meta"), Accepted)
     assert "does not match" in rejected(meta_bytes("pi-9"), "fp/pi-1/meta")
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+@pytest.mark.parametrize("kind", ["metrics", "meta"])
+def test_a_version_equal_to_but_not_the_integer_1_is_refused(version: object, kind: str) -> None:
+    message = orjson.loads(metrics_bytes() if kind == "metrics" else meta_bytes())
+    message["v"] = version
+    assert rejected(orjson.dumps(message), f"fp/pi-1/{kind}") == (
+        f"unknown schema version {version!r} (this hub reads 1)")
