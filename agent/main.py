@@ -72,7 +72,8 @@ class Agent:
             ca_file=settings.broker_ca_file,
             # Room for the status and meta messages beside a full window of readings, so
             # paho never has to queue a reading itself.
-            will=Will(self._status_topic, STATUS_OFFLINE.encode()), max_inflight=WINDOW + 16)
+            will=Will(self._status_topic, STATUS_OFFLINE.encode()), max_inflight=WINDOW + 16,
+            network_thread=False)  # driven by run(): see shared/mqtt.py
         self.outbox = Outbox(self.mqtt, self.spool, metrics_topic(prefix, self.device_id),
                              window=WINDOW, flush_s=settings.spool_flush_s,
                              replay_rate_per_s=settings.replay_rate_per_s)
@@ -83,7 +84,7 @@ class Agent:
         self._spool_dropped = self.spool.dropped
 
     def _meta_payload(self) -> bytes:
-        # Called from the MQTT thread too: use the counts the main loop noted, not the spool.
+        # Called from on_connected too: use the counts the main loop noted, not the spool.
         self._meta_dropped = self._spool_dropped
         return encode(build_meta(self.facts, device_id=self.device_id,
                                  session_id=self.session_id,
@@ -116,6 +117,7 @@ class Agent:
         tick = time.monotonic()
         last_meta_check = tick
         while not self.stop_event.is_set():
+            self.mqtt.service()  # acknowledgements, reconnects; never waits
             now = time.monotonic()
             if now >= tick:
                 epoch = time.time()
@@ -137,7 +139,7 @@ class Agent:
             wait = tick - time.monotonic()
             if self.mqtt.connected and len(self.spool):
                 wait = min(wait, REPLAY_PUMP_S)
-            self.stop_event.wait(max(0.0, wait))
+            self.stop_event.wait(max(0.0, min(wait, self.mqtt.service_due_in())))
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -145,7 +147,8 @@ class Agent:
             self.mqtt.publish(self._status_topic, STATUS_OFFLINE.encode(), qos=1, retain=True)
             deadline = time.monotonic() + 2.0
             while self.outbox.pending() - len(self.spool) > 0 and time.monotonic() < deadline:
-                self.stop_event.wait(0.05)  # give in-flight readings a moment to be acked
+                time.sleep(0.05)  # give in-flight readings a moment to be acked
+                self.mqtt.service()
         self.outbox.close(time.time())
         stats = self.outbox.stats
         log.info("Stopped after %d readings (session %s): %d acknowledged, %d refused, %d "
