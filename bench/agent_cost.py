@@ -18,6 +18,7 @@ collector step timed as the agent makes them, once a second (cold caches), and b
     python3 -m bench.agent_cost                 # 20 s warm-up, 120 s window, 30 s breakdown
     python3 -m bench.agent_cost --window-s 300
     python3 -m bench.agent_cost --breakdown-only 60
+    python3 -m bench.agent_cost --floor         # also the stack's floor (bench/agent_floor.py)
 
 Writes bench/results/agent_cost.json. Needs mosquitto and collectd-core (apt-get install).
 """
@@ -139,7 +140,8 @@ def wait_until(deadline: float, what: str, step_s: float = 10.0) -> None:
 
 
 def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
-                   baseline_tree: Path | None, no_site: bool) -> dict[str, Any]:
+                   baseline_tree: Path | None, no_site: bool,
+                   floor: bool = False) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from shared.config import parse_broker_url
     from shared.mqtt import MqttConnection, Received
@@ -149,12 +151,13 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     broker = MosquittoServer(tmp / "mqtt", persistence=False).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     tallies = {"agent": Tally(), "collectd": Tally(), "agent_baseline": Tally(),
-               "agent_no_site": Tally()}
+               "agent_no_site": Tally(), "floor": Tally()}
 
     def on_message(msg: Received) -> None:
         if msg.topic.startswith(AGENT_TOPIC + "/") and msg.topic.endswith("/metrics"):
             name = ("agent_baseline" if "/bench-baseline/" in msg.topic else "agent_no_site"
-                    if "/bench-nosite/" in msg.topic else "agent")
+                    if "/bench-nosite/" in msg.topic else "floor"
+                    if "/bench-floor/" in msg.topic else "agent")
             tallies[name].add(count_json_values(orjson.loads(msg.payload)), msg.payload,
                               publish_packet_bytes(msg.topic, msg.payload, v5=True))
         elif msg.topic.startswith(COLLECTD_TOPIC + "/"):
@@ -191,6 +194,12 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
             procs[name] = subprocess.Popen(
                 cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                 stdout=subprocess.DEVNULL, stderr=logs[name])
+        if floor:
+            logs["floor"] = open(tmp / "floor.log", "wb")
+            procs["floor"] = subprocess.Popen(
+                [sys.executable, "-m", "bench.agent_floor", "--broker-url", broker.url,
+                 "--topic", f"{AGENT_TOPIC}/bench-floor/metrics"], cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=logs["floor"])
         if with_collectd:
             binary = shutil.which("collectd") or "/usr/sbin/collectd"
             if not Path(binary).exists():
@@ -378,6 +387,9 @@ def main() -> int:
     parser.add_argument("--no-site", action="store_true", help="also run the agent as "
                         "installed from a wheel (python -S, site-packages on the path): a "
                         "development install's import hook adds ~5 MB of RSS")
+    parser.add_argument("--floor", action="store_true", help="also run bench/agent_floor.py: "
+                        "the same wake-ups, kernel reads and MQTT publishing with no metric "
+                        "work, to show what fleetpulse's own code adds")
     parser.add_argument("--breakdown-only", type=int, metavar="SECONDS")
     parser.add_argument("--label", default="agent_cost", help="results file name")
     args = parser.parse_args()
@@ -391,7 +403,7 @@ def main() -> int:
 
     info = machine()
     runs = measure_window(args.warmup_s, args.window_s, not args.no_collectd,
-                          args.baseline_tree, args.no_site)
+                          args.baseline_tree, args.no_site, args.floor)
     progress("per-call breakdown in a fresh process")
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, "-m", "bench.agent_cost", "--breakdown-only",
@@ -428,6 +440,13 @@ def main() -> int:
         print(f"agent now vs baseline tree, same run: {a['cpu']['schedstat_percent']:.3f} % vs "
               f"{b['cpu']['schedstat_percent']:.3f} % "
               f"({a['cpu']['schedstat_percent'] / max(b['cpu']['schedstat_percent'], 1e-9):.2f}×)")
+    if "floor" in runs:
+        f = runs["floor"]
+        print(f"agent vs its stack's floor (wake-ups, kernel reads, MQTT, no metric work), "
+              f"same run: {a['cpu']['schedstat_percent']:.3f} % vs "
+              f"{f['cpu']['schedstat_percent']:.3f} %: fleetpulse's own per-second work "
+              f"{10 * (a['cpu']['schedstat_percent'] - f['cpu']['schedstat_percent']):.2f} "
+              f"ms of CPU per second")
     print_breakdown(calls)
     path = write_result(args.label, {
         "benchmark": "agent_cost", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

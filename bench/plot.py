@@ -143,7 +143,7 @@ def plot_agent(data: dict[str, Any]) -> list[Path]:
                                       gridspec_kw={"width_ratios": [1, 2]})
     runs = {n: r for n, r in data["runs"].items() if r["messages_per_s"] > 0}
     colors = {"agent": "tab:blue", "agent_no_site": "tab:cyan", "agent_baseline": "tab:gray",
-              "collectd": "tab:orange"}
+              "collectd": "tab:orange", "floor": "tab:olive"}
     names = list(runs)
     bars = left.bar(names, [runs[n]["cpu"]["schedstat_percent"] for n in names],
                     color=[colors.get(n, "tab:gray") for n in names])
