@@ -116,3 +116,19 @@ def test_stop_disconnects_cleanly_so_the_last_will_is_not_sent(
     wait_for(lambda: f"{prefix}/marker" in watcher.topics(), 10, "the marker")
     assert f"{prefix}/status" not in watcher.topics()
     watcher.stop()
+
+
+def test_a_host_name_that_cannot_be_resolved_at_all_is_one_line_not_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    host = "a" * 64 + ".invalid"  # a DNS label is at most 63 bytes: refused before any lookup
+    failures: list[BaseException | None] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: failures.append(args.exc_value)
+    try:
+        driven = Driven(f"mqtt://{host}:1883")
+        driven.conn.start()
+        driven.until(lambda: "is unreachable" in caplog.text, "the one outage line")
+        assert "label" in caplog.text and not failures
+        assert not driven.conn.connected
+    finally:
+        threading.excepthook = previous_hook
