@@ -4,12 +4,14 @@ that a test kills and starts again."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import shared.mqtt as mqtt_module
 from shared.config import parse_broker_url
 from shared.mqtt import RECONNECT_MAX_S, MqttConnection, Will
 from tests.integration.test_security import Client
@@ -132,3 +134,26 @@ def test_a_host_name_that_cannot_be_resolved_at_all_is_one_line_not_a_traceback(
         assert not driven.conn.connected
     finally:
         threading.excepthook = previous_hook
+
+
+def test_an_idle_connection_serviced_only_when_due_stays_up(
+        own_broker: MosquittoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An agent with an interval longer than the keepalive publishes nothing for a while:
+    # paho must ping from service(), called no more often than service_due_in() asks.
+    monkeypatch.setattr(mqtt_module, "KEEPALIVE_S", 2)
+    monkeypatch.setattr(mqtt_module, "IDLE_SERVICE_S", 2 / 3)
+    driven = Driven(own_broker.url)
+    driven.conn.start()
+    try:
+        driven.until(lambda: driven.conn.connected, "the CONNACK")
+        calls = 0
+        end = time.monotonic() + 5 * 2  # the broker drops a client silent for 1.5 keepalives
+        while time.monotonic() < end:
+            time.sleep(driven.conn.service_due_in())  # as the agent's loop waits
+            driven.conn.service()
+            calls += 1
+        assert driven.conn.connected and driven.connects == 1
+        assert calls <= 10 / (2 / 3) + 2  # woken only when due
+        assert "exceeded timeout" not in own_broker.log()
+    finally:
+        driven.conn.stop()
