@@ -656,6 +656,11 @@ class Collector:
         if self._proc is not None:
             self._proc.refresh(self._disks, self._zones)
 
+    def watched(self) -> tuple[list[str], list[str]]:
+        """Re-list and return the mountpoints and whole disks that readings cover."""
+        self._refresh(self.clock())
+        return [mountpoint for mountpoint, _, _ in self._mounts], sorted(self._disks or ())
+
     def sample(self) -> Sample:
         """Read every metric once. Never raises for a missing sensor."""
         now = self.clock()

@@ -17,25 +17,20 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 
-import psutil
-
+from agent.collect import Collector
 from shared.config import parse_broker_url
 from shared.mqtt import MqttConnection
 
 PAYLOAD_BYTES = 3400  # about the size of one of this VM's readings
 
 
-def kernel_files(sys_root: Path = Path("/sys")) -> tuple[list[int], list[str]]:
+def kernel_files(collector: Collector) -> tuple[list[int], list[str]]:
     """Open the files the agent reads each second; return them and the mountpoints."""
+    mounts, disks = collector.watched()  # the same partitions and disks as the agent's
     paths = ["/proc/stat", "/proc/meminfo", "/proc/net/dev", "/proc/loadavg"]
-    block = sys_root / "block"
-    if block.is_dir():
-        paths += [str(p / "stat") for p in sorted(block.iterdir())
-                  if not p.name.startswith(("loop", "ram", "zram", "dm-", "sr"))]
-    mounts = [p.mountpoint for p in psutil.disk_partitions(all=False)]
+    paths += [f"/sys/block/{disk}/stat" for disk in disks]
     return [os.open(p, os.O_RDONLY) for p in paths], mounts
 
 
@@ -52,7 +47,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    fds, mounts = kernel_files()
+    fds, mounts = kernel_files(Collector())
     payload = b"{" + b" " * (PAYLOAD_BYTES - 2) + b"}"
     mqtt = MqttConnection(f"bench-floor-{os.getpid()}", parse_broker_url(args.broker_url),
                           network_thread=False)

@@ -130,8 +130,10 @@ def test_partitions_skip_pseudo_filesystems_and_bind_mounts(tmp_path):
         Part("/dev/sda1", "/", "ext4", "rw"), Part("/dev/sda1", "/bind", "ext4", "rw"),
         Part("/dev/loop0", "/snap/core/1", "squashfs", "ro"),
         Part("/dev/mmcblk0p1", "/boot/firmware", "vfat", "rw")])
-    m = _two_readings(Collector(sys_root=tmp_path, ps=fake))
+    collector = Collector(sys_root=tmp_path, ps=fake)
+    m = _two_readings(collector)
     assert [p["mountpoint"] for p in m["disk"]["partitions"]] == ["/", "/boot/firmware"]
+    assert collector.watched()[0] == ["/", "/boot/firmware"]  # what readings cover
 
 
 def test_disk_totals_count_whole_disks_only(tmp_path):
@@ -144,3 +146,4 @@ def test_disk_totals_count_whole_disks_only(tmp_path):
     m = _two_readings(Collector(sys_root=tmp_path, ps=fake))
     assert [d["name"] for d in m["disk"]["per_disk"]] == ["sda"]
     assert m["disk"]["read_bytes"] == 100
+    assert Collector(sys_root=tmp_path, ps=fake).watched()[1] == ["sda"]
