@@ -14,15 +14,23 @@ loss, no duplicate) and the last row was committed within 1 s of the last publis
 Latency is publish (ts) → commit (PostgreSQL ``track_commit_timestamp``), p50 / p99.
 CPU of hub, broker, PostgreSQL (all its processes) and generator over the window.
 
-The same sweep runs the baseline, bench/minimal_hub.py, on the same broker settings and
-database, for QoS 1 and QoS 0.
+The same sweep runs the baselines on the same broker settings and database, for QoS 1
+and QoS 0: bench/minimal_hub.py (the least a hub can do), and with ``--hubs …,nodered`` the
+Node-RED flow users build instead (bench/nodered_flow.py: mqtt in → join 500 / 0.5 s →
+function with one multi-row INSERT through ``pg``, into its own flat table
+``nodered_metrics``; same sustained rule: a duplicate counts against it, as it would for
+its user). Node-RED 4 and pg are installed with npm into a cache outside the repository on
+first use; without node or npm the bench says so in one line and runs the other hubs.
+Hub RSS (VmRSS at the end of the window, and the peak VmHWM) is reported for every hub.
 
     python3 -m bench.hub_ingest                         # full sweep, both hubs, QoS 1 and 0
     python3 -m bench.hub_ingest --qos 1 --rates 15000,20000 --hubs fleetpulse
     python3 -m bench.hub_ingest --profile 20000         # py-spy the hub at 20k msg/s QoS 1
+    python3 -m bench.hub_ingest --hubs fleetpulse,minimal,nodered   # with Node-RED
 
 Writes bench/results/hub_ingest.json (and hub_profile.json with --profile).
-Needs mosquitto, PostgreSQL server binaries, libmosquitto-dev and a C compiler.
+Needs mosquitto, PostgreSQL server binaries, libmosquitto-dev and a C compiler; Node-RED
+needs node (20 or later) and npm.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from bench.common import (
     describe_machine,
     machine,
     progress,
+    status_kb,
     table,
     write_result,
 )
@@ -63,7 +72,8 @@ import psycopg
 from agent.collect import Sample
 from agent.encode import build_metrics, encode
 from agent.rates import CoreTimes
-from tests.servers import MosquittoServer, PostgresServer, wait_for
+from bench import nodered_flow
+from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
 
 PREFIX = "bench"
 LOADGEN_SRC = ROOT / "bench" / "loadgen" / "loadgen.c"
@@ -169,6 +179,12 @@ class Bench:
     small: bool
     hub_log_level: str = "WARNING"
     processes: int = 1  # fleetpulse hub processes sharing the load ($share subscription)
+    nodered: Path | None = None  # the npm cache holding Node-RED and pg
+
+    @staticmethod
+    def table(kind: str) -> str:
+        """The table a hub writes: Node-RED's flow has a flat table of its own."""
+        return nodered_flow.TABLE if kind == "nodered" else "metrics"
 
     def db(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.pg.url, autocommit=True)
@@ -176,7 +192,7 @@ class Bench:
     def reset_tables(self) -> None:
         with self.db() as conn:
             conn.execute("truncate metrics, devices, quarantine")
-            for name in ("metrics_1m", "metrics_1h", "alerts"):
+            for name in ("metrics_1m", "metrics_1h", "alerts", nodered_flow.TABLE):
                 exists = conn.execute("select to_regclass(%s)", (name,)).fetchone()
                 if exists and exists[0]:
                     conn.execute(f"truncate {name}")
@@ -202,9 +218,19 @@ class Bench:
                         "FLEETPULSE_HTTP_PORT": "0", "FLEETPULSE_LOG_LEVEL": self.hub_log_level,
                         "FLEETPULSE_DATA_DIR": str(self.workdir / "hubdata")})
             cmd = [sys.executable, "-m", "hub.main", "run"]
-        else:
+        elif kind == "nodered":
+            if self.nodered is None:
+                raise RuntimeError("Node-RED is not installed")
+            userdir = nodered_flow.write_userdir(
+                log.parent / "nodered", self.nodered, broker_port=broker.port, qos=qos,
+                prefix=PREFIX, db_url=self.pg.url, ui_port=free_port())
+            cmd = ["node", str(nodered_flow.red_js(self.nodered)), "--userDir", str(userdir),
+                   "--settings", str(userdir / "settings.js")]
+        elif kind == "minimal":
             cmd = [sys.executable, "-m", "bench.minimal_hub", "--broker-port", str(broker.port),
                    "--db", self.pg.url, "--prefix", PREFIX, "--qos", str(qos)]
+        else:
+            raise ValueError(f"unknown hub {kind!r}: fleetpulse, minimal or nodered")
         with open(log, "wb") as out:
             return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
 
@@ -218,10 +244,10 @@ class Bench:
                 stdout=stdout, stderr=subprocess.STDOUT)
         return proc, out
 
-    def count(self, session_id: str) -> int:
+    def count(self, session_id: str, kind: str) -> int:
         with self.db() as conn:
-            row = conn.execute("select count(*) from metrics where session_id = %s",
-                               (session_id,)).fetchone()
+            row = conn.execute(f"select count(*) from {self.table(kind)} "
+                               "where session_id = %s", (session_id,)).fetchone()
             return int(row[0]) if row else 0
 
     def run(self, kind: str, qos: int, rate: int) -> dict[str, Any]:
@@ -247,7 +273,8 @@ class Bench:
             warm_file.write_bytes(template(warm_id, small=self.small))
             warm, _ = self.publish(broker, qos, rate, int(rate * 2), warm_file)
             warm.wait(60)
-            wait_for(lambda: self.count(warm_id) >= int(rate * 2), 30, "the warm-up rows",
+            wait_for(lambda: self.count(warm_id, kind) >= int(rate * 2), 30,
+                     "the warm-up rows",
                      interval_s=0.25)
 
             session_id = uuid.uuid4().hex
@@ -255,7 +282,8 @@ class Bench:
             payload_file.write_bytes(template(session_id, small=self.small))
             expected = int(rate * self.window_s)
             pg_pids = [self.pg.process.pid] if self.pg.process else []
-            pids = {"hub": [h.pid for h in hubs],
+            hub_pids = [h.pid for h in hubs]
+            pids = {"hub": hub_pids + [c for p in hub_pids for c in children(p)],
                     "broker": [broker.process.pid] if broker.process else [],
                     "postgresql": pg_pids + children(pg_pids[0])}
             before = {name: cpu_snapshot(p) for name, p in pids.items()}
@@ -264,13 +292,17 @@ class Bench:
             gen.wait(self.window_s * 3 + 60)
             after = {name: cpu_snapshot(p) for name, p in pids.items()}
             busy1 = machine_busy_s()
+            rss = [status_kb(p, "VmRSS") or 0 for p in pids["hub"]]
+            hwm = [status_kb(p, "VmHWM") or 0 for p in pids["hub"]]
+            result["hub_rss_mb"] = sum(rss) / 1024
+            result["hub_peak_rss_mb"] = sum(hwm) / 1024
             generator = json.loads(gen_out.read_text().strip().splitlines()[-1])
             # Wait for the rows: until all are in, or nothing arrives for 15 s (60 s at most;
             # a hub far behind may be writing one very large batch).
             deadline = time.monotonic() + 60
             stored, last_change, last = 0, time.monotonic(), -1
             while time.monotonic() < deadline:
-                stored = self.count(session_id)
+                stored = self.count(session_id, kind)
                 if stored >= expected:
                     break
                 if stored != last:
@@ -279,7 +311,7 @@ class Bench:
                     break
                 time.sleep(0.25)
             drained = {name: cpu_snapshot(p) for name, p in pids.items()}
-            result.update(self.check(session_id, expected, generator))
+            result.update(self.check(kind, session_id, expected, generator))
             # CPU per stored message, window and drain together: robust to other load.
             result["cpu_us_per_message"] = {
                 name: (drained[name].ns - before[name].ns) / 1e3 / max(1, result["distinct"])
@@ -317,11 +349,17 @@ class Bench:
                     hub.kill()
                     hub.wait(5)
             broker.stop()
-        result["hub_log_tail"] = "".join(p.read_text(errors="replace")
-                                         for p in sorted(wd.glob("hub*.log")))[-600:]
+        result["hub_log_tail"] = self.log_tail(tag)
         return result
 
-    def check(self, session_id: str, expected: int, generator: dict[str, Any]) -> dict[str, Any]:
+    def log_tail(self, tag: str, chars: int = 600) -> str:
+        return "".join(p.read_text(errors="replace")
+                       for p in sorted((self.workdir / tag).glob("hub*.log")))[-chars:]
+
+    def check(self, kind: str, session_id: str, expected: int,
+              generator: dict[str, Any]) -> dict[str, Any]:
+        # Node-RED's table has no receipt time: the flow stores the message as it came.
+        recv = "null::float8" if kind == "nodered" else "extract(epoch from received_at - ts)"
         with self.db() as conn:
             row = conn.execute(
                 "select count(*), count(distinct (device_id, seq)), "
@@ -331,8 +369,8 @@ class Bench:
                 "percentile_cont(0.5) within group (order by recv) "
                 "from (select device_id, seq, pg_xact_commit_timestamp(xmin) as committed, "
                 "extract(epoch from pg_xact_commit_timestamp(xmin) - ts) as lat, "
-                "extract(epoch from received_at - ts) as recv "
-                "from metrics where session_id = %s) s", (session_id,)).fetchone()
+                f"{recv} as recv "
+                f"from {self.table(kind)} where session_id = %s) s", (session_id,)).fetchone()
         assert row is not None
         rows, distinct, p50, p99, worst, last_commit, recv_p50 = row
         last_after = (float(last_commit) - generator["last_publish"]) if last_commit else None
@@ -364,7 +402,8 @@ def sweep(bench: Bench, kinds: list[str], qos: int, rates: list[int],
                 r = bench.run(kind, qos, rate)
             except Exception as exc:  # a window that breaks is a failed window, not a crash
                 r = {"hub": kind, "qos": qos, "rate": rate, "sustained": False,
-                     "error": str(exc)}
+                     "error": str(exc),
+                     "hub_log_tail": bench.log_tail(f"{kind}-q{qos}-{rate}", 2000)}
             results.append(r)
             progress(f"  → {'SUSTAINED' if r.get('sustained') else 'not sustained'}: "
                      f"rows {r.get('rows')}/{r.get('expected')}, p99 {r.get('latency_p99_s')}, "
@@ -455,7 +494,9 @@ def summarise_profile(text: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qos", type=int, choices=[0, 1], action="append")
-    parser.add_argument("--hubs", default="fleetpulse,minimal")
+    parser.add_argument("--hubs", default="fleetpulse,minimal",
+                        help="comma-separated: fleetpulse, minimal, nodered (Node-RED 4, "
+                        "installed with npm into a cache on first use)")
     parser.add_argument("--rates", help="comma-separated msg/s (default: a sweep per QoS)")
     parser.add_argument("--processes", type=int, default=1,
                         help="fleetpulse hub processes, sharing the load through an MQTT v5 "
@@ -479,6 +520,21 @@ def main() -> int:
     progress(f"priority: {priority}")
     qos_list = args.qos or [1, 0]
     small = args.payload == "small"
+    hubs = args.hubs.split(",")
+    unknown = set(hubs) - {"fleetpulse", "minimal", "nodered"}
+    if unknown:
+        parser.error(f"unknown hub {', '.join(sorted(unknown))}: fleetpulse, minimal or nodered")
+    nodered_cache, nodered_versions = None, None
+    if "nodered" in hubs:
+        nodered_cache, detail = nodered_flow.ensure_installed()
+        if nodered_cache is None:
+            progress(f"skipping Node-RED: {detail}")
+            hubs.remove("nodered")
+        else:
+            nodered_versions = detail
+            progress(detail)
+    if not hubs:
+        return 1
     check_template(template(uuid.uuid4().hex, small=small))
     payload_bytes = len(template(uuid.uuid4().hex, small=small))
     info = machine()
@@ -495,8 +551,11 @@ def main() -> int:
         store = Store(pg.url)
         store.ensure_partitions({date.today() + timedelta(days=d) for d in (-1, 0, 1)})
         store.close()
+        if nodered_cache is not None:
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute(nodered_flow.create_table_sql().encode())
         bench = Bench(workdir, build_loadgen(workdir), pg, args.devices, args.window_s, small,
-                      processes=args.processes)
+                      processes=args.processes, nodered=nodered_cache)
         if args.profile:
             prof = profile(bench, args.profile, args.profile_s)
             prof.update({"rate": args.profile, "qos": 1, "payload_bytes": payload_bytes,
@@ -509,14 +568,15 @@ def main() -> int:
         best: dict[str, int | None] = {}
         for qos in qos_list:
             rates = [int(r) for r in args.rates.split(",")] if args.rates else DEFAULT_RATES[qos]
-            for kind, rate in sweep(bench, args.hubs.split(","), qos, rates, results).items():
+            for kind, rate in sweep(bench, hubs, qos, rates, results).items():
                 best[f"{kind}_q{qos}"] = rate
     finally:
         pg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nHub ingest: {args.devices} devices, {payload_bytes}-byte messages ({args.payload}),"
-          f" {args.window_s:g} s windows; {describe_machine(info)}")
+          f" {args.window_s:g} s windows; {describe_machine(info)}"
+          + (f"; {nodered_versions}" if nodered_versions else ""))
     rows = []
     for r in results:
         cpu = r.get("cpu_percent", {})
@@ -527,22 +587,28 @@ def main() -> int:
                      cpu.get("generator"), cpu.get("interrupts"), cpu.get("others"),
                      r.get("cpu_us_per_message", {}).get("hub"),
                      r.get("cpu_us_per_message", {}).get("postgresql"),
-                     r.get("ceiling_with_free_hub_msg_per_s"),
-                     "yes" if r.get("sustained") else "no"])
+                     r.get("ceiling_with_free_hub_msg_per_s"), r.get("hub_rss_mb"),
+                     r.get("hub_peak_rss_mb"), "yes" if r.get("sustained") else "no"])
     print(table(["hub", "QoS", "rate", "published/s", "rows", "missing", "dup", "p50 s", "p99 s",
                  "last +s", "hub %", "broker %", "pg %", "gen %", "irq %", "others %",
-                 "hub µs/msg", "pg µs/msg", "free-hub ceiling/s", "sustained"],
+                 "hub µs/msg", "pg µs/msg", "free-hub ceiling/s", "hub RSS MB",
+                 "peak RSS MB", "sustained"],
                 rows))
     for qos in qos_list:
-        ours, base = best.get(f"fleetpulse_q{qos}"), best.get(f"minimal_q{qos}")
-        ratio = f" ({ours / base:.2f}×)" if ours and base else ""
+        ours = best.get(f"fleetpulse_q{qos}")
+        same_run = []
+        for kind, label in (("minimal", "minimal hub"), ("nodered", "Node-RED")):
+            if kind in hubs:
+                base = best.get(f"{kind}_q{qos}")
+                ratio = f" ({ours / base:.2f}×)" if ours and base else ""
+                same_run.append(f"{label} same run: {base or 0:,}{ratio}")
         print(f"hub ingest, QoS {qos}, validated: {ours or 0:,} msg/s sustained "
-              f"{args.window_s:g} s, 0 lost; minimal hub same run: {base or 0:,}{ratio}")
+              f"{args.window_s:g} s, 0 lost" + "".join(f"; {t}" for t in same_run))
     path = write_result(args.label, {
         "benchmark": "hub_ingest", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info, "devices": args.devices, "payload": args.payload,
         "payload_bytes": payload_bytes, "window_s": args.window_s, "best": best,
-        "hub_processes": args.processes,
+        "hub_processes": args.processes, "hubs": hubs, "nodered": nodered_versions,
         "priority": priority,
         "windows": results,
         "targets": {"qos1_msg_per_s": 20000, "qos1_ratio_to_minimal": 0.9,
