@@ -511,6 +511,9 @@ def main() -> int:
                         help="only py-spy the fleetpulse hub at this QoS 1 rate")
     parser.add_argument("--profile-s", type=int, default=15)
     parser.add_argument("--label", default="hub_ingest")
+    parser.add_argument("--note", default="",
+                        help="stored with the results and drawn on the charts, e.g. "
+                        "'smoke run, shared machine'")
     parser.add_argument("--nice", type=int, default=-10,
                         help="niceness (and autogroup niceness) of the bench and all it "
                         "starts: shields the measurement from other work on a shared "
@@ -594,7 +597,13 @@ def main() -> int:
                  "hub µs/msg", "pg µs/msg", "free-hub ceiling/s", "hub RSS MB",
                  "peak RSS MB", "sustained"],
                 rows))
+    if args.note:
+        print(f"note: {args.note}")
     for qos in qos_list:
+        if "fleetpulse" not in hubs:
+            print(f"QoS {qos}, highest sustained: " + ", ".join(
+                f"{kind} {best.get(f'{kind}_q{qos}') or 0:,} msg/s" for kind in hubs))
+            continue
         ours = best.get(f"fleetpulse_q{qos}")
         same_run = []
         for kind, label in (("minimal", "minimal hub"), ("nodered", "Node-RED")):
@@ -605,7 +614,8 @@ def main() -> int:
         print(f"hub ingest, QoS {qos}, validated: {ours or 0:,} msg/s sustained "
               f"{args.window_s:g} s, 0 lost" + "".join(f"; {t}" for t in same_run))
     path = write_result(args.label, {
-        "benchmark": "hub_ingest", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "benchmark": "hub_ingest", "note": args.note,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info, "devices": args.devices, "payload": args.payload,
         "payload_bytes": payload_bytes, "window_s": args.window_s, "best": best,
         "hub_processes": args.processes, "hubs": hubs, "nodered": nodered_versions,

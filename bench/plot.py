@@ -1,10 +1,13 @@
 """Turn bench/results/*.json into PNG charts next to them.
 
     python3 -m bench.plot            # every result file present
+    python3 -m bench.plot hub_ingest_nodered   # the hub charts of a --label'd run, named after it
     pip install matplotlib           # (the ``bench`` extra) — used only here
 
 Charts: hub_ingest_rates.png (rate offered vs delivered), hub_ingest_latency.png (publish →
 commit p50/p99), hub_ingest_cpu.png (who used the CPU at each hub's best rate),
+hub_ingest_hubs.png (fleetpulse, minimal hub and Node-RED side by side: best sustained rate
+and CPU per message at it),
 agent_cost.png (CPU against collectd, per-call breakdown), storage.png (write paths).
 """
 
@@ -22,8 +25,9 @@ import matplotlib.pyplot as plt
 
 from bench.common import RESULTS
 
-STYLE = {("fleetpulse", 1): ("tab:blue", "-"), ("minimal", 1): ("tab:orange", "-"),
-         ("fleetpulse", 0): ("tab:blue", "--"), ("minimal", 0): ("tab:orange", "--")}
+HUB_COLORS = {"fleetpulse": "tab:blue", "minimal": "tab:orange", "nodered": "tab:red"}
+STYLE = {(hub, qos): (color, "-" if qos else "--") for hub, color in HUB_COLORS.items()
+         for qos in (0, 1)}
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -49,11 +53,12 @@ def delivered_rate(w: dict[str, Any]) -> float:
     return float(w["distinct"]) / span if span > 0 else 0.0
 
 
-def plot_hub(data: dict[str, Any]) -> list[Path]:
+def plot_hub(data: dict[str, Any], name: str = "hub_ingest") -> list[Path]:
     series = _series(data["windows"])
     note = (f"{data['devices']} devices, {data['payload_bytes']}-byte messages, "
             f"{data['window_s']:g} s windows, {data['machine']['nproc']} cores shared by "
-            "generator, broker, hub, PostgreSQL")
+            "generator, broker, hub, PostgreSQL" + (f"; {data['note']}" if data.get("note")
+                                                    else ""))
     paths = []
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -74,7 +79,7 @@ def plot_hub(data: dict[str, Any]) -> list[Path]:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, note, fontsize=7)
-    paths.append(_save(fig, "hub_ingest_rates.png"))
+    paths.append(_save(fig, f"{name}_rates.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (hub, qos), ws in sorted(series.items()):
@@ -93,7 +98,7 @@ def plot_hub(data: dict[str, Any]) -> list[Path]:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3, which="both")
     fig.text(0.01, 0.01, note, fontsize=7)
-    paths.append(_save(fig, "hub_ingest_latency.png"))
+    paths.append(_save(fig, f"{name}_latency.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     parts = ["hub", "broker", "postgresql", "generator", "interrupts", "others"]
@@ -116,7 +121,7 @@ def plot_hub(data: dict[str, Any]) -> list[Path]:
     ax.legend(fontsize=7)
     fig.subplots_adjust(bottom=0.2)
     fig.text(0.01, 0.01, note, fontsize=7)
-    paths.append(_save(fig, "hub_ingest_cpu.png"))
+    paths.append(_save(fig, f"{name}_cpu.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (hub, qos), ws in sorted(series.items()):
@@ -134,8 +139,51 @@ def plot_hub(data: dict[str, Any]) -> list[Path]:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, note, fontsize=7)
-    paths.append(_save(fig, "hub_ingest_cost.png"))
+    paths.append(_save(fig, f"{name}_cost.png"))
+    paths.append(plot_hubs(series, note, name))
     return paths
+
+
+def plot_hubs(series: dict[tuple[str, int], list[dict[str, Any]]], note: str,
+              name: str) -> Path:
+    """The hubs side by side, per QoS: best sustained rate, and CPU per message at it."""
+    hubs = [h for h in HUB_COLORS if any(k[0] == h for k in series)]
+    qos_list = sorted({k[1] for k in series}, reverse=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
+    width = 0.8 / max(1, len(hubs))
+    parts = ["hub", "postgresql", "broker", "generator"]
+    hatches = ["", "//", "..", "xx"]
+    for i, hub in enumerate(hubs):
+        xs = [q + (i - (len(hubs) - 1) / 2) * width for q in range(len(qos_list))]
+        best, costs = [], []
+        for qos in qos_list:
+            ok = [w for w in series.get((hub, qos), []) if w["sustained"]]
+            best.append(ok[-1]["rate"] if ok else 0)
+            costs.append(ok[-1]["cpu_us_per_message"] if ok else {})
+        bars = left.bar(xs, best, width, color=HUB_COLORS[hub], label=hub)
+        for bar, rate in zip(bars, best, strict=True):
+            left.annotate(f"{rate:,}" if rate else "none", (bar.get_x() + bar.get_width() / 2,
+                                                           bar.get_height()),
+                          ha="center", va="bottom", fontsize=7)
+        bottom = [0.0] * len(xs)
+        for part, hatch in zip(parts, hatches, strict=True):
+            values = [c.get(part, 0.0) for c in costs]
+            right.bar(xs, values, width, bottom=bottom, color=HUB_COLORS[hub], hatch=hatch,
+                      edgecolor="white", label=hub if part == "hub" else None)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    for ax in (left, right):
+        ax.set_xticks(range(len(qos_list)), [f"QoS {q}" for q in qos_list])
+        ax.grid(alpha=0.3, axis="y")
+    left.set_ylabel("highest sustained rate in the sweep (msg/s)")
+    left.set_title("Best sustained rate (0 lost, 0 dup, last commit ≤ 1 s; the sweep's "
+                   "rates only)", fontsize=9)
+    left.legend(fontsize=8)
+    right.set_ylabel("CPU µs per stored message, at that rate")
+    right.set_title("CPU per message: hub (plain), PostgreSQL (//), broker (..), "
+                    "generator (xx)", fontsize=9)
+    right.legend(fontsize=8)
+    fig.text(0.01, 0.01, note, fontsize=7)
+    return _save(fig, f"{name}_hubs.png")
 
 
 def plot_agent(data: dict[str, Any]) -> list[Path]:
@@ -209,9 +257,16 @@ def _save(fig: Any, name: str) -> Path:
 
 def main() -> int:
     made: list[Path] = []
+    if len(sys.argv) > 1:  # named hub_ingest results (``--label``): charts named after them
+        for name in sys.argv[1:]:
+            data = _load(name)
+            if data is None:
+                print(f"no {RESULTS / name}.json", file=sys.stderr)
+                return 1
+            made += plot_hub(data, name)
     for name, fn in (("hub_ingest", plot_hub), ("agent_cost", plot_agent),
                      ("storage", plot_storage)):
-        data = _load(name)
+        data = _load(name) if len(sys.argv) == 1 else None
         if data is not None:
             made += fn(data)
     for path in made:
