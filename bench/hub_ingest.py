@@ -537,6 +537,7 @@ def main() -> int:
             nodered_versions = detail
             progress(detail)
     if not hubs:
+        progress("no hub left to measure")
         return 1
     check_template(template(uuid.uuid4().hex, small=small))
     payload_bytes = len(template(uuid.uuid4().hex, small=small))

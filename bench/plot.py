@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def plot_hub(data: dict[str, Any], name: str = "hub_ingest") -> list[Path]:
             f"{data['window_s']:g} s windows, {data['machine']['nproc']} cores shared by "
             "generator, broker, hub, PostgreSQL" + (f"; {data['note']}" if data.get("note")
                                                     else ""))
+    note = textwrap.fill(note, 125)
     paths = []
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -249,6 +251,8 @@ def plot_storage(data: dict[str, Any]) -> list[Path]:
 
 
 def _save(fig: Any, name: str) -> Path:
+    if name.startswith("hub_ingest"):  # room for the note under the axes
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.16))
     path = RESULTS / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
