@@ -4,7 +4,8 @@
 supabase/migrations/ to a real PostgreSQL; the hub then migrates nothing and stores readings.
 The other way round, a database the hub migrated: `db push` refuses without changing
 anything, `supabase migration repair --status applied` records the versions, and `db push`
-then has nothing to do (README, Database, Supabase).
+then has nothing to do (README, Database, Supabase). And the README's sample policy opens
+what it says to a signed-in user, read-only, and nothing else.
 """
 
 from __future__ import annotations
@@ -191,3 +192,43 @@ def test_db_push_on_a_hub_migrated_database_changes_nothing_until_repaired(
 
     write_readings(db_url, "pi-2", range(1, 6))
     assert stored(db_url) == (15, 15, 2)
+
+
+def readme_sample_policy() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("<!-- sample-policy -->\n```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_sample_policy_lets_signed_in_users_read_devices_and_minutes_only(
+        postgres: PostgresServer, db_url: str) -> None:
+    assert hub(db_url, "migrate").returncode == 0
+    write_readings(db_url, "pi-1", range(1, 11))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # Supabase's role, and what Supabase grants it on public; here a superuser creates it
+        # (the role is the cluster's, shared by the tests' databases).
+        conn.execute("do $$ begin if not exists (select from pg_roles where rolname = "
+                     "'authenticated') then create role authenticated nologin; end if; end $$")
+        conn.execute("grant usage on schema public to authenticated")
+        conn.execute("grant select, insert, update, delete on all tables in schema public "
+                     "to authenticated")
+        conn.execute(readme_sample_policy().encode())
+        as_owner = counts(conn)
+        conn.execute("set role authenticated")
+        as_user = counts(conn)
+        updated = conn.execute("update devices set hostname = 'changed'").rowcount
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("insert into metrics_1m (device_id, bucket) values ('pi-9', now())")
+        conn.execute("reset role")
+        hostnames = conn.execute("select hostname from devices").fetchall()
+    assert all(as_owner[table] > 0 for table in ("devices", "metrics_1m", "metrics",
+                                                  "metrics_seed", "metrics_1h"))
+    readable = {"devices", "metrics_1m"}
+    assert as_user == {table: as_owner[table] if table in readable else 0 for table in as_owner}
+    assert updated == 0 and ("changed",) not in hostnames
+
+
+def counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    tables = ("devices", "metrics_1m", "metrics", "metrics_seed", "metrics_1h", "quarantine",
+              "alerts", "schema_migrations")
+    return {table: conn.execute(f"select count(*) from {table}".encode()).fetchone()[0]  # type: ignore[index]
+            for table in tables}
