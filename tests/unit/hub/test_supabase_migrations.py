@@ -7,6 +7,8 @@ order is the hub's, and every migration records its own version in schema_migrat
 """
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 from hub.store import _load_migrations
@@ -72,3 +74,24 @@ def test_the_first_migration_creates_the_table_the_others_record_in() -> None:
     first = _load_migrations()[0][2]
     assert "create table if not exists schema_migrations (" in first
     assert "alter table schema_migrations enable row level security;" in first
+
+
+def test_the_sync_script_copies_a_new_migration_after_the_others_and_only_once(
+        tmp_path: Path) -> None:
+    for folder in ("hub/migrations", "supabase"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    new = tmp_path / "hub/migrations/0099_later.sql"
+    new.write_bytes(b"select 99;\n")
+    last = max(path.name for path in (tmp_path / "supabase/migrations").iterdir())
+
+    first = subprocess.run(["sh", str(tmp_path / "supabase/sync-migrations.sh")],
+                           capture_output=True, text=True, check=True)
+    again = subprocess.run(["sh", str(tmp_path / "supabase/sync-migrations.sh")],
+                           capture_output=True, text=True, check=True)
+
+    copies = sorted((tmp_path / "supabase/migrations").iterdir())
+    assert copies[-1].name.endswith("_0099_later.sql") and copies[-1].name > last
+    assert copies[-1].read_bytes() == new.read_bytes()
+    assert first.stdout == f"added supabase/migrations/{copies[-1].name}\n"
+    assert again.stdout == ""
+    assert len(copies) == len(list(SUPABASE.iterdir())) + 1
