@@ -220,6 +220,19 @@ def test_the_readmes_sample_policy_lets_signed_in_users_read_devices_and_minutes
             conn.execute("insert into metrics_1m (device_id, bucket) values ('pi-9', now())")
         conn.execute("reset role")
         hostnames = conn.execute("select hostname from devices").fetchall()
+        # README: a policy on metrics opens it and metrics_seed, not a partition read directly.
+        conn.execute("create policy everything on metrics for select to authenticated "
+                     "using (true)")
+        partition = conn.execute("select tableoid::regclass::text from metrics "
+                                 "limit 1").fetchone()  # one that holds readings
+        assert partition is not None
+        conn.execute("set role authenticated")
+        opened = counts(conn)
+        direct = conn.execute(f"select count(*) from {partition[0]}".encode()).fetchone()
+        conn.execute("reset role")
+    assert (opened["metrics"], opened["metrics_seed"]) == (
+        as_owner["metrics"], as_owner["metrics_seed"])
+    assert direct == (0,)
     assert all(as_owner[table] > 0 for table in ("devices", "metrics_1m", "metrics",
                                                   "metrics_seed", "metrics_1h"))
     readable = {"devices", "metrics_1m"}
