@@ -13,10 +13,15 @@ over ``--devices`` devices, validated once by the hub's own validator, flattened
 
 After the Store.write load: bytes per stored row = pg_total_relation_size (heap + TOAST +
 indexes) summed over the partitions of ``metrics``, divided by the rows; the rollup tables
-are reported apart.
+are reported apart (bytes per rollup row after VACUUM, update churn included). From these,
+the bytes one device needs per day of history (86,400 per-second rows, 1,440 minute rows,
+24 hour rows) and at the hub's default retention (``retention_days``, ``rollup_minute_days``,
+``rollup_hour_days``), and how many device-days fit in 500 MB and 8 GB (Supabase's free and
+Pro database sizes).
 
     python3 -m bench.storage                    # 200,000 rows, batches of 5,000
     python3 -m bench.storage --rows 1000000 --batch 500
+    python3 -m bench.storage --payload pi      # a Raspberry Pi's full message (4 cores, ...)
 
 Writes bench/results/storage.json.
 """
@@ -24,6 +29,7 @@ Writes bench/results/storage.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -47,6 +53,7 @@ from bench.hub_ingest import PREFIX, template
 from hub.batch import DeviceEvents
 from hub.store import Store
 from hub.validate import Accepted, validate
+from shared.config import HubSettings
 from shared.schema import metrics_columns, metrics_row
 from tests.servers import PostgresServer
 
@@ -79,6 +86,53 @@ def timed_batches(rows: list[tuple[Any, ...]], batch: int, write: Any, what: str
         if n % 40 == 39:
             progress(f"{what}: {start + batch:,}/{len(rows):,} rows")
     return len(rows) / (time.perf_counter() - t0)
+
+
+def rollup_sizes(cur: psycopg.Cursor[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes (heap, TOAST, indexes) and rows of each rollup table."""
+    sizes: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    for rollup in ("metrics_1m", "metrics_1h"):
+        if cur.execute("select to_regclass(%s)", (rollup,)).fetchone()[0]:  # type: ignore[index]
+            sizes[rollup] = int(cur.execute(
+                "select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c "
+                "where c.oid = %s::regclass or c.oid in (select inhrelid from pg_inherits "
+                "where inhparent = %s::regclass)", (rollup, rollup)).fetchone()[0])  # type: ignore[index]
+            rows[rollup] = int(cur.execute(sql.SQL("select count(*) from {}").format(
+                sql.Identifier(rollup))).fetchone()[0])  # type: ignore[index]
+    return sizes, rows
+
+
+def device_day_bytes(metrics_row_bytes: float, rollups: dict[str, int],
+                     rollup_rows: dict[str, int]) -> dict[str, Any]:
+    """Bytes one device stores per day of history, and at the hub's default retention."""
+    defaults = {f.name: f.default for f in dataclasses.fields(HubSettings)}
+    per_row = {name: int(rollups[name]) / max(1, rollup_rows[name]) for name in rollups}
+    day = {"metrics": 86_400 * metrics_row_bytes,
+           "metrics_1m": 1_440 * per_row.get("metrics_1m", 0.0),
+           "metrics_1h": 24 * per_row.get("metrics_1h", 0.0)}
+    keep = {"metrics": defaults["retention_days"], "metrics_1m": defaults["rollup_minute_days"],
+            "metrics_1h": defaults["rollup_hour_days"]}
+    retained = sum(day[name] * keep[name] for name in day)
+    return {"rollup_bytes_per_row": per_row, "bytes_per_day": day, "retention_days": keep,
+            "bytes_per_device_at_default_retention": retained,
+            "fits": {label: {"per_second_device_days": size / day["metrics"],
+                             "devices_at_default_retention": size / retained}
+                     for label, size in (("500 MB", 500e6), ("8 GB", 8e9))}}
+
+
+def format_device_days(d: dict[str, Any]) -> str:
+    day, keep = d["bytes_per_day"], d["retention_days"]
+    lines = [f"one device-day: per-second rows {day['metrics'] / 1e6:.1f} MB, minute rollups "
+             f"{day['metrics_1m'] / 1e6:.2f} MB, hour rollups {day['metrics_1h'] / 1e6:.3f} MB",
+             f"one device at the default retention ({keep['metrics']} d per-second, "
+             f"{keep['metrics_1m']} d minute, {keep['metrics_1h']} d hour): "
+             f"{d['bytes_per_device_at_default_retention'] / 1e9:.2f} GB"]
+    for label, fit in d["fits"].items():
+        lines.append(f"{label}: {fit['per_second_device_days']:.1f} device-days of per-second "
+                     f"history; {fit['devices_at_default_retention']:.2f} devices at the "
+                     "default retention")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -153,23 +207,23 @@ def main() -> int:
         conn.commit()
         conn.autocommit = True  # VACUUM cannot run in a transaction
         conn.execute("vacuum analyze metrics")
+        conn.execute("vacuum analyze metrics_1m, metrics_1h")
         with conn.cursor() as cur:
             stored = cur.execute("select count(*) from metrics").fetchone()[0]  # type: ignore[index]
             size = cur.execute(
                 "select sum(pg_total_relation_size(inhrelid)), sum(pg_relation_size(inhrelid)),"
                 " sum(pg_indexes_size(inhrelid)) from pg_inherits "
                 "where inhparent = 'metrics'::regclass").fetchone()
-            rollups = {}
-            for rollup in ("metrics_1m", "metrics_1h"):
-                if cur.execute("select to_regclass(%s)", (rollup,)).fetchone()[0]:  # type: ignore[index]
-                    rollups[rollup] = cur.execute(
-                        "select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c "
-                        "where c.oid = %s::regclass or c.oid in (select inhrelid from pg_inherits "
-                        "where inhparent = %s::regclass)", (rollup, rollup)).fetchone()[0]  # type: ignore[index]
+            rollups, rollup_rows = rollup_sizes(cur)
             widths = cur.execute(
                 "select avg(pg_column_size(m.*)), avg(pg_column_size(disk_partitions)) + "
                 "avg(pg_column_size(disk_per_disk)) + avg(pg_column_size(network_per_interface))"
                 " + avg(pg_column_size(sensors_temperatures)) from metrics m").fetchone()
+        # Every Store.write batch updated each rollup row again: the sizes above carry that
+        # churn (as a live table does between autovacuums); rewritten, they are compact.
+        conn.execute("vacuum full metrics_1m, metrics_1h")
+        with conn.cursor() as cur:
+            compact, _ = rollup_sizes(cur)
         conn.close()
         store.close()
     finally:
@@ -181,6 +235,8 @@ def main() -> int:
     per_row = {"total": total / stored, "heap_and_toast": (total - indexes) / stored,
                "indexes": indexes / stored, "heap_only": heap / stored,
                "avg_tuple_bytes": float(widths[0]), "jsonb_columns_bytes": float(widths[1])}
+    device_day = device_day_bytes(per_row["total"], compact, rollup_rows)
+    device_day_churned = device_day_bytes(per_row["total"], rollups, rollup_rows)
     print(f"\nStorage: {args.rows:,} rows ({len(template('x' * 32, small=args.payload == 'small'))}"
           f"-byte messages, {args.devices} devices), batches of {args.batch:,}, commit per "
           f"batch; {describe_machine(info)}")
@@ -190,12 +246,19 @@ def main() -> int:
     print(f"bytes per stored row (metrics partitions, after VACUUM): {per_row['total']:.0f} "
           f"(heap+TOAST {per_row['heap_and_toast']:.0f}, indexes {per_row['indexes']:.0f}; "
           f"tuple {per_row['avg_tuple_bytes']:.0f}, of which jsonb "
-          f"{per_row['jsonb_columns_bytes']:.0f}); rollup tables: {rollups}")
+          f"{per_row['jsonb_columns_bytes']:.0f}); rollup tables ({rollup_rows} rows): "
+          f"{rollups} bytes after the load, {compact} after VACUUM FULL")
+    print("With the rollups compact (VACUUM FULL):")
+    print(format_device_days(device_day))
+    print("With the rollups as the load left them (every batch rewrote their rows):")
+    print(format_device_days(device_day_churned))
     path = write_result(args.label, {
         "benchmark": "storage", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info, "rows": args.rows, "batch": args.batch, "devices": args.devices,
         "payload": args.payload, "methods": results, "stored_rows": stored,
-        "bytes_per_row": per_row, "rollup_bytes": rollups})
+        "bytes_per_row": per_row, "rollup_bytes": rollups, "rollup_rows": rollup_rows,
+        "rollup_bytes_compact": compact, "device_day": device_day,
+        "device_day_rollups_churned": device_day_churned})
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
 

@@ -136,11 +136,18 @@ class Store:
 
     # --- schema ---------------------------------------------------------------------------
     def migrate(self) -> list[str]:
-        """Apply the migrations not yet applied; return their names. Safe to run twice."""
+        """Apply the migrations not yet applied; return their names. Safe to run twice.
+
+        A migration is applied when its version is in ``schema_migrations``. Each migration
+        records itself there, so the versions the Supabase CLI applied from
+        ``supabase/migrations/`` (the same files) count as applied too.
+        """
         applied_now = []
         with self._transaction() as cur:
             # One hub at a time: a second hub waits here, then finds nothing to do.
+            # Transaction-scoped, so it also holds through Supabase's transaction pooler.
             cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.migrate'))")
+            # As in 0001_initial.sql, which creates it when the CLI applies the migrations.
             cur.execute("create table if not exists schema_migrations ("
                         "version integer primary key, name text not null, "
                         "applied_at timestamptz not null default now())")
@@ -151,8 +158,9 @@ class Store:
                 if version in done:
                     continue
                 cur.execute(text.encode())  # our own migration files
-                cur.execute("insert into schema_migrations (version, name) values (%s, %s)",
-                            (version, name))
+                # The file has recorded itself already; this covers one that would not.
+                cur.execute("insert into schema_migrations (version, name) values (%s, %s) "
+                            "on conflict (version) do nothing", (version, name))
                 applied_now.append(name)
         return applied_now
 

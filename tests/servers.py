@@ -189,3 +189,64 @@ class PostgresServer:
 
     def stop(self) -> None:
         self.kill(signal.SIGINT)  # "fast" shutdown
+
+
+class PgBouncer:
+    """PgBouncer in front of a PostgresServer, pooling by transaction as Supabase's transaction
+    pooler (port 6543) does: a client's transactions may run on different server connections,
+    and one server connection serves several clients in turn (``pool_size``), so nothing a
+    session leaves behind (prepared statements, temp tables, session locks, LISTEN) survives
+    its transaction. PgBouncer 1.18 (Debian 12) forwards no prepared statement either.
+    """
+
+    def __init__(self, workdir: Path, server: PostgresServer, *, pool_size: int = 1) -> None:
+        self.binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(self.binary).exists():
+            raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_file = workdir / "pgbouncer.log"
+        (workdir / "users.txt").write_text(f'"{PG_USER}" ""\n')
+        self.conf = workdir / "pgbouncer.ini"
+        self.conf.write_text("\n".join([
+            "[databases]", f"* = host=127.0.0.1 port={server.port}", "",
+            "[pgbouncer]", "listen_addr = 127.0.0.1", f"listen_port = {self.port}",
+            "unix_socket_dir =", "auth_type = trust", f"auth_file = {workdir}/users.txt",
+            "pool_mode = transaction", f"default_pool_size = {pool_size}",
+            "max_client_conn = 100", f"logfile = {self.log_file}",
+            # psycopg sends no startup parameter PgBouncer does not know.
+        ]) + "\n")
+        self._as_root = os.geteuid() == 0
+        if self._as_root:  # PgBouncer refuses to run as root
+            for path in (workdir, workdir / "users.txt", self.conf):
+                shutil.chown(path, PG_USER, PG_USER)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url_for(self, server_url: str) -> str:
+        """The URL of the same database, through the pooler."""
+        rest = server_url.split("@", 1)[1].split("/", 1)[1]
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{rest}"
+
+    def start(self) -> PgBouncer:
+        as_user = ({"user": PG_USER, "group": PG_USER, "extra_groups": []}
+                   if self._as_root else {})
+        with open(self.workdir / "pgbouncer.stderr", "ab") as err:
+            self.process = subprocess.Popen(
+                [self.binary, str(self.conf)], stdout=subprocess.DEVNULL, stderr=err,
+                cwd=self.workdir, **as_user)  # type: ignore[call-overload]
+        wait_for(lambda: self._alive() and port_open(self.port), 10, "pgbouncer to listen")
+        return self
+
+    def _alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            err = (self.workdir / "pgbouncer.stderr").read_text(errors="replace")
+            log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+            raise RuntimeError(f"pgbouncer exited: {err[-2000:]} {log[-2000:]}")
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(10)
+        self.process = None

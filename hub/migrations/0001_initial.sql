@@ -1,5 +1,19 @@
 -- fleetpulse schema 1: per-second readings, quarantine, devices.
--- The metrics columns mirror shared/schema.py (tests/unit/test_migrations.py checks it).
+-- The metrics columns mirror shared/schema.py (tests/unit/shared/test_schema.py checks it).
+--
+-- Every migration ends by recording its own version in schema_migrations, so the hub
+-- (hub/store.py Store.migrate) knows what is applied whoever applied it: the hub itself, or
+-- the Supabase CLI (`supabase db push` runs each file of supabase/migrations/, a byte-for-byte
+-- copy of this directory, in one transaction). tests/unit/hub/test_supabase_migrations.py
+-- checks both rules.
+
+-- The hub creates this table before it runs any migration; the CLI does not.
+create table if not exists schema_migrations (
+    version integer primary key,
+    name text not null,
+    applied_at timestamptz not null default now()
+);
+alter table schema_migrations enable row level security;
 
 create table metrics (
     device_id text not null,
@@ -129,3 +143,6 @@ from metrics;
 alter table metrics enable row level security;
 alter table quarantine enable row level security;
 alter table devices enable row level security;
+
+insert into schema_migrations (version, name) values (1, '0001_initial.sql')
+    on conflict (version) do nothing;

@@ -137,3 +137,6 @@ create index alerts_device on alerts (device_id, started_at);
 alter table metrics_1m enable row level security;
 alter table metrics_1h enable row level security;
 alter table alerts enable row level security;
+
+insert into schema_migrations (version, name) values (2, '0002_rollups_alerts.sql')
+    on conflict (version) do nothing;
