@@ -205,22 +205,28 @@ def _openssl(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
-def server_cert_covers(cert: Path, hosts: list[str], cwd: Path) -> bool:
-    """Tell whether ``cert`` names every host and has more than 30 days left."""
+def server_cert_covers(cert: Path, ca: Path, hosts: list[str]) -> bool:
+    """Tell whether ``cert`` was signed by ``ca``, names every host, and has more than 30
+    days left."""
+    checks = [["verify", "-CAfile", str(ca), str(cert)],
+              ["x509", "-in", str(cert), "-noout", "-checkend", str(RENEW_BEFORE_S)]]
+    if any(subprocess.run(["openssl", *args], capture_output=True, check=False).returncode
+           for args in checks):
+        return False
     try:
         names = _openssl("x509", "-in", str(cert), "-noout", "-ext", "subjectAltName",
-                         cwd=cwd)
-        subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-checkend",
-                        str(RENEW_BEFORE_S)], check=True, capture_output=True)
-    except (ConfigError, subprocess.CalledProcessError):
+                         cwd=cert.parent)
+    except ConfigError:
         return False
     listed = {part.strip().split(":", 1)[-1] for part in names.replace("\n", ",").split(",")
               if ":" in part}
     # openssl prints IPv6 addresses expanded and upper-case: compare IPs as addresses.
-    listed_ips = {socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
-                  for a in listed if is_ip(a)}
-    return all((socket.inet_pton(socket.AF_INET6 if ":" in h else socket.AF_INET, h)
-                in listed_ips) if is_ip(h) else h in listed for h in hosts)
+    listed_ips = {_packed(a) for a in listed if is_ip(a)}
+    return all(_packed(h) in listed_ips if is_ip(h) else h in listed for h in hosts)
+
+
+def _packed(address: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
 
 
 def make_ca(layout: Layout, writer: Writer) -> None:
@@ -279,7 +285,8 @@ def ensure_certs(layout: Layout, shipped: Path, hosts: list[str], writer: Writer
         writer.write(layout.certs / "ca.crt", ca_text, BROKER_UID, BROKER_UID, 0o644,
                      "the broker's copy of the CA certificate")
     have = (layout.certs / "server.crt").is_file() and (layout.certs / "server.key").is_file()
-    if not have or not server_cert_covers(layout.certs / "server.crt", hosts, layout.ca):
+    if not have or not server_cert_covers(layout.certs / "server.crt", layout.ca / "ca.crt",
+                                          hosts):
         issue_server_cert(layout, hosts, writer)
 
 
@@ -372,7 +379,11 @@ def init_deploy(root: Path, shipped: Path, environ: Mapping[str, str], *,
         writer.write(secrets_ca, ca_text, 0, 0, 0o644, "the hub's copy of the CA certificate")
     info = {"broker_hosts": hosts}
     info_path = layout.secrets / "deploy.json"
-    if not info_path.is_file() or json.loads(info_path.read_text()) != info:
+    try:
+        written = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        written = None
+    if written != info:
         writer.write(info_path, json.dumps(info, indent=1) + "\n", 0, 0, 0o644,
                      "deploy.json")
     return writer.done, hosts

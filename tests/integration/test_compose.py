@@ -305,9 +305,11 @@ def test_init_takes_over_an_earlier_manual_setup(private_dir: Path) -> None:
     (shipped / "passwd").write_text(set_user("", "pi-old", hash_password("old-password-1",
                                                                          os.urandom(12))))
     from tests.integration.test_security import make_certs
-    certs = make_certs(shipped / "certs", ("broker.example.lan",))
+    # Made for every name init wants, so only the CA tells them apart from init's own.
+    names = {"FLEETPULSE_BROKER_HOSTS": "localhost"}
+    certs = make_certs(shipped / "certs", ("localhost", "127.0.0.1", "mosquitto"))
     root = private_dir / "deploy"
-    result = init_deploy(root, shipped=shipped)
+    result = init_deploy(root, names, shipped=shipped)
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(":", 1) for line in
                  (root / "broker" / "passwd").read_text().splitlines())
@@ -315,6 +317,15 @@ def test_init_takes_over_an_earlier_manual_setup(private_dir: Path) -> None:
     assert (root / "broker" / "certs" / "server.crt").read_text() == certs.cert.read_text()
     assert (root / "secrets" / "ca.crt").read_text() == certs.ca.read_text()
     assert not (root / "ca" / "ca.key").exists()  # no CA of ours: the operator has one
+    # Own certificates taken away: init's CA signs a new server certificate, and the CA the
+    # hub hands out verifies it.
+    own_ca = certs.ca.read_text()
+    shutil.rmtree(shipped / "certs")
+    assert init_deploy(root, names, shipped=shipped).returncode == 0
+    assert (root / "secrets" / "ca.crt").read_text() != own_ca
+    subprocess.run(["openssl", "verify", "-CAfile", str(root / "secrets" / "ca.crt"),
+                    str(root / "broker" / "certs" / "server.crt")], check=True,
+                   capture_output=True)
 
 
 def test_shipped_mosquitto_conf_serves_tls_persists_and_enforces_the_acl(
