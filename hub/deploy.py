@@ -138,7 +138,8 @@ def format_welcome(hosts: list[str], secrets_dir: str = CONTAINER_SECRETS) -> li
     return [
         "Deployment made by fleetpulse-hub init-deploy. One command each (in the directory "
         "of docker-compose.yml):",
-        f"  API token (Authorization: Bearer …): docker compose exec -T hub cat "
+        f"  API token (the dashboard, published at http://127.0.0.1:8080/, asks for it; the "
+        f"API wants Authorization: Bearer …): docker compose exec -T hub cat "
         f"{secrets_dir}/api_token",
         f"  CA certificate, to copy to each device as /etc/fleetpulse/ca.crt: "
         f"docker compose exec -T hub cat {secrets_dir}/ca.crt > ca.crt",
