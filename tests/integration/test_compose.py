@@ -369,7 +369,8 @@ def test_shipped_mosquitto_conf_serves_tls_persists_and_enforces_the_acl(
 
 
 class DeployedBroker(MosquittoServer):
-    """Mosquitto as the compose file runs it: the configuration init made, in its volume."""
+    """Mosquitto as the compose file runs it: the configuration init made, in its volume,
+    read by a process of the image's mosquitto user (uid 1883) when the tests run as root."""
 
     def __init__(self, workdir: Path, broker_dir: Path) -> None:
         super().__init__(workdir, persistence=False)
@@ -380,8 +381,16 @@ class DeployedBroker(MosquittoServer):
                                                   config_dir=broker_dir))
 
     def start(self) -> DeployedBroker:
-        super().start()
-        wait_for(lambda: port_open(self.tls_port), 10, "the TLS listener")
+        as_broker: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            for path in (self.workdir, self.workdir / "data"):
+                os.chown(path, BROKER_UID, BROKER_UID)
+            as_broker = {"user": BROKER_UID, "group": BROKER_UID, "extra_groups": []}
+        with open(self.workdir / "mosquitto.stderr", "ab") as err:
+            self.process = subprocess.Popen([self.binary, "-c", str(self.conf)],
+                                            stdout=subprocess.DEVNULL, stderr=err, **as_broker)
+        wait_for(lambda: self._alive() and port_open(self.port) and port_open(self.tls_port),
+                 10, "mosquitto to listen")
         return self
 
     def reload(self) -> None:
@@ -424,6 +433,9 @@ def test_compose_deployment_stores_readings_from_an_mqtts_agent_with_its_own_acc
     made = init_deploy(root)
     assert made.returncode == 0, made.stderr
     broker = DeployedBroker(private_dir / "broker", root / "broker").start()
+    assert broker.process is not None
+    assert Path(f"/proc/{broker.process.pid}").stat().st_uid == (BROKER_UID if os.geteuid() == 0
+                                                                 else os.geteuid())
     database = image_postgres(private_dir / "pg", root / "secrets" / "db_password")
     http_port = free_port()
     ports = {"mosquitto:1883": broker.port, "db:5432": database.port}
