@@ -147,7 +147,8 @@ def format_welcome(hosts: list[str], secrets_dir: str = CONTAINER_SECRETS) -> li
         f"DEVICE_ID --broker-url mqtts://{host}:8883 > DEVICE_ID.toml && docker compose "
         "kill -s SIGHUP mosquitto",
         f"  The broker's certificate is valid for {', '.join(hosts) or '?'}; for other "
-        f"names set {HOSTS_VARIABLE} in .env and run docker compose up -d.",
+        f"names set {HOSTS_VARIABLE} in .env, then docker compose up -d && docker compose "
+        "restart mosquitto (same CA: devices keep their ca.crt).",
     ]
 
 
