@@ -6,6 +6,7 @@
     fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
     fleetpulse-hub add-device ID      give a device a broker account; print its agent.toml
     fleetpulse-hub revoke-device ID   remove a device's broker account
+    fleetpulse-hub init-deploy --dir DIR   make docker-compose's secrets and certificates
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from hub.validate import Limits, validate
 from hub.watch import AlertWatcher
 from hub.write import backoff_s, write_batch
 from shared import __version__
-from shared.config import HubSettings, add_setting_flags, settings_from_args
+from shared.config import HubSettings, add_setting_flags, settings_from_args, with_password
 from shared.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class IngestStats:
 
 def database_url(settings: HubSettings) -> str:
     if settings.db is not None:
-        return settings.db.reveal()
+        password = settings.db_password
+        return with_password(settings.db.reveal(), password.reveal() if password else None)
     from hub.embedded import start_embedded
 
     return start_embedded(settings.data_dir)
@@ -267,6 +269,11 @@ def run(settings: HubSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("fleetpulse-hub %s starting.", __version__)
+    if settings.deploy_dir is not None:
+        from hub.deploy import read_welcome
+
+        for line in read_welcome(settings.deploy_dir):
+            log.info("%s", line)
     try:
         rules = load_rules(settings)
     except ConfigError as exc:
@@ -383,13 +390,18 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Store and show the metrics of a fleet.")
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("command", choices=["run", "status", "migrate", "export", "add-device",
-                                            "revoke-device"])
+                                            "revoke-device", "init-deploy"])
     accounts = parser.add_argument_group("add-device / revoke-device")
     accounts.add_argument("device_id", nargs="?", help="the device's id (= its broker user name)")
     accounts.add_argument("--password-file", type=Path, default=DEFAULT_PASSWORD_FILE,
                           help=f"Mosquitto's password file (default {DEFAULT_PASSWORD_FILE})")
     accounts.add_argument("--reload-pid", type=int, help="send SIGHUP to this process (the "
                           "broker) so it re-reads the password file")
+    deploy = parser.add_argument_group("init-deploy")
+    deploy.add_argument("--dir", type=Path, help="where to make what docker-compose.yml needs "
+                        "(broker/, secrets/, ca/); what exists is kept")
+    deploy.add_argument("--shipped", type=Path, default=Path("mosquitto"), help="the "
+                        "repository's mosquitto/ directory (default: mosquitto)")
     export = parser.add_argument_group("export")
     export.add_argument("--device", help="export this device only (default: the whole fleet)")
     export.add_argument("--start", default="24h", help="ISO 8601 time or an age such as 90m, "
@@ -407,6 +419,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "init-deploy":
+        if args.dir is None:
+            print("fleetpulse-hub init-deploy needs --dir DIR.", file=sys.stderr)
+            return 2
+        from hub.deploy import run_init_deploy
+
+        return run_init_deploy(args.dir, args.shipped)
     try:
         settings = settings_from_args(HubSettings, args, DEFAULT_CONFIG)
     except ConfigError as exc:

@@ -5,6 +5,11 @@ RSS to the agent, which must stay small on a Pi Zero. Each setting is one datacl
 whose metadata holds its help text and an optional check; every problem found becomes
 one line of a :class:`~shared.errors.ConfigError`, so a wrong config stops the process
 before any connection with a message that says what to fix.
+
+A secret (password, token, database URL) may also come from a file named by
+``FLEETPULSE_<NAME>_FILE``, the convention of container images (the postgres image's
+``POSTGRES_PASSWORD_FILE``): docker-compose.yml hands the hub the secrets its init
+service generated that way, so they never appear in ``docker inspect``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from shared.errors import ConfigError
 from shared.topics import DEFAULT_PREFIX, is_valid_device_id, is_valid_prefix
@@ -137,6 +142,7 @@ class HubSettings:
     broker_ca_file: Path | None = setting(None, "CA certificate to verify an mqtts:// broker")
     db: Secret | None = setting(None, "PostgreSQL URL (a Supabase connection string works); "
                                 "default: an embedded PostgreSQL under data_dir", _check_db_url)
+    db_password: Secret | None = setting(None, "Database password (overrides the URL's)")
     data_dir: Path = setting(default_state_dir("fleetpulse-hub"),
                              "Directory of the embedded PostgreSQL")
     topic_prefix: str = setting(DEFAULT_PREFIX, "First level of every topic", _check_prefix)
@@ -168,6 +174,9 @@ class HubSettings:
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",
                                    _positive)
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    deploy_dir: Path | None = setting(None, "Secrets made by `fleetpulse-hub init-deploy` "
+                                      "(docker-compose.yml); the hub logs at start how to "
+                                      "read them and add a device")
 
 
 S = TypeVar("S", AgentSettings, HubSettings)
@@ -175,6 +184,33 @@ S = TypeVar("S", AgentSettings, HubSettings)
 
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
+
+
+def is_secret(tp: Any) -> bool:
+    """Tell whether a field's type is Secret or Secret | None."""
+    return tp is Secret or Secret in typing.get_args(tp)
+
+
+def with_password(url: str, password: str | None) -> str:
+    """Return a postgresql:// ``url`` with ``password`` in place of the URL's own (pure)."""
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _read_secret_file(path: str) -> str:
+    """Return the secret in ``path`` without its final line break; raise ValueError."""
+    try:
+        value = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path} ({exc.strerror})") from exc
+    if not value:
+        raise ValueError(f"{path} is empty")
+    return value
 
 
 def _convert(raw: Any, tp: Any) -> Any:
@@ -241,7 +277,15 @@ def load_settings(cls: type[S], *, file: Path | None = None,
             else:
                 raw[key] = (f"{file}: {key}", value)
     for name in fields:
-        if env_name(name) in environ:
+        file_variable = env_name(name) + "_FILE"
+        if environ.get(env_name(name)):  # a value given directly wins over a _FILE
+            raw[name] = (env_name(name), environ[env_name(name)])
+        elif is_secret(hints[name]) and environ.get(file_variable):
+            try:
+                raw[name] = (file_variable, _read_secret_file(environ[file_variable]))
+            except ValueError as exc:
+                problems.append(f"{file_variable}: {exc}.")
+        elif env_name(name) in environ:
             raw[name] = (env_name(name), environ[env_name(name)])
     for name, value in (flags or {}).items():
         if value is not None and name in fields:

@@ -128,7 +128,8 @@ class PostgresServer:
         # postmaster's own and SIGKILL reaches it (runuser would not pass SIGKILL on).
         return {"user": PG_USER, "group": PG_USER, "extra_groups": []} if self._as_root else {}
 
-    def init(self) -> PostgresServer:
+    def init(self, *initdb_args: str) -> PostgresServer:
+        """Make the cluster; ``initdb_args`` come last, so they override the defaults."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self._as_root:
             shutil.chown(self.workdir, PG_USER, PG_USER)
@@ -139,7 +140,7 @@ class PostgresServer:
                     break
                 parent.chmod(parent.stat().st_mode | 0o011)
         subprocess.run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8", "--no-sync"], cwd=self.workdir,
+                        "--auth=trust", "-E", "UTF8", "--no-sync", *initdb_args], cwd=self.workdir,
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        **self._as_user())  # type: ignore[call-overload]
         return self

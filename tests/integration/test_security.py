@@ -108,11 +108,13 @@ class ShippedBroker(MosquittoServer):
         wait_for(lambda: self.log().count("Reloading config") > before, 10, "the reload")
 
 
-def rewrite_shipped_conf(text: str, workdir: Path, port: int, tls_port: int) -> str:
-    """Point the shipped config at ``workdir`` and free loopback ports; fail if its shape
-    changed so that a rewrite no longer applies."""
+def rewrite_shipped_conf(text: str, workdir: Path, port: int, tls_port: int,
+                         config_dir: Path | None = None) -> str:
+    """Point the shipped config at ``workdir`` (its files at ``config_dir``, default
+    ``workdir/config``) and free loopback ports; fail if its shape changed so that a
+    rewrite no longer applies."""
     rewrites = [
-        ("/mosquitto/config/", f"{workdir}/config/"),
+        ("/mosquitto/config/", f"{config_dir or workdir / 'config'}/"),
         ("/mosquitto/data/", f"{workdir}/data/"),
         ("\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n"),
         ("\nlistener 8883\n", f"\nlistener {tls_port} 127.0.0.1\n"),

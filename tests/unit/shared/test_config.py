@@ -70,3 +70,55 @@ def test_broker_urls_with_tls_credentials_and_default_ports():
     assert isinstance(tls.password, Secret) and tls.password.reveal() == "p:ss"
     with pytest.raises(ValueError, match="port"):
         parse_broker_url("mqtt://host:99999")
+
+
+def test_a_secret_comes_from_a_file_named_by_its_file_variable(tmp_path):
+    (tmp_path / "password").write_text("s3cret-from-file\n")
+    (tmp_path / "token").write_text("tok\r\n")
+    settings = load_settings(HubSettings, environ={
+        "FLEETPULSE_BROKER_PASSWORD_FILE": str(tmp_path / "password"),
+        "FLEETPULSE_API_TOKEN_FILE": str(tmp_path / "token"),
+        "FLEETPULSE_DB_PASSWORD_FILE": str(tmp_path / "password")})
+    assert settings.broker_password.reveal() == "s3cret-from-file"
+    assert settings.api_token.reveal() == "tok"
+    assert settings.db_password.reveal() == "s3cret-from-file"
+    agent = load_settings(AgentSettings, environ={
+        "FLEETPULSE_BROKER_PASSWORD_FILE": str(tmp_path / "password")})
+    assert agent.broker_password.reveal() == "s3cret-from-file"
+
+
+def test_a_value_given_directly_wins_over_the_file_and_an_empty_one_does_not(tmp_path):
+    (tmp_path / "password").write_text("from-file")
+    env = {"FLEETPULSE_BROKER_PASSWORD_FILE": str(tmp_path / "password")}
+    given = load_settings(HubSettings, environ={**env, "FLEETPULSE_BROKER_PASSWORD": "direct"})
+    assert given.broker_password.reveal() == "direct"
+    empty = load_settings(HubSettings, environ={**env, "FLEETPULSE_BROKER_PASSWORD": ""})
+    assert empty.broker_password.reveal() == "from-file"
+
+
+def test_a_missing_or_empty_secret_file_is_one_line_and_no_file_variable_for_others(
+        tmp_path):
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(HubSettings, environ={
+            "FLEETPULSE_BROKER_PASSWORD_FILE": str(tmp_path / "missing"),
+            "FLEETPULSE_API_TOKEN_FILE": str(tmp_path / "empty")})
+    assert caught.value.problems == [
+        f"FLEETPULSE_BROKER_PASSWORD_FILE: cannot read {tmp_path / 'missing'} (No such file "
+        "or directory).",
+        f"FLEETPULSE_API_TOKEN_FILE: {tmp_path / 'empty'} is empty."]
+    # Only secrets: a _FILE of an ordinary setting is not read.
+    (tmp_path / "url").write_text("mqtt://elsewhere:1883")
+    plain = load_settings(HubSettings, environ={"FLEETPULSE_BROKER_URL_FILE":
+                                                str(tmp_path / "url")})
+    assert plain.broker_url == "mqtt://localhost:1883"
+
+
+def test_with_password_replaces_the_urls_password_and_quotes_it():
+    from shared.config import with_password
+
+    assert with_password("postgresql://fleetpulse@db:5432/fleetpulse", "a/b@c:d") == \
+        "postgresql://fleetpulse:a%2Fb%40c%3Ad@db:5432/fleetpulse"
+    assert with_password("postgresql://u:old@h/d?sslmode=require", "new") == \
+        "postgresql://u:new@h/d?sslmode=require"
+    assert with_password("postgresql://u:old@h/d", None) == "postgresql://u:old@h/d"
