@@ -99,8 +99,17 @@ def setting(default: Any, help: str, check: Callable[[Any], None] | None = None)
     return field(default=default, metadata={"help": help, "check": check})
 
 
-def default_state_dir(name: str) -> Path:
-    """Return ``/var/lib/<name>`` for root (a service), else ``~/.local/state/<name>``."""
+def default_state_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Return the state directory systemd made for a service ``name``, else
+    ``/var/lib/<name>`` for root, else ``~/.local/state/<name>``.
+
+    systemd's ``StateDirectory=<name>`` sets ``$STATE_DIRECTORY`` (a ``:``-separated list
+    when a unit names several); the one that ends in ``name`` is ours.
+    """
+    environ = os.environ if environ is None else environ
+    for path in environ.get("STATE_DIRECTORY", "").split(":"):
+        if path and Path(path).name == name:
+            return Path(path)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib") / name
     return Path.home() / ".local" / "state" / name
