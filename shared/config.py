@@ -68,6 +68,11 @@ def _check_broker_url(value: str) -> None:
     parse_broker_url(value)
 
 
+def _check_public_url(value: str | None) -> None:
+    if value is not None:
+        parse_broker_url(value)
+
+
 def _check_prefix(value: str) -> None:
     if not is_valid_prefix(value):
         raise ValueError(f"{value!r} is not a usable topic prefix (no '+', '#', empty levels "
@@ -144,6 +149,9 @@ class HubSettings:
     broker_username: str | None = setting(None, "Broker user name (overrides the URL's)")
     broker_password: Secret | None = setting(None, "Broker password (overrides the URL's)")
     broker_ca_file: Path | None = setting(None, "CA certificate to verify an mqtts:// broker")
+    public_broker_url: str | None = setting(None, "Broker URL the devices use (add-device "
+                                            "prints it); default: broker_url with this "
+                                            "machine's name for localhost", _check_public_url)
     db: Secret | None = setting(None, "PostgreSQL URL (a Supabase connection string works); "
                                 "default: an embedded PostgreSQL under data_dir", _check_db_url)
     data_dir: Path = setting(default_state_dir("fleetpulse-hub"),
