@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import pytest
 
 from agent.collect import Collector, Sample
 from agent.main import Agent
+from agent.service import unit_template
 from shared.config import AgentSettings
 from tests.integration.test_security import Client
 from tests.processes import agent as agent_process
@@ -331,3 +333,75 @@ def test_sigterm_makes_the_agent_say_stopping(broker: MosquittoServer, notify: N
     finally:
         code = agent.stop()
     assert code == 0
+
+
+def _syscall_group(name: str) -> set[str]:
+    """The system calls of a systemd group such as @system-service, nested groups expanded."""
+    listed = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True,
+                            text=True, check=True, timeout=60).stdout.splitlines()[1:]
+    calls: set[str] = set()
+    for line in (entry.strip() for entry in listed):
+        if line.startswith("@"):
+            calls |= _syscall_group(line)
+        elif line and not line.startswith("#"):
+            calls.add(line)
+    return calls
+
+
+def _unit_value(key: str) -> list[str]:
+    values = [line.split("=", 1)[1] for line in unit_template().splitlines()
+              if line.startswith(key + "=")]
+    assert len(values) == 1, (key, values)
+    return values[0].split()
+
+
+def test_the_agent_fits_the_units_sandbox_system_calls_address_families_and_writes(
+        broker: MosquittoServer, private_dir: Path, prefix: str) -> None:
+    """Run the real agent (collecting, publishing, spooling) under strace and check that
+    everything it does is allowed by the unit's SystemCallFilter=, RestrictAddressFamilies=
+    and ProtectSystem=strict (writes only in its state directory), which cannot be tried
+    under systemd here."""
+    trace = private_dir / "strace.txt"
+    state = private_dir / "state"
+    watcher = Client(broker.port, f"watch-{prefix}").connect().subscribe(f"{prefix}/#")
+    env = base_env(broker_url=broker.url, topic_prefix=prefix, device_id="sandboxed",
+                   interval_s="0.2", spool_flush_s="0.5", state_dir=str(state))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the venv's .pyc files are written by pip
+    agent = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), "-e", "signal=none",
+                              sys.executable, "-m", "agent.main", "run"], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: watcher.topics().count(f"{prefix}/sandboxed/metrics") >= 3, 60,
+                 "readings through the broker")
+    finally:
+        # strace blocks fatal signals while it traces (-o FILE PROG): stop the agent itself.
+        traced = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+        for pid in traced:
+            os.kill(int(pid), signal.SIGTERM)
+        agent.wait(60)
+        watcher.stop()
+    assert traced and agent.returncode == 0
+    calls, families, writes = set(), set(), set()
+    for line in trace.read_text().splitlines():
+        call = re.match(r"\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", line)
+        if call:
+            calls.add(call.group(1))
+        family = re.search(r"socket\((AF_[A-Z0-9]+)", line)
+        if family:
+            families.add(family.group(1))
+        written = re.search(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)", [^)]*O_(?:WRONLY|RDWR|CREAT)',
+                            line)
+        made = re.search(r'(?:mkdir|rename|unlink)(?:at)?\((?:AT_FDCWD, )?"([^"]+)"', line)
+        for match in (written, made):
+            if match and " = -1 " not in line:
+                writes.add(match.group(1))
+    assert "execve" in calls and "sendto" in calls  # the trace saw the agent at work
+
+    filters = _unit_value("SystemCallFilter")
+    allowed = set().union(*(_syscall_group(f) if f.startswith("@") else {f} for f in filters))
+    assert calls - allowed == set()
+    assert families - set(_unit_value("RestrictAddressFamilies")) == set()
+    assert "AF_INET" in families  # it did connect over TCP
+    outside = {w for w in writes if not (Path(w).is_relative_to(state) or w == "/dev/null"
+                                         or Path(w).is_relative_to("/tmp"))}
+    assert outside == set()
