@@ -405,3 +405,63 @@ def test_the_agent_fits_the_units_sandbox_system_calls_address_families_and_writ
     outside = {w for w in writes if not (Path(w).is_relative_to(state) or w == "/dev/null"
                                          or Path(w).is_relative_to("/tmp"))}
     assert outside == set()
+
+
+# What the unit's file-system options do, emulated in a private mount namespace: every
+# mount read-only but the state directory (ProtectSystem=strict + StateDirectory=; /home
+# included: ProtectHome=read-only), /sys and /proc/sys read-only (ProtectKernelTunables=),
+# then an unprivileged user with the video group (User=, SupplementaryGroups=video).
+# HIDE_PROC=1 mounts /proc as ProcSubset=pid does, to show why the unit must not.
+SANDBOX = r"""
+set -e
+state=$1; shift
+mount --bind "$state" "$state"
+awk '{print $2}' /proc/self/mounts | sort -u | while read -r m; do
+  case "$m" in /proc|/proc/*|/dev|/dev/*|/sys|/sys/*|"$state") continue;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+mount -o remount,bind,ro /sys
+mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys
+[ -z "${HIDE_PROC:-}" ] || mount -t proc -o subset=pid proc /proc
+exec setpriv --reuid=65534 --regid=65534 --groups=44 -- "$@"
+"""
+
+
+def _paths(value: object, path: str = "") -> dict[str, bool]:
+    """Every path in a reading's JSON, and whether its value is null."""
+    found = {path: value is None}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found |= _paths(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found |= _paths(item, f"{path}[{i}]")
+    return found
+
+
+def _once(private_dir: Path, name: str, sandbox: dict[str, str] | None
+          ) -> subprocess.CompletedProcess[str]:
+    state = private_dir / name
+    state.mkdir()
+    args = [sys.executable, "-m", "agent.main", "once", "--device-id", "sandboxed",
+            "--state-dir", str(state)]
+    env = base_env()
+    if sandbox is not None:
+        os.chown(state, 65534, 65534)
+        (private_dir / "sandbox.sh").write_text(SANDBOX)
+        args = ["unshare", "--mount", "--propagation", "private", "sh",
+                str(private_dir / "sandbox.sh"), str(state), *args]
+        env |= sandbox
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_every_metric_stays_readable_by_the_service_user_in_the_units_file_sandbox(
+        private_dir: Path) -> None:
+    plain = _once(private_dir, "plain", None)
+    sandboxed = _once(private_dir, "sandboxed", {})
+    assert plain.returncode == 0 and sandboxed.returncode == 0, sandboxed.stderr
+    # The same fields, and null in the same places (the platform's, not the sandbox's).
+    assert _paths(json.loads(sandboxed.stdout)) == _paths(json.loads(plain.stdout))
+    # The control: /proc as ProcSubset=pid leaves it has no /proc/stat for psutil.
+    hidden = _once(private_dir, "hidden", {"HIDE_PROC": "1"})
+    assert hidden.returncode != 0 and "/proc/stat" in hidden.stderr
