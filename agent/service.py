@@ -105,10 +105,13 @@ class Target:
     """Where to install: ``root`` is "/" for this machine."""
 
     root: Path
+    booted: bool | None = None  # None: find out (tests say)
 
     @property
     def live(self) -> bool:
         """True when installing into the running system and systemd runs it (sd_booted)."""
+        if self.booted is not None:
+            return self.booted
         return self.root == Path("/") and Path("/run/systemd/system").is_dir()
 
     def path(self, relative: Path) -> Path:
@@ -266,8 +269,11 @@ def install_service(target: Target, executable: Path, config_from: str | None,
     _say(f"Wrote {unit} (ExecStart={executable} run).")
     if target.live:
         _systemctl(target, "daemon-reload")
-        _systemctl(target, "enable", *(["--now"] if start else []), UNIT_NAME)
-        _say(f"Enabled {UNIT_NAME}" + (" and started it." if start else
+        _systemctl(target, "enable", UNIT_NAME)
+        if start:
+            # restart, not start: after an upgrade the running agent must load the new code.
+            _systemctl(target, "restart", UNIT_NAME)
+        _say(f"Enabled {UNIT_NAME}" + (" and (re)started it." if start else
                                           "; not started (--no-start)."))
         _say(CHECK_HINT)
         return

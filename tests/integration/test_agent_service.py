@@ -212,10 +212,12 @@ def test_the_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> Non
                       'broker_ca_file = "/etc/fleetpulse/ca.crt"\n')
     root = tmp_path / "root"
     result = subprocess.run([sys.executable, "-m", "agent.main", "install-service", "--root",
-                             str(root), "--config-from", str(config), "--ca-file",
+                             str(root), "--config-from", "-", "--ca-file",
                              str(_fake_ca(tmp_path / "ca.crt"))], cwd=REPO, env=base_env(),
-                            capture_output=True, text=True, timeout=60)
+                            input=config.read_text(), capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
+    assert (root / "etc/fleetpulse/agent.toml").read_text() == config.read_text()  # stdin
     assert "WARNING" not in result.stdout  # the CA the config names was installed
     unit = root / "etc/systemd/system" / UNIT
     assert Path(sys.executable).parent.joinpath("fleetpulse-agent").exists()

@@ -16,8 +16,10 @@ from agent.service import (
     Target,
     find_agent_executable,
     install_config,
+    install_service,
     render_unit,
     run_service_command,
+    uninstall_service,
     unit_template,
 )
 
@@ -130,3 +132,32 @@ def test_the_config_is_written_private_and_an_existing_one_is_kept(
     assert 'pi-1' in config.read_text()  # kept
     assert stat.S_IMODE(config.stat().st_mode) == 0o600  # but made private again
     assert "kept it" in capsys.readouterr().out
+
+
+def test_on_a_running_systemd_install_reloads_enables_and_restarts_and_uninstall_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A systemctl that records its arguments, as systemd as PID 1 cannot run here.
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    source = tmp_path / "in.toml"
+    source.write_text('device_id = "pi-1"\n')
+    target = Target(tmp_path / "root", booted=True)
+    install_service(target, Path("/opt/fleetpulse/venv/bin/fleetpulse-agent"), str(source),
+                    None, start=True)
+    # (With --root=<the test's root> first, as the target is not "/".)
+    assert [line.split()[1:] for line in calls.read_text().splitlines()] == [
+        ["daemon-reload"], ["enable", "fleetpulse-agent.service"],
+        ["restart", "fleetpulse-agent.service"]]  # restart: an upgrade runs the new code
+    out = capsys.readouterr().out
+    assert "systemctl status fleetpulse-agent" in out and "journalctl -u fleetpulse-agent" in out
+    calls.unlink()
+    uninstall_service(target, purge=False)
+    assert [line.split()[1:] for line in calls.read_text().splitlines()] == [
+        ["disable", "--now", "fleetpulse-agent.service"], ["daemon-reload"]]
+    assert target.path(CONFIG_FILE).exists()
