@@ -78,7 +78,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 echo "Installing ${PACKAGE:-fleetpulse from the package index} into $VENV."
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-    "${PACKAGE:-fleetpulse}"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" --upgrade "${PACKAGE:-fleetpulse}"
+if [ -n "$PACKAGE" ]; then
+    # pip keeps an installed copy of the same version; a rebuilt file must replace it.
+    "${PIP[@]}" --no-deps --force-reinstall "$PACKAGE"
+fi
 
 exec "$VENV/bin/fleetpulse-agent" install-service "${SERVICE_ARGS[@]}"

@@ -289,13 +289,18 @@ def test_install_script_from_a_wheel_into_a_venv_and_root_then_uninstall(
     assert once.returncode == 0, once.stderr
     assert json.loads(once.stdout)["device_id"] == "pi-5"
 
-    # Again: an upgrade in place keeps the config.
+    # Again: an upgrade in place replaces the code (even of the same version) and keeps
+    # the config.
+    installed_module = Path(where.stdout.strip()).parent / "notify.py"
+    pristine = installed_module.read_text()
+    installed_module.write_text(pristine + "# changed on the device\n")
     config.write_text('device_id = "other"\n')
     again = subprocess.run(["bash", str(REPO / "deploy/install-agent.sh"), "--config",
                             str(config), "--venv", str(venv), "--root", str(root), str(wheel)],
                            env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "pi-5" in installed.read_text()
+    assert installed_module.read_text() == pristine
 
     gone = subprocess.run([str(agent_exe), "uninstall-service", "--root", str(root)],
                           capture_output=True, text=True, timeout=60, env=base_env())
