@@ -1,6 +1,15 @@
+from pathlib import Path
+
 import pytest
 
-from shared.config import AgentSettings, HubSettings, Secret, load_settings, parse_broker_url
+from shared.config import (
+    AgentSettings,
+    HubSettings,
+    Secret,
+    default_state_dir,
+    load_settings,
+    parse_broker_url,
+)
 from shared.errors import ConfigError
 
 
@@ -70,3 +79,11 @@ def test_broker_urls_with_tls_credentials_and_default_ports():
     assert isinstance(tls.password, Secret) and tls.password.reveal() == "p:ss"
     with pytest.raises(ValueError, match="port"):
         parse_broker_url("mqtt://host:99999")
+
+
+def test_the_state_directory_systemd_made_for_the_service_is_the_default() -> None:
+    made = {"STATE_DIRECTORY": "/var/lib/other:/var/lib/fleetpulse-agent"}
+    assert default_state_dir("fleetpulse-agent", made) == Path("/var/lib/fleetpulse-agent")
+    # Another unit's state directory is not ours.
+    assert default_state_dir("fleetpulse-agent", {"STATE_DIRECTORY": "/var/lib/other"}) \
+        != Path("/var/lib/other")
