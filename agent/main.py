@@ -2,6 +2,7 @@
 
     fleetpulse-agent once     print one reading as JSON and exit
     fleetpulse-agent run      publish a reading every interval until stopped
+    fleetpulse-agent install-service / uninstall-service   run it under systemd
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from types import FrameType
 from agent.collect import Collector, Sample
 from agent.encode import build_meta, build_metrics, encode
 from agent.identity import default_device_id
+from agent.notify import Notifier, StatusTracker
 from agent.publish import Outbox
+from agent.service import COMMANDS as SERVICE_COMMANDS
+from agent.service import add_service_arguments, run_service_command
 from agent.spool import Reading, Spool
 from shared import __version__
 from shared.config import AgentSettings, add_setting_flags, parse_broker_url, settings_from_args
 from shared.errors import ConfigError
-from shared.mqtt import MqttConnection, Will
+from shared.mqtt import MqttConnection, Will, describe_broker
 from shared.schema import STATUS_OFFLINE, STATUS_ONLINE
 from shared.topics import meta_topic, metrics_topic, status_topic
 
@@ -82,6 +86,9 @@ class Agent:
         self._meta_dropped = -1
         self._spool_readings = len(self.spool)
         self._spool_dropped = self.spool.dropped
+        # systemd's notify socket and watchdog (a no-op when not run by systemd).
+        self.notifier = Notifier()
+        self._health = StatusTracker(describe_broker(self.mqtt.address), time.time())
 
     def _meta_payload(self) -> bytes:
         # Called from on_connected too: use the counts the main loop noted, not the spool.
@@ -107,6 +114,16 @@ class Agent:
         self._prev = sample
         return encode(message)
 
+    def _report(self, now: float) -> None:
+        # From the loop itself: if the loop hangs, the pings stop and systemd restarts us.
+        self.notifier.watchdog(now)
+        if self.notifier.enabled:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return self._health.line(connected=self.mqtt.connected, spool_readings=len(self.spool),
+                                 now_epoch_s=time.time())
+
     def run(self) -> None:
         interval = self.settings.interval_s
         log.info("fleetpulse-agent %s: device %s, every %g s, to %s; %d readings spooled.",
@@ -130,6 +147,8 @@ class Agent:
                     self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload),
                                        now)
                 tick = next_tick(tick, interval, time.monotonic())
+                if self._seq == 1:
+                    self.notifier.ready(self._status_line())  # the first reading is taken
             self.outbox.pump(time.monotonic(), time.time())
             if now - last_meta_check >= META_CHECK_S:
                 last_meta_check = now
@@ -139,10 +158,14 @@ class Agent:
             wait = tick - time.monotonic()
             if self.mqtt.connected and len(self.spool):
                 wait = min(wait, REPLAY_PUMP_S)
-            self.stop_event.wait(max(0.0, min(wait, self.mqtt.service_due_in())))
+            self._report(time.monotonic())
+            wait = min(wait, self.mqtt.service_due_in(),
+                       self.notifier.watchdog_due_in(time.monotonic()))
+            self.stop_event.wait(max(0.0, wait))
         self._shutdown()
 
     def _shutdown(self) -> None:
+        self.notifier.stopping()
         if self.mqtt.connected:
             self.mqtt.publish(self._status_topic, STATUS_OFFLINE.encode(), qos=1, retain=True)
             deadline = time.monotonic() + 2.0
@@ -157,22 +180,27 @@ class Agent:
                  len(self.spool))
         self.mqtt.stop()
         self.spool.close()
+        self.notifier.close()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse-agent",
                                      description="Publish this machine's metrics over MQTT.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "once"], help="run: publish every "
-                        "interval; once: print one reading as JSON")
+    parser.add_argument("command", choices=["run", "once", *SERVICE_COMMANDS],
+                        help="run: publish every interval; once: print one reading as JSON; "
+                        "install-service / uninstall-service: run under systemd")
     parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
                         "exists, or FLEETPULSE_CONFIG)")
     add_setting_flags(parser, AgentSettings)
+    add_service_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in SERVICE_COMMANDS:
+        return run_service_command(args)
     try:
         settings = settings_from_args(AgentSettings, args, DEFAULT_CONFIG)
     except ConfigError as exc:

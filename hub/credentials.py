@@ -18,10 +18,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -127,6 +129,65 @@ def agent_broker_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
+                            "ip6-loopback"})
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` names this machine only (localhost, 127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES or host.endswith(".localhost")
+
+
+@dataclass(frozen=True)
+class DeviceBrokerUrl:
+    url: str  # without credentials
+    source: str  # for the operator: where the URL came from
+    warning: str | None  # set when the device probably cannot reach it
+
+
+def _with_host(url: str, host: str) -> str:
+    parts = urlsplit(url)
+    shown = f"[{host}]" if ":" in host else host
+    netloc = f"{shown}:{parts.port}" if parts.port else shown
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def device_broker_url(hub_url: str, *, public_url: str | None, explicit: bool,
+                      host_names: list[str]) -> DeviceBrokerUrl:
+    """Choose the broker URL a new device is told to use.
+
+    ``--broker-url`` given on the command line (``explicit``) wins, then the hub's
+    ``public_broker_url``; otherwise the hub's own broker URL, whose host, if it is this
+    machine's loopback, becomes the first of ``host_names`` (FQDN, host name) that is not.
+    Scheme and port stay the hub's.
+    """
+    def warning(what: str, host: str) -> str:
+        return (f"WARNING: {what} names {host}, which a device reads as itself: set "
+                "public_broker_url (FLEETPULSE_PUBLIC_BROKER_URL) to an address the devices "
+                "can reach, or pass --broker-url.")
+
+    if explicit or public_url is None:
+        url = agent_broker_url(hub_url)
+        source = "--broker-url" if explicit else "the hub's broker_url"
+    else:
+        url, source = agent_broker_url(public_url), "public_broker_url"
+    host = urlsplit(url).hostname or ""
+    if not is_loopback(host):
+        return DeviceBrokerUrl(url, source, None)
+    if explicit or public_url is not None:
+        return DeviceBrokerUrl(url, source, warning(source, host))
+    for name in host_names:
+        if name and not is_loopback(name):
+            return DeviceBrokerUrl(_with_host(url, name), "this machine's name with the hub's "
+                                   "broker scheme and port", None)
+    return DeviceBrokerUrl(url, source, warning("the hub's broker_url (and this machine has "
+                                                "no other name)", host))
 
 
 def _toml_string(value: str) -> str:
@@ -247,9 +308,18 @@ _RELOAD_HINT = ("Reload the broker so it reads the file: systemctl reload mosqui
                 "kill -HUP <pid of mosquitto>, or docker-compose kill -s SIGHUP mosquitto.")
 
 
+def host_names() -> list[str]:
+    """Return this machine's fully qualified name and its host name."""
+    return [socket.getfqdn(), socket.gethostname()]
+
+
 def run_add_device(device_id: str, path: Path, settings: HubSettings,
-                   reload_pid: int | None) -> int:
-    """``fleetpulse-hub add-device``: agent TOML to stdout, what to do next to stderr."""
+                   reload_pid: int | None, *, explicit_url: bool = False) -> int:
+    """``fleetpulse-hub add-device``: agent TOML to stdout, what to do next to stderr.
+
+    Args:
+        explicit_url: ``--broker-url`` was given on the command line: use it as it is.
+    """
     try:
         password = add_device(path, device_id)
         if reload_pid is not None:
@@ -257,14 +327,20 @@ def run_add_device(device_id: str, path: Path, settings: HubSettings,
     except ConfigError as exc:
         print("Cannot add the device: " + " ".join(exc.problems), file=sys.stderr)
         return 1
-    config = agent_config(device_id, password, settings.broker_url)  # URL checked at load
+    chosen = device_broker_url(settings.broker_url, public_url=settings.public_broker_url,
+                               explicit=explicit_url, host_names=host_names())
+    config = agent_config(device_id, password, chosen.url)  # URLs checked at load
     sys.stdout.write(format_agent_toml(config))
-    notes = [f"Added broker account {device_id!r} to {path}."]
+    notes = [f"Added broker account {device_id!r} to {path}.",
+             f"The device will connect to {chosen.url} ({chosen.source})."]
+    if chosen.warning:
+        notes.append(chosen.warning)
     notes.append(f"Sent SIGHUP to the broker (pid {reload_pid}): the account works now."
                  if reload_pid is not None else _RELOAD_HINT)
     if config.ca_file is not None:
-        notes.append(f"Copy the broker's CA certificate ({settings.broker_ca_file or 'ca.crt'})"
-                     f" to {config.ca_file} on the device.")
+        ca = settings.broker_ca_file or "the CA certificate that signed the broker's"
+        notes.append(f"Copy the broker's CA certificate ({ca}) to {config.ca_file} on the "
+                     "device, or give it to: fleetpulse-agent install-service --ca-file FILE.")
     else:
         notes.append("The password crosses the network in clear text over mqtt://; use "
                      "mqtts:// (port 8883) beyond a trusted LAN.")

@@ -445,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
             return 2
         if args.command == "add-device":
-            return run_add_device(args.device_id, args.password_file, settings, args.reload_pid)
+            return run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
+                                  explicit_url=args.broker_url is not None)
         return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
     store = Store(database_url(settings))
     try:

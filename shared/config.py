@@ -73,6 +73,11 @@ def _check_broker_url(value: str) -> None:
     parse_broker_url(value)
 
 
+def _check_public_url(value: str | None) -> None:
+    if value is not None:
+        parse_broker_url(value)
+
+
 def _check_prefix(value: str) -> None:
     if not is_valid_prefix(value):
         raise ValueError(f"{value!r} is not a usable topic prefix (no '+', '#', empty levels "
@@ -104,8 +109,17 @@ def setting(default: Any, help: str, check: Callable[[Any], None] | None = None)
     return field(default=default, metadata={"help": help, "check": check})
 
 
-def default_state_dir(name: str) -> Path:
-    """Return ``/var/lib/<name>`` for root (a service), else ``~/.local/state/<name>``."""
+def default_state_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Return the state directory systemd made for a service ``name``, else
+    ``/var/lib/<name>`` for root, else ``~/.local/state/<name>``.
+
+    systemd's ``StateDirectory=<name>`` sets ``$STATE_DIRECTORY`` (a ``:``-separated list
+    when a unit names several); the one that ends in ``name`` is ours.
+    """
+    environ = os.environ if environ is None else environ
+    for path in environ.get("STATE_DIRECTORY", "").split(":"):
+        if path and Path(path).name == name:
+            return Path(path)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib") / name
     return Path.home() / ".local" / "state" / name
@@ -140,6 +154,9 @@ class HubSettings:
     broker_username: str | None = setting(None, "Broker user name (overrides the URL's)")
     broker_password: Secret | None = setting(None, "Broker password (overrides the URL's)")
     broker_ca_file: Path | None = setting(None, "CA certificate to verify an mqtts:// broker")
+    public_broker_url: str | None = setting(None, "Broker URL the devices use (add-device "
+                                            "prints it); default: broker_url with this "
+                                            "machine's name for localhost", _check_public_url)
     db: Secret | None = setting(None, "PostgreSQL URL (a Supabase connection string works); "
                                 "default: an embedded PostgreSQL under data_dir", _check_db_url)
     db_password: Secret | None = setting(None, "Database password (overrides the URL's)")

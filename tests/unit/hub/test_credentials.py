@@ -6,17 +6,21 @@ import base64
 import stat
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from hub import credentials
 from hub.credentials import (
     AGENT_CA_FILE,
     add_device,
     agent_broker_url,
     agent_config,
     check_device_id,
+    device_broker_url,
     format_agent_toml,
     hash_password,
+    is_loopback,
     new_password,
     read_password_file,
     remove_user,
@@ -190,3 +194,66 @@ def test_revoke_device_command_fails_for_an_unknown_device(
 def test_hub_cli_needs_a_device_id_for_add_device(capsys: pytest.CaptureFixture[str]) -> None:
     assert hub_main(["add-device"]) == 2
     assert "needs a device id" in capsys.readouterr().err
+
+
+# --- the broker URL a new device is given ------------------------------------------------
+def test_a_localhost_broker_url_becomes_this_machines_name_with_the_hubs_scheme_and_port(
+) -> None:
+    chosen = device_broker_url("mqtts://fleetpulse-hub:pw@localhost:8884", public_url=None,
+                               explicit=False, host_names=["localhost", "hub.lan"])
+    assert chosen.url == "mqtts://hub.lan:8884" and chosen.warning is None
+    chosen = device_broker_url("mqtt://127.0.0.1", public_url=None, explicit=False,
+                               host_names=["ip6-localhost", "pi-hub"])
+    assert chosen.url == "mqtt://pi-hub" and chosen.warning is None
+
+
+def test_the_public_broker_url_wins_over_the_hubs_own() -> None:
+    chosen = device_broker_url("mqtt://localhost:1883", public_url="mqtts://fleet.example:8883",
+                               explicit=False, host_names=["hub.lan"])
+    assert (chosen.url, chosen.source, chosen.warning) == (
+        "mqtts://fleet.example:8883", "public_broker_url", None)
+
+
+def test_an_explicit_broker_url_is_used_as_given() -> None:
+    chosen = device_broker_url("mqtt://10.0.0.5:1883", public_url="mqtts://fleet.example:8883",
+                               explicit=True, host_names=["hub.lan"])
+    assert chosen.url == "mqtt://10.0.0.5:1883" and chosen.warning is None
+
+
+@pytest.mark.parametrize(("hub_url", "public_url", "explicit", "names"), [
+    ("mqtt://localhost:1883", None, False, ["localhost", "localhost.localdomain"]),
+    ("mqtt://[::1]:1883", None, False, ["", "localhost"]),
+    ("mqtt://127.0.0.1:1883", None, True, ["hub.lan"]),  # given by hand: kept, but warned
+    ("mqtt://hub.lan:1883", "mqtt://127.0.1.1:1883", False, ["hub.lan"]),
+])
+def test_a_url_only_this_machine_can_use_comes_with_a_warning(
+        hub_url: str, public_url: str | None, explicit: bool, names: list[str]) -> None:
+    chosen = device_broker_url(hub_url, public_url=public_url, explicit=explicit,
+                               host_names=names)
+    assert is_loopback(urlsplit(chosen.url).hostname or "")
+    assert chosen.warning is not None and chosen.warning.startswith("WARNING: ")
+    assert "public_broker_url" in chosen.warning
+
+
+def test_add_device_with_only_localhost_known_warns_on_stderr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(credentials, "host_names", lambda: ["localhost", "localhost"])
+    assert run_add_device("pi-01", tmp_path / "passwd", HubSettings(), None) == 0
+    out, err = capsys.readouterr()
+    assert tomllib.loads(out)["broker_url"] == "mqtt://localhost:1883"
+    assert [line for line in err.splitlines() if line.startswith("WARNING: ")]
+
+
+def test_add_device_prints_the_ca_path_to_copy_for_mqtts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = HubSettings(broker_url="mqtt://localhost:1883",
+                           public_broker_url="mqtts://fleet.example:8883",
+                           broker_ca_file=Path("/srv/fleetpulse/ca.crt"))
+    assert run_add_device("pi-01", tmp_path / "passwd", settings, None) == 0
+    out, err = capsys.readouterr()
+    table = tomllib.loads(out)
+    assert table["broker_url"] == "mqtts://fleet.example:8883"
+    assert table["broker_ca_file"] == "/etc/fleetpulse/ca.crt"
+    assert "/srv/fleetpulse/ca.crt" in err and "--ca-file" in err
+    assert "WARNING" not in err

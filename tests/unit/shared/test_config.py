@@ -1,6 +1,15 @@
+from pathlib import Path
+
 import pytest
 
-from shared.config import AgentSettings, HubSettings, Secret, load_settings, parse_broker_url
+from shared.config import (
+    AgentSettings,
+    HubSettings,
+    Secret,
+    default_state_dir,
+    load_settings,
+    parse_broker_url,
+)
 from shared.errors import ConfigError
 
 
@@ -122,3 +131,11 @@ def test_with_password_replaces_the_urls_password_and_quotes_it():
     assert with_password("postgresql://u:old@h/d?sslmode=require", "new") == \
         "postgresql://u:new@h/d?sslmode=require"
     assert with_password("postgresql://u:old@h/d", None) == "postgresql://u:old@h/d"
+
+
+def test_the_state_directory_systemd_made_for_the_service_is_the_default() -> None:
+    made = {"STATE_DIRECTORY": "/var/lib/other:/var/lib/fleetpulse-agent"}
+    assert default_state_dir("fleetpulse-agent", made) == Path("/var/lib/fleetpulse-agent")
+    # Another unit's state directory is not ours.
+    assert default_state_dir("fleetpulse-agent", {"STATE_DIRECTORY": "/var/lib/other"}) \
+        != Path("/var/lib/other")
