@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -467,25 +468,38 @@ class HttpServer:
         self._server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=2))
-        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def _serve(self) -> None:
+    def _serve(self, sock: socket.socket) -> None:
         try:
-            self._server.run()
+            self._server.run(sockets=[sock])
         except SystemExit:
-            pass  # uvicorn exits when it cannot bind; start() reports it
+            pass  # uvicorn exits when it cannot serve; start() reports it
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start listening; raise OSError with a clear message when it cannot."""
+        # Bound here, not by uvicorn: a busy port is then one error of ours (uvicorn would
+        # log its own line first), raised before the hub goes on to the broker.
+        try:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as exc:
+            raise OSError(f"cannot serve HTTP on {self.host}:{self.port} ({exc.strerror or exc}"
+                          "); set http_port to a free port (0: no HTTP) or http_host to an "
+                          "address of this machine") from exc
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="http",
+                                        daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"cannot serve HTTP on {self.host}:{self.port} (in use, or not "
-                              "an address of this machine?); set http_port (0: no HTTP)")
+                sock.close()
+                raise OSError(f"cannot serve HTTP on {self.host}:{self.port}; set http_port "
+                              "(0: no HTTP)")
             time.sleep(0.02)
         log.info("Dashboard and API on http://%s:%d/.", self.host, self.port)
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)

@@ -70,7 +70,11 @@ def database_url(settings: HubSettings) -> str:
 
 
 def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
-    """Connect and migrate, waiting (one log line) while the database is unreachable."""
+    """Connect and migrate, waiting (one log line) while the database is unreachable.
+
+    Raise the StoreError when the server refuses the login or the database for good (wrong
+    role, password or database name): waiting would not fix a setting.
+    """
     store = Store(database_url(settings),
                   quarantine_payload_bytes=settings.quarantine_payload_bytes)
     attempt = 0
@@ -83,6 +87,9 @@ def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
                 log.warning("Database reachable again.")
             return store
         except StoreError as exc:
+            if exc.refused:
+                store.close()
+                raise
             attempt += 1
             if attempt == 1:
                 log.error("Cannot use the database: %s. Check --db / FLEETPULSE_DB; "
@@ -273,7 +280,11 @@ def run(settings: HubSettings) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
-    store = open_store(settings, stop)
+    try:
+        store = open_store(settings, stop)
+    except StoreError as exc:
+        log.error("Cannot use the database: %s. Check --db / FLEETPULSE_DB.", exc)
+        return 1
     if store is None:
         return 0
     inbox = Inbox()
@@ -289,14 +300,17 @@ def run(settings: HubSettings) -> int:
     watching = threading.Thread(target=watch, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
                                       stop))
-    receiver.start()
     try:
+        # Whatever can fail at start (the database above, the HTTP port here) is checked
+        # before connecting to the broker: the first connect creates the persistent session,
+        # which the broker would keep (and fill) for session_expiry_s after a failed start.
         if settings.http_port:
             try:
                 http = start_http(settings, pool, receiver, inbox, stats, rules)
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
+        receiver.start()
         watching.start()
         ingest(inbox, receiver, store, settings, stop, stats)
     finally:

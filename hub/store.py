@@ -50,12 +50,42 @@ def classify(exc: Exception) -> StoreError:
     state = getattr(exc, "sqlstate", None) or ""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, psycopg.OperationalError) and not state:
+        refused = refused_login(str(exc))
+        if refused is not None:
+            # "connection failed: connection to server at …, port … failed: FATAL:  why"
+            where, _, why = message.rpartition("FATAL:")
+            server = where.removeprefix("connection failed: ").removesuffix(" failed: ")
+            return PermanentStoreError(f"{server.strip() or 'the server'} refused the login: "
+                                       f"{why.strip() or message}", refused)
         return TransientStoreError(f"database unreachable: {message}")
     if state[:2] in _TRANSIENT_CLASSES:
         return TransientStoreError(f"{message} (SQLSTATE {state})", state)
     if isinstance(exc, psycopg.InterfaceError):
         return TransientStoreError(f"database connection lost: {message}")
     return PermanentStoreError(f"{message} (SQLSTATE {state or 'none'})", state or None)
+
+
+# libpq reports a refused login as text only (psycopg gives no SQLSTATE for a failed
+# connection): these are the server's FATAL messages (English) and their SQLSTATEs.
+_REFUSED_LOGIN = (
+    ("password authentication failed", "28P01"),
+    ("authentication failed for user", "28000"),
+    ("no pg_hba.conf entry", "28000"),
+    ("is not permitted to log in", "28000"),
+    ("no password supplied", "28P01"),
+    ("role \"", "28000"),  # role "x" does not exist
+    ("database \"", "3D000"),  # database "x" does not exist
+    ("permission denied for database", "42501"),
+)
+
+
+def refused_login(message: str) -> str | None:
+    """Return the SQLSTATE of a login the server refused for good (wrong role, password,
+    database, pg_hba rule) from libpq's connection error text, or None."""
+    for text, state in _REFUSED_LOGIN:
+        if text in message and (not text.endswith('"') or "does not exist" in message):
+            return state
+    return None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -90,6 +91,24 @@ def _check_db_url(value: Secret | None) -> None:
         raise ValueError("is not a URL like postgresql://user:password@host:5432/dbname")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_log_level(value: str) -> None:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not a log level: use {', '.join(LOG_LEVELS[:-1])} or "
+                         f"{LOG_LEVELS[-1]}")
+
+
+def mask_password(url: str) -> str:
+    """Return ``url`` with only the password of its ``user:password@`` part hidden."""
+    # Greedy up to the last '@': a password with a stray '@' or '/' is hidden whole.
+    return _USER_PASSWORD.sub(r"\1:**********@", url, count=1)
+
+
+_USER_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):.*@")
+
+
 _BROKER_URL_HELP = ("Broker URL: mqtt://host:1883 or mqtts://host:8883; user:password@ may be "
                     "included")
 
@@ -126,7 +145,7 @@ class AgentSettings:
                                    "away (one transaction each, to spare SD cards)", _positive)
     replay_rate_per_s: float = setting(200.0, "Spooled readings replayed per second after a "
                                        "reconnect", _positive)
-    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
 
 
 @dataclass(frozen=True)
@@ -167,7 +186,7 @@ class HubSettings:
                                             "thresholds, durations and enabled flags")
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",
                                    _positive)
-    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
 
 
 S = TypeVar("S", AgentSettings, HubSettings)
@@ -256,8 +275,13 @@ def load_settings(cls: type[S], *, file: Path | None = None,
                 check(converted)
             values[name] = converted
         except ValueError as exc:
-            shown = "'**********'" if "password" in name or name in ("db", "api_token") \
-                else repr(value)
+            if name == "db":  # a URL: show it (typos included) with only its password hidden
+                shown = repr(mask_password(value.reveal() if isinstance(value, Secret)
+                                           else str(value)))
+            elif "password" in name or name == "api_token":
+                shown = "'**********'"
+            else:
+                shown = repr(value)
             message = str(exc)
             if not message.startswith(repr(value)) and not message.startswith(repr(str(value))):
                 message = f"{shown} {message}"

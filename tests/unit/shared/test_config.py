@@ -1,6 +1,13 @@
 import pytest
 
-from shared.config import AgentSettings, HubSettings, Secret, load_settings, parse_broker_url
+from shared.config import (
+    AgentSettings,
+    HubSettings,
+    Secret,
+    load_settings,
+    mask_password,
+    parse_broker_url,
+)
 from shared.errors import ConfigError
 
 
@@ -70,3 +77,32 @@ def test_broker_urls_with_tls_credentials_and_default_ports():
     assert isinstance(tls.password, Secret) and tls.password.reveal() == "p:ss"
     with pytest.raises(ValueError, match="port"):
         parse_broker_url("mqtt://host:99999")
+
+
+def test_log_level_is_checked_as_a_setting_in_any_case():
+    assert load_settings(AgentSettings, environ={"FLEETPULSE_LOG_LEVEL": "debug"}).log_level \
+        == "debug"
+    for cls in (AgentSettings, HubSettings):
+        with pytest.raises(ConfigError) as info:
+            load_settings(cls, environ={"FLEETPULSE_LOG_LEVEL": "VERBOSE"})
+        assert info.value.problems == ["FLEETPULSE_LOG_LEVEL: 'VERBOSE' is not a log level: "
+                                       "use DEBUG, INFO, WARNING or ERROR."]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://fleet:s3cret@db:5432/fleet", "postgresql://fleet:**********@db:5432/fleet"),
+    ("postgresql://fleet:p@ss/w@db/fleet", "postgresql://fleet:**********@db/fleet"),
+    ("postgresql://nobody@db/fleet", "postgresql://nobody@db/fleet"),
+    ("postgresql://db:5432/fleet", "postgresql://db:5432/fleet"),
+    ("foo", "foo"),
+])
+def test_mask_password_hides_the_password_alone(url, shown):
+    assert mask_password(url) == shown
+
+
+def test_a_wrong_db_url_is_shown_with_only_its_password_masked():
+    with pytest.raises(ConfigError) as info:
+        load_settings(HubSettings, environ={"FLEETPULSE_DB": "postgress://u:secret@h/db"})
+    (problem,) = info.value.problems
+    assert "secret" not in problem
+    assert problem.startswith("FLEETPULSE_DB: 'postgress://u:**********@h/db' is not a URL")
