@@ -69,6 +69,42 @@ def database_url(settings: HubSettings) -> str:
     return start_embedded(settings.data_dir)
 
 
+# Where ./quickstart.sh keeps the hub's data, relative to the repository it ran from.
+QUICKSTART_DATA_DIR = Path(".fleetpulse") / "hub"
+
+
+def read_database_url(settings: HubSettings, command: str) -> str | None:
+    """Return the URL of the database a read-only command reads, starting the embedded one
+    if it exists; None (after one line on stderr) when there is none: never create one."""
+    if settings.db is not None:
+        return settings.db.reveal()
+    from hub.embedded import cluster_exists, start_embedded
+
+    if cluster_exists(settings.data_dir):
+        return start_embedded(settings.data_dir)
+    hint = ""
+    if cluster_exists(QUICKSTART_DATA_DIR) and \
+            QUICKSTART_DATA_DIR.resolve() != settings.data_dir.resolve():
+        hint = (f"; ./quickstart.sh keeps its data in {QUICKSTART_DATA_DIR}: run "
+                f".fleetpulse/venv/bin/fleetpulse-hub {command}, or add --data-dir "
+                f"{QUICKSTART_DATA_DIR}")
+    print(f"No fleetpulse database in {settings.data_dir} (no hub has run with this "
+          f"data_dir), so nothing to {command}: give the hub's --data-dir, or --db{hint}.",
+          file=sys.stderr)
+    return None
+
+
+def schema_problem(store: Store) -> str | None:
+    """Say what is wrong when the database's tables are missing or older than this hub."""
+    pending = store.pending_migrations()
+    if not pending:
+        return None
+    what = "no fleetpulse tables" if "0001_initial.sql" in pending else \
+        f"an older schema (not yet applied: {', '.join(pending)})"
+    return (f"The database has {what}: start the hub (fleetpulse-hub run) or run "
+            "fleetpulse-hub migrate with the same settings first.")
+
+
 def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
     """Connect and migrate, waiting (one log line) while the database is unreachable.
 
@@ -330,9 +366,15 @@ def run(settings: HubSettings) -> int:
 
 
 def status(settings: HubSettings) -> int:
-    store = Store(database_url(settings))
+    url = read_database_url(settings, "status")
+    if url is None:
+        return 1
+    store = Store(url, application_name="fleetpulse-hub-status")
     try:
-        store.migrate()
+        problem = schema_problem(store)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
         print(format_fleet(store.fleet_status(), datetime.now(UTC)))
     except StoreError as exc:
         print(f"Cannot read the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
@@ -360,11 +402,17 @@ def export(settings: HubSettings, args: argparse.Namespace) -> int:
         print(f"Cannot export: --end {end.isoformat()} is not after --start "
               f"{start.isoformat()}.", file=sys.stderr)
         return 2
-    store = Store(database_url(settings), application_name="fleetpulse-hub-export")
+    url = read_database_url(settings, "export")
+    if url is None:
+        return 1
+    store = Store(url, application_name="fleetpulse-hub-export")
     target = Path(args.output)
     partial = target.with_name(target.name + ".partial")
     try:
-        store.migrate()
+        problem = schema_problem(store)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
         if args.device and not store.query("select 1 from devices where device_id = %s",
                                            (args.device,)):
             print(f"Cannot export: device {args.device!r} is not known.", file=sys.stderr)

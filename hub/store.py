@@ -186,6 +186,18 @@ class Store:
                 applied_now.append(name)
         return applied_now
 
+    def pending_migrations(self) -> list[str]:
+        """Return the names of the migrations not applied yet (every one on a database the
+        hub never used); changes nothing."""
+        with self._transaction() as cur:
+            cur.execute("select to_regclass('schema_migrations') is not null")
+            row = cur.fetchone()
+            done: set[int] = set()
+            if row is not None and row[0]:
+                cur.execute("select version from schema_migrations")
+                done = {r[0] for r in cur.fetchall()}
+        return [name for version, name, _ in _load_migrations() if version not in done]
+
     def ensure_partitions(self, days: set[date], lock_timeout_s: float | None = None) -> None:
         """Create the daily partitions of ``metrics`` that ``days`` need (with RLS on).
 

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import os
 import re
+import sys
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -299,9 +300,29 @@ def add_setting_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
                             help=f"{f.metadata['help']} [env {env_name(f.name)}]")
 
 
+def venv_config(file_name: str) -> Path | None:
+    """Return ``<venv>/etc/fleetpulse/<file_name>`` when running from a virtual environment.
+
+    ``./quickstart.sh`` writes its settings there, so the commands of its venv read the
+    data it started (as pip reads a ``pip.conf`` in its venv).
+    """
+    if sys.prefix == sys.base_prefix:
+        return None
+    return Path(sys.prefix) / "etc" / "fleetpulse" / file_name
+
+
+def default_config(default_file: Path) -> Path | None:
+    """The settings file used when none is named: the venv's, else ``default_file``."""
+    for candidate in (venv_config(default_file.name), default_file):
+        if candidate is not None and candidate.exists():
+            return candidate
+    return None
+
+
 def settings_from_args(cls: type[S], args: argparse.Namespace, default_file: Path) -> S:
-    """Load settings for a CLI from ``--config``, FLEETPULSE_CONFIG or ``default_file``."""
+    """Load settings for a CLI from ``--config``, FLEETPULSE_CONFIG, the venv's
+    ``etc/fleetpulse/`` (see :func:`venv_config`) or ``default_file``."""
     config = getattr(args, "config", None) or os.environ.get(ENV_PREFIX + "CONFIG")
-    file = Path(config) if config else (default_file if default_file.exists() else None)
+    file = Path(config) if config else default_config(default_file)
     flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     return load_settings(cls, file=file, flags=flags)
