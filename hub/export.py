@@ -13,7 +13,7 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, BinaryIO, Literal, Protocol, TextIO
 
 import orjson
@@ -147,23 +147,6 @@ def parse_format(name: str) -> Format:
 def format_for_path(path: str) -> Format:
     """Guess the format from a file name: ``.parquet``/``.pq`` → Parquet, else CSV."""
     return "parquet" if path.lower().endswith((".parquet", ".pq")) else "csv"
-
-
-def parse_when(text: str, now: datetime) -> datetime:
-    """Parse an ISO 8601 time (UTC when no zone is given), ``now``, or an age like ``90m``,
-    ``24h``, ``7d`` meaning that long before ``now``; raise ValueError."""
-    text = text.strip()
-    if text == "now":
-        return now
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time: use ISO 8601 (2026-11-23T17:00:00Z), "
-                         "'now', or an age like 90m, 24h, 7d") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Database(Protocol):

@@ -386,7 +386,8 @@ def status(settings: HubSettings) -> int:
 
 def export(settings: HubSettings, args: argparse.Namespace) -> int:
     """``fleetpulse-hub export``: stream rows to a CSV or Parquet file, progress on stderr."""
-    from hub.export import export_to_file, format_for_path, parse_format, parse_when
+    from hub.export import export_to_file, format_for_path, parse_format
+    from hub.when import parse_when
 
     if not args.output:
         print("export needs --output FILE (.csv or .parquet, or - for stdout).", file=sys.stderr)

@@ -17,9 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hub.api import HubHealth, create_app
-from hub.export import FORMATS, Format, export_to_file, parse_when
+from hub.export import FORMATS, Format, export_to_file
 from hub.read import FleetReader
 from hub.store import Store, StorePool
+from hub.when import parse_when
 from shared.schema import metrics_columns
 from tests.processes import base_env
 from tests.web.readings import partition, series, write_readings
