@@ -76,14 +76,16 @@ _REFUSED_LOGIN = (
     ("role \"", "28000"),  # role "x" does not exist
     ("database \"", "3D000"),  # database "x" does not exist
     ("permission denied for database", "42501"),
+    ("tenant or user not found", "28000"),  # Supabase's pooler: unknown project or user
 )
 
 
 def refused_login(message: str) -> str | None:
     """Return the SQLSTATE of a login the server refused for good (wrong role, password,
     database, pg_hba rule) from libpq's connection error text, or None."""
+    lowered = message.lower()
     for text, state in _REFUSED_LOGIN:
-        if text in message and (not text.endswith('"') or "does not exist" in message):
+        if text in lowered and (not text.endswith('"') or "does not exist" in lowered):
             return state
     return None
 

@@ -13,6 +13,7 @@ SERVER = 'connection failed: connection to server at "127.0.0.1", port 5432 fail
     ('FATAL:  no pg_hba.conf entry for host "10.0.0.2", user "fleet", database "x"', "28000"),
     ('FATAL:  database "fleeet" does not exist', "3D000"),
     ('FATAL:  permission denied for database "fleet"', "42501"),
+    ("FATAL:  Tenant or user not found", "28000"),
 ])
 def test_a_refused_login_is_permanent_and_says_why(fatal: str, state: str) -> None:
     error = classify(psycopg.OperationalError(SERVER + fatal))
