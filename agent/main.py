@@ -37,6 +37,7 @@ DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
 REPLAY_PUMP_S = 0.1  # how often to pump while the spool is being replayed
 META_CHECK_S = 60.0
 WINDOW = 100  # readings awaiting the broker's acknowledgement at once
+PRIMING_S = 1.0  # at most this between the priming sample and the first reading
 MAX_READING_BYTES = 512 * 1024  # under message_size_limit in mosquitto/mosquitto.conf
 
 
@@ -130,8 +131,10 @@ class Agent:
                  __version__, self.device_id, interval, self.settings.broker_url.split("@")[-1],
                  len(self.spool))
         self.mqtt.start()
-        self._prev = self.collector.sample()  # rates and CPU % start from here
-        tick = time.monotonic()
+        # A priming sample, so that the first reading published has CPU percentages and
+        # rates (from two samples a second apart), not an empty per-core list and nulls.
+        self._prev = self.collector.sample()
+        tick = time.monotonic() + min(interval, PRIMING_S)
         last_meta_check = tick
         while not self.stop_event.is_set():
             self.mqtt.service()  # acknowledgements, reconnects; never waits

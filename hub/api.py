@@ -12,6 +12,7 @@
     GET /api/health                       broker, database, last write, backlog (no token)
     GET /api/stream                       Server-Sent Events: the fleet's newest values each second
     GET /api/openapi.json                 this API described
+    GET /docs                             the API's interactive docs (Swagger UI, shipped)
     GET /                                 the dashboard (hub/web)
 
 With ``api_token`` set every ``/api`` route but health needs ``Authorization: Bearer
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,13 +40,16 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from hub.alerts import Rule
 from hub.export import MEDIA_TYPES, encode_chunks, export_sql
 from hub.read import SERIES_COLUMNS, FleetReader, Streamer
 from hub.rollup import MAX_RANGE, choose_resolution
+from hub.when import TIME_SYNTAX, parse_when
 from shared.config import Secret
 from shared.errors import StoreError
 
@@ -188,14 +193,27 @@ class HubHealth:
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+# Declares the token in the OpenAPI description (the docs' Authorize button). Module-level:
+# FastAPI resolves the handlers' string annotations in this module's namespace.
+BEARER = HTTPBearer(auto_error=False, description="the hub's api_token (needed only when it "
+                    "is set); ?token= works too")
 
 
-def _range(start: datetime | None, end: datetime | None, now: datetime,
+# The same time syntax as the CLI's --start/--end (hub/when.py).
+When = Annotated[str | None, Query(description=f"{TIME_SYNTAX}; an age counts back from now")]
+
+
+def _when(text: str, name: str, now: datetime) -> datetime:
+    try:
+        return parse_when(text, now)
+    except ValueError as exc:
+        raise HTTPException(422, f"{name}: {exc}") from exc
+
+
+def _range(start: str | None, end: str | None, now: datetime,
            limit: timedelta = MAX_RANGE) -> tuple[datetime, datetime]:
-    end_ = _utc(end) if end is not None else now
-    start_ = _utc(start) if start is not None else end_ - DEFAULT_RANGE
+    end_ = _when(end, "end", now) if end is not None else now
+    start_ = _when(start, "start", now) if start is not None else end_ - DEFAULT_RANGE
     if end_ <= start_:
         raise HTTPException(422, f"end ({end_.isoformat()}) must be after start "
                                  f"({start_.isoformat()})")
@@ -269,12 +287,19 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
                rules: Sequence[Rule] = (), now: Callable[[], datetime] = lambda: datetime.now(UTC),
                web_dir: Path | None = WEB_DIR, stream_period_s: float = STREAM_PERIOD_S) -> FastAPI:
     """Build the application; every dependency comes in (the tests pass their own)."""
-    app = FastAPI(title="fleetpulse hub", version="1", default_response_class=JSONResponse,
-                  openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
-                  description="Fleet status, history, alerts and exports of fleetpulse.")
+    # Interactive docs at /docs with Swagger UI's files shipped in fastapi-offline (no CDN:
+    # a hub on a closed network shows them too).
+    app = FastAPIOffline(docs_url="/docs", redoc_url=None, static_url="/docs/static",
+                         title="fleetpulse hub", version="1",
+                         default_response_class=JSONResponse, openapi_url="/api/openapi.json",
+                         description="Fleet status, history, alerts and exports of fleetpulse. "
+                         f"Times (start, end) are {TIME_SYNTAX}.")
     latest = _LatestCache(reader, now)
 
-    def authorise(request: Request) -> None:
+    def authorise(request: Request,
+                  _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        # The parameter documents the scheme (the docs' Authorize button); the check reads
+        # the header or ?token= itself.
         if token is None:
             return
         given = request.query_params.get("token", "")
@@ -337,7 +362,7 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
         return out
 
     @app.get("/api/devices/{device_id}/series", response_model=SeriesOut, dependencies=[Auth])
-    def series(device_id: str, start: datetime | None = None, end: datetime | None = None,
+    def series(device_id: str, start: When = None, end: When = None,
                resolution: Literal["auto", "raw", "1m", "1h"] = "auto",
                columns: Annotated[str | None, Query(
                    description="comma-separated; default all of " + ", ".join(SERIES_COLUMNS)
@@ -366,8 +391,8 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
 
     @app.get("/api/devices/{device_id}/completeness", response_model=CompletenessOut,
              dependencies=[Auth])
-    def device_completeness(device_id: str, start: datetime | None = None,
-                            end: datetime | None = None) -> dict[str, Any]:
+    def device_completeness(device_id: str, start: When = None,
+                            end: When = None) -> dict[str, Any]:
         """Readings expected (range / interval) against readings stored."""
         start_, end_ = _range(start, end, now())
         exists(device_id)
@@ -387,7 +412,7 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
              response_class=StreamingResponse,
              responses={200: {"content": {MEDIA_TYPES["csv"]: {},
                                           MEDIA_TYPES["parquet"]: {}}}})
-    def export(device_id: str, start: datetime | None = None, end: datetime | None = None,
+    def export(device_id: str, start: When = None, end: When = None,
                format: Literal["csv", "parquet"] = "csv") -> StreamingResponse:
         """A device's per-second history as CSV or Parquet, streamed as it is read."""
         start_, end_ = _range(start, end, now())
@@ -467,25 +492,38 @@ class HttpServer:
         self._server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=2))
-        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def _serve(self) -> None:
+    def _serve(self, sock: socket.socket) -> None:
         try:
-            self._server.run()
+            self._server.run(sockets=[sock])
         except SystemExit:
-            pass  # uvicorn exits when it cannot bind; start() reports it
+            pass  # uvicorn exits when it cannot serve; start() reports it
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start listening; raise OSError with a clear message when it cannot."""
+        # Bound here, not by uvicorn: a busy port is then one error of ours (uvicorn would
+        # log its own line first), raised before the hub goes on to the broker.
+        try:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as exc:
+            raise OSError(f"cannot serve HTTP on {self.host}:{self.port} ({exc.strerror or exc}"
+                          "); set http_port to a free port (0: no HTTP) or http_host to an "
+                          "address of this machine") from exc
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="http",
+                                        daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"cannot serve HTTP on {self.host}:{self.port} (in use, or not "
-                              "an address of this machine?); set http_port (0: no HTTP)")
+                sock.close()
+                raise OSError(f"cannot serve HTTP on {self.host}:{self.port}; set http_port "
+                              "(0: no HTTP)")
             time.sleep(0.02)
         log.info("Dashboard and API on http://%s:%d/.", self.host, self.port)
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)

@@ -16,6 +16,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def cluster_exists(data_dir: Path) -> bool:
+    """Tell whether a hub has initialised its embedded PostgreSQL under ``data_dir``."""
+    return (data_dir / "postgres" / "PG_VERSION").exists()
+
+
 def start_embedded(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL under ``data_dir/postgres``; return its URL."""
     # Its INFO lines (every pid, every check) are noise in the hub's log and in `status`.

@@ -2,7 +2,8 @@
 
 Rows come in chunks from a server-side cursor (``Store.stream``) and go out as they come:
 CSV line by line, Parquet one row group per chunk, with typed columns derived from the
-schema (timestamps in UTC, arrays as lists, jsonb as JSON text). The same writer serves
+schema (timestamps in UTC, arrays as lists, the lists of partitions, disks, interfaces and
+temperatures as lists of typed structs; CSV writes those as JSON text). The same writer serves
 ``fleetpulse-hub export`` (to a file, with a progress bar on stderr) and the API (to a
 streaming HTTP response).
 """
@@ -12,24 +13,36 @@ from __future__ import annotations
 import csv
 import io
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO, Literal, Protocol, TextIO
+from datetime import datetime
+from typing import (
+    Annotated,
+    Any,
+    BinaryIO,
+    Literal,
+    Protocol,
+    TextIO,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import orjson
 import pyarrow as pa  # no type stubs: see the mypy override in pyproject.toml
 import pyarrow.parquet as pq
+from typing_extensions import is_typeddict
 
-from shared.schema import metrics_columns
+from shared.schema import Column, MetricsV1, metrics_columns
 
 Format = Literal["csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 COLUMNS = metrics_columns()
-_JSON = {c.name for c in COLUMNS if c.pg_type == "jsonb"}
 _ARROW_TYPES = {"text": pa.string(), "bigint": pa.int64(), "double precision": pa.float64(),
                 "boolean": pa.bool_(), "timestamptz": pa.timestamp("us", tz="UTC"),
-                "double precision[]": pa.list_(pa.float64()), "jsonb": pa.string()}
+                "double precision[]": pa.list_(pa.float64())}
 Chunks = Iterable[tuple[list[str], list[tuple[Any, ...]]]]
 
 
@@ -49,14 +62,38 @@ def count_sql(device: bool) -> str:
     return f"select count(*) as n from metrics where {where}ts >= %(start)s and ts < %(end)s"
 
 
+def arrow_type(tp: Any) -> pa.DataType:
+    """Map a schema annotation to an Arrow type: a list of records (partitions, disks,
+    interfaces, temperatures) becomes ``list<struct<…>>`` with the records' field types."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return arrow_type(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return arrow_type(inner)
+    if origin is list:
+        (item,) = get_args(tp)
+        return pa.list_(arrow_type(item))
+    if is_typeddict(tp):
+        # Every field nullable: a record stored by an older agent may lack a newer field.
+        return pa.struct([pa.field(name, arrow_type(field_type))
+                          for name, field_type in get_type_hints(tp, include_extras=True).items()])
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string(),
+            datetime: pa.timestamp("us", tz="UTC")}[tp]
+
+
+def _column_arrow_type(column: Column) -> pa.DataType:
+    if column.pg_type != "jsonb":
+        return _ARROW_TYPES[column.pg_type]
+    section, field = column.path
+    section_type = get_type_hints(MetricsV1, include_extras=True)[section]
+    return arrow_type(get_type_hints(section_type, include_extras=True)[field])
+
+
 def arrow_schema() -> pa.Schema:
-    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.pg_type],
+    return pa.schema([pa.field(c.name, _column_arrow_type(c),
                                nullable=c.name not in ("device_id", "session_id", "seq", "ts"))
                       for c in COLUMNS])
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
 
 
 def _csv_cell(value: Any) -> Any:
@@ -117,12 +154,8 @@ def encode_chunks(chunks: Chunks, fmt: Format,
         for names, rows in chunks:
             assert names == expected, "export query and schema disagree"
             columns = list(zip(*rows, strict=True))
-            arrays = []
-            for i, column in enumerate(COLUMNS):
-                values = columns[i]
-                if column.name in _JSON:
-                    values = tuple(_json_text(v) for v in values)
-                arrays.append(pa.array(values, type=schema.field(i).type))
+            arrays = [pa.array(columns[i], type=schema.field(i).type)
+                      for i in range(len(COLUMNS))]
             parquet.write_table(pa.Table.from_arrays(arrays, schema=schema))
             on_rows(len(rows))
             yield sink.drain()
@@ -147,23 +180,6 @@ def parse_format(name: str) -> Format:
 def format_for_path(path: str) -> Format:
     """Guess the format from a file name: ``.parquet``/``.pq`` → Parquet, else CSV."""
     return "parquet" if path.lower().endswith((".parquet", ".pq")) else "csv"
-
-
-def parse_when(text: str, now: datetime) -> datetime:
-    """Parse an ISO 8601 time (UTC when no zone is given), ``now``, or an age like ``90m``,
-    ``24h``, ``7d`` meaning that long before ``now``; raise ValueError."""
-    text = text.strip()
-    if text == "now":
-        return now
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time: use ISO 8601 (2026-11-23T17:00:00Z), "
-                         "'now', or an age like 90m, 24h, 7d") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Database(Protocol):

@@ -71,8 +71,48 @@ def database_url(settings: HubSettings) -> str:
     return start_embedded(settings.data_dir)
 
 
+# Where ./quickstart.sh keeps the hub's data, relative to the repository it ran from.
+QUICKSTART_DATA_DIR = Path(".fleetpulse") / "hub"
+
+
+def read_database_url(settings: HubSettings, command: str) -> str | None:
+    """Return the URL of the database a read-only command reads, starting the embedded one
+    if it exists; None (after one line on stderr) when there is none: never create one."""
+    if settings.db is not None:
+        return settings.db.reveal()
+    from hub.embedded import cluster_exists, start_embedded
+
+    if cluster_exists(settings.data_dir):
+        return start_embedded(settings.data_dir)
+    hint = ""
+    if cluster_exists(QUICKSTART_DATA_DIR) and \
+            QUICKSTART_DATA_DIR.resolve() != settings.data_dir.resolve():
+        hint = (f"; ./quickstart.sh keeps its data in {QUICKSTART_DATA_DIR}: run "
+                f".fleetpulse/venv/bin/fleetpulse-hub {command}, or add --data-dir "
+                f"{QUICKSTART_DATA_DIR}")
+    print(f"No fleetpulse database in {settings.data_dir} (no hub has run with this "
+          f"data_dir), so nothing to {command}: give the hub's --data-dir, or --db{hint}.",
+          file=sys.stderr)
+    return None
+
+
+def schema_problem(store: Store) -> str | None:
+    """Say what is wrong when the database's tables are missing or older than this hub."""
+    pending = store.pending_migrations()
+    if not pending:
+        return None
+    what = "no fleetpulse tables" if "0001_initial.sql" in pending else \
+        f"an older schema (not yet applied: {', '.join(pending)})"
+    return (f"The database has {what}: start the hub (fleetpulse-hub run) or run "
+            "fleetpulse-hub migrate with the same settings first.")
+
+
 def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
-    """Connect and migrate, waiting (one log line) while the database is unreachable."""
+    """Connect and migrate, waiting (one log line) while the database is unreachable.
+
+    Raise the StoreError when the server refuses the login or the database for good (wrong
+    role, password or database name): waiting would not fix a setting.
+    """
     store = Store(database_url(settings),
                   quarantine_payload_bytes=settings.quarantine_payload_bytes)
     attempt = 0
@@ -85,6 +125,9 @@ def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
                 log.warning("Database reachable again.")
             return store
         except StoreError as exc:
+            if exc.refused:
+                store.close()
+                raise
             attempt += 1
             if attempt == 1:
                 log.error("Cannot use the database: %s. Check --db / FLEETPULSE_DB; "
@@ -280,7 +323,11 @@ def run(settings: HubSettings) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
-    store = open_store(settings, stop)
+    try:
+        store = open_store(settings, stop)
+    except StoreError as exc:
+        log.error("Cannot use the database: %s. Check --db / FLEETPULSE_DB.", exc)
+        return 1
     if store is None:
         return 0
     inbox = Inbox()
@@ -296,14 +343,17 @@ def run(settings: HubSettings) -> int:
     watching = threading.Thread(target=watch, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
                                       stop))
-    receiver.start()
     try:
+        # Whatever can fail at start (the database above, the HTTP port here) is checked
+        # before connecting to the broker: the first connect creates the persistent session,
+        # which the broker would keep (and fill) for session_expiry_s after a failed start.
         if settings.http_port:
             try:
                 http = start_http(settings, pool, receiver, inbox, stats, rules)
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
+        receiver.start()
         watching.start()
         ingest(inbox, receiver, store, settings, stop, stats)
     finally:
@@ -323,9 +373,15 @@ def run(settings: HubSettings) -> int:
 
 
 def status(settings: HubSettings) -> int:
-    store = Store(database_url(settings))
+    url = read_database_url(settings, "status")
+    if url is None:
+        return 1
+    store = Store(url, application_name="fleetpulse-hub-status")
     try:
-        store.migrate()
+        problem = schema_problem(store)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
         print(format_fleet(store.fleet_status(), datetime.now(UTC)))
     except StoreError as exc:
         print(f"Cannot read the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
@@ -337,7 +393,8 @@ def status(settings: HubSettings) -> int:
 
 def export(settings: HubSettings, args: argparse.Namespace) -> int:
     """``fleetpulse-hub export``: stream rows to a CSV or Parquet file, progress on stderr."""
-    from hub.export import export_to_file, format_for_path, parse_format, parse_when
+    from hub.export import export_to_file, format_for_path, parse_format
+    from hub.when import parse_when
 
     if not args.output:
         print("export needs --output FILE (.csv or .parquet, or - for stdout).", file=sys.stderr)
@@ -353,11 +410,17 @@ def export(settings: HubSettings, args: argparse.Namespace) -> int:
         print(f"Cannot export: --end {end.isoformat()} is not after --start "
               f"{start.isoformat()}.", file=sys.stderr)
         return 2
-    store = Store(database_url(settings), application_name="fleetpulse-hub-export")
+    url = read_database_url(settings, "export")
+    if url is None:
+        return 1
+    store = Store(url, application_name="fleetpulse-hub-export")
     target = Path(args.output)
     partial = target.with_name(target.name + ".partial")
     try:
-        store.migrate()
+        problem = schema_problem(store)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
         if args.device and not store.query("select 1 from devices where device_id = %s",
                                            (args.device,)):
             print(f"Cannot export: device {args.device!r} is not known.", file=sys.stderr)

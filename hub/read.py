@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from hub.rollup import MINUTE, ROLLUP_COLUMNS, Resolution, per_core_sql, series_sql
@@ -111,14 +111,25 @@ class FleetReader:
             f"nullif(sum(interval_s_count), 0) as interval_s from {MINUTE.name} "
             "where device_id = %(device)s and bucket >= %(start)s and bucket < %(end)s",
             {"device": device_id, "start": start, "end": end})
-        # Nothing is expected before the device's first stored reading.
+        # Nothing is expected before the device's first stored reading: its own time, not
+        # its minute's start (a device started at :37 would otherwise lack 37 readings).
         first = self._db.query(
-            f"select (select min(bucket) from {MINUTE.name} where device_id = %(device)s) "
-            "as first, (select (meta->>'interval_s')::float8 from devices "
-            "where device_id = %(device)s) as interval_s", {"device": device_id})[0]
-        since = max(start, first["first"]) if first["first"] is not None else end
+            f"select f.bucket as first, (select min(m.ts) from metrics m "
+            "where m.device_id = %(device)s and m.ts >= f.bucket "
+            "and m.ts < f.bucket + interval '1 minute') as first_reading, "
+            "(select (meta->>'interval_s')::float8 from devices "
+            "where device_id = %(device)s) as interval_s "
+            f"from (select min(bucket) as bucket from {MINUTE.name} "
+            "where device_id = %(device)s) f", {"device": device_id})[0]
+        # Stored counts whole minutes from the first one starting at or after ``start``;
+        # expect readings over the same span.
+        counted_from = _next_minute(start)
+        if first["first"] is None:
+            since = end
+        else:
+            since = max(counted_from, first["first_reading"] or first["first"])
         interval = first["interval_s"] or rows[0]["interval_s"]
-        return completeness(since, end, int(rows[0]["stored"]), interval)
+        return completeness(min(since, end), end, int(rows[0]["stored"]), interval)
 
     def alerts(self, device_id: str | None = None, open_only: bool = False,
                limit: int = 100) -> list[dict[str, Any]]:
@@ -158,6 +169,12 @@ class FleetReader:
 
     def device_exists(self, device_id: str) -> bool:
         return bool(self._db.query("select 1 from devices where device_id = %s", (device_id,)))
+
+
+def _next_minute(moment: datetime) -> datetime:
+    """Return ``moment`` if it starts a minute, else the start of the next minute."""
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(minutes=1)
 
 
 def _at(values: list[float | None], k: int) -> float | None:

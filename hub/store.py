@@ -50,12 +50,44 @@ def classify(exc: Exception) -> StoreError:
     state = getattr(exc, "sqlstate", None) or ""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, psycopg.OperationalError) and not state:
+        refused = refused_login(str(exc))
+        if refused is not None:
+            # "connection failed: connection to server at …, port … failed: FATAL:  why"
+            where, _, why = message.rpartition("FATAL:")
+            server = where.removeprefix("connection failed: ").removesuffix(" failed: ")
+            return PermanentStoreError(f"{server.strip() or 'the server'} refused the login: "
+                                       f"{why.strip() or message}", refused)
         return TransientStoreError(f"database unreachable: {message}")
     if state[:2] in _TRANSIENT_CLASSES:
         return TransientStoreError(f"{message} (SQLSTATE {state})", state)
     if isinstance(exc, psycopg.InterfaceError):
         return TransientStoreError(f"database connection lost: {message}")
     return PermanentStoreError(f"{message} (SQLSTATE {state or 'none'})", state or None)
+
+
+# libpq reports a refused login as text only (psycopg gives no SQLSTATE for a failed
+# connection): these are the server's FATAL messages (English) and their SQLSTATEs.
+_REFUSED_LOGIN = (
+    ("password authentication failed", "28P01"),
+    ("authentication failed for user", "28000"),
+    ("no pg_hba.conf entry", "28000"),
+    ("is not permitted to log in", "28000"),
+    ("no password supplied", "28P01"),
+    ("role \"", "28000"),  # role "x" does not exist
+    ("database \"", "3D000"),  # database "x" does not exist
+    ("permission denied for database", "42501"),
+    ("tenant or user not found", "28000"),  # Supabase's pooler: unknown project or user
+)
+
+
+def refused_login(message: str) -> str | None:
+    """Return the SQLSTATE of a login the server refused for good (wrong role, password,
+    database, pg_hba rule) from libpq's connection error text, or None."""
+    lowered = message.lower()
+    for text, state in _REFUSED_LOGIN:
+        if text in lowered and (not text.endswith('"') or "does not exist" in lowered):
+            return state
+    return None
 
 
 @dataclass(frozen=True)
@@ -163,6 +195,18 @@ class Store:
                             "on conflict (version) do nothing", (version, name))
                 applied_now.append(name)
         return applied_now
+
+    def pending_migrations(self) -> list[str]:
+        """Return the names of the migrations not applied yet (every one on a database the
+        hub never used); changes nothing."""
+        with self._transaction() as cur:
+            cur.execute("select to_regclass('schema_migrations') is not null")
+            row = cur.fetchone()
+            done: set[int] = set()
+            if row is not None and row[0]:
+                cur.execute("select version from schema_migrations")
+                done = {r[0] for r in cur.fetchall()}
+        return [name for version, name, _ in _load_migrations() if version not in done]
 
     def ensure_partitions(self, days: set[date], lock_timeout_s: float | None = None) -> None:
         """Create the daily partitions of ``metrics`` that ``days`` need (with RLS on).

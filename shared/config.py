@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import sys
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -100,6 +102,24 @@ def _check_db_url(value: Secret | None) -> None:
         raise ValueError("is not a URL like postgresql://user:password@host:5432/dbname")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_log_level(value: str) -> None:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not a log level: use {', '.join(LOG_LEVELS[:-1])} or "
+                         f"{LOG_LEVELS[-1]}")
+
+
+def mask_password(url: str) -> str:
+    """Return ``url`` with only the password of its ``user:password@`` part hidden."""
+    # Greedy up to the last '@': a password with a stray '@' or '/' is hidden whole.
+    return _USER_PASSWORD.sub(r"\1:**********@", url, count=1)
+
+
+_USER_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):.*@")
+
+
 _BROKER_URL_HELP = ("Broker URL: mqtt://host:1883 or mqtts://host:8883; user:password@ may be "
                     "included")
 
@@ -145,7 +165,7 @@ class AgentSettings:
                                    "away (one transaction each, to spare SD cards)", _positive)
     replay_rate_per_s: float = setting(200.0, "Spooled readings replayed per second after a "
                                        "reconnect", _positive)
-    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
 
 
 @dataclass(frozen=True)
@@ -190,7 +210,7 @@ class HubSettings:
                                             "thresholds, durations and enabled flags")
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",
                                    _positive)
-    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
     deploy_dir: Path | None = setting(None, "Secrets made by `fleetpulse-hub init-deploy` "
                                       "(docker-compose.yml); the hub logs at start how to "
                                       "read them and add a device")
@@ -317,8 +337,13 @@ def load_settings(cls: type[S], *, file: Path | None = None,
                 check(converted)
             values[name] = converted
         except ValueError as exc:
-            shown = "'**********'" if "password" in name or name in ("db", "api_token") \
-                else repr(value)
+            if name == "db":  # a URL: show it (typos included) with only its password hidden
+                shown = repr(mask_password(value.reveal() if isinstance(value, Secret)
+                                           else str(value)))
+            elif "password" in name or name == "api_token":
+                shown = "'**********'"
+            else:
+                shown = repr(value)
             message = str(exc)
             if not message.startswith(repr(value)) and not message.startswith(repr(str(value))):
                 message = f"{shown} {message}"
@@ -336,9 +361,29 @@ def add_setting_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
                             help=f"{f.metadata['help']} [env {env_name(f.name)}]")
 
 
+def venv_config(file_name: str) -> Path | None:
+    """Return ``<venv>/etc/fleetpulse/<file_name>`` when running from a virtual environment.
+
+    ``./quickstart.sh`` writes its settings there, so the commands of its venv read the
+    data it started (as pip reads a ``pip.conf`` in its venv).
+    """
+    if sys.prefix == sys.base_prefix:
+        return None
+    return Path(sys.prefix) / "etc" / "fleetpulse" / file_name
+
+
+def default_config(default_file: Path) -> Path | None:
+    """The settings file used when none is named: the venv's, else ``default_file``."""
+    for candidate in (venv_config(default_file.name), default_file):
+        if candidate is not None and candidate.exists():
+            return candidate
+    return None
+
+
 def settings_from_args(cls: type[S], args: argparse.Namespace, default_file: Path) -> S:
-    """Load settings for a CLI from ``--config``, FLEETPULSE_CONFIG or ``default_file``."""
+    """Load settings for a CLI from ``--config``, FLEETPULSE_CONFIG, the venv's
+    ``etc/fleetpulse/`` (see :func:`venv_config`) or ``default_file``."""
     config = getattr(args, "config", None) or os.environ.get(ENV_PREFIX + "CONFIG")
-    file = Path(config) if config else (default_file if default_file.exists() else None)
+    file = Path(config) if config else default_config(default_file)
     flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     return load_settings(cls, file=file, flags=flags)

@@ -49,6 +49,14 @@ class StoreError(FleetpulseError):
         fault, so the batch can be split to find them; anything else needs an operator."""
         return (self.sqlstate or "")[:2] in ("22", "23")
 
+    @property
+    def refused(self) -> bool:
+        """True when the server refused who we are or what we asked for: a wrong role or
+        password, a pg_hba rule (28xxx), a database that does not exist (3D000), a missing
+        privilege (42501). Retrying will not help; an operator must fix a setting."""
+        state = self.sqlstate or ""
+        return state[:2] in ("28", "3D") or state == "42501"
+
 
 class TransientStoreError(StoreError):
     """A database failure worth retrying with backoff."""

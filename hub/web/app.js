@@ -9,6 +9,7 @@ const state = {
   view: null,           // "fleet" | "device"
   device: null,         // device id on the device page
   range: "live",        // "live" | seconds | "custom"
+  custom: null,         // { start: Date, end: Date } of the custom range
   live: null,           // rolling 60 s buffers on the device page
   charts: {},
   source: null,         // EventSource
@@ -18,6 +19,7 @@ window.fleetpulse = state;  // for the browser tests and curious operators
 
 const $ = (sel) => document.querySelector(sel);
 const LIVE_WINDOW_S = 60;
+const CHART_HEIGHT = 180;
 
 // --- formatting ---------------------------------------------------------------------------
 function num(v, digits = 1) { return v === null || v === undefined ? "–" : v.toFixed(digits); }
@@ -109,6 +111,13 @@ function connect() {
     $("#live").classList.remove("on");
   };
 }
+
+// A page left for another (or kept in the back/forward cache) gives its stream's connection
+// back: browsers allow six per host, and each open stream holds one.
+window.addEventListener("pagehide", () => {
+  if (state.source) { state.source.close(); state.source = null; }
+});
+window.addEventListener("pageshow", (e) => { if (e.persisted) connect(); });
 
 function renderSummary(s) {
   const nav = $("#summary");
@@ -220,7 +229,8 @@ const CHARTS = {
   net: { el: "#chart-net", unit: "B/s", series: () => [["received", "network_bytes_recv_per_s"], ["sent", "network_bytes_sent_per_s"]] },
 };
 
-function chartWidth(node) { return Math.max(300, node.clientWidth - 4); }
+// From the figure: the chart's own box is hidden (no width) while it has no data.
+function chartWidth(node) { return Math.max(300, node.parentElement.clientWidth - 24); }
 function makeChart(name, labels, data) {
   const spec = CHARTS[name];
   const node = $(spec.el);
@@ -232,7 +242,7 @@ function makeChart(name, labels, data) {
   }))];
   const axisValues = spec.unit === "B/s" ? (u, ticks) => ticks.map((t) => bytesPerS(t)) : undefined;
   const opts = {
-    width: chartWidth(node), height: 180, series,
+    width: chartWidth(node), height: CHART_HEIGHT, series,
     scales: {
       // Live: always a 60 s window ending at the newest reading, however few points yet.
       x: state.range === "live" ? { time: true, range: (u, min, max) => [max - LIVE_WINDOW_S, max] }
@@ -248,12 +258,30 @@ function makeChart(name, labels, data) {
 }
 
 function markEmpty(name, data) {
-  // Say so when a device cannot measure something (no sensor), instead of an empty chart.
-  const caption = $(CHARTS[name].el).parentElement.querySelector("figcaption");
+  // Say so when a device cannot measure something (no sensor), in one short line instead
+  // of an empty chart box.
+  const node = $(CHARTS[name].el);
+  const figure = node.parentElement;
+  const caption = figure.querySelector("figcaption");
   const empty = data.slice(1).every((column) => column.every((v) => v === null || v === undefined));
   let note = caption.querySelector(".nodata");
   if (empty && !note) caption.append(note = el("span", { class: "nodata muted", text: " — no data in this range" }));
   if (!empty && note) note.remove();
+  const was = figure.classList.contains("empty");
+  figure.classList.toggle("empty", empty);
+  if (was && !empty && state.charts[name]) {
+    state.charts[name].setSize({ width: chartWidth(node), height: CHART_HEIGHT });
+  }
+}
+
+// A time range's chart spans the whole range asked for, however little data it holds (a
+// young device's two points in a 24 h view): empty points at both ends keep the x axis
+// there, also after a zoom is reset.
+function padToWindow(data, start, end) {
+  const t = data[0];
+  const before = !t.length || t[0] > start, after = !t.length || t[t.length - 1] < end;
+  return data.map((column, i) => [...(before ? [i ? null : start] : []), ...column,
+    ...(after ? [i ? null : end] : [])]);
 }
 
 function columnsFromSeries(body, labels) {
@@ -265,9 +293,11 @@ function columnsFromSeries(body, labels) {
 
 function drawAll(body) {
   const cores = body.per_core ? body.per_core.length : 0;
+  const start = Date.parse(body.start) / 1000, end = Date.parse(body.end) / 1000;
   for (const name of Object.keys(CHARTS)) {
     const labels = CHARTS[name].series(cores);
-    makeChart(name, labels, columnsFromSeries(body, labels));
+    const data = columnsFromSeries(body, labels);
+    makeChart(name, labels, state.range === "live" ? data : padToWindow(data, start, end));
   }
   const kind = { raw: "per second", "1m": "minute rollup", "1h": "hour rollup" }[body.source];
   $("#range-label").textContent = `${kind}, ${body.step_s} s per point, ${body.t.length} points`;
@@ -276,14 +306,24 @@ function drawAll(body) {
 }
 
 let rangeRequest = 0;  // answers to superseded requests are dropped
+// The window of the selected range as the API's start and end: ISO times for a custom
+// range, an age (the API's and the CLI's syntax) for the others, so that an export link
+// made now still means "the last 24 h" when it is clicked later.
+function rangeWindow() {
+  if (state.range === "custom") {
+    const c = state.custom;
+    if (!c || isNaN(c.start) || isNaN(c.end)) return null;
+    return { start: c.start.toISOString(), end: c.end.toISOString() };
+  }
+  const seconds = state.range === "live" ? LIVE_WINDOW_S : Number(state.range);
+  return { start: `${seconds}s`, end: "now" };
+}
+
 async function loadRange() {
   const ticket = ++rangeRequest;
-  const end = state.range === "custom" ? new Date($("#custom-end").value) : new Date();
-  const seconds = state.range === "live" ? LIVE_WINDOW_S : Number(state.range);
-  const start = state.range === "custom" ? new Date($("#custom-start").value)
-    : new Date(end.getTime() - seconds * 1000);
-  if (isNaN(start) || isNaN(end)) { showError("Choose both ends of the custom range."); return; }
-  const path = `/api/devices/${encodeURIComponent(state.device)}/series?start=${start.toISOString()}&end=${end.toISOString()}`;
+  const w = rangeWindow();
+  if (!w) { showError("Choose both ends of the custom range."); return; }
+  const path = `/api/devices/${encodeURIComponent(state.device)}/series?start=${encodeURIComponent(w.start)}&end=${encodeURIComponent(w.end)}`;
   try {
     const body = await api(path);
     if (ticket !== rangeRequest) return;
@@ -375,36 +415,69 @@ async function loadDevice() {
   } catch (err) { if (device === state.device) showError(`Cannot load ${device}: ${err.message}`); }
 }
 
-function setRange(range) {
-  state.range = range;
-  for (const b of document.querySelectorAll("button.range")) b.setAttribute("aria-pressed", String(b.dataset.range === range));
-  $("#custom-range").hidden = range !== "custom";
-  if (range === "custom") {
-    const end = new Date(), start = new Date(end.getTime() - 6 * 3600 * 1000);
-    const local = (x) => new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
-    if (!$("#custom-start").value) $("#custom-start").value = local(start);
-    if (!$("#custom-end").value) $("#custom-end").value = local(end);
+const RANGES = ["live", "3600", "86400", "604800", "custom"];
+// <input type="datetime-local"> holds local time without a zone.
+function toLocalInput(x) { return new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, 16); }
+
+function setRange(range, custom = null) {
+  state.range = RANGES.includes(range) ? range : "live";
+  for (const b of document.querySelectorAll("button.range")) b.setAttribute("aria-pressed", String(b.dataset.range === state.range));
+  $("#custom-range").hidden = state.range !== "custom";
+  if (state.range === "custom") {
+    if (custom) state.custom = custom;
+    if (!state.custom) {
+      const end = new Date();
+      state.custom = { start: new Date(end.getTime() - 6 * 3600 * 1000), end };
+    }
+    $("#custom-start").value = toLocalInput(state.custom.start);
+    $("#custom-end").value = toLocalInput(state.custom.end);
   }
+  rangeChanged();
+}
+function rangeChanged() {
   loadRange();
   updateExportLinks();
+  writeRangeToUrl();
 }
 for (const b of document.querySelectorAll("button.range")) b.addEventListener("click", () => setRange(b.dataset.range));
-$("#custom-apply").addEventListener("click", () => loadRange());
+$("#custom-apply").addEventListener("click", () => {
+  state.custom = { start: new Date($("#custom-start").value), end: new Date($("#custom-end").value) };
+  rangeChanged();
+});
 
 function updateExportLinks() {
-  const end = new Date();
-  const seconds = state.range === "live" ? 3600 : state.range === "custom" ? 86400 : Number(state.range);
-  const start = new Date(end.getTime() - seconds * 1000);
+  // What the chart shows; the live view exports its last hour.
+  const w = state.range === "live" ? { start: "3600s", end: "now" } : rangeWindow();
   for (const format of ["csv", "parquet"]) {
-    $(`#export-${format}`).href = withToken(`/api/devices/${encodeURIComponent(state.device)}/export?format=${format}&start=${start.toISOString()}&end=${end.toISOString()}`);
+    const link = $(`#export-${format}`);
+    if (!w) { link.removeAttribute("href"); continue; }
+    link.href = withToken(`/api/devices/${encodeURIComponent(state.device)}/export?format=${format}&start=${encodeURIComponent(w.start)}&end=${encodeURIComponent(w.end)}`);
   }
+}
+
+// The selected range lives in the URL (#/device/<id>?range=86400, or range=custom with
+// start and end), so a view can be linked and comes back the same after a reload.
+function writeRangeToUrl() {
+  const params = new URLSearchParams();
+  if (state.range !== "live") params.set("range", state.range);
+  const w = state.range === "custom" ? rangeWindow() : null;
+  if (w) { params.set("start", w.start); params.set("end", w.end); }
+  const query = params.toString();
+  const hash = `#/device/${encodeURIComponent(state.device)}${query ? "?" + query : ""}`;
+  if (location.hash !== hash) history.replaceState(null, "", hash);  // no hashchange: no reload
+}
+function rangeFromUrl(query) {
+  const params = new URLSearchParams(query || "");
+  const range = params.get("range") || "live";
+  const start = new Date(params.get("start") || ""), end = new Date(params.get("end") || "");
+  return { range, custom: range === "custom" && !isNaN(start) && !isNaN(end) ? { start, end } : null };
 }
 
 // --- routing ------------------------------------------------------------------------------
 function route() {
   for (const t of state.timers) clearInterval(t);
   state.timers = [];
-  const match = location.hash.match(/^#\/device\/(.+)$/);
+  const match = location.hash.match(/^#\/device\/([^?]+)(?:\?(.*))?$/);
   $("#token-form").hidden = true;
   showError("");
   if (match) {
@@ -414,7 +487,9 @@ function route() {
     $("#device-view").hidden = false;
     document.title = `${state.device} · fleetpulse`;
     loadDevice();
-    setRange("live");
+    const { range, custom } = rangeFromUrl(match[2]);
+    state.custom = null;
+    setRange(range, custom);
     state.timers.push(setInterval(loadDevice, 30000));
   } else {
     state.view = "fleet";
@@ -430,7 +505,7 @@ function route() {
 window.addEventListener("hashchange", route);
 window.addEventListener("resize", () => {
   for (const [name, chart] of Object.entries(state.charts)) {
-    chart.setSize({ width: chartWidth($(CHARTS[name].el)), height: 180 });
+    chart.setSize({ width: chartWidth($(CHARTS[name].el)), height: CHART_HEIGHT });
   }
 });
 connect();

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import TypeAdapter
 
 from shared.schema import MetricsV1
 from tests import processes
 from tests.processes import base_env
-from tests.servers import free_port, wait_for
+from tests.servers import MosquittoServer, free_port, wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def test_once_prints_one_valid_reading(tmp_path: Path) -> None:
@@ -49,3 +56,32 @@ def test_a_wrong_setting_stops_the_agent_before_connecting(tmp_path: Path) -> No
         f"Invalid configuration: {config}: broker_url: 'http://broker' is not a URL like "
         "mqtt://host:1883 or mqtts://host:8883.",
         f"Invalid configuration: {config}: interval_s: -1 must be greater than 0."]
+
+
+def test_the_first_published_reading_has_cpu_percentages_and_rates(
+        tmp_path: Path, broker: MosquittoServer, prefix: str) -> None:
+    first: list[bytes] = []
+    subscribed = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: first.append(m.payload)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe(f"{prefix}/first-1/metrics", qos=1)
+    client.loop_start()
+    agent = processes.agent(tmp_path, broker_url=broker.url, prefix=prefix,
+                            device_id="first-1", interval_s="1")
+    try:
+        wait_for(subscribed.is_set, 10, "the subscription")
+        agent.start()
+        wait_for(lambda: first, 30, "the first reading")
+    finally:
+        agent.stop()
+        client.loop_stop()
+        client.disconnect()
+    message = TypeAdapter(MetricsV1).validate_json(first[0])
+    assert message["seq"] == 1
+    cpu = message["cpu"]
+    assert cpu["percent"] is not None
+    assert len(cpu["per_core_percent"]) == (os.cpu_count() or 0)
+    assert message["disk"]["read_bytes_per_s"] is not None
+    assert message["network"]["bytes_recv_per_s"] is not None

@@ -166,7 +166,9 @@ def test_default_series_range_is_the_last_hour(client: TestClient) -> None:
      "end (2026-11-23T11:00:00+00:00) must be after start (2026-11-23T12:00:00+00:00)"),
     ({"start": "1900-01-01T00:00:00Z"},
      "days is longer than the 3660 days allowed; ask for a shorter range"),
-    ({"start": "yesterday"}, "start: Input should be a valid datetime"),
+    ({"start": "yesterday"}, "start: 'yesterday' is not a time: use ISO 8601 "
+     "(2026-11-23T17:00:00Z), 'now', or an age like 5m, 24h, 7d"),
+    ({"end": "5x"}, "end: '5x' is not a time"),
     ({"columns": "cpu_percent,colour"}, "unknown column(s) colour; known: cpu_percent"),
     ({"resolution": "2s"}, "resolution: Input should be 'auto', 'raw', '1m' or '1h'"),
     ({"resolution": "raw", "start": "2026-10-01T00:00:00Z"},
@@ -252,6 +254,37 @@ def test_openapi_describes_every_endpoint(client: TestClient) -> None:
     assert {"/api/fleet", "/api/devices", "/api/devices/{device_id}",
             "/api/devices/{device_id}/series", "/api/devices/{device_id}/export",
             "/api/alerts", "/api/quarantine", "/api/health", "/api/stream"} <= set(paths)
+
+
+@pytest.mark.parametrize("path", ["/api/devices/pi-1/series",
+                                  "/api/devices/pi-1/completeness",
+                                  "/api/devices/pi-1/export"])
+def test_times_take_the_clis_syntax_ages_now_and_iso(client: TestClient, path: str) -> None:
+    for start, end, expected in (
+            ("5m", "now", (NOW - timedelta(minutes=5), NOW)),
+            ("24h", "1h", (NOW - timedelta(hours=24), NOW - timedelta(hours=1))),
+            ("2026-11-23T11:00:00Z", None, (datetime(2026, 11, 23, 11, tzinfo=UTC), NOW)),
+            ("2026-11-23T13:00:00+02:00", None, (datetime(2026, 11, 23, 11, tzinfo=UTC), NOW))):
+        params = {"start": start} | ({"end": end} if end else {})
+        response = client.get(path, params=params)
+        assert response.status_code == 200, (start, response.text)
+        if path.endswith("/series"):
+            body = response.json()
+            got = (datetime.fromisoformat(body["start"]), datetime.fromisoformat(body["end"]))
+            assert got == expected
+        elif path.endswith("/export"):
+            first, last = expected
+            assert (f"{first:%Y%m%dT%H%M%SZ}_{last:%Y%m%dT%H%M%SZ}"
+                    in response.headers["content-disposition"])
+
+
+def test_interactive_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "http://" not in page.text and "https://" not in page.text, page.text
+    for asset in ("/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css"):
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 100_000, asset
 
 
 def test_dashboard_is_served_with_its_vendored_chart_library(client: TestClient) -> None:

@@ -12,14 +12,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
 from hub.api import HubHealth, create_app
-from hub.export import FORMATS, Format, export_to_file, parse_when
+from hub.export import FORMATS, Format, export_to_file
 from hub.read import FleetReader
 from hub.store import Store, StorePool
+from hub.when import parse_when
 from shared.schema import metrics_columns
 from tests.processes import base_env
 from tests.web.readings import partition, series, write_readings
@@ -27,6 +29,11 @@ from tests.web.readings import partition, series, write_readings
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 NAMES = [c.name for c in metrics_columns()]
+INTERFACE = {"name": "eth0", "bytes_sent": 10, "bytes_sent_per_s": 1.5, "bytes_recv": 20,
+             "bytes_recv_per_s": None, "packets_sent": 1, "packets_sent_per_s": 0.0,
+             "packets_recv": 2, "packets_recv_per_s": 0.0, "errors_in": 0,
+             "errors_in_per_s": 0.0, "errors_out": 0, "errors_out_per_s": 0.0, "drops_in": 0,
+             "drops_in_per_s": 0.0, "drops_out": 0, "drops_out_per_s": 0.0}
 
 
 @pytest.fixture
@@ -37,7 +44,10 @@ def store(db_url: str) -> Iterator[Store]:
         write_readings(s, series(device, T0, 1200, cpu_percent=lambda i: float(i % 100),
                                  cpu_per_core_percent=lambda i: [1.0, 2.5],
                                  memory_total_bytes=4 * 2**30, sensors_battery_charging=True,
-                                 disk_partitions=[partition("/", 50.0)]))
+                                 disk_partitions=[partition("/", 50.0)],
+                                 sensors_temperatures=[{"sensor": "cpu_thermal", "label": "",
+                                                        "celsius": 51.5}],
+                                 network_per_interface=[INTERFACE]))
     yield s
     s.close()
 
@@ -81,6 +91,36 @@ def test_cli_exports_the_fleet_to_parquet_with_typed_columns(store: Store, db_ur
     assert table.column("memory_total_bytes")[0].as_py() == 4 * 2**30
     assert table.column("cpu_per_core_percent")[5].as_py() == [1.0, 2.5]
     assert table.column("device_id").unique().to_pylist() == ["pi-1", "pi-2"]
+
+
+def test_parquet_lists_of_records_are_typed_nested_columns(store: Store, db_url: str,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "nested.parquet"
+    done = cli(db_url, "--device", "pi-1", "--start", T0.isoformat(), "--end", "now",
+               "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(out)
+    partitions = table.schema.field("disk_partitions").type
+    assert partitions == pa.list_(pa.struct([
+        ("mountpoint", pa.string()), ("device", pa.string()), ("fstype", pa.string()),
+        ("total_bytes", pa.int64()), ("used_bytes", pa.int64()), ("free_bytes", pa.int64()),
+        ("percent", pa.float64())]))
+    assert table.schema.field("sensors_temperatures").type == pa.list_(pa.struct([
+        ("sensor", pa.string()), ("label", pa.string()), ("celsius", pa.float64())]))
+    interfaces = table.schema.field("network_per_interface").type.value_type
+    assert interfaces.field("name").type == pa.string()
+    assert interfaces.field("bytes_sent").type == pa.int64()
+    assert interfaces.field("bytes_sent_per_s").type == pa.float64()
+    disks = table.schema.field("disk_per_disk").type.value_type
+    assert disks.field("read_bytes_per_s").type == pa.float64()
+    assert table.column("disk_partitions")[0].as_py() == [partition("/", 50.0)]
+    assert table.column("sensors_temperatures")[3].as_py() == [
+        {"sensor": "cpu_thermal", "label": "", "celsius": 51.5}]
+    assert table.column("network_per_interface")[7].as_py() == [INTERFACE]
+    assert table.column("disk_per_disk")[0].as_py() == []
+    # Queryable as data, not text: the mean used share of "/" over the export.
+    flat = pc.list_flatten(table.column("disk_partitions"))
+    assert pc.mean(pc.struct_field(flat, "percent")).as_py() == 50.0
 
 
 @pytest.mark.parametrize(("args", "message"), [

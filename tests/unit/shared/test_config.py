@@ -8,6 +8,7 @@ from shared.config import (
     Secret,
     default_state_dir,
     load_settings,
+    mask_password,
     parse_broker_url,
 )
 from shared.errors import ConfigError
@@ -139,3 +140,32 @@ def test_the_state_directory_systemd_made_for_the_service_is_the_default() -> No
     # Another unit's state directory is not ours.
     assert default_state_dir("fleetpulse-agent", {"STATE_DIRECTORY": "/var/lib/other"}) \
         != Path("/var/lib/other")
+
+
+def test_log_level_is_checked_as_a_setting_in_any_case():
+    assert load_settings(AgentSettings, environ={"FLEETPULSE_LOG_LEVEL": "debug"}).log_level \
+        == "debug"
+    for cls in (AgentSettings, HubSettings):
+        with pytest.raises(ConfigError) as info:
+            load_settings(cls, environ={"FLEETPULSE_LOG_LEVEL": "VERBOSE"})
+        assert info.value.problems == ["FLEETPULSE_LOG_LEVEL: 'VERBOSE' is not a log level: "
+                                       "use DEBUG, INFO, WARNING or ERROR."]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://fleet:s3cret@db:5432/fleet", "postgresql://fleet:**********@db:5432/fleet"),
+    ("postgresql://fleet:p@ss/w@db/fleet", "postgresql://fleet:**********@db/fleet"),
+    ("postgresql://nobody@db/fleet", "postgresql://nobody@db/fleet"),
+    ("postgresql://db:5432/fleet", "postgresql://db:5432/fleet"),
+    ("foo", "foo"),
+])
+def test_mask_password_hides_the_password_alone(url, shown):
+    assert mask_password(url) == shown
+
+
+def test_a_wrong_db_url_is_shown_with_only_its_password_masked():
+    with pytest.raises(ConfigError) as info:
+        load_settings(HubSettings, environ={"FLEETPULSE_DB": "postgress://u:secret@h/db"})
+    (problem,) = info.value.problems
+    assert "secret" not in problem
+    assert problem.startswith("FLEETPULSE_DB: 'postgress://u:**********@h/db' is not a URL")
