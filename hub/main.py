@@ -157,7 +157,8 @@ def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings
            stop: threading.Event, stats: IngestStats) -> None:
     """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
-    limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s)
+    limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
+                    settings.retention_days)
     prefix = settings.topic_prefix
     writer = BatchWriter(store, receiver, stats, stop)
     try:
