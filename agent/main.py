@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from types import FrameType
 
+from agent.capabilities import load_hub_reads, save_hub_reads
+from agent.clock import boot_clock_s, read_clock_synced
 from agent.collect import Collector, Sample
 from agent.encode import build_meta, build_metrics, encode
 from agent.identity import default_device_id
@@ -24,9 +26,9 @@ from agent.spool import Reading, Spool
 from shared import __version__
 from shared.config import AgentSettings, add_setting_flags, parse_broker_url, settings_from_args
 from shared.errors import ConfigError
-from shared.mqtt import MqttConnection, Will
-from shared.schema import STATUS_OFFLINE, STATUS_ONLINE
-from shared.topics import meta_topic, metrics_topic, status_topic
+from shared.mqtt import MqttConnection, Received, Will
+from shared.schema import STATUS_OFFLINE, STATUS_ONLINE, read_capabilities
+from shared.topics import hub_schema_topic, meta_topic, metrics_topic, status_topic
 
 log = logging.getLogger("fleetpulse.agent")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
@@ -34,6 +36,9 @@ REPLAY_PUMP_S = 0.1  # how often to pump while the spool is being replayed
 META_CHECK_S = 60.0
 WINDOW = 100  # readings awaiting the broker's acknowledgement at once
 MAX_READING_BYTES = 512 * 1024  # under message_size_limit in mosquitto/mosquitto.conf
+# Taken over this often within the window: another machine uses this device id.
+TAKEOVERS_FOR_ERROR = 3
+TAKEOVER_WINDOW_S = 600.0
 
 
 def next_tick(previous: float, interval_s: float, now: float) -> float:
@@ -64,6 +69,11 @@ class Agent:
         prefix = settings.topic_prefix
         self._status_topic = status_topic(prefix, self.device_id)
         self._meta_topic = meta_topic(prefix, self.device_id)
+        self._schema_topic = hub_schema_topic(prefix)
+        self.hub_reads = load_hub_reads(settings.state_dir)  # optional fields the hub reads
+        self._clock_synced: bool | None = None
+        self._takeovers: list[float] = []
+        self._duplicate_logged = False
         self.spool = Spool(settings.state_dir / "spool.sqlite3",
                            max_bytes=settings.spool_max_bytes, max_age_s=settings.spool_max_age_s)
         self.mqtt = MqttConnection(
@@ -76,9 +86,12 @@ class Agent:
             network_thread=False)  # driven by run(): see shared/mqtt.py
         self.outbox = Outbox(self.mqtt, self.spool, metrics_topic(prefix, self.device_id),
                              window=WINDOW, flush_s=settings.spool_flush_s,
-                             replay_rate_per_s=settings.replay_rate_per_s)
+                             replay_rate_per_s=settings.replay_rate_per_s,
+                             session_id=self.session_id)
         self.mqtt.on_connected = self._announce
         self.mqtt.on_published = self.outbox.on_published
+        self.mqtt.on_message = self._on_message
+        self.mqtt.on_taken_over = self._taken_over
         self._meta_dropped = -1
         self._spool_readings = len(self.spool)
         self._spool_dropped = self.spool.dropped
@@ -96,14 +109,40 @@ class Agent:
         # On every (re)connect: the retained "online" replaces the Last Will's "offline".
         self.mqtt.publish(self._status_topic, STATUS_ONLINE.encode(), qos=1, retain=True)
         self.mqtt.publish(self._meta_topic, self._meta_payload(), qos=1, retain=True)
+        # Optional: an ACL from before the capability message refuses it; then the agent
+        # sends plain version 1 readings.
+        self.mqtt.subscribe([self._schema_topic], qos=1, optional=True)
+
+    def _on_message(self, message: Received) -> None:
+        if message.topic != self._schema_topic:
+            return
+        reads = read_capabilities(message.payload)
+        if reads != self.hub_reads:
+            log.info("The hub reads the optional fields: %s.", ", ".join(sorted(reads))
+                     or "none")
+            self.hub_reads = reads
+            save_hub_reads(self.settings.state_dir, reads)
+
+    def _taken_over(self) -> None:
+        now = time.monotonic()
+        self._takeovers = [t for t in self._takeovers if now - t < TAKEOVER_WINDOW_S] + [now]
+        if len(self._takeovers) >= TAKEOVERS_FOR_ERROR and not self._duplicate_logged:
+            self._duplicate_logged = True
+            log.error("Another machine is using device id %s: the broker has handed this "
+                      "device's connection to it %d times in %.0f minutes. Give each machine "
+                      "its own device_id (in /etc/fleetpulse/agent.toml or "
+                      "FLEETPULSE_DEVICE_ID), or remove device_id there to use the machine's "
+                      "own.", self.device_id, len(self._takeovers), TAKEOVER_WINDOW_S / 60)
 
     def read_once(self, epoch_s: float) -> bytes:
         """Take a sample stamped ``epoch_s`` and return the encoded reading."""
         sample = self.collector.sample()
         self._seq += 1
+        self._clock_synced = read_clock_synced()
         message = build_metrics(self._prev, sample, device_id=self.device_id,
                                 session_id=self.session_id, seq=self._seq,
-                                epoch_s=epoch_s, interval_s=self.settings.interval_s)
+                                epoch_s=epoch_s, interval_s=self.settings.interval_s,
+                                hub_reads=self.hub_reads, clock_synced=self._clock_synced)
         self._prev = sample
         return encode(message)
 
@@ -120,15 +159,16 @@ class Agent:
             self.mqtt.service()  # acknowledgements, reconnects; never waits
             now = time.monotonic()
             if now >= tick:
-                epoch = time.time()
+                epoch, boot = time.time(), boot_clock_s()
                 payload = self.read_once(epoch)  # the spool ages it by the same time
                 if len(payload) > MAX_READING_BYTES:
                     # Over the broker's message_size_limit, paho would resend it forever.
                     log.error("Reading seq %d is %d bytes, over %d: not sent.", self._seq,
                               len(payload), MAX_READING_BYTES)
                 else:
-                    self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload),
-                                       now)
+                    unsynced_at = boot if self._clock_synced is False else None
+                    self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload,
+                                               unsynced_at), now)
                 tick = next_tick(tick, interval, time.monotonic())
             self.outbox.pump(time.monotonic(), time.time())
             if now - last_meta_check >= META_CHECK_S:

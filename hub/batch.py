@@ -18,6 +18,9 @@ class Inbound:
     payload: bytes
     received_at: datetime
     ack: Any = None
+    # How long the agent held the reading before sending it (MQTT v5 user property, set
+    # for readings stamped by an unsynchronised clock: hub/clock.py), else None.
+    age_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -309,6 +309,23 @@ class Store:
                 (ids, [orjson.dumps(events.meta[d][0]).decode() for d in ids],
                  [events.meta[d][1] for d in ids]))
 
+    def clock_offset(self, device_id: str, session_id: str, offset_ms: int, reason: str,
+                     decided_at: datetime) -> int:
+        """Record a session's clock offset unless it has one; return the session's offset.
+
+        The first hub to record it wins (another hub's insert waits for ours, then finds
+        the row): every hub and every redelivery places the session's readings alike.
+        """
+        with self._transaction() as cur:
+            cur.execute("insert into clock_offsets (device_id, session_id, offset_ms, reason, "
+                        "decided_at) values (%s, %s, %s, %s, %s) on conflict do nothing",
+                        (device_id, session_id, offset_ms, reason, decided_at))
+            cur.execute("select offset_ms from clock_offsets where device_id = %s "
+                        "and session_id = %s", (device_id, session_id))
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
     # --- reading --------------------------------------------------------------------------
     def query(self, text: str,
               params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:

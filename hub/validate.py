@@ -17,12 +17,12 @@ import json
 import types
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import TypeAdapter, ValidationError
-from typing_extensions import NotRequired, is_typeddict
+from typing_extensions import is_typeddict
 
 from shared.schema import SCHEMA_VERSION, STATUS_VALUES, Meta, MetricsV1
 from shared.topics import is_valid_device_id, parse_topic

@@ -39,6 +39,7 @@ from shared.config import BrokerAddress, Secret
 
 log = logging.getLogger(__name__)
 
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5.0 reason code: another client connected with our id
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 KEEPALIVE_S = 30
@@ -64,6 +65,7 @@ class Received:
     qos: int
     retain: bool
     generation: int  # which connection delivered it: acks of an old one are not sent
+    user_properties: tuple[tuple[str, str], ...] = ()  # MQTT v5 user properties
 
 
 def describe_broker(address: BrokerAddress) -> str:
@@ -87,12 +89,15 @@ class MqttConnection:
         self._retry_delay_s = float(RECONNECT_MIN_S)
         self.on_connected: Callable[[], None] = lambda: None
         self.on_disconnected: Callable[[], None] = lambda: None
+        # The broker closed the connection because another client took our client id.
+        self.on_taken_over: Callable[[], None] = lambda: None
         self.on_message: Callable[[Received], None] = lambda message: None
         # (mid, accepted): accepted is False when the broker refused it (e.g. the ACL).
         self.on_published: Callable[[int, bool], None] = lambda mid, accepted: None
         self._generation = 0
         self._connected = threading.Event()
         self._outage_logged = False
+        self._optional_subscriptions: dict[int, str] = {}
         self._persistent_session_s = persistent_session_s
         self._receive_maximum = receive_maximum
 
@@ -205,16 +210,25 @@ class MqttConnection:
         return self._connected.wait(timeout_s)
 
     # --- actions (thread-safe in paho; in driven mode, call them from the driving thread) --
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: tuple[tuple[str, str], ...] = ()) -> int:
         """Hand a message to paho and return its mid.
 
         A QoS 1 message stays in paho's memory until the broker acknowledges it, and paho
         sends it again after a reconnect (also when handed over while disconnected).
         """
-        return int(self._client.publish(topic, payload, qos=qos, retain=retain).mid)
+        properties = None
+        if user_properties:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.UserProperty = list(user_properties)
+        return int(self._client.publish(topic, payload, qos=qos, retain=retain,
+                                        properties=properties).mid)
 
-    def subscribe(self, filters: list[str], qos: int = 1) -> None:
-        self._client.subscribe([(f, qos) for f in filters])
+    def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False) -> None:
+        """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO."""
+        _, mid = self._client.subscribe([(f, qos) for f in filters])
+        if optional and mid is not None:
+            self._optional_subscriptions[int(mid)] = ", ".join(filters)
 
     def ack(self, mid: int, qos: int, generation: int) -> None:
         """Acknowledge a message, unless it came over an earlier connection.
@@ -270,6 +284,14 @@ class MqttConnection:
                            properties: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            # Not an outage: the caller says what it means (two clients with one id).
+            log.info("Broker %s: another client connected with this client id (%s); "
+                     "reconnecting.", describe_broker(self.address), reason)
+            self.on_taken_over()
+            if was_connected:
+                self.on_disconnected()
+            return
         if was_connected:
             if reason.is_failure and not self._outage_logged:
                 log.warning("Lost the broker %s (%s); reconnecting.",
@@ -280,15 +302,23 @@ class MqttConnection:
     def _handle_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
                           properties: Any) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
-        if refused:
+        optional = self._optional_subscriptions.pop(mid, None)
+        if optional is not None:
+            if refused:
+                log.info("Broker %s refused the subscription to %s (%s); carrying on "
+                         "without it.", describe_broker(self.address), optional,
+                         ", ".join(refused))
+        elif refused:
             log.error("Broker %s refused a subscription: %s. Check the ACL.",
                       describe_broker(self.address), ", ".join(refused))
         else:
             log.info("Subscribed at broker %s.", describe_broker(self.address))
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        properties = getattr(message, "properties", None)
+        user = tuple(getattr(properties, "UserProperty", ()) or ())
         self.on_message(Received(message.topic, message.payload, message.mid, message.qos,
-                                 bool(message.retain), self._generation))
+                                 bool(message.retain), self._generation, user))
 
     def _handle_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                         properties: Any) -> None:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin, get_type_hints
 
 from annotated_types import Ge, Le, MaxLen, MinLen
-from typing_extensions import NotRequired, TypedDict, is_typeddict
+from typing_extensions import TypedDict, is_typeddict
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -194,6 +194,11 @@ class MetricsV1(TypedDict):
 METRICS_OPTIONAL_FIELDS: tuple[str, ...] = tuple(
     name for name, hint in get_type_hints(MetricsV1, include_extras=True).items()
     if get_origin(hint) is NotRequired)
+
+
+# MQTT v5 user property on a metrics message: milliseconds the agent held the reading
+# before this send, on its boot-time clock; set when the reading's clock was unsynchronised.
+AGE_PROPERTY = "age-ms"
 
 
 class HubCapabilities(TypedDict):
