@@ -285,6 +285,30 @@ class Store:
                 "last_seen = greatest(devices.last_seen, excluded.last_seen), "
                 "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
                 (ids, [events.seen[d][0] for d in ids], [events.seen[d][1] for d in ids]))
+        if events.sessions:
+            keys = sorted(events.sessions)
+            spans = [events.sessions[k] for k in keys]
+            cur.execute(
+                "insert into device_sessions (device_id, session_id, first_ts, last_ts, "
+                "first_received_at, last_received_at) select * from unnest(%s::text[], "
+                "%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], "
+                "%s::timestamptz[]) on conflict (device_id, session_id) do update set "
+                "first_ts = least(device_sessions.first_ts, excluded.first_ts), "
+                "last_ts = greatest(device_sessions.last_ts, excluded.last_ts), "
+                "last_received_at = greatest(device_sessions.last_received_at, "
+                "excluded.last_received_at)",
+                ([k[0] for k in keys], [k[1] for k in keys], [s.first_ts for s in spans],
+                 [s.last_ts for s in spans], [s.first_received_at for s in spans],
+                 [s.last_received_at for s in spans]))
+        if events.session_hosts:
+            keys = sorted(events.session_hosts)
+            cur.execute(
+                "insert into device_sessions (device_id, session_id, hostname, "
+                "first_received_at, last_received_at) select d, s, h, now(), now() from "
+                "unnest(%s::text[], %s::text[], %s::text[]) as u(d, s, h) "
+                "on conflict (device_id, session_id) do update set hostname = excluded.hostname",
+                ([k[0] for k in keys], [k[1] for k in keys],
+                 [events.session_hosts[k] for k in keys]))
         if events.status:
             ids = sorted(events.status)
             cur.execute(
