@@ -187,7 +187,9 @@ class Agent:
             self.mqtt.publish(self._status_topic, STATUS_OFFLINE.encode(), qos=1, retain=True)
             deadline = time.monotonic() + 2.0
             while self.outbox.pending() - len(self.spool) > 0 and time.monotonic() < deadline:
-                time.sleep(0.05)  # give in-flight readings a moment to be acked
+                # Give in-flight readings a moment to be acked. An Event, not time.sleep:
+                # under libfaketime (tests/integration/test_clock.py) sleep fails (EINVAL).
+                threading.Event().wait(0.05)
                 self.mqtt.service()
         self.outbox.close(time.time())
         stats = self.outbox.stats
