@@ -37,7 +37,7 @@ META_CHECK_S = 60.0
 WINDOW = 100  # readings awaiting the broker's acknowledgement at once
 MAX_READING_BYTES = 512 * 1024  # under message_size_limit in mosquitto/mosquitto.conf
 # Taken over this often within the window: another machine uses this device id.
-TAKEOVERS_FOR_ERROR = 3
+TAKEOVERS_FOR_ERROR = 5
 TAKEOVER_WINDOW_S = 600.0
 
 
@@ -128,11 +128,14 @@ class Agent:
         self._takeovers = [t for t in self._takeovers if now - t < TAKEOVER_WINDOW_S] + [now]
         if len(self._takeovers) >= TAKEOVERS_FOR_ERROR and not self._duplicate_logged:
             self._duplicate_logged = True
-            log.error("Another machine is using device id %s: the broker has handed this "
-                      "device's connection to it %d times in %.0f minutes. Give each machine "
-                      "its own device_id (in /etc/fleetpulse/agent.toml or "
-                      "FLEETPULSE_DEVICE_ID), or remove device_id there to use the machine's "
-                      "own.", self.device_id, len(self._takeovers), TAKEOVER_WINDOW_S / 60)
+            log.error("Another machine is using device id %s: the broker has closed this "
+                      "device's connection for another client with the same id %d times in "
+                      "%.0f minutes. Give each machine its own device_id (in "
+                      "/etc/fleetpulse/agent.toml or FLEETPULSE_DEVICE_ID), or remove "
+                      "device_id there to use the machine's own. Readings of both are kept; "
+                      "further reconnects are logged at DEBUG.", self.device_id,
+                      len(self._takeovers), TAKEOVER_WINDOW_S / 60)
+            self.mqtt.quiet_takeovers = True
 
     def read_once(self, epoch_s: float) -> bytes:
         """Take a sample stamped ``epoch_s`` and return the encoded reading."""

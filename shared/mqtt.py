@@ -39,7 +39,16 @@ from shared.config import BrokerAddress, Secret
 
 log = logging.getLogger(__name__)
 
-SESSION_TAKEN_OVER = 0x8E  # MQTT 5.0 reason code: another client connected with our id
+# Another client connected with our client id. MQTT 5.0 has a reason code for it, 0x8E
+# "Session taken over"; Mosquitto 2.0.11 sends none: it closes the socket ("Client <id>
+# already connected, closing old connection" in its log), and paho 2.2 reports 0x80
+# "Unspecified error" with no DISCONNECT packet (measured here). So a connection closed
+# that way soon after it was made, followed by a reconnect that succeeds at once, counts
+# as taken over too; a broker restart or a network outage does not reconnect at once.
+SESSION_TAKEN_OVER = 0x8E
+UNSPECIFIED_ERROR = 0x80
+TAKEOVER_MAX_CONNECTED_S = 10.0
+TAKEOVER_MAX_RECONNECT_S = 5.0
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 KEEPALIVE_S = 30
@@ -91,6 +100,10 @@ class MqttConnection:
         self.on_disconnected: Callable[[], None] = lambda: None
         # The broker closed the connection because another client took our client id.
         self.on_taken_over: Callable[[], None] = lambda: None
+        # Set once the caller has said so: a taken-over connection is then logged at DEBUG.
+        self.quiet_takeovers = False
+        self._connected_at: float | None = None  # monotonic
+        self._takeover: tuple[float, bool] | None = None  # (when, certain) of the last drop
         self.on_message: Callable[[Received], None] = lambda message: None
         # (mid, accepted): accepted is False when the broker refused it (e.g. the ACL).
         self.on_published: Callable[[int, bool], None] = lambda mid, accepted: None
@@ -251,6 +264,16 @@ class MqttConnection:
             return
         self._generation += 1
         self._retry_delay_s = float(RECONNECT_MIN_S)
+        now = time.monotonic()
+        self._connected_at = now
+        takeover, self._takeover = self._takeover, None
+        if takeover is not None and (takeover[1] or now - takeover[0] <= TAKEOVER_MAX_RECONNECT_S):
+            self.on_taken_over()
+            if self.quiet_takeovers:
+                log.debug("Connected to broker %s again.", describe_broker(self.address))
+                self._connected.set()
+                self.on_connected()
+                return
         if self._outage_logged:
             log.warning("Connected to broker %s again.", describe_broker(self.address))
         else:
@@ -284,14 +307,19 @@ class MqttConnection:
                            properties: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
-            # Not an outage: the caller says what it means (two clients with one id).
-            log.info("Broker %s: another client connected with this client id (%s); "
-                     "reconnecting.", describe_broker(self.address), reason)
-            self.on_taken_over()
-            if was_connected:
+        now = time.monotonic()
+        code = getattr(reason, "value", None)
+        short = self._connected_at is not None and \
+            now - self._connected_at < TAKEOVER_MAX_CONNECTED_S
+        if was_connected and (code == SESSION_TAKEN_OVER or (code == UNSPECIFIED_ERROR
+                                                             and short)):
+            # Taken over, or maybe: on_connected tells once the reconnect shows which.
+            self._takeover = (now, code == SESSION_TAKEN_OVER)
+            if self.quiet_takeovers:
+                log.debug("Broker %s closed the connection (%s); reconnecting.",
+                          describe_broker(self.address), reason)
                 self.on_disconnected()
-            return
+                return
         if was_connected:
             if reason.is_failure and not self._outage_logged:
                 log.warning("Lost the broker %s (%s); reconnecting.",
