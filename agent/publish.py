@@ -19,7 +19,7 @@ from typing import Protocol
 
 from agent.clock import boot_clock_s
 from agent.spool import Reading, Spool
-from shared.schema import AGE_PROPERTY
+from shared.schema import AGE_EXPIRY_S, AGE_PROPERTY
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class Transport(Protocol):
     def connected(self) -> bool: ...
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                user_properties: tuple[tuple[str, str], ...] = ()) -> int: ...
+                user_properties: tuple[tuple[str, str], ...] = (),
+                expiry_s: int | None = None) -> int: ...
 
 
 @dataclass
@@ -152,7 +153,8 @@ class Outbox:
         if reading.unsynced_boot_s is not None and reading.session_id == self.session_id:
             age_ms = max(0, round((self.boot_clock() - reading.unsynced_boot_s) * 1000))
             mid = self.transport.publish(self.topic, reading.payload, qos=1,
-                                         user_properties=((AGE_PROPERTY, str(age_ms)),))
+                                         user_properties=((AGE_PROPERTY, str(age_ms)),),
+                                         expiry_s=AGE_EXPIRY_S)
         else:
             mid = self.transport.publish(self.topic, reading.payload, qos=1)
         self._inflight[mid] = _InFlight(reading, now, spooled)

@@ -5,7 +5,9 @@ last shutdown time (fake-hwclock) or 1970, and a reading stamped then would be f
 a wrong day, or refused as ten years old. The agent says in each reading whether its
 clock was synchronised (``clock_synced``, where the hub reads it) and, when it was not,
 how long the reading waited in the agent before it was sent (the MQTT v5 user property
-``age-ms``, measured on the agent's boot-time clock, which NTP does not step).
+``age-ms``, measured on the agent's boot-time clock, which NTP does not step), to which the
+broker's wait is added (the Message Expiry Interval the agent set, less what the broker
+forwards: hub/receive.py).
 
 For each agent session with unsynchronised readings the hub fixes one offset, from the
 first such reading it stores, and keeps it in ``clock_offsets`` (so every hub, and a
@@ -36,7 +38,9 @@ from hub.validate import Accepted, Limits, Rejected, Result, ts_problem
 
 log = logging.getLogger(__name__)
 
-TRUST_S = 2.0  # errors up to this are network delay, not a wrong clock
+# Errors up to this are network delay, not a wrong clock (the broker counts its part of a
+# reading's wait in whole seconds).
+TRUST_S = 3.0
 
 
 @dataclass(frozen=True)

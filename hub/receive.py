@@ -20,7 +20,7 @@ from hub.batch import Inbound
 from shared import __version__
 from shared.config import HubSettings, parse_broker_url
 from shared.mqtt import MqttConnection, Received
-from shared.schema import AGE_PROPERTY, hub_capabilities
+from shared.schema import AGE_EXPIRY_S, AGE_PROPERTY, hub_capabilities
 from shared.topics import hub_schema_topic, hub_subscriptions
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,25 @@ log = logging.getLogger(__name__)
 RECEIVE_MAXIMUM_LIMIT = 65535  # the field is two bytes (MQTT 5.0, 3.1.2.11.3)
 
 
-def age_from_properties(properties: tuple[tuple[str, str], ...]) -> float | None:
-    """Return the agent's ``age-ms`` user property in seconds; None if absent or bad."""
+def age_from_properties(properties: tuple[tuple[str, str], ...],
+                        expiry_s: int | None) -> float | None:
+    """Return how long a reading waited since it was taken, in seconds; None if not told.
+
+    The agent's ``age-ms`` user property (its wait), plus the broker's: the message expiry
+    the agent set less what is left of it (shared.schema.AGE_EXPIRY_S).
+    """
     for name, value in properties:
         if name == AGE_PROPERTY:
             try:
                 age_ms = int(value)
             except ValueError:
                 return None
-            return age_ms / 1000 if 0 <= age_ms < 10**12 else None
+            if not 0 <= age_ms < 10**12:
+                return None
+            broker_s = 0
+            if expiry_s is not None and 0 <= expiry_s <= AGE_EXPIRY_S:
+                broker_s = AGE_EXPIRY_S - expiry_s
+            return age_ms / 1000 + broker_s
     return None
 
 
@@ -110,7 +120,8 @@ class Receiver:
     def _take(self, message: Received) -> None:
         self._inbox.put(Inbound(message.topic, message.payload, datetime.now(UTC),
                                 (message.mid, message.qos, message.generation),
-                                age_from_properties(message.user_properties)))
+                                age_from_properties(message.user_properties,
+                                                    message.expiry_s)))
 
     def is_stale(self, message: Inbound) -> bool:
         """Tell whether a message came over a connection that has since been replaced."""

@@ -75,6 +75,7 @@ class Received:
     retain: bool
     generation: int  # which connection delivered it: acks of an old one are not sent
     user_properties: tuple[tuple[str, str], ...] = ()  # MQTT v5 user properties
+    expiry_s: int | None = None  # MQTT v5 Message Expiry Interval, as the broker forwarded it
 
 
 def describe_broker(address: BrokerAddress) -> str:
@@ -224,16 +225,20 @@ class MqttConnection:
 
     # --- actions (thread-safe in paho; in driven mode, call them from the driving thread) --
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                user_properties: tuple[tuple[str, str], ...] = ()) -> int:
+                user_properties: tuple[tuple[str, str], ...] = (),
+                expiry_s: int | None = None) -> int:
         """Hand a message to paho and return its mid.
 
         A QoS 1 message stays in paho's memory until the broker acknowledges it, and paho
         sends it again after a reconnect (also when handed over while disconnected).
         """
         properties = None
-        if user_properties:
+        if user_properties or expiry_s is not None:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.UserProperty = list(user_properties)
+            if user_properties:
+                properties.UserProperty = list(user_properties)
+            if expiry_s is not None:
+                properties.MessageExpiryInterval = expiry_s
         return int(self._client.publish(topic, payload, qos=qos, retain=retain,
                                         properties=properties).mid)
 
@@ -345,8 +350,9 @@ class MqttConnection:
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         properties = getattr(message, "properties", None)
         user = tuple(getattr(properties, "UserProperty", ()) or ())
+        expiry = getattr(properties, "MessageExpiryInterval", None)
         self.on_message(Received(message.topic, message.payload, message.mid, message.qos,
-                                 bool(message.retain), self._generation, user))
+                                 bool(message.retain), self._generation, user, expiry))
 
     def _handle_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                         properties: Any) -> None:

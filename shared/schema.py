@@ -199,6 +199,10 @@ METRICS_OPTIONAL_FIELDS: tuple[str, ...] = tuple(
 # MQTT v5 user property on a metrics message: milliseconds the agent held the reading
 # before this send, on its boot-time clock; set when the reading's clock was unsynchronised.
 AGE_PROPERTY = "age-ms"
+# The Message Expiry Interval the agent sets on such a reading: the broker lowers it by the
+# time the message waited there (MQTT 5.0, 3.3.2.3.3; Mosquitto counts whole seconds), so
+# the hub adds the broker's wait to the agent's. Ten years: never reached.
+AGE_EXPIRY_S = 315_360_000
 
 
 class HubCapabilities(TypedDict):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import processes
+from tests.integration.test_end_to_end import Counter
 from tests.processes import Process, query, wait_hub_subscribed, wait_rows
 from tests.servers import MosquittoServer, free_port, wait_for
 
@@ -151,3 +152,43 @@ def test_readings_spooled_before_the_network_came_up_keep_their_real_times(
     assert started - timedelta(seconds=2) <= rows[0][1] < network_up
     assert query(db_url, "select count(*) from quarantine") == [(0,)]
     assert "Traceback" not in agent.log() and "Traceback" not in hub.log()
+
+
+def test_readings_that_waited_at_the_broker_for_the_hub_keep_their_real_times(
+        tmp_path: Path, broker: MosquittoServer, db_url: str, prefix: str,
+        unsynced_kernel: Path) -> None:
+    # The hub is away while the Pi (clock 400 days back) starts: its readings wait in the
+    # hub's session at the broker. The broker's wait is counted (Message Expiry Interval).
+    hub = processes.hub(tmp_path, broker_url=broker.url, db_url=db_url, prefix=prefix,
+                        batch_max_age_s="0.2").start()
+    wait_hub_subscribed(hub)
+    hub.stop()  # its session stays at the broker, and its retained capability message
+    agent = shifted_agent(tmp_path, unsynced_kernel, "-400d", broker_url=broker.url,
+                          prefix=prefix, device_id="pi-wait")
+    published = Counter(broker, f"{prefix}/pi-wait/metrics")
+    try:
+        started = datetime.now(UTC)
+        agent.start()
+        wait_for(lambda: len(published.payloads) >= 16, 30, "readings queued for the hub")
+        hub_back = datetime.now(UTC)
+        hub.start()
+        wait_for(lambda: query(db_url, "select count(*) from metrics where ts > %s",
+                               (hub_back + timedelta(seconds=1),))[0][0] >= 4, 60,
+                 "the queued and the live readings")
+    finally:
+        published.stop()
+        agent.stop()
+        hub.stop()
+    rows = query(db_url, "select seq, ts, agent_ts from metrics where clock_synced is false "
+                 "order by seq")
+    seqs = [seq for seq, _, _ in rows]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    assert len({ts - agent_ts for _, ts, agent_ts in rows}) == 1
+    queued = [ts for _, ts, _ in rows if ts < hub_back]
+    assert len(queued) >= 8  # placed when they were taken, not when the hub came back
+    assert min(queued) >= started - timedelta(seconds=2)
+    # Readings taken before the agent heard the capability message say nothing about their
+    # clock: 400 days old, they are quarantined with the reason, never filed under that day.
+    reasons = query(db_url, "select reason from quarantine")
+    assert len(reasons) == seqs[0] - 1
+    assert all("older than the" in str(r) for (r,) in reasons)

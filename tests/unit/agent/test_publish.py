@@ -16,7 +16,8 @@ class FakeTransport:
         self._mids = itertools.count(1)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                user_properties: tuple[tuple[str, str], ...] = ()) -> int:
+                user_properties: tuple[tuple[str, str], ...] = (),
+                expiry_s: int | None = None) -> int:
         mid = next(self._mids)
         self.sent[mid] = payload
         self.properties[payload] = user_properties

@@ -96,3 +96,15 @@ def test_a_clock_that_jumps_within_a_session_is_quarantined_not_misfiled() -> No
     # Someone set the date by hand a year ahead: the session's offset no longer fits.
     jumped = placer.apply(unsynced(BOOT_1970 + timedelta(days=365), seq=2), RECEIVED, 0.0)
     assert isinstance(jumped, Rejected) and "ahead of the hub's clock" in jumped.reason
+
+
+def test_the_age_adds_the_agents_wait_and_the_brokers() -> None:
+    from hub.receive import age_from_properties
+    from shared.schema import AGE_EXPIRY_S
+
+    # Held 1.5 s by the agent, then 120 s at the broker while the hub was away.
+    assert age_from_properties((("age-ms", "1500"),), AGE_EXPIRY_S - 120) == 121.5
+    assert age_from_properties((("age-ms", "1500"),), None) == 1.5
+    assert age_from_properties((), AGE_EXPIRY_S - 120) is None  # no age: not the agent's
+    assert age_from_properties((("age-ms", "soon"),), None) is None
+    assert age_from_properties((("age-ms", "-5"),), None) is None
