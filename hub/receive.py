@@ -105,7 +105,8 @@ class Receiver:
         self.mqtt.subscribe(self._filters, qos=1)
         # Tell agents what this hub reads (retained): they add optional fields only then.
         self._schema_mid = self.mqtt.publish(
-            self._schema_topic, orjson.dumps(hub_capabilities(__version__)), qos=1, retain=True)
+            self._schema_topic, orjson.dumps(hub_capabilities(__version__)), qos=1, retain=True,
+            reports_refusal=True)
 
     def _published(self, mid: int, accepted: bool) -> None:
         if mid == self._schema_mid and not accepted and not self._schema_refused_logged:

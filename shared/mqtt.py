@@ -112,6 +112,7 @@ class MqttConnection:
         self._connected = threading.Event()
         self._outage_logged = False
         self._optional_subscriptions: dict[int, str] = {}
+        self._refusals_reported: set[int] = set()
         self._persistent_session_s = persistent_session_s
         self._receive_maximum = receive_maximum
 
@@ -226,11 +227,14 @@ class MqttConnection:
     # --- actions (thread-safe in paho; in driven mode, call them from the driving thread) --
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 user_properties: tuple[tuple[str, str], ...] = (),
-                expiry_s: int | None = None) -> int:
+                expiry_s: int | None = None, reports_refusal: bool = False) -> int:
         """Hand a message to paho and return its mid.
 
         A QoS 1 message stays in paho's memory until the broker acknowledges it, and paho
         sends it again after a reconnect (also when handed over while disconnected).
+
+        Args:
+            reports_refusal: the caller logs a refusal itself (through ``on_published``).
         """
         properties = None
         if user_properties or expiry_s is not None:
@@ -239,8 +243,11 @@ class MqttConnection:
                 properties.UserProperty = list(user_properties)
             if expiry_s is not None:
                 properties.MessageExpiryInterval = expiry_s
-        return int(self._client.publish(topic, payload, qos=qos, retain=retain,
-                                        properties=properties).mid)
+        mid = int(self._client.publish(topic, payload, qos=qos, retain=retain,
+                                       properties=properties).mid)
+        if reports_refusal:
+            self._refusals_reported.add(mid)
+        return mid
 
     def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False) -> None:
         """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO."""
@@ -356,6 +363,8 @@ class MqttConnection:
 
     def _handle_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                         properties: Any) -> None:
-        if reason.is_failure:
+        reported = mid in self._refusals_reported
+        self._refusals_reported.discard(mid)
+        if reason.is_failure and not reported:
             log.warning("Broker refused message %d: %s", mid, reason)
         self.on_published(mid, not reason.is_failure)

@@ -155,8 +155,8 @@ def test_with_an_acl_from_before_the_capability_message_everything_is_version_1(
         agent.stop()
         hub.stop()
     hub_log, agent_log = hub.log(), agent.log()
-    warnings = [line for line in hub_log.splitlines() if "capability message" in line]
-    assert len(warnings) == 1 and "WARNING" in warnings[0], hub_log
+    warnings = [line for line in hub_log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "capability message" in warnings[0], hub_log
     assert "topic write fleetpulse/_hub/schema" in warnings[0]
     # The agent heard nothing: it sends version 1, which the strict hub stores.
     assert "The hub reads" not in agent_log
