@@ -8,10 +8,12 @@ hands the one client id back and forth between them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -22,7 +24,7 @@ from tests import processes
 from tests.integration.test_security import HUB_PASSWORD, REPO, Client, ShippedBroker
 from tests.integration.test_versions import new_device
 from tests.processes import Process, query
-from tests.servers import wait_for
+from tests.servers import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,10 +73,11 @@ def test_two_machines_with_one_device_id_are_reported_and_keep_all_their_reading
         HUB_PASSWORD, os.urandom(12))))
     broker.start()
     password = new_device(broker, DEVICE)
+    http_port = free_port()
     hub = processes.hub(private_dir, broker_url=f"mqtt://127.0.0.1:{broker.port}",
                         db_url=db_url, prefix="fleetpulse", broker_username=HUB_USERNAME,
                         broker_password=HUB_PASSWORD, batch_max_age_s="0.2",
-                        alert_check_s="0.5")
+                        alert_check_s="0.5", http_port=str(http_port))
     kitchen = machine(private_dir, "pi-kitchen", broker.port, password)
     shed = machine(private_dir, "pi-shed", broker.port, password)
     try:
@@ -88,6 +91,12 @@ def test_two_machines_with_one_device_id_are_reported_and_keep_all_their_reading
         wait_for(lambda: "Another machine is using device id" in kitchen.log()
                  and "Another machine is using device id" in shed.log(), 60,
                  "both agents to say so")
+        # What the dashboard lists under open alerts (it shows every rule's message).
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/alerts?open=true",
+                                    timeout=10) as response:
+            listed = json.load(response)
+        (shown,) = [a for a in listed if a["rule"] == "duplicate_device"]
+        assert "pi-kitchen" in shown["message"] and "pi-shed" in shown["message"]
     finally:
         kitchen.stop()
         shed.stop()
