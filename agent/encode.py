@@ -204,16 +204,26 @@ def _sensors(cur: Sample) -> Sensors:
 
 
 def build_metrics(prev: Sample | None, cur: Sample, *, device_id: str, session_id: str,
-                  seq: int, epoch_s: float, interval_s: float) -> MetricsV1:
-    """Build one reading from the current sample and the one before it (None at start)."""
+                  seq: int, epoch_s: float, interval_s: float,
+                  hub_reads: frozenset[str] = frozenset(),
+                  clock_synced: bool | None = None) -> MetricsV1:
+    """Build one reading from the current sample and the one before it (None at start).
+
+    Args:
+        hub_reads: the optional fields the hub says it reads (its capability message);
+            the others are left out, so a hub that predates them accepts the reading.
+    """
     dt = cur.monotonic_s - prev.monotonic_s if prev else 0.0
-    return {
+    message: MetricsV1 = {
         "v": SCHEMA_VERSION, "device_id": device_id, "session_id": session_id, "seq": seq,
         "ts": utc_ms(epoch_s), "interval_s": interval_s,
         "cpu": _cpu(prev, cur, dt), "memory": _memory(prev, cur, dt),
         "disk": _disk(prev, cur, dt), "network": _network(prev, cur, dt),
         "sensors": _sensors(cur), "throttling": decode_throttled(cur.throttled_raw),
     }
+    if "clock_synced" in hub_reads:
+        message["clock_synced"] = clock_synced
+    return message
 
 
 def build_meta(facts: StaticFacts, *, device_id: str, session_id: str, interval_s: float,

@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from types import FrameType
 
+from agent.capabilities import load_hub_reads, save_hub_reads
+from agent.clock import boot_clock_s, read_clock_synced
 from agent.collect import Collector, Sample
 from agent.encode import build_meta, build_metrics, encode
 from agent.identity import default_device_id
@@ -28,9 +30,9 @@ from agent.spool import Reading, Spool
 from shared import __version__
 from shared.config import AgentSettings, add_setting_flags, parse_broker_url, settings_from_args
 from shared.errors import ConfigError
-from shared.mqtt import MqttConnection, Will, describe_broker
-from shared.schema import STATUS_OFFLINE, STATUS_ONLINE
-from shared.topics import meta_topic, metrics_topic, status_topic
+from shared.mqtt import MqttConnection, Received, Will, describe_broker
+from shared.schema import STATUS_OFFLINE, STATUS_ONLINE, read_capabilities
+from shared.topics import hub_schema_topic, meta_topic, metrics_topic, status_topic
 
 log = logging.getLogger("fleetpulse.agent")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
@@ -39,6 +41,9 @@ META_CHECK_S = 60.0
 WINDOW = 100  # readings awaiting the broker's acknowledgement at once
 PRIMING_S = 1.0  # at most this between the priming sample and the first reading
 MAX_READING_BYTES = 512 * 1024  # under message_size_limit in mosquitto/mosquitto.conf
+# Taken over this often within the window: another machine uses this device id.
+TAKEOVERS_FOR_ERROR = 5
+TAKEOVER_WINDOW_S = 600.0
 
 
 def next_tick(previous: float, interval_s: float, now: float) -> float:
@@ -69,6 +74,11 @@ class Agent:
         prefix = settings.topic_prefix
         self._status_topic = status_topic(prefix, self.device_id)
         self._meta_topic = meta_topic(prefix, self.device_id)
+        self._schema_topic = hub_schema_topic(prefix)
+        self.hub_reads = load_hub_reads(settings.state_dir)  # optional fields the hub reads
+        self._clock_synced: bool | None = None
+        self._takeovers: list[float] = []
+        self._duplicate_logged = False
         self.spool = Spool(settings.state_dir / "spool.sqlite3",
                            max_bytes=settings.spool_max_bytes, max_age_s=settings.spool_max_age_s)
         self.mqtt = MqttConnection(
@@ -81,9 +91,12 @@ class Agent:
             network_thread=False)  # driven by run(): see shared/mqtt.py
         self.outbox = Outbox(self.mqtt, self.spool, metrics_topic(prefix, self.device_id),
                              window=WINDOW, flush_s=settings.spool_flush_s,
-                             replay_rate_per_s=settings.replay_rate_per_s)
+                             replay_rate_per_s=settings.replay_rate_per_s,
+                             session_id=self.session_id)
         self.mqtt.on_connected = self._announce
         self.mqtt.on_published = self.outbox.on_published
+        self.mqtt.on_message = self._on_message
+        self.mqtt.on_taken_over = self._taken_over
         self._meta_dropped = -1
         self._spool_readings = len(self.spool)
         self._spool_dropped = self.spool.dropped
@@ -104,14 +117,43 @@ class Agent:
         # On every (re)connect: the retained "online" replaces the Last Will's "offline".
         self.mqtt.publish(self._status_topic, STATUS_ONLINE.encode(), qos=1, retain=True)
         self.mqtt.publish(self._meta_topic, self._meta_payload(), qos=1, retain=True)
+        # Optional: an ACL from before the capability message refuses it; then the agent
+        # sends plain version 1 readings.
+        self.mqtt.subscribe([self._schema_topic], qos=1, optional=True)
+
+    def _on_message(self, message: Received) -> None:
+        if message.topic != self._schema_topic:
+            return
+        reads = read_capabilities(message.payload)
+        if reads != self.hub_reads:
+            log.info("The hub reads the optional fields: %s.", ", ".join(sorted(reads))
+                     or "none")
+            self.hub_reads = reads
+            save_hub_reads(self.settings.state_dir, reads)
+
+    def _taken_over(self) -> None:
+        now = time.monotonic()
+        self._takeovers = [t for t in self._takeovers if now - t < TAKEOVER_WINDOW_S] + [now]
+        if len(self._takeovers) >= TAKEOVERS_FOR_ERROR and not self._duplicate_logged:
+            self._duplicate_logged = True
+            log.error("Another machine is using device id %s: the broker has closed this "
+                      "device's connection for another client with the same id %d times in "
+                      "%.0f minutes. Give each machine its own device_id (in "
+                      "/etc/fleetpulse/agent.toml or FLEETPULSE_DEVICE_ID), or remove "
+                      "device_id there to use the machine's own. Readings of both are kept; "
+                      "further reconnects are logged at DEBUG.", self.device_id,
+                      len(self._takeovers), TAKEOVER_WINDOW_S / 60)
+            self.mqtt.quiet_takeovers = True
 
     def read_once(self, epoch_s: float) -> bytes:
         """Take a sample stamped ``epoch_s`` and return the encoded reading."""
         sample = self.collector.sample()
         self._seq += 1
+        self._clock_synced = read_clock_synced()
         message = build_metrics(self._prev, sample, device_id=self.device_id,
                                 session_id=self.session_id, seq=self._seq,
-                                epoch_s=epoch_s, interval_s=self.settings.interval_s)
+                                epoch_s=epoch_s, interval_s=self.settings.interval_s,
+                                hub_reads=self.hub_reads, clock_synced=self._clock_synced)
         self._prev = sample
         return encode(message)
 
@@ -140,15 +182,16 @@ class Agent:
             self.mqtt.service()  # acknowledgements, reconnects; never waits
             now = time.monotonic()
             if now >= tick:
-                epoch = time.time()
+                epoch, boot = time.time(), boot_clock_s()
                 payload = self.read_once(epoch)  # the spool ages it by the same time
                 if len(payload) > MAX_READING_BYTES:
                     # Over the broker's message_size_limit, paho would resend it forever.
                     log.error("Reading seq %d is %d bytes, over %d: not sent.", self._seq,
                               len(payload), MAX_READING_BYTES)
                 else:
-                    self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload),
-                                       now)
+                    unsynced_at = boot if self._clock_synced is False else None
+                    self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload,
+                                               unsynced_at), now)
                 tick = next_tick(tick, interval, time.monotonic())
                 if self._seq == 1:
                     self.notifier.ready(self._status_line())  # the first reading is taken
@@ -173,7 +216,9 @@ class Agent:
             self.mqtt.publish(self._status_topic, STATUS_OFFLINE.encode(), qos=1, retain=True)
             deadline = time.monotonic() + 2.0
             while self.outbox.pending() - len(self.spool) > 0 and time.monotonic() < deadline:
-                time.sleep(0.05)  # give in-flight readings a moment to be acked
+                # Give in-flight readings a moment to be acked. An Event, not time.sleep:
+                # under libfaketime (tests/integration/test_clock.py) sleep fails (EINVAL).
+                threading.Event().wait(0.05)
                 self.mqtt.service()
         self.outbox.close(time.time())
         stats = self.outbox.stats

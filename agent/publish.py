@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.clock import boot_clock_s
 from agent.spool import Reading, Spool
+from shared.schema import AGE_EXPIRY_S, AGE_PROPERTY
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,9 @@ class Transport(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                retain: bool = False) -> int: ...
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: tuple[tuple[str, str], ...] = (),
+                expiry_s: int | None = None) -> int: ...
 
 
 @dataclass
@@ -60,6 +64,10 @@ class Outbox:
     flush_s: float = 10.0
     replay_rate_per_s: float = 200.0
     ack_timeout_s: float = 5.0
+    # This run's session and a clock NTP never steps: a reading of this session stamped
+    # while the wall clock was unsynchronised is sent with its age (hub/clock.py).
+    session_id: str = ""
+    boot_clock: Callable[[], float] = boot_clock_s
     stats: OutboxStats = field(default_factory=OutboxStats)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _inflight: dict[int, _InFlight] = field(default_factory=dict, init=False)
@@ -142,7 +150,13 @@ class Outbox:
                 self._acked_spooled.append(entry.reading.key)
 
     def _send(self, reading: Reading, now: float, *, spooled: bool) -> None:
-        mid = self.transport.publish(self.topic, reading.payload, qos=1)
+        if reading.unsynced_boot_s is not None and reading.session_id == self.session_id:
+            age_ms = max(0, round((self.boot_clock() - reading.unsynced_boot_s) * 1000))
+            mid = self.transport.publish(self.topic, reading.payload, qos=1,
+                                         user_properties=((AGE_PROPERTY, str(age_ms)),),
+                                         expiry_s=AGE_EXPIRY_S)
+        else:
+            mid = self.transport.publish(self.topic, reading.payload, qos=1)
         self._inflight[mid] = _InFlight(reading, now, spooled)
         self.stats.published += 1
 

@@ -253,12 +253,41 @@ def create_user(target: Target) -> None:
     _say(f"Created system user {SERVICE_USER!r}.")
 
 
+def choose_device_id(state: Path, root: Path = Path("/")) -> str | None:
+    """On a first install on this machine, choose the device id before systemd starts it.
+
+    systemd makes ``StateDirectory=`` before the first start, and an existing state directory
+    is what tells ``agent.identity`` that an earlier agent ran (so it keeps that agent's id).
+    Choosing here, while the directory does not exist yet, gives a new install the id that
+    tells cloned SD cards apart. Returns None when the directory exists (an upgrade).
+
+    Args:
+        root: where /etc, /proc and /sys are read from (a fake tree in tests).
+    """
+    if state.exists():
+        return None
+    from agent.identity import default_device_id
+
+    device_id = default_device_id(state, root)
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+        for path in (state, *state.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    except (KeyError, OSError):
+        pass  # systemd gives StateDirectory= to the service's user at start
+    return device_id
+
+
 def install_service(target: Target, executable: Path, config_from: str | None,
                     ca_file: str | None, start: bool) -> None:
     install_ca(target, ca_file)
     install_config(target, config_from)
     _check_ca_present(target)
     create_user(target)
+    # Not under --root: that machine is not the device (each copy of an image chooses its
+    # own id at first start; the board's fingerprint in the kept id tells copies apart).
+    if target.root == Path("/") and (chosen := choose_device_id(target.path(STATE_DIR))):
+        _say(f"Default device id of this machine: {chosen} (kept in {STATE_DIR}).")
     unit = target.path(UNIT_DIR / UNIT_NAME)
     unit.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -30,6 +30,9 @@ class Reading:
     seq: int
     epoch_s: float
     payload: bytes
+    # Boot-clock time it was taken at, when the wall clock was not synchronised (then
+    # the agent tells the hub how long it waited: agent/publish.py); else None.
+    unsynced_boot_s: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -68,6 +71,9 @@ class Spool:
             db.execute("create table if not exists readings (id integer primary key, "
                        "session_id text not null, seq integer not null, "
                        "epoch_s real not null, payload blob not null, unique (session_id, seq))")
+            columns = {row[1] for row in db.execute("pragma table_info(readings)")}
+            if "unsynced_boot_s" not in columns:  # a spool left by an older agent
+                db.execute("alter table readings add column unsynced_boot_s real")
             db.execute("create table if not exists counters (name text primary key, "
                        "value integer not null)")
             db.execute("insert or ignore into counters values ('dropped', 0)")
@@ -97,13 +103,14 @@ class Spool:
 
     def add(self, readings: Iterable[Reading], now_epoch_s: float) -> int:
         """Store readings in one transaction, then trim to the bounds; return how many dropped."""
-        rows = [(r.session_id, r.seq, r.epoch_s, r.payload) for r in readings]
+        rows = [(r.session_id, r.seq, r.epoch_s, r.payload, r.unsynced_boot_s)
+                for r in readings]
         if not rows:
             return 0
         with self._transaction() as db:
             inserted = db.executemany(
-                "insert or ignore into readings (session_id, seq, epoch_s, payload) "
-                "values (?, ?, ?, ?)", rows).rowcount
+                "insert or ignore into readings (session_id, seq, epoch_s, payload, "
+                "unsynced_boot_s) values (?, ?, ?, ?, ?)", rows).rowcount
             self._count += inserted
             dropped = self._trim(now_epoch_s)
         return dropped
@@ -138,9 +145,10 @@ class Spool:
         """Return up to ``limit`` readings, oldest first, with row id above ``after_id``."""
         if self._db is None:
             return []
-        return [SpooledReading(row_id, Reading(s, q, t, bytes(p))) for row_id, s, q, t, p in
-                self._db.execute("select id, session_id, seq, epoch_s, payload from readings "
-                                 "where id > ? order by id limit ?", (after_id, limit))]
+        return [SpooledReading(row_id, Reading(s, q, t, bytes(p), b))
+                for row_id, s, q, t, p, b in self._db.execute(
+                    "select id, session_id, seq, epoch_s, payload, unsynced_boot_s "
+                    "from readings where id > ? order by id limit ?", (after_id, limit))]
 
     def remove(self, keys: Iterable[tuple[str, int]]) -> None:
         """Forget readings the broker has acknowledged (one transaction)."""

@@ -6,8 +6,12 @@ consistently) and clears when the newest reading is at or below ``clear`` (hyste
 value hovering at the threshold does not flap). Two rules look at the device instead:
 ``device_offline`` (its retained status says offline for more than N intervals) and
 ``no_data`` (it says online, yet no reading has arrived for N intervals, by the hub's
-clock). :func:`evaluate` compares what fires with the open alerts and returns the changes
-to store and publish; it keeps no state of its own, so a restarted hub carries on.
+clock). ``duplicate_device`` looks at the device's agent sessions: two sessions whose
+readings overlap in time and that both delivered readings in the last ``threshold``
+seconds are two machines claiming one device id (one machine's sessions follow each
+other; a replayed spool's readings are older than the next session's).
+:func:`evaluate` compares what fires with the open alerts and returns the changes to
+store and publish; it keeps no state of its own, so a restarted hub carries on.
 
 Rules are configurable from a TOML table (``alert_rules_file``)::
 
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-Kind = Literal["above", "offline", "no_data"]
+Kind = Literal["above", "offline", "no_data", "duplicate"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          description="Device offline"),
     Rule("no_data", "no_data", "", 10.0, unit="intervals",
          description="No readings while online"),
+    Rule("duplicate_device", "duplicate", "", 120.0, unit="s",
+         description="Two machines use one device id"),
 )
 METRICS = ("cpu_celsius", "under_voltage", "throttled", "disk_percent", "memory_percent",
            "swap_bytes_per_s")
@@ -113,12 +119,24 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class SessionSpan:
+    """One agent session of a device (device_sessions): its machine and its readings' span."""
+
+    session_id: str
+    hostname: str | None
+    first_ts: datetime
+    last_ts: datetime
+
+
+@dataclass(frozen=True)
 class DeviceState:
     device_id: str
     status: str  # "online", "offline" or "unknown"
     status_since: datetime | None
     interval_s: float
     last_reading_received_at: datetime | None  # hub clock
+    # Sessions that delivered readings recently (see duplicate_window_s), oldest first.
+    sessions: tuple[SessionSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,7 @@ class _Firing:
     started_at: datetime
     value: float
     peak: float
+    detail: str = ""
 
 
 def reading_values(row: Mapping[str, Any]) -> dict[str, float | None]:
@@ -198,7 +217,30 @@ def _cleared_at(rule: Rule, readings: Sequence[Reading]) -> datetime:
     return readings[0].ts
 
 
+def _host(span: SessionSpan) -> str:
+    return repr(span.hostname) if span.hostname else "a machine whose hostname is not known yet"
+
+
+def _duplicate(device: DeviceState) -> _Firing | None:
+    """Return a firing when two recent sessions overlap for more than two intervals."""
+    min_overlap = timedelta(seconds=2 * device.interval_s)
+    spans = device.sessions
+    for i, a in enumerate(spans):
+        for b in spans[i + 1:]:
+            start, end = max(a.first_ts, b.first_ts), min(a.last_ts, b.last_ts)
+            if end - start > min_overlap:
+                others = len({s.session_id for s in spans})
+                detail = (f"{_host(a)} (session {a.session_id[:8]}) and {_host(b)} "
+                          f"(session {b.session_id[:8]}) send readings at the same time")
+                if a.hostname and a.hostname == b.hostname:
+                    detail += " (same hostname: a copied disk image?)"
+                return _Firing(start, float(others), float(others), detail)
+    return None
+
+
 def _device_rule(rule: Rule, device: DeviceState, now: datetime) -> _Firing | None:
+    if rule.kind == "duplicate":
+        return _duplicate(device)
     limit_s = rule.threshold * device.interval_s
     if rule.kind == "offline":
         if device.status != "offline" or device.status_since is None:
@@ -219,6 +261,10 @@ def _device_rule(rule: Rule, device: DeviceState, now: datetime) -> _Firing | No
 
 
 def _message(rule: Rule, device_id: str, firing: _Firing) -> str:
+    if rule.kind == "duplicate":
+        return (f"{rule.description}: {device_id}: {firing.detail}. Give each machine its "
+                "own device_id; the readings of both are kept apart by session "
+                "(device_sessions)")
     if rule.kind in ("offline", "no_data"):
         return f"{rule.description}: {device_id} for {firing.value:.0f} s"
     if rule.unit == "":
@@ -267,6 +313,12 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
             changes.append(Change("close", device.device_id, rule.name, current.started_at,
                                   ended_at, None, current.peak_value, rule.threshold, ""))
     return changes
+
+
+def duplicate_window_s(rules: Iterable[Rule]) -> float | None:
+    """Seconds back to look for sessions delivering readings; None if the rule is off."""
+    windows = [r.threshold for r in rules if r.enabled and r.kind == "duplicate"]
+    return max(windows) if windows else None
 
 
 def window_s(rules: Iterable[Rule]) -> float:

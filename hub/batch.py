@@ -18,6 +18,9 @@ class Inbound:
     payload: bytes
     received_at: datetime
     ack: Any = None
+    # How long the agent held the reading before sending it (MQTT v5 user property, set
+    # for readings stamped by an unsynchronised clock: hub/clock.py), else None.
+    age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,28 @@ class QuarantineRecord:
 
 
 @dataclass
+class SessionEvents:
+    first_ts: datetime
+    last_ts: datetime
+    first_received_at: datetime
+    last_received_at: datetime
+
+    def add(self, ts: datetime, received_at: datetime) -> None:
+        self.first_ts, self.last_ts = min(self.first_ts, ts), max(self.last_ts, ts)
+        self.last_received_at = max(self.last_received_at, received_at)
+
+
+@dataclass
 class DeviceEvents:
     """What a batch says about devices, reduced to the last word per device."""
 
     seen: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # ts, received
     status: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     meta: dict[str, tuple[Any, datetime]] = field(default_factory=dict)
+    # Per (device, session): span of the readings' ts and of their receive times.
+    sessions: dict[tuple[str, str], SessionEvents] = field(default_factory=dict)
+    # Per (device, session): the hostname its meta names.
+    session_hosts: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,10 +86,18 @@ class Batch:
             seen = self.devices.seen.get(device)
             if seen is None or ts > seen[0]:
                 self.devices.seen[device] = (ts, received)
+            key = (device, result.value["session_id"])
+            span = self.devices.sessions.get(key)
+            if span is None:
+                self.devices.sessions[key] = SessionEvents(ts, ts, received, received)
+            else:
+                span.add(ts, received)
         elif result.kind == "status":
             self.devices.status[device] = (result.value, received)
         else:
             self.devices.meta[device] = (result.value, received)
+            self.devices.session_hosts[(device, result.value["session_id"])] = \
+                result.value["hostname"]
 
 
 @dataclass

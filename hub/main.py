@@ -26,13 +26,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
-from hub.batch import Batch, Batcher
+from hub.batch import Batch, Batcher, Inbound
+from hub.clock import ClockPlacer
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
 from hub.receive import Inbox, Receiver
 from hub.retention import Retention, housekeep
 from hub.status import format_fleet
 from hub.store import Store, StorePool
-from hub.validate import Limits, validate
+from hub.validate import Limits, Result, validate
 from hub.watch import AlertWatcher
 from hub.write import backoff_s, write_batch
 from shared import __version__
@@ -198,13 +199,32 @@ class BatchWriter:
                       time.monotonic() - batch.opened_at)
 
 
+def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
+                stop: threading.Event) -> Result | None:
+    """Place an unsynchronised reading (hub/clock.py), waiting while the database is away."""
+    attempt = 0
+    while True:
+        try:
+            return placer.apply(result, message.received_at, message.age_s)
+        except StoreError as exc:
+            attempt += 1
+            if attempt == 1:
+                log.error("Cannot read or record a clock offset: %s. Retrying.", exc)
+            if stop.wait(backoff_s(attempt)):
+                return None
+
+
 def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
            stop: threading.Event, stats: IngestStats) -> None:
     """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
-    limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s)
+    limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
+                    settings.retention_days)
     prefix = settings.topic_prefix
     writer = BatchWriter(store, receiver, stats, stop)
+    # Its own connection: only the first unsynchronised reading of a session uses it.
+    clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
+    placer = ClockPlacer(clock_store, limits)
     try:
         while True:
             stopping = stop.is_set()
@@ -215,8 +235,12 @@ def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings
             stats.stale += len(taken) - len(bunch)
             stats.received += len(bunch)  # before a submit that may wait: health counts them
             for message in bunch:
-                result = validate(message.topic, message.payload, message.received_at,
-                                  prefix, limits)
+                placed = place_clock(placer, validate(message.topic, message.payload,
+                                                      message.received_at, prefix, limits),
+                                     message, stop)
+                if placed is None:
+                    return  # stopping while the database is away: the broker keeps it
+                result = placed
                 now = time.monotonic()
                 batcher.add(message, result, now)
                 if batcher.due(now) and not writer.submit(batcher.take()):
@@ -231,6 +255,7 @@ def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings
             stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
     finally:
         writer.finish()
+        clock_store.close()
         if writer.failed:
             raise RuntimeError("the hub's writer thread failed (see the log above)")
 

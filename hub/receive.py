@@ -14,14 +14,40 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+import orjson
+
 from hub.batch import Inbound
+from shared import __version__
 from shared.config import HubSettings, parse_broker_url
 from shared.mqtt import MqttConnection, Received
-from shared.topics import hub_subscriptions
+from shared.schema import AGE_EXPIRY_S, AGE_PROPERTY, hub_capabilities
+from shared.topics import hub_schema_topic, hub_subscriptions
 
 log = logging.getLogger(__name__)
 
 RECEIVE_MAXIMUM_LIMIT = 65535  # the field is two bytes (MQTT 5.0, 3.1.2.11.3)
+
+
+def age_from_properties(properties: tuple[tuple[str, str], ...],
+                        expiry_s: int | None) -> float | None:
+    """Return how long a reading waited since it was taken, in seconds; None if not told.
+
+    The agent's ``age-ms`` user property (its wait), plus the broker's: the message expiry
+    the agent set less what is left of it (shared.schema.AGE_EXPIRY_S).
+    """
+    for name, value in properties:
+        if name == AGE_PROPERTY:
+            try:
+                age_ms = int(value)
+            except ValueError:
+                return None
+            if not 0 <= age_ms < 10**12:
+                return None
+            broker_s = 0
+            if expiry_s is not None and 0 <= expiry_s <= AGE_EXPIRY_S:
+                broker_s = AGE_EXPIRY_S - expiry_s
+            return age_ms / 1000 + broker_s
+    return None
 
 
 class Inbox:
@@ -64,6 +90,10 @@ class Receiver:
             manual_ack=True)
         self.mqtt.on_connected = self._subscribe
         self.mqtt.on_message = self._take
+        self.mqtt.on_published = self._published
+        self._schema_topic = hub_schema_topic(settings.topic_prefix)
+        self._schema_mid: int | None = None
+        self._schema_refused_logged = False
 
     def start(self) -> None:
         self.mqtt.start()
@@ -73,10 +103,26 @@ class Receiver:
 
     def _subscribe(self) -> None:
         self.mqtt.subscribe(self._filters, qos=1)
+        # Tell agents what this hub reads (retained): they add optional fields only then.
+        self._schema_mid = self.mqtt.publish(
+            self._schema_topic, orjson.dumps(hub_capabilities(__version__)), qos=1, retain=True,
+            reports_refusal=True)
+
+    def _published(self, mid: int, accepted: bool) -> None:
+        if mid == self._schema_mid and not accepted and not self._schema_refused_logged:
+            # An ACL from before the capability message: agents then send version 1
+            # messages without optional fields, which this hub reads too.
+            log.warning("The broker refused the hub's capability message on %s: agents will "
+                        "send no optional fields (such as clock_synced). Grant the hub "
+                        "'topic write %s' in the broker's ACL (see mosquitto/acl).",
+                        self._schema_topic, self._schema_topic)
+            self._schema_refused_logged = True
 
     def _take(self, message: Received) -> None:
         self._inbox.put(Inbound(message.topic, message.payload, datetime.now(UTC),
-                                (message.mid, message.qos, message.generation)))
+                                (message.mid, message.qos, message.generation),
+                                age_from_properties(message.user_properties,
+                                                    message.expiry_s)))
 
     def is_stale(self, message: Inbound) -> bool:
         """Tell whether a message came over a connection that has since been replaced."""

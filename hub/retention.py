@@ -55,8 +55,14 @@ def housekeep(store: HousekeepingStore, retention: Retention, now: datetime) -> 
     minute = store.delete_older(MINUTE.name, "bucket", now - timedelta(days=retention.minute_days))
     hour = store.delete_older(HOUR.name, "bucket", now - timedelta(days=retention.hour_days))
     alerts = store.delete_older("alerts", "ended_at", now - timedelta(days=retention.hour_days))
-    if dropped or minute or hour or alerts:
+    # Agent sessions are kept as long as the hour rollups they explain; a clock offset as
+    # long as its session's per-second rows.
+    sessions = store.delete_older("device_sessions", "last_received_at",
+                                  now - timedelta(days=retention.hour_days))
+    store.delete_older("clock_offsets", "decided_at",
+                       now - timedelta(days=retention.metrics_days + 1))
+    if dropped or minute or hour or alerts or sessions:
         log.info("Retention: dropped %d day partitions (%s), %d minute and %d hour rollup "
-                 "rows, %d closed alerts.", len(dropped), ", ".join(dropped) or "none",
-                 minute, hour, alerts)
+                 "rows, %d closed alerts, %d agent sessions.", len(dropped),
+                 ", ".join(dropped) or "none", minute, hour, alerts, sessions)
     return HousekeepingResult(dropped, minute, hour, alerts)

@@ -337,6 +337,30 @@ class Store:
                 "last_seen = greatest(devices.last_seen, excluded.last_seen), "
                 "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
                 (ids, [events.seen[d][0] for d in ids], [events.seen[d][1] for d in ids]))
+        if events.sessions:
+            keys = sorted(events.sessions)
+            spans = [events.sessions[k] for k in keys]
+            cur.execute(
+                "insert into device_sessions (device_id, session_id, first_ts, last_ts, "
+                "first_received_at, last_received_at) select * from unnest(%s::text[], "
+                "%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], "
+                "%s::timestamptz[]) on conflict (device_id, session_id) do update set "
+                "first_ts = least(device_sessions.first_ts, excluded.first_ts), "
+                "last_ts = greatest(device_sessions.last_ts, excluded.last_ts), "
+                "last_received_at = greatest(device_sessions.last_received_at, "
+                "excluded.last_received_at)",
+                ([k[0] for k in keys], [k[1] for k in keys], [s.first_ts for s in spans],
+                 [s.last_ts for s in spans], [s.first_received_at for s in spans],
+                 [s.last_received_at for s in spans]))
+        if events.session_hosts:
+            keys = sorted(events.session_hosts)
+            cur.execute(
+                "insert into device_sessions (device_id, session_id, hostname, "
+                "first_received_at, last_received_at) select d, s, h, now(), now() from "
+                "unnest(%s::text[], %s::text[], %s::text[]) as u(d, s, h) "
+                "on conflict (device_id, session_id) do update set hostname = excluded.hostname",
+                ([k[0] for k in keys], [k[1] for k in keys],
+                 [events.session_hosts[k] for k in keys]))
         if events.status:
             ids = sorted(events.status)
             cur.execute(
@@ -360,6 +384,23 @@ class Store:
                 "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
                 (ids, [orjson.dumps(events.meta[d][0]).decode() for d in ids],
                  [events.meta[d][1] for d in ids]))
+
+    def clock_offset(self, device_id: str, session_id: str, offset_ms: int, reason: str,
+                     decided_at: datetime) -> int:
+        """Record a session's clock offset unless it has one; return the session's offset.
+
+        The first hub to record it wins (another hub's insert waits for ours, then finds
+        the row): every hub and every redelivery places the session's readings alike.
+        """
+        with self._transaction() as cur:
+            cur.execute("insert into clock_offsets (device_id, session_id, offset_ms, reason, "
+                        "decided_at) values (%s, %s, %s, %s, %s) on conflict do nothing",
+                        (device_id, session_id, offset_ms, reason, decided_at))
+            cur.execute("select offset_ms from clock_offsets where device_id = %s "
+                        "and session_id = %s", (device_id, session_id))
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
 
     # --- reading --------------------------------------------------------------------------
     def query(self, text: str,

@@ -22,7 +22,9 @@ from hub.alerts import (
     OpenAlert,
     Reading,
     Rule,
+    SessionSpan,
     alert_payload,
+    duplicate_window_s,
     evaluate_fleet,
     reading_values,
     window_s,
@@ -54,6 +56,11 @@ _READINGS = (
     "join lateral (select * from metrics m where m.device_id = d.device_id "
     "and m.ts > d.last_seen - make_interval(secs => %(window)s) and m.ts <= d.last_seen "
     "and (k.ts is null or m.ts > k.ts)) m on true order by m.device_id, m.ts")
+# Agent sessions that delivered readings lately (duplicate_device).
+_SESSIONS = (
+    "select device_id, session_id, hostname, first_ts, last_ts from device_sessions "
+    "where last_received_at > now() - make_interval(secs => %(window)s) "
+    "and first_ts is not null order by device_id, first_ts")
 _OPEN = "select device_id, rule, started_at, peak_value from alerts where ended_at is null"
 _INSERT = (
     "insert into alerts (device_id, rule, started_at, peak_value, last_value, threshold, "
@@ -88,6 +95,7 @@ class AlertWatcher:
         self._rules = list(rules)
         self._by_name = {r.name: r for r in rules}
         self._window_s = window_s(rules)
+        self._sessions_window_s = duplicate_window_s(rules)
         # Each device's readings of the last window, oldest first, kept between rounds.
         # A reading stored after newer ones of its device (replayed from an agent's spool)
         # is not read back: rules judge the live stream.
@@ -95,10 +103,16 @@ class AlertWatcher:
 
     def load(self) -> FleetInput:
         fleet = FleetInput()
+        sessions: dict[str, list[SessionSpan]] = {}
+        if self._sessions_window_s is not None:
+            for row in self._store.query(_SESSIONS, {"window": self._sessions_window_s}):
+                sessions.setdefault(row["device_id"], []).append(SessionSpan(
+                    row["session_id"], row["hostname"], row["first_ts"], row["last_ts"]))
         for row in self._store.query(_STATES):
             fleet.devices.append(DeviceState(row["device_id"], row["status"],
                                              row["status_since"], float(row["interval_s"]),
-                                             row["last_reading_received_at"]))
+                                             row["last_reading_received_at"],
+                                             tuple(sessions.get(row["device_id"], ()))))
         known = {device: readings[-1].ts for device, readings in self._recent.items()}
         for row in self._store.query(_READINGS, {"window": self._window_s,
                                                  "known_ids": list(known),

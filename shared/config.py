@@ -152,7 +152,8 @@ class AgentSettings:
     broker_password: Secret | None = setting(None, "Broker password (overrides the URL's)")
     broker_ca_file: Path | None = setting(None, "CA certificate to verify an mqtts:// broker "
                                           "(default: the system's CAs)")
-    device_id: str | None = setting(None, "Device id (default: derived from /etc/machine-id)",
+    device_id: str | None = setting(None, "Device id (default: from /etc/machine-id and the "
+                                    "board's serial or MAC, kept in state_dir)",
                                     _check_device_id)
     interval_s: float = setting(1.0, "Seconds between readings", _positive)
     topic_prefix: str = setting(DEFAULT_PREFIX, "First level of every topic", _check_prefix)

@@ -39,6 +39,16 @@ from shared.config import BrokerAddress, Secret
 
 log = logging.getLogger(__name__)
 
+# Another client connected with our client id. MQTT 5.0 has a reason code for it, 0x8E
+# "Session taken over"; Mosquitto 2.0.11 sends none: it closes the socket ("Client <id>
+# already connected, closing old connection" in its log), and paho 2.2 reports 0x80
+# "Unspecified error" with no DISCONNECT packet (measured here). So a connection closed
+# that way soon after it was made, followed by a reconnect that succeeds at once, counts
+# as taken over too; a broker restart or a network outage does not reconnect at once.
+SESSION_TAKEN_OVER = 0x8E
+UNSPECIFIED_ERROR = 0x80
+TAKEOVER_MAX_CONNECTED_S = 10.0
+TAKEOVER_MAX_RECONNECT_S = 5.0
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 KEEPALIVE_S = 30
@@ -64,6 +74,8 @@ class Received:
     qos: int
     retain: bool
     generation: int  # which connection delivered it: acks of an old one are not sent
+    user_properties: tuple[tuple[str, str], ...] = ()  # MQTT v5 user properties
+    expiry_s: int | None = None  # MQTT v5 Message Expiry Interval, as the broker forwarded it
 
 
 def describe_broker(address: BrokerAddress) -> str:
@@ -87,12 +99,20 @@ class MqttConnection:
         self._retry_delay_s = float(RECONNECT_MIN_S)
         self.on_connected: Callable[[], None] = lambda: None
         self.on_disconnected: Callable[[], None] = lambda: None
+        # The broker closed the connection because another client took our client id.
+        self.on_taken_over: Callable[[], None] = lambda: None
+        # Set once the caller has said so: a taken-over connection is then logged at DEBUG.
+        self.quiet_takeovers = False
+        self._connected_at: float | None = None  # monotonic
+        self._takeover: tuple[float, bool] | None = None  # (when, certain) of the last drop
         self.on_message: Callable[[Received], None] = lambda message: None
         # (mid, accepted): accepted is False when the broker refused it (e.g. the ACL).
         self.on_published: Callable[[int, bool], None] = lambda mid, accepted: None
         self._generation = 0
         self._connected = threading.Event()
         self._outage_logged = False
+        self._optional_subscriptions: dict[int, str] = {}
+        self._refusals_reported: set[int] = set()
         self._persistent_session_s = persistent_session_s
         self._receive_maximum = receive_maximum
 
@@ -205,16 +225,35 @@ class MqttConnection:
         return self._connected.wait(timeout_s)
 
     # --- actions (thread-safe in paho; in driven mode, call them from the driving thread) --
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: tuple[tuple[str, str], ...] = (),
+                expiry_s: int | None = None, reports_refusal: bool = False) -> int:
         """Hand a message to paho and return its mid.
 
         A QoS 1 message stays in paho's memory until the broker acknowledges it, and paho
         sends it again after a reconnect (also when handed over while disconnected).
-        """
-        return int(self._client.publish(topic, payload, qos=qos, retain=retain).mid)
 
-    def subscribe(self, filters: list[str], qos: int = 1) -> None:
-        self._client.subscribe([(f, qos) for f in filters])
+        Args:
+            reports_refusal: the caller logs a refusal itself (through ``on_published``).
+        """
+        properties = None
+        if user_properties or expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if user_properties:
+                properties.UserProperty = list(user_properties)
+            if expiry_s is not None:
+                properties.MessageExpiryInterval = expiry_s
+        mid = int(self._client.publish(topic, payload, qos=qos, retain=retain,
+                                       properties=properties).mid)
+        if reports_refusal:
+            self._refusals_reported.add(mid)
+        return mid
+
+    def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False) -> None:
+        """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO."""
+        _, mid = self._client.subscribe([(f, qos) for f in filters])
+        if optional and mid is not None:
+            self._optional_subscriptions[int(mid)] = ", ".join(filters)
 
     def ack(self, mid: int, qos: int, generation: int) -> None:
         """Acknowledge a message, unless it came over an earlier connection.
@@ -237,6 +276,16 @@ class MqttConnection:
             return
         self._generation += 1
         self._retry_delay_s = float(RECONNECT_MIN_S)
+        now = time.monotonic()
+        self._connected_at = now
+        takeover, self._takeover = self._takeover, None
+        if takeover is not None and (takeover[1] or now - takeover[0] <= TAKEOVER_MAX_RECONNECT_S):
+            self.on_taken_over()
+            if self.quiet_takeovers:
+                log.debug("Connected to broker %s again.", describe_broker(self.address))
+                self._connected.set()
+                self.on_connected()
+                return
         if self._outage_logged:
             log.warning("Connected to broker %s again.", describe_broker(self.address))
         else:
@@ -270,6 +319,19 @@ class MqttConnection:
                            properties: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        now = time.monotonic()
+        code = getattr(reason, "value", None)
+        short = self._connected_at is not None and \
+            now - self._connected_at < TAKEOVER_MAX_CONNECTED_S
+        if was_connected and (code == SESSION_TAKEN_OVER or (code == UNSPECIFIED_ERROR
+                                                             and short)):
+            # Taken over, or maybe: on_connected tells once the reconnect shows which.
+            self._takeover = (now, code == SESSION_TAKEN_OVER)
+            if self.quiet_takeovers:
+                log.debug("Broker %s closed the connection (%s); reconnecting.",
+                          describe_broker(self.address), reason)
+                self.on_disconnected()
+                return
         if was_connected:
             if reason.is_failure and not self._outage_logged:
                 log.warning("Lost the broker %s (%s); reconnecting.",
@@ -280,18 +342,29 @@ class MqttConnection:
     def _handle_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
                           properties: Any) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
-        if refused:
+        optional = self._optional_subscriptions.pop(mid, None)
+        if optional is not None:
+            if refused:
+                log.info("Broker %s refused the subscription to %s (%s); carrying on "
+                         "without it.", describe_broker(self.address), optional,
+                         ", ".join(refused))
+        elif refused:
             log.error("Broker %s refused a subscription: %s. Check the ACL.",
                       describe_broker(self.address), ", ".join(refused))
         else:
             log.info("Subscribed at broker %s.", describe_broker(self.address))
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        properties = getattr(message, "properties", None)
+        user = tuple(getattr(properties, "UserProperty", ()) or ())
+        expiry = getattr(properties, "MessageExpiryInterval", None)
         self.on_message(Received(message.topic, message.payload, message.mid, message.qos,
-                                 bool(message.retain), self._generation))
+                                 bool(message.retain), self._generation, user, expiry))
 
     def _handle_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                         properties: Any) -> None:
-        if reason.is_failure:
+        reported = mid in self._refusals_reported
+        self._refusals_reported.discard(mid)
+        if reason.is_failure and not reported:
             log.warning("Broker refused message %d: %s", mid, reason)
         self.on_published(mid, not reason.is_failure)

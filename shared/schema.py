@@ -10,6 +10,12 @@ migration's columns match :func:`metrics_columns`.
 Rules: names carry units (``_bytes``, ``_percent``, ``_celsius``, ``_mhz``, ``_s``,
 ``_per_s``); a value the platform cannot give is ``null``, never missing and never 0;
 a field's type never changes — a breaking change bumps ``SCHEMA_VERSION``.
+
+Versions (README "Versions and upgrades"): a field added to a version is ``NotRequired``,
+so a hub reads agents that predate it; an agent sends it only when the hub says it reads
+it, in the retained :class:`HubCapabilities` message on ``<prefix>/_hub/schema``
+(:func:`shared.topics.hub_schema_topic`). With no such message (an older hub, or an ACL
+that refuses the subscription) an agent sends exactly the fields of the first release.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin, get_type_hints
 
 from annotated_types import Ge, Le, MaxLen, MinLen
 from typing_extensions import TypedDict, is_typeddict
@@ -177,6 +183,61 @@ class MetricsV1(TypedDict):
     network: Network
     sensors: Sensors
     throttling: Throttling
+    # Added after the first release: sent only to hubs that list it (HubCapabilities).
+    # Whether the agent's clock was synchronised (NTP) when it stamped ``ts``; null where
+    # the platform cannot tell. The hub places unsynchronised readings (hub/clock.py).
+    clock_synced: NotRequired[bool | None]
+
+
+# The optional fields of MetricsV1, in declaration order: what a hub may say it reads.
+# (Read from the hints: with postponed annotations, __optional_keys__ does not see them.)
+METRICS_OPTIONAL_FIELDS: tuple[str, ...] = tuple(
+    name for name, hint in get_type_hints(MetricsV1, include_extras=True).items()
+    if get_origin(hint) is NotRequired)
+
+
+# MQTT v5 user property on a metrics message: milliseconds the agent held the reading
+# before this send, on its boot-time clock; set when the reading's clock was unsynchronised.
+AGE_PROPERTY = "age-ms"
+# The Message Expiry Interval the agent sets on such a reading: the broker lowers it by the
+# time the message waited there (MQTT 5.0, 3.3.2.3.3; Mosquitto counts whole seconds), so
+# the hub adds the broker's wait to the agent's. Ten years: never reached.
+AGE_EXPIRY_S = 315_360_000
+
+
+class HubCapabilities(TypedDict):
+    """What the hub reads: retained on ``<prefix>/_hub/schema`` by every hub."""
+
+    v: Literal[1]
+    hub_version: Annotated[str, MaxLen(64)]
+    metrics_versions: list[int]  # the values of ``v`` it accepts
+    metrics_optional_fields: list[str]  # optional fields of those versions it stores
+
+
+def hub_capabilities(hub_version: str) -> HubCapabilities:
+    """Return the capability message of a hub of this code."""
+    return {"v": 1, "hub_version": hub_version, "metrics_versions": [SCHEMA_VERSION],
+            "metrics_optional_fields": list(METRICS_OPTIONAL_FIELDS)}
+
+
+def read_capabilities(payload: bytes) -> frozenset[str]:
+    """Return the optional metrics fields a capability message lists (pure, never raises).
+
+    Anything unreadable (empty: cleared; not JSON; another shape; a hub that no longer
+    reads version 1) gives the empty set: the agent then sends plain version 1 messages.
+    """
+    import json
+
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return frozenset()
+    if not isinstance(data, dict) or SCHEMA_VERSION not in (data.get("metrics_versions") or []):
+        return frozenset()
+    fields = data.get("metrics_optional_fields")
+    if not isinstance(fields, list):
+        return frozenset()
+    return frozenset(f for f in fields if f in METRICS_OPTIONAL_FIELDS)
 
 
 class Meta(TypedDict):
@@ -206,7 +267,7 @@ STATUS_VALUES = (STATUS_ONLINE, STATUS_OFFLINE)
 
 _STRICT = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
 for _model in (Cpu, Memory, Partition, DiskIo, Disk, NetIo, Network, Temperature, Sensors,
-               Throttling, MetricsV1, Meta):
+               Throttling, MetricsV1, Meta, HubCapabilities):
     # pydantic reads its config from this attribute (set here, not in the class body, so
     # that the module needs no pydantic import).
     setattr(_model, "__pydantic_config__", _STRICT)  # noqa: B010
@@ -231,12 +292,19 @@ _ENVELOPE = [
 ]
 # Written by the hub, not the agent: when the hub took the message off the broker.
 RECEIVED_AT = Column("received_at", "timestamptz", ())
+# Added by migration 0003, so last in the table: the agent's clock_synced (null when not
+# sent), and the agent's own ts where the hub moved the reading (hub/clock.py), else null.
+_ADDED = [
+    Column("clock_synced", "boolean", ("clock_synced",)),
+    Column("agent_ts", "timestamptz", ("agent_ts",)),
+]
+_OPTIONAL_PATHS = {c.path for c in _ADDED}  # read with .get(): absent from older messages
 
 
 def _pg_type(tp: Any) -> str:
     """Map a schema annotation to its PostgreSQL column type."""
     origin = get_origin(tp)
-    if origin is Annotated:
+    if origin is Annotated or origin is NotRequired:
         return _pg_type(get_args(tp)[0])
     if origin in (Union, types.UnionType):
         (inner,) = [a for a in get_args(tp) if a is not type(None)]
@@ -264,7 +332,7 @@ def metrics_columns() -> list[Column]:
             continue
         for field, field_type in get_type_hints(section_type, include_extras=True).items():
             columns.append(Column(f"{section}_{field}", _pg_type(field_type), (section, field)))
-    return columns
+    return columns + _ADDED
 
 
 def metrics_row(message: MetricsV1, received_at: datetime) -> tuple[Any, ...]:
@@ -280,6 +348,8 @@ def _compile_row_getter() -> Any:
     for column in metrics_columns():
         if column is RECEIVED_AT:
             parts.append("received_at")
+        elif column.path in _OPTIONAL_PATHS:
+            parts.append(f"m.get({column.path[0]!r})")
         else:
             parts.append("m" + "".join(f"[{key!r}]" for key in column.path))
     source = f"def getter(m, received_at):\n    return ({', '.join(parts)},)\n"

@@ -6,6 +6,8 @@ Tree (as MQTT Explorer shows it)::
     <prefix>/<device_id>/status    "online" / "offline", retained (Last Will: "offline")
     <prefix>/<device_id>/meta      static facts as JSON, retained
     <prefix>/<device_id>/alert/<rule>   open alert as JSON, retained; empty when closed
+    <prefix>/_hub/schema           what the hub reads (HubCapabilities), retained; no device
+                                   id can be ``_hub`` (ids start with a letter or digit)
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def meta_topic(prefix: str, device_id: str) -> str:
 
 def alert_topic(prefix: str, device_id: str, rule: str) -> str:
     return f"{prefix}/{device_id}/alert/{rule}"
+
+
+def hub_schema_topic(prefix: str) -> str:
+    """The hub's retained capability message: which message versions and fields it reads."""
+    return f"{prefix}/_hub/schema"
 
 
 def hub_subscriptions(prefix: str, share_group: str | None = None) -> list[str]:

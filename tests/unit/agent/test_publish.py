@@ -12,11 +12,15 @@ class FakeTransport:
     def __init__(self, connected: bool = True) -> None:
         self.connected = connected
         self.sent: dict[int, bytes] = {}
+        self.properties: dict[bytes, tuple[tuple[str, str], ...]] = {}
         self._mids = itertools.count(1)
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: tuple[tuple[str, str], ...] = (),
+                expiry_s: int | None = None) -> int:
         mid = next(self._mids)
         self.sent[mid] = payload
+        self.properties[payload] = user_properties
         return mid
 
 
@@ -161,3 +165,28 @@ def test_readings_taken_before_the_first_connect_are_sent_once_connected(tmp_pat
     outbox.pump(now=0.5, now_epoch_s=1000.5)
     assert list(transport.sent.values()) == [b"reading 1"]
     assert len(spool) == 0  # never went to disk
+
+
+def test_a_reading_stamped_by_an_unsynchronised_clock_is_sent_with_its_age(tmp_path):
+    boot = [500.0]
+    outbox, transport, spool = make(tmp_path, connected=False, flush_s=10, session_id="s",
+                                    boot_clock=lambda: boot[0])
+    outbox.pump(now=0, now_epoch_s=1000)
+    outbox.submit(Reading("s", 1, 1001.0, b"unsynced", unsynced_boot_s=488.5), now=1)
+    outbox.submit(Reading("s", 2, 1002.0, b"synced"), now=2)
+    outbox.pump(now=10, now_epoch_s=1010)  # both to the spool: the age survives it
+    assert len(spool) == 2
+    transport.connected = True
+    boot[0] = 520.25
+    for step in range(11, 15):
+        outbox.pump(now=step, now_epoch_s=1000 + step)
+    assert transport.properties[b"unsynced"] == (("age-ms", "31750"),)
+    assert transport.properties[b"synced"] == ()
+
+
+def test_a_reading_of_an_earlier_session_is_sent_without_an_age(tmp_path):
+    # Another run's boot clock may be another boot's: its age would mean nothing.
+    outbox, transport, _ = make(tmp_path, session_id="new", boot_clock=lambda: 100.0)
+    outbox.submit(Reading("old", 7, 900.0, b"old", unsynced_boot_s=50.0), now=1)
+    outbox.submit(Reading("new", 1, 901.0, b"new", unsynced_boot_s=99.0), now=1)
+    assert transport.properties == {b"old": (), b"new": (("age-ms", "1000"),)}

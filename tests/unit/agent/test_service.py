@@ -161,3 +161,30 @@ def test_on_a_running_systemd_install_reloads_enables_and_restarts_and_uninstall
     assert [line.split()[1:] for line in calls.read_text().splitlines()] == [
         ["disable", "--now", "fleetpulse-agent.service"], ["daemon-reload"]]
     assert target.path(CONFIG_FILE).exists()
+
+
+def test_a_first_install_chooses_the_board_aware_id_before_systemd_makes_the_state_dir(
+        tmp_path: Path) -> None:
+    from agent.identity import default_device_id, device_id_from_machine_id
+    from agent.service import choose_device_id
+    from tests.unit.agent.test_identity import MACHINE_ID, pi_root
+
+    board_a = pi_root(tmp_path / "a", "10000000a1b2c3d4")
+    board_b = pi_root(tmp_path / "b", "10000000e5f60718")
+    state_a, state_b = tmp_path / "state-a", tmp_path / "state-b"
+    chosen_a = choose_device_id(state_a, root=board_a)
+    chosen_b = choose_device_id(state_b, root=board_b)
+    # Two cards cloned from one image (one machine id) get different ids...
+    assert chosen_a and chosen_b and chosen_a != chosen_b
+    assert chosen_a != device_id_from_machine_id(MACHINE_ID)
+    # ...and the agent, started later in the now existing directory, keeps the chosen one.
+    assert default_device_id(state_a, root=board_a) == chosen_a
+
+
+def test_an_upgrade_keeps_the_state_dir_and_so_the_earlier_id(tmp_path: Path) -> None:
+    from agent.service import choose_device_id
+
+    state = tmp_path / "state"
+    state.mkdir()  # an earlier agent ran here
+    assert choose_device_id(state, root=tmp_path) is None
+    assert list(state.iterdir()) == []

@@ -98,3 +98,22 @@ def test_an_emptied_spool_removes_its_file_and_a_counting_one_keeps_it(tmp_path)
     full.remove([("s", 2)])
     full.close()
     assert Spool(tmp_path / "full.db", max_bytes=15, max_age_s=10**6).dropped == 1
+
+
+def test_a_spool_left_by_an_older_agent_is_upgraded_and_keeps_its_readings(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "spool.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("create table readings (id integer primary key, session_id text not null, "
+               "seq integer not null, epoch_s real not null, payload blob not null, "
+               "unique (session_id, seq))")
+    db.execute("insert into readings (session_id, seq, epoch_s, payload) "
+               "values ('s', 1, 1000.0, x'01')")
+    db.commit()
+    db.close()
+    spool = Spool(path, max_bytes=10**6, max_age_s=10**6)
+    assert [item.reading for item in spool.oldest(10)] == [Reading("s", 1, 1000.0, b"\x01")]
+    spool.add([Reading("s", 2, 1001.0, b"\x02", unsynced_boot_s=12.5)], 1001.0)
+    assert [item.reading.unsynced_boot_s for item in spool.oldest(10)] == [None, 12.5]
+    spool.close()

@@ -13,6 +13,7 @@ from hub.alerts import (
     OpenAlert,
     Reading,
     Rule,
+    SessionSpan,
     alert_payload,
     evaluate,
     reading_values,
@@ -168,3 +169,52 @@ def test_payload_of_an_open_alert_carries_start_and_peak() -> None:
     payload = alert_payload(change, TEMP)
     assert payload["started_at"] == T0.isoformat() and payload["peak_value"] == 85.0
     assert payload["unit"] == "°C"
+
+
+# --- duplicate_device -----------------------------------------------------------------------
+def sessions_state(*spans: SessionSpan) -> DeviceState:
+    return DeviceState("pi-1", "online", T0 - timedelta(hours=1), 1.0, T0, spans)
+
+
+def span(session: str, host: str | None, start_s: float, end_s: float) -> SessionSpan:
+    return SessionSpan(session, host, T0 + timedelta(seconds=start_s),
+                       T0 + timedelta(seconds=end_s))
+
+
+def test_two_machines_sending_at_once_raise_one_alert_naming_both_hostnames():
+    rule = by_name("duplicate_device")
+    device = sessions_state(span("aaaa1111", "pi-kitchen", 0, 60), span("bbbb2222", "pi-shed",
+                                                                        5, 61))
+    (change,) = evaluate([rule], device, [], {}, T0 + timedelta(seconds=61))
+    assert change.action == "open" and change.rule == "duplicate_device"
+    assert "'pi-kitchen'" in change.message and "'pi-shed'" in change.message
+    assert "own device_id" in change.message
+    assert change.started_at == T0 + timedelta(seconds=5)
+
+
+def test_copies_of_one_image_with_one_hostname_are_still_told_apart():
+    device = sessions_state(span("aaaa1111", "raspberrypi", 0, 60),
+                            span("bbbb2222", "raspberrypi", 0, 60))
+    (change,) = evaluate([by_name("duplicate_device")], device, [], {}, T0)
+    assert "same hostname" in change.message
+
+
+def test_a_restart_is_not_a_duplicate():
+    # One machine: the new session starts after the old one's last reading (even when the
+    # old one's spooled readings arrive while the new one runs).
+    device = sessions_state(span("old", "pi", 0, 30), span("new", "pi", 31, 90))
+    assert evaluate([by_name("duplicate_device")], device, [], {}, T0) == []
+
+
+def test_an_overlap_of_an_interval_or_two_is_not_a_duplicate():
+    # A clock stepped back by NTP between two runs of one agent.
+    device = sessions_state(span("old", "pi", 0, 30), span("new", "pi", 28.5, 90))
+    assert evaluate([by_name("duplicate_device")], device, [], {}, T0) == []
+
+
+def test_the_duplicate_alert_closes_when_one_machine_stops():
+    rule = by_name("duplicate_device")
+    open_alert = {rule.name: OpenAlert("pi-1", rule.name, T0, 2.0)}
+    device = sessions_state(span("bbbb2222", "pi-shed", 5, 200))
+    (change,) = evaluate([rule], device, [], open_alert, T0 + timedelta(seconds=200))
+    assert change.action == "close"

@@ -50,3 +50,21 @@ def test_row_carries_the_hub_receive_time():
     batch = batcher.take()
     names = [c.name for c in metrics_columns()]
     assert batch.rows[0][names.index("received_at")] == NOW
+
+
+def test_batch_records_each_sessions_span_and_the_hostname_its_meta_names():
+    import orjson
+
+    batcher = Batcher(max_rows=100, max_age_s=60)
+    for seq, session in ((1, "a"), (2, "a"), (1, "b")):
+        add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(seq=seq, session_id=session,
+                                                              epoch_s=NOW.timestamp() - 10 + seq),
+                             seq), now=0)
+    meta = orjson.loads(meta_bytes())
+    add(batcher, inbound("fp/pi-1/meta", orjson.dumps(meta), 9), now=0)
+    batch = batcher.take()
+    assert batch is not None
+    spans = batch.devices.sessions
+    assert set(spans) == {("pi-1", "a"), ("pi-1", "b")}
+    assert (spans[("pi-1", "a")].last_ts - spans[("pi-1", "a")].first_ts).total_seconds() == 1
+    assert batch.devices.session_hosts == {("pi-1", meta["session_id"]): meta["hostname"]}

@@ -147,3 +147,42 @@ def test_a_version_equal_to_but_not_the_integer_1_is_refused(version: object, ki
     message["v"] = version
     assert rejected(orjson.dumps(message), f"fp/pi-1/{kind}") == (
         f"unknown schema version {version!r} (this hub reads 1)")
+
+
+# --- optional fields and clocks (README "Versions and upgrades") ---------------------------
+def with_field(name: str, value, **kwargs) -> bytes:
+    message = metrics(**kwargs)
+    message[name] = value
+    return orjson.dumps(message)
+
+
+@pytest.mark.parametrize("value", [True, False, None])
+def test_clock_synced_is_read_when_present(value):
+    result = check(with_field("clock_synced", value))
+    assert isinstance(result, Accepted) and result.value["clock_synced"] is value
+
+
+def test_a_reading_without_optional_fields_is_read_as_before():
+    result = check(metrics_bytes())
+    assert isinstance(result, Accepted) and "clock_synced" not in result.value
+
+
+def test_clock_synced_of_another_type_is_refused():
+    assert "clock_synced" in rejected(with_field("clock_synced", "yes"))
+
+
+def test_a_field_no_version_has_is_still_refused():
+    assert "from_the_future" in rejected(with_field("from_the_future", 1))
+
+
+def test_a_reading_older_than_the_kept_history_is_quarantined_not_stored():
+    old = (NOW - timedelta(days=40)).timestamp()
+    reason = rejected(metrics_bytes(epoch_s=old), limits=Limits(max_age_days=30))
+    assert "older than the 30 days of history" in reason
+
+
+def test_an_unsynchronised_reading_from_1970_is_accepted_for_placing():
+    payload = with_field("clock_synced", False, epoch_s=86400.0)
+    result = check(payload)
+    assert isinstance(result, Accepted)  # hub/clock.py places it
+    assert "older" in rejected(with_field("clock_synced", True, epoch_s=86400.0))

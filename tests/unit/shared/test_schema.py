@@ -24,6 +24,11 @@ def _migration_columns() -> dict[str, str]:
         match = re.match(r"\s+([a-z0-9_]+) (.+?)( not null)?,$", line)
         if match:
             columns[match.group(1)] = match.group(2)
+    # Columns added by later migrations come last, in the order they were added.
+    for path in sorted((ROOT / "hub/migrations").glob("*.sql")):
+        for name, pg_type, _ in re.findall(r"alter table metrics add column ([a-z0-9_]+) "
+                                        r"([^;]+?)( not null)?;", path.read_text()):
+            columns[name] = pg_type
     return columns
 
 
@@ -36,7 +41,7 @@ def test_column_names_carry_units_or_are_counts_of_named_things():
     units = {"bytes", "percent", "celsius", "mhz", "s", "count", "packets", "errors", "drops"}
     unitless = {"device_id", "session_id", "seq", "ts", "received_at", "cpu_ctx_switches",
                 "cpu_interrupts", "cpu_soft_interrupts", "cpu_syscalls", "cpu_load_1",
-                "cpu_load_5", "cpu_load_15", "throttling_raw"}
+                "cpu_load_5", "cpu_load_15", "throttling_raw", "agent_ts"}
     for column in metrics_columns():
         if column.pg_type in ("boolean", "jsonb") or column.name in unitless:
             continue
