@@ -2,6 +2,7 @@
 
     fleetpulse-agent once     print one reading as JSON and exit
     fleetpulse-agent run      publish a reading every interval until stopped
+    fleetpulse-agent top      a live view of this machine in the terminal (extra "top")
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import FrameType
 from agent.collect import Collector, Sample
 from agent.encode import build_meta, build_metrics, encode
 from agent.identity import default_device_id
+from agent.processes import ProcessSampler, ProcessWatcher
 from agent.publish import Outbox
 from agent.spool import Reading, Spool
 from shared import __version__
@@ -82,6 +84,7 @@ class Agent:
         self._meta_dropped = -1
         self._spool_readings = len(self.spool)
         self._spool_dropped = self.spool.dropped
+        self.processes: ProcessWatcher | None = None  # set by main() when process_period_s > 0
 
     def _meta_payload(self) -> bytes:
         # Called from on_connected too: use the counts the main loop noted, not the spool.
@@ -163,8 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse-agent",
                                      description="Publish this machine's metrics over MQTT.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "once"], help="run: publish every "
-                        "interval; once: print one reading as JSON")
+    parser.add_argument("command", choices=["run", "once", "top"], help="run: publish every "
+                        "interval; once: print one reading as JSON; top: live view here")
+    parser.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
+                        help="top: seconds between refreshes (default 1)")
     parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
                         "exists, or FLEETPULSE_CONFIG)")
     add_setting_flags(parser, AgentSettings)
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
+    if args.command == "top":
+        return _top(settings, args.refresh)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "once":
@@ -203,7 +210,35 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if settings.process_period_s > 0:  # off the per-second loop: see agent/processes.py
+        sampler = ProcessSampler(agent.collector.process_scanner(),
+                                 top_n=settings.process_top_n,
+                                 memory_total_bytes=agent.facts.memory_total_bytes)
+        agent.processes = ProcessWatcher(sampler, settings.process_period_s)
+        threading.Thread(target=agent.processes.run, args=(agent.stop_event,),
+                         name="processes", daemon=True).start()
     agent.run()
+    return 0
+
+
+def _top(settings: AgentSettings, refresh_s: float) -> int:
+    if not 0.1 <= refresh_s <= 3600:
+        print(f"Invalid --refresh {refresh_s:g}: use 0.1 to 3600 seconds.", file=sys.stderr)
+        return 2
+    try:
+        from agent.top import TopApp  # the optional extra: the agent runs without it
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(("textual", "rich")):
+            raise
+        print('fleetpulse-agent top needs Textual: pip install "fleetpulse[top]"',
+              file=sys.stderr)
+        return 2
+    from agent.live import LiveSource, read_service_status
+
+    collector = Collector()
+    memory_total = collector.static_facts().memory_total_bytes
+    TopApp(lambda: LiveSource(collector, memory_total_bytes=memory_total),
+           refresh_s=refresh_s, service=read_service_status).run()
     return 0
 
 

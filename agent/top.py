@@ -1,0 +1,234 @@
+"""``fleetpulse-agent top``: a live view of this machine in the terminal (Textual).
+
+Only ``fleetpulse-agent top`` imports this module, and Textual comes with the optional
+extra (``pip install "fleetpulse[top]"``): the agent's own install stays small. What is
+shown is worked out in ``agent/live.py`` (pure, tested without a terminal); this module
+only draws it. Collection runs in a Textual thread worker, so a slow /proc read never
+freezes the keys; the worker hands each reading to the UI thread with call_from_thread.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer, Label, Sparkline, Static
+
+from agent.live import (
+    SERIES,
+    SERIES_LABELS,
+    SORT_KEYS,
+    History,
+    LiveReading,
+    LiveSource,
+    ServiceStatus,
+    alerting,
+    bar,
+    format_bytes,
+    series_values,
+    sort_processes,
+    warnings,
+)
+
+SERVICE_CHECK_S = 5.0  # systemctl is a process start (~5 ms): not every refresh
+TABLE_ROWS = 50
+COLUMNS = (("pid", "PID"), ("user", "USER"), ("name", "NAME"), ("cpu", "CPU%"),
+           ("mem", "MEM%"), ("rss", "RSS"), ("threads", "THR"), ("status", "STATE"))
+
+
+def _value_text(name: str, value: float | None) -> str:
+    if value is None:
+        return "no sensor" if name == "temperature" else "–"
+    if name in ("disk", "net_in", "net_out"):
+        return f"{format_bytes(value)}/s"
+    return f"{value:.1f}"
+
+
+class TopApp(App[None]):
+    """The live view; ``source`` gives readings, ``service`` says how the agent service is."""
+
+    TITLE = "fleetpulse top"
+    CSS = """
+    #status { height: 1; background: $panel; }
+    #upper { height: auto; max-height: 20; }
+    #cores { width: 44; height: auto; padding: 0 1; }
+    #sparks { height: auto; padding: 0 1; }
+    .spark-row { height: 1; }
+    .spark-label { width: 10; }
+    .spark-value { width: 12; text-align: right; }
+    Sparkline { width: 1fr; height: 1; }
+    .alert .spark-label, .alert .spark-value { color: $error; text-style: bold; }
+    #warnings { height: auto; color: $warning; text-style: bold; padding: 0 1; }
+    #warnings.ok { color: $success; text-style: none; }
+    #procs { height: 1fr; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("c", "sort('cpu')", "Sort CPU"),
+        Binding("m", "sort('mem')", "Sort memory"),
+        Binding("p", "sort('pid')", "Sort PID"),
+        Binding("n", "sort('name')", "Sort name"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, source: Callable[[], LiveSource], *, refresh_s: float = 1.0,
+                 service: Callable[[], ServiceStatus] | None = None,
+                 hostname: str | None = None) -> None:
+        """Args:
+            source: makes the reading source (called in the worker: the first readings
+                and the process table's names take a moment on a big machine).
+        """
+        super().__init__()
+        self.make_source = source
+        self.refresh_s = refresh_s
+        self.service = service
+        self.hostname = hostname or platform.node()
+        self.sort_key = "cpu"
+        self.history = History()
+        self.latest: LiveReading | None = None
+        self.service_status: ServiceStatus | None = None
+        self.refreshes = 0
+        self._stop = threading.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        with Horizontal(id="upper"):
+            yield Static(id="cores")
+            with Vertical(id="sparks"):
+                for name in SERIES:
+                    with Horizontal(classes="spark-row", id=f"row-{name}"):
+                        yield Label(SERIES_LABELS[name], classes="spark-label")
+                        yield Sparkline([], id=f"spark-{name}")
+                        yield Label("–", classes="spark-value", id=f"value-{name}")
+        yield Static(id="warnings")
+        yield DataTable(id="procs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#procs", DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        self._draw_status()
+        self.run_worker(self._collect, thread=True, name="collect", exit_on_error=False)
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    def _collect(self) -> None:
+        """The worker thread: one reading per refresh, handed to the UI thread."""
+        source = self.make_source()
+        next_service = 0.0
+        tick = time.monotonic()
+        while not self._stop.is_set():
+            tick += self.refresh_s
+            if self._stop.wait(max(0.0, tick - time.monotonic())):
+                return
+            reading = source.read(self.refresh_s)
+            status = None
+            if self.service is not None and time.monotonic() >= next_service:
+                status = self.service()
+                next_service = time.monotonic() + SERVICE_CHECK_S
+            if time.monotonic() - tick > self.refresh_s:  # suspended: skip, do not burst
+                tick = time.monotonic()
+            try:
+                self.call_from_thread(self.show, reading, status)
+            except RuntimeError:  # the app is closing
+                return
+
+    def show(self, reading: LiveReading, status: ServiceStatus | None = None) -> None:
+        """Draw one reading (runs on the UI thread)."""
+        self.latest = reading
+        if status is not None:
+            self.service_status = status
+        values = series_values(reading.message)
+        self.history.add(values)
+        self._draw_status()
+        self._draw_cores(reading)
+        self._draw_sparks(reading, values)
+        self._draw_warnings(reading)
+        self._draw_table()
+        self.refreshes += 1
+
+    def _draw_status(self) -> None:
+        parts = [self.hostname, f"refresh {self.refresh_s:g} s", f"sort: {self.sort_key}"]
+        if self.latest is not None:
+            parts.append(f"{self.latest.process_count} processes")
+            parts.append(f"read in {1000 * self.latest.took_s:.1f} ms")
+        if self.service_status is not None:
+            parts.append(self.service_status.describe())
+        self.query_one("#status", Static).update(" · ".join(parts))
+
+    def _draw_cores(self, reading: LiveReading) -> None:
+        cpu, memory = reading.message["cpu"], reading.message["memory"]
+        per_core = cpu["per_core_percent"]
+        width = 20 if len(per_core) <= 16 else 8
+        columns = 1 if len(per_core) <= 16 else 3
+        lines = []
+        row: list[str] = []
+        for i, percent in enumerate(per_core):
+            row.append(f"{i:>3} [green]{bar(percent, width)}[/] {percent:5.1f}%")
+            if len(row) == columns:
+                lines.append("  ".join(row))
+                row = []
+        if row:
+            lines.append("  ".join(row))
+        total = cpu["percent"]
+        lines.append(f"CPU {'–' if total is None else f'{total:.1f} %'}"
+                     + (f" · {cpu['freq_current_mhz']:.0f} MHz"
+                        if cpu["freq_current_mhz"] else "")
+                     + (f" · load {cpu['load_1']:.2f}" if cpu["load_1"] is not None else ""))
+        over = alerting(reading.message)
+        mem = (f"mem {format_bytes(memory['used_bytes'])} / "
+               f"{format_bytes(memory['total_bytes'])}")
+        lines.append(f"[b red]{mem} ![/]" if "memory" in over else mem)
+        if memory["swap_total_bytes"]:
+            swap = (f"swap {format_bytes(memory['swap_used_bytes'])} / "
+                    f"{format_bytes(memory['swap_total_bytes'])}")
+            lines.append(f"[b red]{swap} ![/]" if "swap" in over else swap)
+        self.query_one("#cores", Static).update("\n".join(lines))
+
+    def _draw_sparks(self, reading: LiveReading, values: dict[str, float | None]) -> None:
+        over = alerting(reading.message)
+        for name in SERIES:
+            self.query_one(f"#spark-{name}", Sparkline).data = self.history.known(name)
+            self.query_one(f"#value-{name}", Label).update(_value_text(name, values[name]))
+            self.query_one(f"#row-{name}").set_class(name in over, "alert")
+
+    def _draw_warnings(self, reading: LiveReading) -> None:
+        lines = warnings(reading.message)
+        box = self.query_one("#warnings", Static)
+        box.set_class(not lines, "ok")
+        box.update("\n".join(f"! {line}" for line in lines) if lines
+                   else "no warnings (thresholds: the hub's default alert rules)")
+
+    def _draw_table(self) -> None:
+        if self.latest is None:
+            return
+        table = self.query_one("#procs", DataTable)
+        table.clear()
+        for p in sort_processes(self.latest.processes, self.sort_key, TABLE_ROWS):
+            cpu = "–" if p["cpu_percent"] is None else f"{p['cpu_percent']:.1f}"
+            mem = "–" if p["memory_percent"] is None else f"{p['memory_percent']:.1f}"
+            state = Text(p["status"], style="bold yellow" if p["status"] == "zombie" else "")
+            table.add_row(str(p["pid"]), p["user"] or "?", p["name"], cpu, mem,
+                          format_bytes(p["rss_bytes"]),
+                          "–" if p["threads"] is None else str(p["threads"]), state,
+                          key=str(p["pid"]))
+
+    def action_sort(self, key: str) -> None:
+        if key not in SORT_KEYS:
+            return
+        self.sort_key = key
+        self._draw_status()
+        self._draw_table()
+
+    def table_pids(self) -> list[int]:
+        """The pids in the table, top to bottom (for tests and scripts)."""
+        table = self.query_one("#procs", DataTable)
+        return [int(str(table.get_row_at(i)[0])) for i in range(table.row_count)]
