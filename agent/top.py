@@ -36,6 +36,7 @@ from agent.live import (
     sort_processes,
     warnings,
 )
+from agent.processes import count_states
 
 SERVICE_CHECK_S = 5.0  # systemctl is a process start (~5 ms): not every refresh
 TABLE_ROWS = 50
@@ -158,7 +159,10 @@ class TopApp(App[None]):
     def _draw_status(self) -> None:
         parts = [self.hostname, f"refresh {self.refresh_s:g} s", f"sort: {self.sort_key}"]
         if self.latest is not None:
-            parts.append(f"{self.latest.process_count} processes")
+            counts = count_states(p["status"] for p in self.latest.processes)
+            detail = ", ".join(f"{counts[k]} {k}" for k in ("running", "zombie") if counts[k])
+            parts.append(f"{self.latest.process_count} processes"
+                         + (f" ({detail})" if detail else ""))
             parts.append(f"read in {1000 * self.latest.took_s:.1f} ms")
         if self.service_status is not None:
             parts.append(self.service_status.describe())
