@@ -39,6 +39,7 @@ STATUSES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped",
 # As procps top's "Tasks:" line: disk sleep and idle kernel threads count as sleeping.
 _SLEEPING = frozenset({"sleeping", "disk-sleep", "idle"})
 COMM_MAX = 15  # the kernel keeps the first 15 bytes of a name (TASK_COMM_LEN - 1)
+OFFSET_S = 0.5  # scans run half a second off the per-second readings (see ProcessWatcher)
 
 
 class ProcRecord(NamedTuple):
@@ -322,8 +323,9 @@ class ProcessWatcher:
     A thread, not slices of the per-second loop: one scan is a few ms of Python for a
     few hundred processes, and the per-second reading must keep its timing (the GIL is
     handed over every 5 ms at most, so the two interleave). Scans run at whole periods
-    plus half a second from the start: started beside the per-second loop (which reads at
-    whole seconds from its start), they fall between its readings.
+    plus half a second from the start (the first, which only primes CPU %, included):
+    started beside the per-second loop, which reads at whole seconds from its start, they
+    fall between its readings.
     """
 
     def __init__(self, sampler: ProcessSampler, period_s: float,
@@ -336,11 +338,13 @@ class ProcessWatcher:
         self.scan_s = 0.0  # wall time of the last scan, for the debug log
 
     def run(self, stop: threading.Event) -> None:
+        if stop.wait(OFFSET_S):
+            return
+        tick = self.clock() + self.period_s
         try:
             self.sampler.scan()  # CPU % needs an earlier scan: the first result is full
         except Exception:
             log.exception("process metrics: the first scan failed")
-        tick = self.clock() + self.period_s + 0.5
         while not stop.wait(max(0.0, tick - self.clock())):
             started = self.clock()
             try:

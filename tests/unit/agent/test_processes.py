@@ -244,11 +244,10 @@ def test_sampler_gives_cpu_percent_between_two_scans_and_reads_io_only_for_the_t
 def test_watcher_samples_every_period_until_stopped():
     fake = FakeScanner([[rec(1, rss=5)]])
     watcher = ProcessWatcher(ProcessSampler(fake, top_n=1), period_s=0.05)
-    watcher_offset_s = 0.5  # the scans fall half a second after the per-second readings
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10 + watcher_offset_s
+    deadline = time.monotonic() + 10
     while watcher.scans < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
