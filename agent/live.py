@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections import deque
@@ -241,3 +242,23 @@ class LiveSource:
         procs = [process_info(r, c, self.memory_total_bytes) for r, c in zip(records, cpus,
                                                                              strict=True)]
         return LiveReading(message, procs, len(records), time.perf_counter() - started)
+
+
+def run_top(refresh_s: float) -> int:
+    """Run ``fleetpulse-agent top``; without Textual, say in one line how to install it."""
+    if not 0.1 <= refresh_s <= 3600:
+        print(f"Invalid --refresh {refresh_s:g}: use 0.1 to 3600 seconds.", file=sys.stderr)
+        return 2
+    try:
+        from agent.top import TopApp  # the optional extra: the agent runs without it
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(("textual", "rich")):
+            raise
+        print('fleetpulse-agent top needs Textual: pip install "fleetpulse[top]"',
+              file=sys.stderr)
+        return 2
+    collector = Collector()
+    memory_total = collector.static_facts().memory_total_bytes
+    TopApp(lambda: LiveSource(collector, memory_total_bytes=memory_total),
+           refresh_s=refresh_s, service=read_service_status).run()
+    return 0

@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
-    if args.command == "top":
-        return _top(settings, args.refresh)
+    if args.command == "top":  # before logging: the terminal belongs to the view
+        from agent.live import run_top
+        return run_top(args.refresh)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "once":
@@ -218,27 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=agent.processes.run, args=(agent.stop_event,),
                          name="processes", daemon=True).start()
     agent.run()
-    return 0
-
-
-def _top(settings: AgentSettings, refresh_s: float) -> int:
-    if not 0.1 <= refresh_s <= 3600:
-        print(f"Invalid --refresh {refresh_s:g}: use 0.1 to 3600 seconds.", file=sys.stderr)
-        return 2
-    try:
-        from agent.top import TopApp  # the optional extra: the agent runs without it
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith(("textual", "rich")):
-            raise
-        print('fleetpulse-agent top needs Textual: pip install "fleetpulse[top]"',
-              file=sys.stderr)
-        return 2
-    from agent.live import LiveSource, read_service_status
-
-    collector = Collector()
-    memory_total = collector.static_facts().memory_total_bytes
-    TopApp(lambda: LiveSource(collector, memory_total_bytes=memory_total),
-           refresh_s=refresh_s, service=read_service_status).run()
     return 0
 
 

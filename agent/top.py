@@ -130,7 +130,11 @@ class TopApp(App[None]):
             tick += self.refresh_s
             if self._stop.wait(max(0.0, tick - time.monotonic())):
                 return
-            reading = source.read(self.refresh_s)
+            try:
+                reading = source.read(self.refresh_s)
+            except Exception as exc:  # noqa: BLE001 - say so and try again next refresh
+                self._tell(f"reading failed: {exc}")
+                continue
             status = None
             if self.service is not None and time.monotonic() >= next_service:
                 status = self.service()
@@ -141,6 +145,12 @@ class TopApp(App[None]):
                 self.call_from_thread(self.show, reading, status)
             except RuntimeError:  # the app is closing
                 return
+
+    def _tell(self, message: str) -> None:
+        try:
+            self.call_from_thread(self.notify, message, severity="error")
+        except RuntimeError:  # the app is closing
+            pass
 
     def show(self, reading: LiveReading, status: ServiceStatus | None = None) -> None:
         """Draw one reading (runs on the UI thread)."""
