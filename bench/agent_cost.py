@@ -395,12 +395,25 @@ def processes_effect(seconds: int, scans: int = 20) -> dict[str, Any]:
     def phase(period_s: float | None) -> dict[str, Any]:
         stop = threading.Event()
         watcher = thread = None
+        scans_at: list[tuple[float, float]] = []  # when each scan ran (perf_counter)
         if period_s:
-            watcher = ProcessWatcher(ProcessSampler(collector.process_scanner(), top_n=10,
-                                                    memory_total_bytes=memory_total), period_s)
+            sampler = ProcessSampler(collector.process_scanner(), top_n=10,
+                                     memory_total_bytes=memory_total)
+            scan = sampler.scan
+
+            def timed_scan() -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return scan()
+                finally:
+                    scans_at.append((t0, time.perf_counter()))
+
+            sampler.scan = timed_scan  # type: ignore[method-assign]
+            watcher = ProcessWatcher(sampler, period_s)
             thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
         prev = collector.sample()
         times: list[float] = []
+        readings_at: list[tuple[float, float]] = []
         tick = time.monotonic()
         if thread is not None:
             thread.start()  # as agent/main.py: beside the loop, scans half a second off it
@@ -411,16 +424,22 @@ def processes_effect(seconds: int, scans: int = 20) -> dict[str, Any]:
             cur = collector.sample()
             encode(build_metrics(prev, cur, device_id="bench-agent", session_id="s" * 32,
                                  seq=i + 1, epoch_s=time.time(), interval_s=1.0))
-            times.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            readings_at.append((t0, t1))
             prev = cur
         stop.set()
         if thread is not None:
             thread.join(10)
+        # A slow reading that overlapped no scan was slowed by something else (the machine).
+        overlapped = sum(1 for r0, r1 in readings_at
+                         if any(s0 < r1 and r0 < s1 for s0, s1 in scans_at))
         times.sort()
         return {"readings": len(times), "p50_us": statistics.median(times) * 1e6,
                 "p99_us": times[min(len(times) - 1, int(0.99 * len(times)))] * 1e6,
                 "max_us": times[-1] * 1e6, "scans": watcher.scans if watcher else 0,
-                "last_scan_ms": watcher.scan_s * 1000 if watcher else None}
+                "last_scan_ms": watcher.scan_s * 1000 if watcher else None,
+                "readings_during_a_scan": overlapped}
 
     phases = {}
     for name, period in (("off", None), ("every 10 s (default)", 10.0),
@@ -454,9 +473,10 @@ def print_processes_effect(result: dict[str, Any]) -> None:
     phases, scan = result["phases"], result["scan"]
     print(f"\nPer-second reading (collect + build + encode) with the process watcher, "
           f"{result['seconds_per_phase']} readings at 1 Hz per phase (µs)")
-    print(table(["process watcher", "p50", "p99", "max", "scans", "last scan ms"],
-                [[n, r["p50_us"], r["p99_us"], r["max_us"], r["scans"], r["last_scan_ms"]]
-                 for n, r in phases.items()]))
+    print(table(["process watcher", "p50", "p99", "max", "scans", "last scan ms",
+                 "readings during a scan"],
+                [[n, r["p50_us"], r["p99_us"], r["max_us"], r["scans"], r["last_scan_ms"],
+                  r["readings_during_a_scan"]] for n, r in phases.items()]))
     off = phases["off"]["p99_us"]
     print("p99 vs watcher off, same run: " + ", ".join(
         f"{n} {r['p99_us'] / off:.2f}×" for n, r in phases.items() if n != "off"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -46,12 +47,12 @@ def rec(pid: int, cpu_s: float = 0.0, rss: int = 0, status: str = "sleeping",
 def test_parse_stat_reads_state_cpu_threads_start_and_rss():
     f = parse_stat(STAT_LINE)
     assert (f.comm, f.state, f.cpu_ticks, f.threads, f.start_ticks, f.rss_pages) == (
-        "python3", "S", 300, 3, 987654, 2048)
+        b"python3", b"S", 300, 3, 987654, 2048)
 
 
 def test_parse_stat_takes_fields_after_the_last_parenthesis():
     f = parse_stat(ODD_LINE)
-    assert f.comm == "my (odd) name" and f.cpu_ticks == 300 and f.rss_pages == 2048
+    assert f.comm == b"my (odd) name" and f.cpu_ticks == 300 and f.rss_pages == 2048
 
 
 def test_parse_stat_refuses_what_is_not_a_stat_line():
@@ -163,9 +164,10 @@ def make_proc(root: Path, pid: int, comm: str = "worker", *, state: str = "S", u
         (d / "io").write_text(io)
 
 
-def scanner(root: Path) -> ProcScanner:
+def scanner(root: Path, keep_open: int = 256) -> ProcScanner:
     return ProcScanner(str(root), clock_ticks=100, page_bytes=4096,
-                       user_of=lambda uid: {0: "root", 1000: "pi"}.get(uid))
+                       user_of=lambda uid: {0: "root", 1000: "pi"}.get(uid),
+                       keep_open=keep_open)
 
 
 def test_scanner_reads_every_process_of_a_fake_proc(tmp_path: Path):
@@ -202,6 +204,22 @@ def test_scanner_treats_a_reused_pid_as_a_new_process(tmp_path: Path):
     make_proc(tmp_path, 7, "new", uid=1000, start=200)
     new = s.scan()[0]
     assert (new.name, new.user, new.start) == ("new", "pi", 200.0)
+
+
+def test_scanner_keeps_stat_files_open_up_to_a_limit_and_closes_those_of_exited(
+        tmp_path: Path):
+    for pid in range(1, 6):
+        make_proc(tmp_path, pid, utime=pid)
+    s = scanner(tmp_path, keep_open=3)
+    assert len(s.scan()) == 5 and len(s._fds) == 3
+    make_proc(tmp_path, 2, utime=77)  # read again through the kept file: fresh values
+    assert {r.pid: r.cpu_s for r in s.scan()}[2] == 1.27
+    for f in (tmp_path / "2").iterdir():
+        f.unlink()
+    (tmp_path / "2").rmdir()  # process 2 exited
+    assert {r.pid for r in s.scan()} == {1, 3, 4, 5} and "2" not in s._fds
+    s.close()
+    assert s._fds == {}
 
 
 def test_scanner_reads_io_bytes_and_none_where_not_allowed(tmp_path: Path):
@@ -312,7 +330,9 @@ def test_collector_uses_psutil_for_processes_without_the_proc_fast_path():
 def test_proc_scanner_agrees_with_psutil_on_this_process():
     import psutil
 
-    me = {r.pid: r for r in ProcScanner().scan()}[os.getpid()]
+    scanner = ProcScanner()
+    scanner.scan()
+    me = {r.pid: r for r in scanner.scan()}[os.getpid()]  # the second through kept files
     p = psutil.Process()
     times = p.cpu_times()
     assert me.name == p.name() and me.user == p.username()
@@ -320,4 +340,20 @@ def test_proc_scanner_agrees_with_psutil_on_this_process():
     assert abs(me.cpu_s - (times.user + times.system)) < 0.5
     assert abs(me.rss_bytes - p.memory_info().rss) < 4 * 1024 * 1024
     assert me.threads == p.num_threads()
-    assert ProcScanner().io(os.getpid())[0] == p.io_counters().read_bytes
+    assert scanner.io(os.getpid())[0] == p.io_counters().read_bytes
+    scanner.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+def test_a_process_that_exits_leaves_the_scan_and_its_file_is_closed():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        scanner = ProcScanner()
+        assert child.pid in {r.pid for r in scanner.scan()}
+        assert str(child.pid) in scanner._fds
+    finally:
+        child.kill()
+        child.wait(10)
+    assert child.pid not in {r.pid for r in scanner.scan()}
+    assert str(child.pid) not in scanner._fds
+    scanner.close()
