@@ -49,6 +49,9 @@ class History:
         for name, values_of in self.series.items():
             values_of.append(values.get(name))
 
+    def values(self, name: str) -> list[float | None]:
+        return list(self.series[name])
+
     def known(self, name: str) -> list[float]:
         """The series' values, unknown ones left out (what a sparkline can draw)."""
         return [v for v in self.series[name] if v is not None]
@@ -158,6 +161,37 @@ def bar(percent: float | None, width: int) -> str:
     full, part = divmod(eighths, 8)
     text = "█" * full + ("" if part == 0 else " ▏▎▍▌▋▊▉"[part])
     return text.ljust(width)
+
+
+_TICKS = "▁▂▃▄▅▆▇█"
+# Fixed scales where a series has one (percentages); the others scale to their own peak.
+SERIES_SCALE: dict[str, tuple[float, float] | None] = {
+    "cpu": (0.0, 100.0), "memory": (0.0, 100.0), "temperature": None, "disk": None,
+    "net_in": None, "net_out": None}
+
+
+def sparkline(values: Sequence[float | None], width: int,
+              scale: tuple[float, float] | None = None) -> str:
+    """Return the last ``width`` values as one line of eighth-blocks, oldest first.
+
+    Args:
+        scale: (low, high) to draw against; None: from 0 (or the lowest value, if below)
+            to the highest value shown. Unknown values are blanks.
+    """
+    shown = list(values)[-width:] if width > 0 else []
+    known = [v for v in shown if v is not None]
+    if not known:
+        return " " * len(shown)
+    low, high = scale if scale is not None else (min(0.0, *known), max(known))
+    span = high - low
+    out = []
+    for v in shown:
+        if v is None:
+            out.append(" ")
+        else:
+            level = 0 if span <= 0 else int((min(max(v, low), high) - low) / span * 7 + 0.5)
+            out.append(_TICKS[level])
+    return "".join(out)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,14 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Label, Sparkline, Static
+from textual.containers import Horizontal
+from textual.widgets import Footer, Static
 
 from agent.live import (
+    HISTORY_S,
     SERIES,
     SERIES_LABELS,
+    SERIES_SCALE,
     SORT_KEYS,
     History,
     LiveReading,
@@ -34,14 +36,19 @@ from agent.live import (
     format_bytes,
     series_values,
     sort_processes,
+    sparkline,
     warnings,
 )
 from agent.processes import count_states
 
 SERVICE_CHECK_S = 5.0  # systemctl is a process start (~5 ms): not every refresh
-TABLE_ROWS = 50
-COLUMNS = (("pid", "PID"), ("user", "USER"), ("name", "NAME"), ("cpu", "CPU%"),
-           ("mem", "MEM%"), ("rss", "RSS"), ("threads", "THR"), ("status", "STATE"))
+TABLE_ROWS = 50  # more than a terminal shows; the rest is clipped
+# The process table is one block of text, not a DataTable: a DataTable re-renders every
+# cell through Rich after each update (~100 ms of CPU a refresh for 50 rows, measured with
+# bench/top_cost.py), a Static renders its lines once. Column: key, title, width, right.
+COLUMNS = (("pid", "PID", 7, True), ("user", "USER", 10, False), ("name", "NAME", 24, False),
+           ("cpu", "CPU%", 6, True), ("mem", "MEM%", 5, True), ("rss", "RSS", 7, True),
+           ("threads", "THR", 4, True), ("status", "STATE", 12, False))
 
 
 def _value_text(name: str, value: float | None) -> str:
@@ -60,15 +67,11 @@ class TopApp(App[None]):
     #status { height: 1; background: $panel; }
     #upper { height: auto; max-height: 20; }
     #cores { width: 44; height: auto; padding: 0 1; }
-    #sparks { height: auto; padding: 0 1; }
-    .spark-row { height: 1; }
-    .spark-label { width: 10; }
-    .spark-value { width: 12; text-align: right; }
-    Sparkline { width: 1fr; height: 1; }
-    .alert .spark-label, .alert .spark-value { color: $error; text-style: bold; }
+    #sparks { width: 1fr; height: 6; padding: 0 1; color: $accent; }
     #warnings { height: auto; color: $warning; text-style: bold; padding: 0 1; }
     #warnings.ok { color: $success; text-style: none; }
-    #procs { height: 1fr; }
+    #procs { height: 1fr; overflow: hidden; }
+    #procs-header { height: 1; background: $panel; text-style: bold; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "sort('cpu')", "Sort CPU"),
@@ -95,27 +98,26 @@ class TopApp(App[None]):
         self.latest: LiveReading | None = None
         self.service_status: ServiceStatus | None = None
         self.refreshes = 0
+        self.shown_pids: list[int] = []
+        self.alerting_series: set[str] = set()
+        self._heights: dict[str, int] = {}
         self._stop = threading.Event()
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
         with Horizontal(id="upper"):
             yield Static(id="cores")
-            with Vertical(id="sparks"):
-                for name in SERIES:
-                    with Horizontal(classes="spark-row", id=f"row-{name}"):
-                        yield Label(SERIES_LABELS[name], classes="spark-label")
-                        yield Sparkline([], id=f"spark-{name}")
-                        yield Label("–", classes="spark-value", id=f"value-{name}")
+            # Six sparklines drawn as one block of text: one widget to lay out and render
+            # instead of eighteen (measured: most of a refresh's cost was the widgets).
+            yield Static(id="sparks")
         yield Static(id="warnings")
-        yield DataTable(id="procs", cursor_type="row", zebra_stripes=True)
+        yield Static(id="procs-header")
+        yield Static(id="procs")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#procs", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
         self._draw_status()
+        self._draw_header()
         self.run_worker(self._collect, thread=True, name="collect", exit_on_error=False)
 
     def on_unmount(self) -> None:
@@ -166,6 +168,15 @@ class TopApp(App[None]):
         self._draw_table()
         self.refreshes += 1
 
+    def _set(self, selector: str, content: str | Text, lines: int | None = None) -> None:
+        # Static.update lays the whole screen out again unless told the size is unchanged:
+        # a new height is set only when the number of lines changes.
+        widget = self.query_one(selector, Static)
+        if lines is not None and self._heights.get(selector) != lines:
+            self._heights[selector] = lines
+            widget.styles.height = lines
+        widget.update(content, layout=False)
+
     def _draw_status(self) -> None:
         parts = [self.hostname, f"refresh {self.refresh_s:g} s", f"sort: {self.sort_key}"]
         if self.latest is not None:
@@ -176,7 +187,7 @@ class TopApp(App[None]):
             parts.append(f"read in {1000 * self.latest.took_s:.1f} ms")
         if self.service_status is not None:
             parts.append(self.service_status.describe())
-        self.query_one("#status", Static).update(" · ".join(parts))
+        self._set("#status", Text(" · ".join(parts)))
 
     def _draw_cores(self, reading: LiveReading) -> None:
         cpu, memory = reading.message["cpu"], reading.message["memory"]
@@ -205,44 +216,61 @@ class TopApp(App[None]):
             swap = (f"swap {format_bytes(memory['swap_used_bytes'])} / "
                     f"{format_bytes(memory['swap_total_bytes'])}")
             lines.append(f"[b red]{swap} ![/]" if "swap" in over else swap)
-        self.query_one("#cores", Static).update("\n".join(lines))
+        self._set("#cores", "\n".join(lines), len(lines))
 
     def _draw_sparks(self, reading: LiveReading, values: dict[str, float | None]) -> None:
         over = alerting(reading.message)
+        # label (10) + sparkline + space + value (11) in the panel's content width
+        width = max(8, min(HISTORY_S, self.query_one("#sparks").content_size.width - 22))
+        block = Text(no_wrap=True, overflow="crop")
         for name in SERIES:
-            self.query_one(f"#spark-{name}", Sparkline).data = self.history.known(name)
-            self.query_one(f"#value-{name}", Label).update(_value_text(name, values[name]))
-            self.query_one(f"#row-{name}").set_class(name in over, "alert")
+            line = (f"{SERIES_LABELS[name]:<10}"
+                    f"{sparkline(self.history.values(name), width, SERIES_SCALE[name]):<{width}}"
+                    f" {_value_text(name, values[name]):>11}\n")
+            block.append(line, style="bold red" if name in over else "")
+        self.alerting_series = {name for name in SERIES if name in over}
+        self._set("#sparks", block, len(SERIES))
 
     def _draw_warnings(self, reading: LiveReading) -> None:
         lines = warnings(reading.message)
-        box = self.query_one("#warnings", Static)
-        box.set_class(not lines, "ok")
-        box.update("\n".join(f"! {line}" for line in lines) if lines
-                   else "no warnings (thresholds: the hub's default alert rules)")
+        self.query_one("#warnings", Static).set_class(not lines, "ok")
+        if lines:
+            self._set("#warnings", Text("\n".join(f"! {line}" for line in lines)), len(lines))
+        else:
+            self._set("#warnings",
+                      Text("no warnings (thresholds: the hub's default alert rules)"), 1)
+
+    def _draw_header(self) -> None:
+        cells = []
+        for key, title, width, right in COLUMNS:
+            title = title + ("▼" if key == self.sort_key else "")
+            cells.append(title.rjust(width) if right else title.ljust(width))
+        self._set("#procs-header", Text(" ".join(cells)))
 
     def _draw_table(self) -> None:
         if self.latest is None:
             return
-        table = self.query_one("#procs", DataTable)
-        table.clear()
-        for p in sort_processes(self.latest.processes, self.sort_key, TABLE_ROWS):
+        shown = sort_processes(self.latest.processes, self.sort_key, TABLE_ROWS)
+        table = Text(no_wrap=True, overflow="crop")
+        for p in shown:
             cpu = "–" if p["cpu_percent"] is None else f"{p['cpu_percent']:.1f}"
             mem = "–" if p["memory_percent"] is None else f"{p['memory_percent']:.1f}"
-            state = Text(p["status"], style="bold yellow" if p["status"] == "zombie" else "")
-            table.add_row(str(p["pid"]), p["user"] or "?", p["name"], cpu, mem,
-                          format_bytes(p["rss_bytes"]),
-                          "–" if p["threads"] is None else str(p["threads"]), state,
-                          key=str(p["pid"]))
+            threads = "–" if p["threads"] is None else str(p["threads"])
+            line = (f"{p['pid']:>7} {(p['user'] or '?')[:10]:<10} {p['name'][:24]:<24} "
+                    f"{cpu:>6} {mem:>5} {format_bytes(p['rss_bytes']):>7} {threads:>4} "
+                    f"{p['status'][:12]}\n")
+            table.append(line, style="bold yellow" if p["status"] == "zombie" else "")
+        self.shown_pids = [p["pid"] for p in shown]
+        self._set("#procs", table)
 
     def action_sort(self, key: str) -> None:
         if key not in SORT_KEYS:
             return
         self.sort_key = key
         self._draw_status()
+        self._draw_header()
         self._draw_table()
 
     def table_pids(self) -> list[int]:
         """The pids in the table, top to bottom (for tests and scripts)."""
-        table = self.query_one("#procs", DataTable)
-        return [int(str(table.get_row_at(i)[0])) for i in range(table.row_count)]
+        return list(self.shown_pids)

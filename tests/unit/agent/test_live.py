@@ -21,6 +21,7 @@ from agent.live import (
     read_service_status,
     series_values,
     sort_processes,
+    sparkline,
     warnings,
 )
 from agent.rates import CoreTimes
@@ -124,6 +125,15 @@ def test_processes_sort_by_cpu_memory_pid_and_name():
     assert [p["pid"] for p in sort_processes(procs, "name", 10)] == [20, 30, 10]
     with pytest.raises(ValueError, match="unknown sort key"):
         sort_processes(procs, "size", 10)
+
+
+def test_sparkline_draws_the_last_values_on_a_scale():
+    assert sparkline([0.0, 50.0, 100.0], 3, (0.0, 100.0)) == "▁▅█"
+    assert sparkline([0.0, 50.0, 100.0, 100.0], 2, (0.0, 100.0)) == "██"  # the newest
+    assert sparkline([10.0, None, 20.0], 3) == "▅ █"  # from 0 to the peak; unknown: blank
+    assert sparkline([None, None], 2) == "  " and sparkline([], 5) == ""
+    assert sparkline([5.0, 5.0], 2, (5.0, 5.0)) == "▁▁"  # a flat scale: no division by 0
+    assert sparkline([150.0, -3.0], 2, (0.0, 100.0)) == "█▁"  # clamped
 
 
 def test_format_bytes_and_bars():

@@ -45,14 +45,14 @@ def rec(pid: int, cpu_s: float = 0.0, rss: int = 0, status: str = "sleeping",
 # --- pure functions ---------------------------------------------------------------------------
 
 def test_parse_stat_reads_state_cpu_threads_start_and_rss():
-    f = parse_stat(STAT_LINE)
-    assert (f.comm, f.state, f.cpu_ticks, f.threads, f.start_ticks, f.rss_pages) == (
+    comm, state, cpu_ticks, threads, start_ticks, rss_pages = parse_stat(STAT_LINE)
+    assert (comm, state, cpu_ticks, threads, start_ticks, rss_pages) == (
         b"python3", b"S", 300, 3, 987654, 2048)
 
 
 def test_parse_stat_takes_fields_after_the_last_parenthesis():
-    f = parse_stat(ODD_LINE)
-    assert f.comm == b"my (odd) name" and f.cpu_ticks == 300 and f.rss_pages == 2048
+    comm, _, cpu_ticks, _, _, rss_pages = parse_stat(ODD_LINE)
+    assert comm == b"my (odd) name" and cpu_ticks == 300 and rss_pages == 2048
 
 
 def test_parse_stat_refuses_what_is_not_a_stat_line():
@@ -125,7 +125,8 @@ def test_build_processes_counts_everything_and_lists_the_top_n():
     records = [rec(i, cpu_s=0.0, rss=i * 1000, status="zombie" if i == 3 else "sleeping")
                for i in range(1, 8)]
     cpus: list[float | None] = [float(i) for i in range(7)]
-    out = build_processes(records, cpus, 2, 1_000_000, 10.0, {7: (1, 2)})
+    out = build_processes(records, cpus, select_top(records, cpus, 2), 1_000_000, 10.0,
+                          {7: (1, 2)})
     assert (out["count"], out["sleeping"], out["zombie"], out["running"], out["other"]) == (
         7, 6, 1, 0, 0)
     assert [p["pid"] for p in out["top_cpu"]] == [7, 6]
@@ -140,7 +141,8 @@ def test_processes_message_is_valid_for_the_schema():
 
     from shared.schema import ProcessesV1
 
-    out = build_processes([rec(1, rss=10), rec(2, rss=20)], [1.0, None], 10, 100, 10.0, {})
+    records, cpus = [rec(1, rss=10), rec(2, rss=20)], [1.0, None]
+    out = build_processes(records, cpus, select_top(records, cpus, 10), 100, 10.0, {})
     TypeAdapter(ProcessesV1).validate_python(out)
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import Label, Static
+from textual.widgets import Static
 
 from agent.collect import Collector
 from agent.live import LiveSource, ServiceStatus
@@ -92,6 +93,12 @@ def text(app: TopApp, selector: str) -> str:
 def test_top_shows_the_process_table_sorted_by_cpu(tmp_path: Path):
     async def check(app: TopApp, pilot: Pilot[None]) -> None:
         assert app.table_pids() == [300, 200, 100]
+        rows = text(app, "#procs").splitlines()
+        assert [row.split()[:3] for row in rows] == [
+            ["300", "pi", "busy"], ["200", "pi", "alpha"], ["100", "pi", "zed"]]
+        assert rows[2].split()[-3:] == ["3.0G", "1", "sleeping"]
+        assert text(app, "#procs-header").split() == [
+            "PID", "USER", "NAME", "CPU%▼", "MEM%", "RSS", "THR", "STATE"]
         assert "3 processes (1 running)" in text(app, "#status")
         assert "sort: cpu" in text(app, "#status")
 
@@ -100,10 +107,14 @@ def test_top_shows_the_process_table_sorted_by_cpu(tmp_path: Path):
 
 def test_keys_change_the_sort_order(tmp_path: Path):
     async def check(app: TopApp, pilot: Pilot[None]) -> None:
-        for key, pids in (("m", [100, 300, 200]), ("p", [100, 200, 300]),
-                          ("n", [200, 300, 100]), ("c", [300, 200, 100])):
+        for key, pids, marked in (("m", [100, 300, 200], "MEM%▼"),
+                                  ("p", [100, 200, 300], "PID▼"),
+                                  ("n", [200, 300, 100], "NAME▼"),
+                                  ("c", [300, 200, 100], "CPU%▼")):
             await pilot.press(key)
             assert app.table_pids() == pids, key
+            assert [int(row.split()[0]) for row in text(app, "#procs").splitlines()] == pids
+            assert marked in text(app, "#procs-header").split()
         await pilot.press("m")
         await wait_for(pilot, lambda: app.refreshes >= 4, "two more refreshes")
         assert app.table_pids() == [100, 300, 200]  # the order holds across refreshes
@@ -120,18 +131,40 @@ def test_q_quits(tmp_path: Path):
     run(app_for(tmp_path), check)
 
 
+def spark_line(app: TopApp, label: str) -> str:
+    (line,) = [x for x in text(app, "#sparks").splitlines() if x.startswith(label)]
+    return line
+
+
+def red_lines(app: TopApp) -> list[str]:
+    block = app.query_one("#sparks", Static).content
+    assert isinstance(block, Text)
+    return [block.plain[span.start:span.end].split()[0] for span in block.spans
+            if "red" in str(span.style)]
+
+
 def test_a_machine_without_sensors(tmp_path: Path):
     async def check(app: TopApp, pilot: Pilot[None]) -> None:
-        assert text(app, "#value-temperature") == "no sensor"
+        assert spark_line(app, "CPU °C").endswith("no sensor")
         assert app.history.known("temperature") == []
         assert text(app, "#warnings").startswith("no warnings")
         cores = text(app, "#cores")
         # One bar per core: 3 busy in 10 s of core 0, 9 in 10 of core 1 (fake_platform).
         assert "  0 " in cores and "30.0%" in cores and "  1 " in cores and "90.0%" in cores
         assert "CPU 60.0 %" in cores
-        assert float(str(app.query_one("#value-cpu", Label).content)) == 60.0
-        assert not app.query_one("#row-temperature").has_class("alert")
+        assert spark_line(app, "CPU %").split()[-1] == "60.0"
+        assert app.alerting_series == set() and red_lines(app) == []
         assert "agent service" not in text(app, "#status")  # no service check given
+
+    run(app_for(tmp_path), check)
+
+
+def test_sparklines_fill_with_the_readings(tmp_path: Path):
+    async def check(app: TopApp, pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: app.refreshes >= 4, "four refreshes")
+        cpu = spark_line(app, "CPU %").removeprefix("CPU %").split()[0]
+        assert len(cpu) >= 3 and set(cpu) == {"▅"}  # 60 % on a 0-100 scale, every second
+        assert spark_line(app, "CPU °C").removeprefix("CPU °C").split() == ["no", "sensor"]
 
     run(app_for(tmp_path), check)
 
@@ -140,10 +173,10 @@ def test_a_hot_machine_is_warned_and_highlighted(tmp_path: Path):
     hot = {"cpu_thermal": [fake_psutil.Temp("", 85.0, None, None)]}
 
     async def check(app: TopApp, pilot: Pilot[None]) -> None:
-        assert text(app, "#value-temperature") == "85.0"
+        assert spark_line(app, "CPU °C").endswith("85.0")
         assert "! CPU temperature 85.0 °C > 80 °C" in text(app, "#warnings")
-        assert app.query_one("#row-temperature").has_class("alert")
-        assert not app.query_one("#row-memory").has_class("alert")
+        assert app.alerting_series == {"temperature"}
+        assert red_lines(app) == ["CPU"]  # the temperature line, in red
 
     run(app_for(tmp_path, sensors_temperatures=lambda: hot), check)
 
