@@ -181,6 +181,28 @@ def test_a_hot_machine_is_warned_and_highlighted(tmp_path: Path):
     run(app_for(tmp_path, sensors_temperatures=lambda: hot), check)
 
 
+def test_a_failed_reading_is_told_and_the_next_one_shown(tmp_path: Path):
+    collector = Collector(ps=fake_platform(), fast=False, sys_root=tmp_path)
+    calls = {"n": 0}
+
+    class Flaky(LiveSource):
+        def read(self, interval_s: float) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError("/proc went away")
+            return super().read(interval_s)
+
+    app = TopApp(lambda: Flaky(collector, scanner=FakeScanner()), refresh_s=0.1)
+    told: list[str] = []
+    app.notify = lambda message, **kwargs: told.append(message)  # type: ignore[method-assign]
+
+    async def check(app: TopApp, pilot: Pilot[None]) -> None:
+        assert calls["n"] >= 3  # two shown, so the failed one was passed over
+        assert told == ["reading failed: /proc went away"]
+
+    run(app, check)
+
+
 def test_the_agent_service_status_is_shown(tmp_path: Path):
     async def check(app: TopApp, pilot: Pilot[None]) -> None:
         assert "agent service: active, connected" in text(app, "#status")
