@@ -359,3 +359,19 @@ def test_a_process_that_exits_leaves_the_scan_and_its_file_is_closed():
     assert child.pid not in {r.pid for r in scanner.scan()}
     assert str(child.pid) not in scanner._fds
     scanner.close()
+
+
+def test_process_settings_default_to_ten_seconds_and_ten_processes_and_are_checked():
+    from shared.config import AgentSettings, load_settings
+    from shared.errors import ConfigError
+
+    default = load_settings(AgentSettings, environ={})
+    assert (default.process_period_s, default.process_top_n) == (10.0, 10)
+    off = load_settings(AgentSettings, environ={"FLEETPULSE_PROCESS_PERIOD_S": "0"})
+    assert off.process_period_s == 0.0
+    with pytest.raises(ConfigError) as bad:
+        load_settings(AgentSettings, environ={"FLEETPULSE_PROCESS_PERIOD_S": "-5",
+                                              "FLEETPULSE_PROCESS_TOP_N": "0"})
+    assert bad.value.problems == [
+        "FLEETPULSE_PROCESS_PERIOD_S: '-5' must be 0 (off) or more.",
+        "FLEETPULSE_PROCESS_TOP_N: '0' must be from 1 to 1000."]
