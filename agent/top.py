@@ -44,8 +44,9 @@ from agent.processes import count_states
 SERVICE_CHECK_S = 5.0  # systemctl is a process start (~5 ms): not every refresh
 TABLE_ROWS = 50  # more than a terminal shows; the rest is clipped
 # The process table is one block of text, not a DataTable: a DataTable re-renders every
-# cell through Rich after each update (~100 ms of CPU a refresh for 50 rows, measured with
-# bench/top_cost.py), a Static renders its lines once. Column: key, title, width, right.
+# cell through Rich after each update. A first version (DataTable, and 18 widgets for the
+# sparklines) drew at ~140 ms of CPU a refresh, this one ~16 ms (bench/top_cost.py).
+# Column: key, title, width, right-aligned.
 COLUMNS = (("pid", "PID", 7, True), ("user", "USER", 10, False), ("name", "NAME", 24, False),
            ("cpu", "CPU%", 6, True), ("mem", "MEM%", 5, True), ("rss", "RSS", 7, True),
            ("threads", "THR", 4, True), ("status", "STATE", 12, False))
@@ -108,7 +109,7 @@ class TopApp(App[None]):
         with Horizontal(id="upper"):
             yield Static(id="cores")
             # Six sparklines drawn as one block of text: one widget to lay out and render
-            # instead of eighteen (measured: most of a refresh's cost was the widgets).
+            # instead of eighteen (see COLUMNS for the cost).
             yield Static(id="sparks")
         yield Static(id="warnings")
         yield Static(id="procs-header")
@@ -192,8 +193,8 @@ class TopApp(App[None]):
     def _draw_cores(self, reading: LiveReading) -> None:
         cpu, memory = reading.message["cpu"], reading.message["memory"]
         per_core = cpu["per_core_percent"]
-        width = 20 if len(per_core) <= 16 else 8
-        columns = 1 if len(per_core) <= 16 else 3
+        width = 20 if len(per_core) <= 16 else 8  # many cores: two columns of short bars
+        columns = 1 if len(per_core) <= 16 else 2
         lines = []
         row: list[str] = []
         for i, percent in enumerate(per_core):
