@@ -67,9 +67,10 @@ def app_for(tmp_path: Path, *, service: Callable[[], ServiceStatus] | None = Non
                   refresh_s=0.1, service=service, hostname="testpi")
 
 
-def run(app: TopApp, test: Callable[[TopApp, Pilot[None]], Awaitable[None]]) -> None:
+def run(app: TopApp, test: Callable[[TopApp, Pilot[None]], Awaitable[None]],
+        size: tuple[int, int] = (120, 40)) -> None:
     async def go() -> None:
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with app.run_test(size=size) as pilot:
             await wait_for(pilot, lambda: app.refreshes >= 2, "two refreshes")
             await test(app, pilot)
 
@@ -201,6 +202,27 @@ def test_a_failed_reading_is_told_and_the_next_one_shown(tmp_path: Path):
         assert told == ["reading failed: /proc went away"]
 
     run(app, check)
+
+
+def test_a_throttled_pi_is_warned(tmp_path: Path):
+    firmware = tmp_path / "devices/platform/soc/soc:firmware"
+    firmware.mkdir(parents=True)
+    (firmware / "get_throttled").write_text("50005\n")  # under-voltage + throttled, now
+
+    async def check(app: TopApp, pilot: Pilot[None]) -> None:
+        assert text(app, "#warnings").splitlines() == [
+            "! Pi firmware NOW: under-voltage, throttled",
+            "! Since boot: under-voltage, throttling"]
+
+    run(app_for(tmp_path), check)
+
+
+def test_a_small_terminal_still_shows_the_busiest_process(tmp_path: Path):
+    async def check(app: TopApp, pilot: Pilot[None]) -> None:
+        assert text(app, "#procs").splitlines()[0].split()[:3] == ["300", "pi", "busy"]
+        assert app.query_one("#procs").size.height >= 3  # rows left under the panels
+
+    run(app_for(tmp_path), check, size=(80, 24))
 
 
 def test_the_agent_service_status_is_shown(tmp_path: Path):
