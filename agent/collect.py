@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from agent import pi
+from agent.processes import STATUSES, ProcRecord, ProcScanner, Scanner
 from agent.rates import CoreTimes
 from shared.schema import Partition, Temperature
 
@@ -656,6 +657,12 @@ class Collector:
         if self._proc is not None:
             self._proc.refresh(self._disks, self._zones)
 
+    def process_scanner(self) -> Scanner:
+        """Return what lists processes here: /proc read directly on Linux, else psutil."""
+        if self._proc is not None:
+            return ProcScanner(self.proc_root)
+        return PsutilProcesses(self.ps)
+
     def watched(self) -> tuple[list[str], list[str]]:
         """Re-list and return the mountpoints and whole disks that readings cover."""
         self._refresh(self.clock())
@@ -876,6 +883,57 @@ class Collector:
         secs = battery.secsleft
         seconds_left = float(secs) if isinstance(secs, (int, float)) and secs >= 0 else None
         return (float(battery.percent), battery.power_plugged, seconds_left)
+
+
+class PsutilProcesses:
+    """:class:`agent.processes.ProcScanner`'s readings from psutil (macOS, BSD, Windows).
+
+    Only cheap attributes are asked of every process each period; name and user are
+    asked once per (pid, create time) and kept.
+    """
+
+    _ATTRS = ("cpu_times", "memory_info", "num_threads", "status")
+    _STATUS_NAMES = frozenset(STATUSES.values())
+
+    def __init__(self, ps: Any = psutil) -> None:
+        self.ps = ps
+        self._known: dict[tuple[int, float], tuple[str, str | None]] = {}
+
+    def scan(self) -> list[ProcRecord]:
+        records: list[ProcRecord] = []
+        known: dict[tuple[int, float], tuple[str, str | None]] = {}
+        for proc in self.ps.process_iter(list(self._ATTRS)):
+            info = proc.info
+            try:
+                key = (proc.pid, float(proc.create_time()))  # cached by psutil after once
+            except Exception:  # noqa: BLE001, S112 - gone, or not allowed
+                continue
+            ident = self._known.get(key)
+            if ident is None:
+                ident = (self._ask(proc.name) or str(proc.pid), self._ask(proc.username))
+            known[key] = ident
+            times, memory = info.get("cpu_times"), info.get("memory_info")
+            status = info.get("status") or "unknown"
+            records.append(ProcRecord(
+                proc.pid, key[1], status if status in self._STATUS_NAMES else "unknown",
+                float(times.user + times.system) if times else 0.0,
+                int(memory.rss) if memory else 0, info.get("num_threads"), *ident))
+        self._known = known
+        return records
+
+    @staticmethod
+    def _ask(method: Callable[[], str]) -> str | None:
+        try:
+            return method()
+        except Exception:  # noqa: BLE001 - AccessDenied, NoSuchProcess, …
+            return None
+
+    def io(self, pid: int) -> tuple[int | None, int | None]:
+        try:
+            counters = self.ps.Process(pid).io_counters()
+        except Exception:  # noqa: BLE001 - not on macOS; not allowed; gone
+            return (None, None)
+        return (int(counters.read_bytes), int(counters.write_bytes))
 
 
 def _blank_type(zone: Path) -> bool:

@@ -3,6 +3,7 @@
     fleetpulse-agent once     print one reading as JSON and exit
     fleetpulse-agent run      publish a reading every interval until stopped
     fleetpulse-agent install-service / uninstall-service   run it under systemd
+    fleetpulse-agent top      a live view of this machine in the terminal (extra "top")
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from agent.collect import Collector, Sample
 from agent.encode import build_meta, build_metrics, encode
 from agent.identity import default_device_id
 from agent.notify import Notifier, StatusTracker
+from agent.processes import ProcessSampler, ProcessWatcher
 from agent.publish import Outbox
 from agent.service import COMMANDS as SERVICE_COMMANDS
 from agent.service import add_service_arguments, run_service_command
@@ -103,6 +105,7 @@ class Agent:
         # systemd's notify socket and watchdog (a no-op when not run by systemd).
         self.notifier = Notifier()
         self._health = StatusTracker(describe_broker(self.mqtt.address), time.time())
+        self.processes: ProcessWatcher | None = None  # set by main() when process_period_s > 0
 
     def _meta_payload(self) -> bytes:
         # Called from on_connected too: use the counts the main loop noted, not the spool.
@@ -235,9 +238,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse-agent",
                                      description="Publish this machine's metrics over MQTT.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "once", *SERVICE_COMMANDS],
+    parser.add_argument("command", choices=["run", "once", "top", *SERVICE_COMMANDS],
                         help="run: publish every interval; once: print one reading as JSON; "
-                        "install-service / uninstall-service: run under systemd")
+                        "top: live view here; install-service / uninstall-service: run under "
+                        "systemd")
+    parser.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
+                        help="top: seconds between refreshes (default 1)")
     parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
                         "exists, or FLEETPULSE_CONFIG)")
     add_setting_flags(parser, AgentSettings)
@@ -255,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
+    if args.command == "top":  # before logging: the terminal belongs to the view
+        from agent.live import run_top
+        return run_top(args.refresh)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "once":
@@ -279,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if settings.process_period_s > 0:  # off the per-second loop: see agent/processes.py
+        sampler = ProcessSampler(agent.collector.process_scanner(),
+                                 top_n=settings.process_top_n,
+                                 memory_total_bytes=agent.facts.memory_total_bytes)
+        agent.processes = ProcessWatcher(sampler, settings.process_period_s)
+        threading.Thread(target=agent.processes.run, args=(agent.stop_event,),
+                         name="processes", daemon=True).start()
     agent.run()
     return 0
 

@@ -19,6 +19,12 @@ collector step timed as the agent makes them, once a second (cold caches), and b
     python3 -m bench.agent_cost --window-s 300
     python3 -m bench.agent_cost --breakdown-only 60
     python3 -m bench.agent_cost --floor         # also the stack's floor (bench/agent_floor.py)
+    python3 -m bench.agent_cost --processes     # also the agent with process metrics off
+
+The agent runs with its default settings: process metrics on, every 10 s. With
+``--processes`` a second agent runs beside it with ``--process-period-s 0`` (off), and the
+breakdown times the per-second reading with and without a process watcher thread running
+(p50 / p99 at 1 Hz), and one process scan: /proc read directly vs psutil's process_iter.
 
 Writes bench/results/agent_cost.json. Needs mosquitto and collectd-core (apt-get install).
 """
@@ -141,7 +147,7 @@ def wait_until(deadline: float, what: str, step_s: float = 10.0) -> None:
 
 def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
                    baseline_tree: Path | None, no_site: bool,
-                   floor: bool = False) -> dict[str, Any]:
+                   floor: bool = False, processes_off: bool = False) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from shared.config import parse_broker_url
     from shared.mqtt import MqttConnection, Received
@@ -151,12 +157,13 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     broker = MosquittoServer(tmp / "mqtt", persistence=False).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     tallies = {"agent": Tally(), "collectd": Tally(), "agent_baseline": Tally(),
-               "agent_no_site": Tally(), "floor": Tally()}
+               "agent_no_site": Tally(), "floor": Tally(), "agent_processes_off": Tally()}
 
     def on_message(msg: Received) -> None:
         if msg.topic.startswith(AGENT_TOPIC + "/") and msg.topic.endswith("/metrics"):
             name = ("agent_baseline" if "/bench-baseline/" in msg.topic else "agent_no_site"
-                    if "/bench-nosite/" in msg.topic else "floor"
+                    if "/bench-nosite/" in msg.topic else "agent_processes_off"
+                    if "/bench-noproc/" in msg.topic else "floor"
                     if "/bench-floor/" in msg.topic else "agent")
             tallies[name].add(count_json_values(orjson.loads(msg.payload)), msg.payload,
                               publish_packet_bytes(msg.topic, msg.payload, v5=True))
@@ -171,6 +178,9 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     try:
         wait_for(lambda: sub.connected, 10, "the subscriber to connect")
         agents = {"agent": (ROOT, "bench-agent", False)}
+        extra_args = {"agent_processes_off": ["--process-period-s", "0"]}
+        if processes_off:
+            agents["agent_processes_off"] = (ROOT, "bench-noproc", False)
         if baseline_tree is not None:
             agents["agent_baseline"] = (baseline_tree, "bench-baseline", False)
         if no_site:
@@ -180,7 +190,7 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
             logs[name] = open(tmp / f"{name}.log", "wb")
             args = ["run", "--broker-url", broker.url, "--state-dir", str(tmp / name),
                     "--device-id", device_id, "--interval-s", "1", "--topic-prefix",
-                    AGENT_TOPIC, "--log-level", "WARNING"]
+                    AGENT_TOPIC, "--log-level", "WARNING", *extra_args.get(name, [])]
             cmd = [sys.executable, "-m", "agent.main", *args]
             if plain:
                 # As from a wheel: site-packages on the path, but no .pth files run (a
@@ -364,6 +374,119 @@ def breakdown(seconds: int, back_to_back: int = 300) -> dict[str, Any]:
             "values_per_message": count_json_values(orjson.loads(payload)), "calls": rows}
 
 
+def processes_effect(seconds: int, scans: int = 20) -> dict[str, Any]:
+    """Time the per-second reading with and without a process watcher thread; time a scan.
+
+    Three phases of ``seconds`` readings at 1 Hz, as the agent reads: no watcher; a watcher
+    at the default period (10 s); a watcher every second (the worst case). Then one scan
+    back to back: /proc read directly (the agent on Linux) vs psutil's process_iter with
+    the four cheap attributes (the fallback's cost per period) and with name + username.
+    """
+    sys.path.insert(0, str(ROOT))
+    import psutil
+
+    from agent.collect import Collector, PsutilProcesses
+    from agent.encode import build_metrics, encode
+    from agent.processes import ProcessSampler, ProcessWatcher, ProcScanner
+
+    collector = Collector()
+    memory_total = collector.static_facts().memory_total_bytes
+
+    def phase(period_s: float | None) -> dict[str, Any]:
+        stop = threading.Event()
+        watcher = thread = None
+        scans_at: list[tuple[float, float]] = []  # when each scan ran (perf_counter)
+        if period_s:
+            sampler = ProcessSampler(collector.process_scanner(), top_n=10,
+                                     memory_total_bytes=memory_total)
+            scan = sampler.scan
+
+            def timed_scan() -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return scan()
+                finally:
+                    scans_at.append((t0, time.perf_counter()))
+
+            sampler.scan = timed_scan  # type: ignore[method-assign]
+            watcher = ProcessWatcher(sampler, period_s)
+            thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+        prev = collector.sample()
+        times: list[float] = []
+        readings_at: list[tuple[float, float]] = []
+        tick = time.monotonic()
+        if thread is not None:
+            thread.start()  # as agent/main.py: beside the loop, scans half a second off it
+        for i in range(seconds):
+            tick += 1.0
+            time.sleep(max(0.0, tick - time.monotonic()))
+            t0 = time.perf_counter()
+            cur = collector.sample()
+            encode(build_metrics(prev, cur, device_id="bench-agent", session_id="s" * 32,
+                                 seq=i + 1, epoch_s=time.time(), interval_s=1.0))
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            readings_at.append((t0, t1))
+            prev = cur
+        stop.set()
+        if thread is not None:
+            thread.join(10)
+        # A slow reading that overlapped no scan was slowed by something else (the machine).
+        overlapped = sum(1 for r0, r1 in readings_at
+                         if any(s0 < r1 and r0 < s1 for s0, s1 in scans_at))
+        times.sort()
+        return {"readings": len(times), "p50_us": statistics.median(times) * 1e6,
+                "p99_us": times[min(len(times) - 1, int(0.99 * len(times)))] * 1e6,
+                "max_us": times[-1] * 1e6, "scans": watcher.scans if watcher else 0,
+                "last_scan_ms": watcher.scan_s * 1000 if watcher else None,
+                "readings_during_a_scan": overlapped}
+
+    phases = {}
+    for name, period in (("off", None), ("every 10 s (default)", 10.0),
+                         ("every 1 s (worst case)", 1.0)):
+        progress(f"per-second reading, process watcher {name}: {seconds} s")
+        phases[name] = phase(period)
+
+    def per_process(fn: Callable[[], int]) -> float:
+        fn()  # warm: caches filled, as every period after the first
+        t0 = time.perf_counter()
+        count = sum(fn() for _ in range(scans))
+        return (time.perf_counter() - t0) / count * 1e6
+
+    proc_scanner = ProcScanner() if sys.platform.startswith("linux") else None
+    fallback = PsutilProcesses(psutil)
+    four = ["cpu_times", "memory_info", "num_threads", "status"]
+    scan = {
+        "processes": len(list(psutil.process_iter())),
+        "proc_scanner_us_per_process":
+            per_process(lambda: len(proc_scanner.scan())) if proc_scanner else None,
+        "psutil_fallback_us_per_process": per_process(lambda: len(fallback.scan())),
+        "psutil_process_iter_4_attrs_us_per_process":
+            per_process(lambda: len(list(psutil.process_iter(four)))),
+        "psutil_process_iter_6_attrs_us_per_process":
+            per_process(lambda: len(list(psutil.process_iter([*four, "name", "username"])))),
+    }
+    return {"seconds_per_phase": seconds, "phases": phases, "scan": scan}
+
+
+def print_processes_effect(result: dict[str, Any]) -> None:
+    phases, scan = result["phases"], result["scan"]
+    print(f"\nPer-second reading (collect + build + encode) with the process watcher, "
+          f"{result['seconds_per_phase']} readings at 1 Hz per phase (µs)")
+    print(table(["process watcher", "p50", "p99", "max", "scans", "last scan ms",
+                 "readings during a scan"],
+                [[n, r["p50_us"], r["p99_us"], r["max_us"], r["scans"], r["last_scan_ms"],
+                  r["readings_during_a_scan"]] for n, r in phases.items()]))
+    off = phases["off"]["p99_us"]
+    print("p99 vs watcher off, same run: " + ", ".join(
+        f"{n} {r['p99_us'] / off:.2f}×" for n, r in phases.items() if n != "off"))
+    base = scan["psutil_process_iter_4_attrs_us_per_process"]
+    print(f"One scan of {scan['processes']} processes, back to back, µs per process: "
+          + ", ".join(f"{k.removesuffix('_us_per_process')} {v:.1f}"
+                      + (f" ({v / base:.2f}× process_iter 4 attrs)" if v else "")
+                      for k, v in scan.items() if k.endswith("_us_per_process") and v))
+
+
 def print_breakdown(result: dict[str, Any]) -> None:
     calls = result["calls"]
     order = sorted(calls, key=lambda n: (not n.startswith("psutil."),
@@ -390,7 +513,12 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true", help="also run bench/agent_floor.py: "
                         "the same wake-ups, kernel reads and MQTT publishing with no metric "
                         "work, to show what fleetpulse's own code adds")
+    parser.add_argument("--processes", action="store_true", help="also run the agent with "
+                        "process metrics off, and time the per-second reading with and without "
+                        "the process watcher (--processes-s readings per phase)")
+    parser.add_argument("--processes-s", type=int, default=40)
     parser.add_argument("--breakdown-only", type=int, metavar="SECONDS")
+    parser.add_argument("--processes-only", type=int, metavar="SECONDS")
     parser.add_argument("--label", default="agent_cost", help="results file name")
     args = parser.parse_args()
     if args.breakdown_only:
@@ -400,10 +528,25 @@ def main() -> int:
         else:
             print_breakdown(result)
         return 0
+    if args.processes_only:
+        result = processes_effect(args.processes_only)
+        if os.environ.get("BENCH_BREAKDOWN_JSON"):
+            Path(os.environ["BENCH_BREAKDOWN_JSON"]).write_bytes(orjson.dumps(result))
+        else:
+            print_processes_effect(result)
+        return 0
 
     info = machine()
     runs = measure_window(args.warmup_s, args.window_s, not args.no_collectd,
-                          args.baseline_tree, args.no_site, args.floor)
+                          args.baseline_tree, args.no_site, args.floor, args.processes)
+    effect = None
+    if args.processes:
+        progress("per-second reading with and without the process watcher, fresh process")
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            subprocess.run([sys.executable, "-m", "bench.agent_cost", "--processes-only",
+                            str(args.processes_s)], cwd=ROOT, check=True,
+                           env={**os.environ, "BENCH_BREAKDOWN_JSON": out.name})
+            effect = orjson.loads(Path(out.name).read_bytes())
     progress("per-call breakdown in a fresh process")
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, "-m", "bench.agent_cost", "--breakdown-only",
@@ -447,13 +590,22 @@ def main() -> int:
               f"{f['cpu']['schedstat_percent']:.3f} %: fleetpulse's own per-second work "
               f"{10 * (a['cpu']['schedstat_percent'] - f['cpu']['schedstat_percent']):.2f} "
               f"ms of CPU per second")
+    if "agent_processes_off" in runs:
+        o = runs["agent_processes_off"]
+        print(f"agent with process metrics on (every 10 s, the default) vs off, same run: "
+              f"{a['cpu']['schedstat_percent']:.3f} % vs {o['cpu']['schedstat_percent']:.3f} % "
+              f"({a['cpu']['schedstat_percent'] / max(o['cpu']['schedstat_percent'], 1e-9):.2f}"
+              f"×); RSS {a['rss_steady_mb']:.1f} vs {o['rss_steady_mb']:.1f} MB")
     print_breakdown(calls)
+    if effect is not None:
+        print_processes_effect(effect)
     path = write_result(args.label, {
         "benchmark": "agent_cost", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info, "warmup_s": args.warmup_s, "window_s": args.window_s,
         "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
         "runs": runs, "cpu_ratio_agent_to_collectd": ratio,
         "cpu_ratio_agent_to_collectd_ticks": ratio_ticks, "breakdown": calls,
+        "processes_effect": effect,
         "targets": {"agent_cpu_percent_max": 0.10, "ratio_to_collectd_max": 0.5,
                     "rss_mb_max": 24}})
     print(f"\nwrote {path.relative_to(ROOT)}")

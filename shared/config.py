@@ -97,6 +97,16 @@ def _positive(value: float) -> None:
         raise ValueError("must be greater than 0")
 
 
+def _not_negative(value: float) -> None:
+    if value < 0:
+        raise ValueError("must be 0 (off) or more")
+
+
+def _check_top_n(value: int) -> None:
+    if not 1 <= value <= 1000:
+        raise ValueError("must be from 1 to 1000")
+
+
 def _check_db_url(value: Secret | None) -> None:
     if value is not None and not value.reveal().startswith(("postgresql://", "postgres://")):
         raise ValueError("is not a URL like postgresql://user:password@host:5432/dbname")
@@ -166,6 +176,10 @@ class AgentSettings:
                                    "away (one transaction each, to spare SD cards)", _positive)
     replay_rate_per_s: float = setting(200.0, "Spooled readings replayed per second after a "
                                        "reconnect", _positive)
+    process_period_s: float = setting(10.0, "Seconds between scans of the top processes "
+                                      "(0: off)", _not_negative)
+    process_top_n: int = setting(10, "Processes kept in each top list (by CPU, by memory)",
+                                 _check_top_n)
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
 
 

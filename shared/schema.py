@@ -38,6 +38,7 @@ Percent = Annotated[float, Ge(0), Le(100)]
 Celsius = Annotated[float, Ge(-100), Le(300)]
 Mhz = Annotated[float, Ge(0), Le(1e6)]
 Seconds = Annotated[float, Ge(0), Le(1e9)]
+CorePercent = Annotated[float, Ge(0), Le(100 * 65536)]  # % of one core, summed over cores
 Name = Annotated[str, MinLen(1), MaxLen(256)]
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DeviceId = Annotated[str, MinLen(1), MaxLen(64)]
@@ -261,13 +262,49 @@ class Meta(TypedDict):
     spool_dropped: Counter
 
 
+class ProcessInfo(TypedDict):
+    """One process of a top-N list (see :class:`ProcessesV1`)."""
+
+    pid: Annotated[int, Ge(0), Le(2**32 - 1)]
+    name: Annotated[str, MaxLen(256)]
+    user: Annotated[str, MaxLen(256)] | None  # None: the uid has no name here
+    # Of ONE core, as top, htop and psutil count: a process busy on 4 cores shows 400.
+    cpu_percent: CorePercent | None  # None in the first period: no earlier reading yet
+    rss_bytes: Counter
+    memory_percent: Percent | None
+    threads: Annotated[int, Ge(0), Le(2**32 - 1)] | None
+    status: Annotated[str, MaxLen(32)]  # psutil's names: running, sleeping, disk-sleep…
+    # Bytes the process made the storage layer read / write since it started (Linux
+    # /proc/<pid>/io read_bytes / write_bytes); None where the platform or permissions
+    # do not give them (another user's process, for an agent not run as root).
+    io_read_bytes: Counter | None
+    io_write_bytes: Counter | None
+
+
+class ProcessesV1(TypedDict):
+    """The busiest processes and a count by state, taken every ``process_period_s``.
+
+    Not in :class:`MetricsV1` yet: the message gets it as an optional (NotRequired)
+    section once the hub announces that it reads it (see the versioning rule).
+    """
+
+    period_s: Seconds  # seconds the CPU percentages were measured over
+    count: Annotated[int, Ge(0), Le(2**32 - 1)]
+    running: Annotated[int, Ge(0), Le(2**32 - 1)]
+    sleeping: Annotated[int, Ge(0), Le(2**32 - 1)]  # S, D (disk sleep) and I (idle), as top
+    zombie: Annotated[int, Ge(0), Le(2**32 - 1)]
+    other: Annotated[int, Ge(0), Le(2**32 - 1)]  # stopped, tracing, dead, …
+    top_cpu: Annotated[list[ProcessInfo], MaxLen(1024)]
+    top_memory: Annotated[list[ProcessInfo], MaxLen(1024)]
+
+
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 STATUS_VALUES = (STATUS_ONLINE, STATUS_OFFLINE)
 
 _STRICT = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
 for _model in (Cpu, Memory, Partition, DiskIo, Disk, NetIo, Network, Temperature, Sensors,
-               Throttling, MetricsV1, Meta, HubCapabilities):
+               Throttling, MetricsV1, Meta, HubCapabilities, ProcessInfo, ProcessesV1):
     # pydantic reads its config from this attribute (set here, not in the class body, so
     # that the module needs no pydantic import).
     setattr(_model, "__pydantic_config__", _STRICT)  # noqa: B010
