@@ -162,6 +162,10 @@ class Agent:
 
     def _report(self, now: float) -> None:
         # From the loop itself: if the loop hangs, the pings stop and systemd restarts us.
+        # Nothing before READY (the first reading; the priming sample comes before it):
+        # until then systemd's start timeout, not the watchdog, covers a hang.
+        if self._seq == 0:
+            return
         self.notifier.watchdog(now)
         if self.notifier.enabled:
             self.notifier.status(self._status_line())
