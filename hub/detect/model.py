@@ -23,7 +23,8 @@ def dump(kind: str, params: dict[str, Any], state: dict[str, Floats]) -> bytes:
     """Pack a model of ``kind`` (its parameters and state arrays) into bytes."""
     buf = io.BytesIO()
     header = json.dumps({"kind": kind, "params": params})
-    np.savez_compressed(buf, **{_PARAMS: np.array(header)}, **state)
+    arrays: dict[str, Any] = {_PARAMS: np.array(header), **state}
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
 
 
