@@ -90,6 +90,7 @@ class Linear:
     ring: Floats = field(init=False)
     count: int = field(init=False, default=0)
     ref: Floats = field(init=False)
+    _cache: tuple[int, Floats, Floats] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.ring = np.zeros((self.window, self.k))
@@ -105,12 +106,18 @@ class Linear:
         self.count += 1
 
     def _fit(self) -> tuple[Floats, Floats]:
+        if self._cache is not None and self._cache[0] == self.count:
+            return self._cache[1], self._cache[2]
+        level, slope = self._fit_now()
+        self._cache = (self.count, level, slope)
+        return level, slope
+
+    def _fit_now(self) -> tuple[Floats, Floats]:
         n = min(self.count, self.window)
         if n == 0:
             return np.full(self.k, np.nan), np.zeros(self.k)
         # Oldest to newest, at times -(n-1) .. 0.
-        order = [(self.count - n + i) % self.window for i in range(n)]
-        y = self.ring[order]
+        y = self.ring[(self.count - n + np.arange(n)) % self.window]
         t = np.arange(n, dtype=np.float64) - (n - 1)
         if n == 1:
             return y[-1] + np.nan_to_num(self.ref), np.zeros(self.k)
