@@ -37,6 +37,14 @@ from hub.detect.model import Floats
 _LIKELIHOOD_WARMUP = 100  # live steps before the sequence likelihood has a baseline
 
 
+def _keep(ok: Floats | None, new: Floats | float, old: Floats | float) -> Floats:
+    """``new`` where ``ok`` (None = everywhere), else ``old``: NaN leaves a stream alone."""
+    if ok is None:
+        return np.asarray(new, dtype=np.float64)
+    out: Floats = np.where(ok, new, old)
+    return out
+
+
 def _alpha(halflife: float) -> float:
     return float(1.0 - 0.5 ** (1.0 / halflife))
 
@@ -101,23 +109,23 @@ class Novelty:
         out: Floats = (np.nan_to_num(x)[:, None] > self.state["edges"]).sum(axis=1)
         return out
 
-    def _learn_transition(self, x: Floats, ok: Floats) -> None:
+    def _learn_transition(self, x: Floats, ok: Floats, b: Floats | None = None) -> None:
         s = self.state
-        b = self._bin(x)
+        b = self._bin(x) if b is None else b
         rows = np.flatnonzero(ok)
         ctx = s["context"].astype(np.int64)
         s["counts"][rows, ctx[rows], b[rows].astype(np.int64)] += 1.0
-        s["context"] = np.where(ok, b, s["context"])
+        s["context"] = _keep(ok, b, s["context"])
 
-    def _learn_level(self, x: Floats, ok: Floats, a: float) -> None:
+    def _learn_level(self, x: Floats, ok: Floats | None, a: float) -> None:
         s = self.state
-        xs = np.where(ok, x, 0.0)
+        xs = _keep(ok, x, 0.0)
         d = xs - s["previous"]
         for mean, var, v in (("level", "level_var", xs), ("change", "change_var", d)):
             dev = v - s[mean]
-            s[mean] = np.where(ok, s[mean] + a * dev, s[mean])
-            s[var] = np.where(ok, (1.0 - a) * (s[var] + a * dev * dev), s[var])
-        s["previous"] = np.where(ok, xs, s["previous"])
+            s[mean] = _keep(ok, s[mean] + a * dev, s[mean])
+            s[var] = _keep(ok, (1.0 - a) * (s[var] + a * dev * dev), s[var])
+        s["previous"] = _keep(ok, xs, s["previous"])
 
     def step(self, x: Floats) -> Floats:
         """Score the new values ``x`` (shape ``k``; NaN = none), then learn from them."""
@@ -129,8 +137,10 @@ class Novelty:
                 self.buffer = []
             return np.zeros(self.k)
         s = self.state
-        ok = ~np.isnan(x)
-        xs = np.where(ok, x, 0.0)
+        ok: Floats | None = ~np.isnan(x)
+        if ok is not None and ok.all():
+            ok = None  # every stream has a value: skip the masking (half the cost)
+        xs = _keep(ok, x, 0.0)
         span = s["hi"] - s["lo"]
         span = np.where(np.isfinite(span), span, 0.0)
         # 1. out of range
@@ -142,30 +152,31 @@ class Novelty:
         z_change = np.abs(xs - s["previous"] - s["change"]) / np.sqrt(s["change_var"] + floor)
         far = np.maximum(z_level, z_change) / self.z_scale
         # 3. unusual sequence
-        b = self._bin(xs).astype(np.int64)
+        b = self._bin(xs)
         idx = np.arange(self.k)
         row = s["counts"][idx, s["context"].astype(np.int64)]
         p = (row[idx, b] + self.smoothing) / (row.sum(axis=1) + self.smoothing * self.bins)
         step_surprise = -np.log(p) / np.log(self.bins)
         a_s, a_l = _alpha(self.halflife_short), _alpha(self.halflife_long)
-        s["surprise"] = np.where(ok, s["surprise"] + a_s * (step_surprise - s["surprise"]),
-                                 s["surprise"])
+        s["surprise"] = _keep(ok, s["surprise"] + a_s * (step_surprise - s["surprise"]),
+                              s["surprise"])
         likelihood = (s["surprise"] - s["surprise_mean"]) / np.sqrt(s["surprise_var"] + 1e-4)
         dev = s["surprise"] - s["surprise_mean"]
-        s["surprise_mean"] = np.where(ok, s["surprise_mean"] + a_l * dev, s["surprise_mean"])
-        s["surprise_var"] = np.where(ok, (1.0 - a_l) * (s["surprise_var"] + a_l * dev * dev),
-                                     s["surprise_var"])
-        s["live"] = s["live"] + ok
+        s["surprise_mean"] = _keep(ok, s["surprise_mean"] + a_l * dev, s["surprise_mean"])
+        s["surprise_var"] = _keep(ok, (1.0 - a_l) * (s["surprise_var"] + a_l * dev * dev),
+                                  s["surprise_var"])
+        s["live"] = s["live"] + (1.0 if ok is None else ok)
         sequence = np.where(s["live"] > _LIKELIHOOD_WARMUP,
                             np.maximum(likelihood, 0.0) / self.markov_scale, 0.0)
         raw = np.maximum(np.maximum(out_of_range, far), sequence)
-        scores = np.where(ok, model.squash(raw), 0.0)
+        scores = _keep(ok, model.squash(raw), 0.0)
         # learn
-        self._learn_level(x, ok, _alpha(self.halflife_level))
-        self._learn_transition(x, ok)
-        s["lo"] = np.where(ok, np.minimum(s["lo"], xs), s["lo"])
-        s["hi"] = np.where(ok, np.maximum(s["hi"], xs), s["hi"])
-        s["n"] = s["n"] + ok
+        every = np.ones(self.k, dtype=bool) if ok is None else ok
+        self._learn_level(xs, ok, _alpha(self.halflife_level))
+        self._learn_transition(xs, every, b)
+        s["lo"] = _keep(ok, np.minimum(s["lo"], xs), s["lo"])
+        s["hi"] = _keep(ok, np.maximum(s["hi"], xs), s["hi"])
+        s["n"] = s["n"] + (1.0 if ok is None else ok)
         return scores
 
     def to_bytes(self) -> bytes:
