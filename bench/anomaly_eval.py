@@ -144,6 +144,12 @@ def table(data: dict[str, Any]) -> str:
                          + " ".join(f"{m[p.name]:6.1f}" for p in PROFILES)
                          + "   range " + ", ".join(f"{lo:.1f}–{hi:.1f}" for lo, hi in
                                                     (s[p.name] for p in PROFILES)))
+    cand, base = data["detectors"][0], data["detectors"][1]
+    lines.append(
+        f"\n{cand['detector']} vs {base['detector']} (baseline, same run): standard "
+        f"{cand['all']['standard']['score'] - base['all']['standard']['score']:+.1f} points, "
+        f"test half {cand['test']['standard']['score'] - base['test']['standard']['score']:+.1f};"
+        f" CPU per sample {cand['cpu_us_per_sample'] / base['cpu_us_per_sample']:.1f}x")
     groups = sorted(data["detectors"][0]["all"]["standard"]["groups"])
     lines.append("\nstandard profile per data group (corpus threshold; raw score where a "
                  "group has no windows):")
