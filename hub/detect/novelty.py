@@ -1,6 +1,6 @@
 """Novelty detector: the shipped candidate. Pure, streaming over ``k`` streams, numpy only.
 
-A value is surprising in three ways, and the score is the largest of the three (each scaled
+A value is surprising in four ways, and the score is the largest of the four (each scaled
 so that 1 means "clearly anomalous"; the output is ``squash`` of it, in [0, 1)):
 
 1. **Out of range**: beyond the lowest or highest value the stream has ever shown, by a
@@ -15,6 +15,10 @@ so that 1 means "clearly anomalous"; the output is ``squash`` of it, in [0, 1)):
    (half-life ``halflife_short``) and compared with its own long-run mean and deviation
    (half-life ``halflife_long``), as an anomaly likelihood: a stream whose pattern changes
    (a daily curve flattening, a periodic job stopping) stands out even inside its range.
+
+4. **Shifted level**: a fast mean (half-life ``halflife_fast``) against a slow mean and
+   deviation (half-life ``halflife_slow``), divided by ``shift_scale``: a sustained move
+   of a few deviations, too small for any single value to stand out.
 
 ``fit(history)`` learns the bin edges, the transitions, the range and the level from past rows;
 ``step`` then scores and keeps learning. Unfitted, the detector buffers its first ``fit_rows``
@@ -57,6 +61,10 @@ class Novelty:
     bins: int = 8
     fit_rows: int = 150
     halflife_level: float = 1000.0
+    halflife_fast: float = 6.0
+    halflife_slow: float = 4000.0
+    shift_scale: float = 7.0
+    shift_warmup: int = 300
     z_scale: float = 40.0
     range_floor: float = 1e-3
     halflife_short: float = 5.0
@@ -96,6 +104,7 @@ class Novelty:
             "level": first.copy(), "level_var": np.zeros(self.k),
             "change": np.zeros(self.k), "change_var": np.zeros(self.k),
             "previous": first.copy(),
+            "fast": first.copy(), "slow": first.copy(), "slow_var": np.zeros(self.k),
             "surprise": np.zeros(self.k), "surprise_mean": np.zeros(self.k),
             "surprise_var": np.full(self.k, 0.01), "live": np.zeros(self.k),
         }
@@ -104,6 +113,22 @@ class Novelty:
         for row, ok in zip(h, seen, strict=True):
             self._learn_level(row, ok, a)
             self._learn_transition(row, ok)
+            self._learn_shift(row, ok)
+
+    def _learn_shift(self, x: Floats, ok: Floats | None) -> Floats:
+        """Move the fast mean, measure it against the slow mean and variance, move those."""
+        s = self.state
+        xs = _keep(ok, x, 0.0)
+        s["fast"] = _keep(ok, s["fast"] + _alpha(self.halflife_fast) * (xs - s["fast"]),
+                          s["fast"])
+        span = s["hi"] - s["lo"]
+        floor = (self.range_floor * np.where(np.isfinite(span), span, 0.0) + 1e-9) ** 2
+        z: Floats = np.abs(s["fast"] - s["slow"]) / np.sqrt(s["slow_var"] + floor)
+        a = _alpha(self.halflife_slow)
+        dev = xs - s["slow"]
+        s["slow"] = _keep(ok, s["slow"] + a * dev, s["slow"])
+        s["slow_var"] = _keep(ok, (1.0 - a) * (s["slow_var"] + a * dev * dev), s["slow_var"])
+        return z
 
     def _bin(self, x: Floats) -> Floats:
         out: Floats = (np.nan_to_num(x)[:, None] > self.state["edges"]).sum(axis=1)
@@ -168,7 +193,10 @@ class Novelty:
         s["live"] = s["live"] + (1.0 if ok is None else ok)
         sequence = np.where(s["live"] > _LIKELIHOOD_WARMUP,
                             np.maximum(likelihood, 0.0) / self.markov_scale, 0.0)
-        raw = np.maximum(np.maximum(out_of_range, far), sequence)
+        # 4. shifted level
+        z_shift = self._learn_shift(xs, ok)
+        shifted = np.where(s["n"] + 1 > self.shift_warmup, z_shift / self.shift_scale, 0.0)
+        raw = np.maximum(np.maximum(out_of_range, far), np.maximum(sequence, shifted))
         scores = _keep(ok, model.squash(raw), 0.0)
         # learn
         every = np.ones(self.k, dtype=bool) if ok is None else ok

@@ -74,9 +74,21 @@ def test_novelty_raises_its_score_when_a_pattern_changes_inside_the_range():
     base = np.sin(2 * np.pi * t / 50) * 10 + rng.normal(0, 0.3, len(t))
     changed = base.copy()
     changed[2500:2560] = rng.normal(0, 0.3, 60)
-    s_base = _raw(_run(Novelty(1), base[:, None]))[2500:2560, 0]
-    s_changed = _raw(_run(Novelty(1), changed[:, None]))[2500:2560, 0]
+    # The sequence part alone (the shifted-level part off): it sees the changed pattern.
+    s_base = _raw(_run(Novelty(1, shift_scale=np.inf), base[:, None]))[2500:2560, 0]
+    s_changed = _raw(_run(Novelty(1, shift_scale=np.inf), changed[:, None]))[2500:2560, 0]
     assert s_changed.max() > 2 * s_base.max()
+
+
+def test_novelty_flags_a_sustained_shift_that_no_single_value_shows():
+    # Noise of deviation 1 around 50; from row 3000 the level moves up by 3 deviations
+    # (values stay inside the range the noise has already shown).
+    x = _noise(3300, 1, seed=3)
+    x[3000:, 0] += 3.0
+    s = _raw(_run(Novelty(1), x))[:, 0]
+    assert s[3000:3060].max() > 1.5 * s[2000:3000].max()
+    without = _raw(_run(Novelty(1, shift_scale=np.inf), x))[:, 0]
+    assert s[3000:3060].max() > 1.5 * without[3000:3060].max()  # the shift part fired
 
 
 def test_novelty_waits_for_its_fit_rows_then_scores():
