@@ -63,7 +63,7 @@ class Novelty:
     halflife_level: float = 1000.0
     halflife_fast: float = 6.0
     halflife_slow: float = 4000.0
-    shift_scale: float = 7.0
+    shift_scale: float = 6.0
     shift_warmup: int = 300
     z_scale: float = 40.0
     range_floor: float = 1e-3
@@ -104,10 +104,16 @@ class Novelty:
             "level": first.copy(), "level_var": np.zeros(self.k),
             "change": np.zeros(self.k), "change_var": np.zeros(self.k),
             "previous": first.copy(),
-            "fast": first.copy(), "slow": first.copy(), "slow_var": np.zeros(self.k),
+            # The slow mean forgets over thousands of values: start it from the history's
+            # mean and variance, not from its first value.
+            "fast": first.copy(),
+            "slow": np.zeros(self.k), "slow_var": np.zeros(self.k),
             "surprise": np.zeros(self.k), "surprise_mean": np.zeros(self.k),
             "surprise_var": np.full(self.k, 0.01), "live": np.zeros(self.k),
         }
+        if any_seen.any():
+            s["slow"][any_seen] = np.nanmean(h[:, any_seen], axis=0)
+            s["slow_var"][any_seen] = np.nanvar(h[:, any_seen], axis=0)
         self.state = s
         a = _alpha(self.halflife_level)
         for row, ok in zip(h, seen, strict=True):
@@ -166,6 +172,12 @@ class Novelty:
         if ok is not None and ok.all():
             ok = None  # every stream has a value: skip the masking (half the cost)
         xs = _keep(ok, x, 0.0)
+        first = s["n"] == 0
+        if ok is not None:
+            first &= ok
+        if first.any():  # a stream with no history starts its means at its first value
+            for name in ("level", "previous", "fast", "slow"):
+                s[name] = np.where(first, xs, s[name])
         span = s["hi"] - s["lo"]
         span = np.where(np.isfinite(span), span, 0.0)
         # 1. out of range
@@ -197,7 +209,8 @@ class Novelty:
         z_shift = self._learn_shift(xs, ok)
         shifted = np.where(s["n"] + 1 > self.shift_warmup, z_shift / self.shift_scale, 0.0)
         raw = np.maximum(np.maximum(out_of_range, far), np.maximum(sequence, shifted))
-        scores = _keep(ok, model.squash(raw), 0.0)
+        # A stream with less history than fit_rows has no opinion yet: 0.
+        scores = np.where(s["n"] >= self.fit_rows, _keep(ok, model.squash(raw), 0.0), 0.0)
         # learn
         every = np.ones(self.k, dtype=bool) if ok is None else ok
         self._learn_level(xs, ok, _alpha(self.halflife_level))
