@@ -1,0 +1,368 @@
+"""The cold tier: per-second readings older than the hot window, one row per device-hour.
+
+Pure: the layout of a block, derived from :func:`shared.schema.metrics_columns`, and the
+SQL that builds a block from hot rows, reads it back as rows and checks the two agree.
+``hub/store.py`` runs it; ``hub/retention.py`` decides when.
+
+A block (``metrics_cold``, key ``(device_id, hour)``) holds every reading of one device in
+one UTC hour, column by column, as PostgreSQL arrays that TOAST compresses (pglz). Chosen
+by measuring candidates on the real agent's readings (bench/storage.py, README):
+
+* scalar columns become one array each, in reading order (``ts``, ``seq``, counters as
+  ``bigint[]``, flags as ``boolean[]``, text as ``text[]``: a session id repeated 3,600
+  times compresses to almost nothing);
+* ``double precision`` columns become ``numeric[]`` of the shortest decimal that reads back
+  as the same double (PostgreSQL's float8 output, exact since PostgreSQL 12): the agent
+  rounds rates and percentages to 2–3 decimals, and their few decimal digits compress far
+  better than the 8 noisy bytes of the binary double; reading back casts to float8, exactly;
+* lists of numbers (per-core %) and the jsonb lists of records (partitions, disks,
+  interfaces, temperatures) become one 2-D array per record field, ``[slot][reading]``
+  (one interface's bytes over the hour sit side by side, null-padded past the reading's
+  list), plus ``<column>__n``, the list's length in each reading. jsonb numbers go to
+  ``numeric`` as they are, so ``0.0`` stays ``0.0``.
+
+Schema evolution: each block lists the physical columns it holds (``parts``). A column
+added to the schema later gets its array column (``ALTER TABLE … ADD COLUMN IF NOT
+EXISTS``, :func:`ensure_sql`), old blocks have none and read back null — as the hot rows
+written before the column existed do; a record field added later is left out of the
+records rebuilt from blocks that lack it.
+
+Lossless is checked, not assumed: the compaction's transaction rebuilds the block's rows
+with the very function readers use and compares them with the hot rows (``EXCEPT ALL``
+both ways, counts equal) before it deletes anything.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+
+from typing_extensions import is_typeddict
+
+from shared.schema import Column, MetricsV1, metrics_columns
+
+TABLE = "metrics_cold"
+BLOCK = timedelta(hours=1)
+ROWS_FUNCTION = "metrics_cold_rows"  # (device, start, end) → setof metrics, cold only
+HISTORY_FUNCTION = "metrics_history"  # (device, start, end) → setof metrics, both tiers
+HISTORY_VIEW = "metrics_all"  # every reading of both tiers, for people's own SQL
+KEY = ("device_id", "ts", "session_id", "seq")
+_ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
+_ARRAY_TYPES = {"text": "text[]", "bigint": "bigint[]", "boolean": "boolean[]",
+                "timestamptz": "timestamptz[]", "double precision": "numeric[]"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One array column of ``metrics_cold``."""
+
+    name: str  # physical column name
+    pg_type: str  # its SQL type
+    source: str  # the metrics column it comes from
+    field: str | None = None  # the record's key (jsonb lists), or None
+    field_type: str | None = None  # the record field's scalar SQL type
+    count: bool = False  # the ``__n`` lengths of a list column
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The cold table's array columns for the current schema, in a stable order."""
+
+    columns: tuple[Column, ...]
+    parts: tuple[Part, ...]
+
+    def part(self, name: str) -> Part:
+        return next(p for p in self.parts if p.name == name)
+
+    def parts_of(self, source: str) -> list[Part]:
+        return [p for p in self.parts if p.source == source]
+
+
+def _scalar(tp: Any) -> Any:
+    """Strip Annotated and ``| None`` from a schema annotation."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _scalar(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _scalar(inner)
+    return tp
+
+
+def _record_fields(column: Column) -> list[tuple[str, str]]:
+    """The (key, SQL type) of each field of the records a jsonb list column holds."""
+    section_type = get_type_hints(MetricsV1, include_extras=True)[column.path[0]]
+    list_type = _scalar(get_type_hints(section_type, include_extras=True)[column.path[1]])
+    (item,) = get_args(list_type)
+    item = _scalar(item)
+    if not is_typeddict(item):
+        raise TypeError(f"{column.name}: jsonb column of non-records")
+    fields = []
+    for key, tp in get_type_hints(item, include_extras=True).items():
+        inner = _scalar(tp)
+        fields.append((key, {bool: "boolean", int: "bigint", float: "double precision",
+                             str: "text"}[inner]))
+    return fields
+
+
+def layout(columns: list[Column] | None = None) -> Layout:
+    """Derive the cold table's array columns from the ``metrics`` columns."""
+    columns = metrics_columns() if columns is None else columns
+    parts: list[Part] = []
+    for column in columns:
+        if column.name == "device_id":
+            continue
+        if column.pg_type == "jsonb":
+            parts.append(Part(f"{column.name}__n", "integer[]", column.name, count=True))
+            for key, tp in _record_fields(column):
+                parts.append(Part(f"{column.name}__{key}", _ARRAY_TYPES[tp], column.name,
+                                  field=key, field_type=tp))
+        elif column.pg_type.endswith("[]"):
+            element = column.pg_type[:-2]
+            parts.append(Part(f"{column.name}__n", "integer[]", column.name, count=True))
+            parts.append(Part(column.name, _ARRAY_TYPES[element], column.name,
+                              field_type=element))
+        else:
+            parts.append(Part(column.name, _ARRAY_TYPES[column.pg_type], column.name))
+    return Layout(tuple(columns), tuple(parts))
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def hour_of(ts: datetime) -> datetime:
+    """The start of the UTC hour holding ``ts`` (a block's key)."""
+    ts = ts.astimezone(UTC)
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+# --- DDL --------------------------------------------------------------------------------------
+
+def ensure_sql(lay: Layout) -> list[str]:
+    """Statements that give ``metrics_cold`` an array column per part and (re)create the
+    functions and view that read it; idempotent, run by the hub at start after migrating."""
+    statements = [f"alter table {TABLE} add column if not exists {_q(p.name)} {p.pg_type}"
+                  for p in lay.parts]
+    statements.append(rows_function_sql(lay))
+    statements.append(history_function_sql(lay))
+    names = ", ".join(_q(c.name) for c in lay.columns)
+    statements.append(
+        f"create or replace view {HISTORY_VIEW} with (security_invoker = true) as "
+        f"select {names} from metrics union all "
+        f"select {names} from {ROWS_FUNCTION}(null, '-infinity', 'infinity')")
+    return statements
+
+
+def _list_columns(lay: Layout) -> list[Column]:
+    """Columns stored as 2-D ``[slot][reading]`` arrays: jsonb lists and number lists."""
+    return [c for c in lay.columns if c.pg_type == "jsonb" or c.pg_type.endswith("[]")]
+
+
+def _unnested(lay: Layout) -> list[Part]:
+    """Parts unnested side by side, one element per reading: scalars and list lengths."""
+    return [p for p in lay.parts if p.count or (
+        p.field is None and not lay_type(lay, p.source).endswith("[]"))]
+
+
+def _lists_sql(lay: Layout, column: Column) -> str:
+    """A subquery giving (i, v): the list ``column`` of each reading ``i`` of block ``b``.
+
+    Each 2-D part is unnested once (a subscript would decompress the whole array again
+    for every element); element o of a [slot][reading] array is slot (o-1)/N + 1 of
+    reading (o-1)%N + 1. Slots past the reading's length are padding.
+    """
+    parts = [p for p in lay.parts_of(column.name) if not p.count]
+    names = [f"f{j}" for j in range(len(parts))]
+    rows_from = ", ".join(f"unnest(b.{_q(p.name)})" for p in parts)
+    if column.pg_type == "jsonb":
+        pairs = ", ".join(f"'{p.field}', x.{n}" for p, n in zip(parts, names, strict=True))
+        value = (f"jsonb_agg(jsonb_build_object({pairs}) - a.{_q('absent__' + column.name)} "
+                 "order by x.o)")
+    else:
+        cast = "::float8" if column.pg_type == "double precision[]" else ""
+        value = f"array_agg(x.f0{cast} order by x.o)"
+    count = _q(column.name + "__n")
+    return (f"(select (x.o - 1) % b.readings + 1 as i, {value} as v "
+            f"from rows from ({rows_from}) with ordinality as x({', '.join(names)}, o) "
+            f"join unnest(b.{count}) with ordinality as c(n, i) "
+            "on c.i = (x.o - 1) % b.readings + 1 "
+            "where (x.o - 1) / b.readings + 1 <= c.n group by 1)")
+
+
+def _decode(lay: Layout, column: Column) -> str:
+    """The SQL expression giving ``column`` of reading ``u.i`` of block ``b``."""
+    if column.name == "device_id":
+        return "b.device_id"
+    if column in _list_columns(lay):
+        empty = "'[]'::jsonb" if column.pg_type == "jsonb" else f"'{{}}'::{column.pg_type}"
+        # A block older than the column has no lengths for it: null, as in the hot rows.
+        return (f"case when b.{_q(column.name + '__n')} is null then null "
+                f"else coalesce(r.{_q('l__' + column.name)}, {empty}) end")
+    if column.pg_type == "double precision":
+        return f"r.{_q(column.name)}::float8"
+    return f"r.{_q(column.name)}"
+
+
+def rows_function_sql(lay: Layout) -> str:
+    """``metrics_cold_rows(device, start, end)``: the cold readings as ``metrics`` rows.
+
+    ``device`` null means every device. Only blocks overlapping [start, end) are opened.
+    """
+    # Scalars and list lengths are unnested side by side (ROWS FROM zips them; a column
+    # missing from an old block gives nulls); lists are regrouped per reading and joined.
+    names = [p.name for p in _unnested(lay)]
+    rows_from = ", ".join(f"unnest(b.{_q(n)})" for n in names)
+    aliases = ", ".join(_q(n) for n in names)
+    selects = ",\n       ".join(f"{_decode(lay, c)} as {_q(c.name)}" for c in lay.columns)
+    joins = "".join(f"\n  left join {_lists_sql(lay, c)} {_q('l__' + c.name)} "
+                    f"on {_q('l__' + c.name)}.i = u.i" for c in _list_columns(lay))
+    lists = "".join(f", {_q('l__' + c.name)}.v as {_q('l__' + c.name)}"
+                    for c in _list_columns(lay))
+    # Record keys a block lacks (a field added to the schema after it was written): once
+    # per block, then removed from every record rebuilt from it.
+    absent = []
+    for column in _list_columns(lay):
+        if column.pg_type != "jsonb":
+            continue
+        fields = [p.field for p in lay.parts_of(column.name) if not p.count]
+        listed = ", ".join(f"'{f}'" for f in fields)
+        absent.append(f"array(select f from unnest(array[{listed}]::text[]) f where "
+                      f"'{column.name}__' || f <> all(b.parts)) as {_q('absent__' + column.name)}")
+    return (
+        f"create or replace function {ROWS_FUNCTION}(p_device text, p_start timestamptz, "
+        # No SET clause: it would stop the planner inlining the function, and inlined, a
+        # query reading a few columns skips rebuilding the lists it does not use.
+        "p_end timestamptz) returns setof metrics language sql stable as $fn$\n"
+        f"select {selects}\n"
+        f"from {TABLE} b cross join lateral (select {', '.join(absent) or '1 as none'}) a\n"
+        f"cross join lateral (select u.*{lists} from rows from ({rows_from}) with ordinality "
+        f"as u({aliases}, i){joins}\n"
+        "  where u.ts >= p_start and u.ts < p_end) r\n"
+        "where (p_device is null or b.device_id = p_device)\n"
+        "  and b.hour > p_start - interval '1 hour' and b.hour < p_end\n$fn$")
+
+
+def history_function_sql(lay: Layout) -> str:
+    """``metrics_history(device, start, end)``: both tiers as ``metrics`` rows."""
+    names = ", ".join(_q(c.name) for c in lay.columns)
+    return (
+        f"create or replace function {HISTORY_FUNCTION}(p_device text, p_start timestamptz, "
+        "p_end timestamptz) returns setof metrics language sql stable as $fn$\n"
+        f"select {names} from metrics where (p_device is null or device_id = p_device) "
+        "and ts >= p_start and ts < p_end\n"
+        f"union all select {names} from {ROWS_FUNCTION}(p_device, p_start, p_end)\n$fn$")
+
+
+# --- compaction -------------------------------------------------------------------------------
+
+def lay_type(lay: Layout, column: str) -> str:
+    return next(c.pg_type for c in lay.columns if c.name == column)
+
+
+def _scalar_encode(lay: Layout, p: Part) -> str:
+    """The aggregate building scalar or length part ``p`` from the rows ``r``."""
+    column = f"r.{_q(p.source)}"
+    if p.count:
+        length = (f"jsonb_array_length({column})" if lay_type(lay, p.source) == "jsonb"
+                  else f"coalesce(cardinality({column}), 0)")
+        return f"array_agg({length})"
+    if p.pg_type == "numeric[]":
+        # float8 → text is the shortest decimal that reads back as the same double.
+        return f"array_agg({column}::text::numeric)"
+    # No ORDER BY per aggregate (one sort each): they all read ``r`` in one pass, sorted.
+    return f"array_agg({column})"
+
+
+def _list_ctes(lay: Layout, column: Column) -> tuple[list[str], list[str]]:
+    """CTEs turning the list ``column`` of every reading into one 2-D array per field.
+
+    Each reading's list is parsed once (``jsonb_to_recordset``: jsonb numbers go to
+    ``numeric`` unchanged), then every slot gets a value for every reading (null past the
+    reading's list) so the [slot][reading] arrays are rectangular, as PostgreSQL needs.
+    Returns (CTEs, the expression of each of the column's data parts, in part order).
+    """
+    parts = [p for p in lay.parts_of(column.name) if not p.count]
+    tag = column.name
+    items, slots = _q("e__" + tag), _q("s__" + tag)
+    if column.pg_type == "jsonb":
+        # jsonb → numeric/bigint/boolean directly (no text round trip; a JSON null is
+        # made SQL null first, as the casts refuse it): ~3x faster than jsonb_to_recordset.
+        def value(p: Part) -> str:
+            key = f"x.e -> '{p.field}'"
+            if p.field_type == "text":
+                return f"x.e ->> '{p.field}'"
+            target = "numeric" if p.field_type == "double precision" else p.field_type
+            return f"nullif({key}, 'null')::{target}"
+        fields = [_q(p.field or "") for p in parts]
+        picks = ", ".join(f"{value(p)} as {f}" for p, f in zip(parts, fields, strict=True))
+        expand = (f"{items} as (select r.o__i, x.o__k, {picks} from r cross join lateral "
+                  f"jsonb_array_elements(r.{_q(column.name)}) with ordinality as x(e, o__k))")
+    else:
+        cast = "::text::numeric" if column.pg_type == "double precision[]" else ""
+        fields = ["v"]
+        expand = (f"{items} as (select r.o__i, x.v{cast} as v, x.o__k from r cross join "
+                  f"lateral unnest(r.{_q(column.name)}) with ordinality as x(v, o__k))")
+    aggs = ", ".join(f"array_agg(e.{f} order by r.o__i) as a{j}" for j, f in enumerate(fields))
+    grid = (f"{slots} as (select k.o__k, {aggs} from r cross join generate_series(1, "
+            f"(select coalesce(max(o__k), 0) from {items})) as k(o__k) left join {items} e "
+            "on e.o__i = r.o__i and e.o__k = k.o__k group by k.o__k)")
+    exprs = [f"(select coalesce(array_agg(a{j} order by o__k), '{{}}') from {slots})"
+             for j in range(len(fields))]
+    return [expand, grid], exprs
+
+
+def insert_block_sql(lay: Layout, source: str) -> str:
+    """Insert one block built from ``source`` (metrics rows of one device-hour).
+
+    Parameters: ``%(device)s``, ``%(hour)s``. Inserts nothing when ``source`` is empty.
+    """
+    names = ", ".join(_q(c.name) for c in lay.columns)
+    ctes = [f"r as materialized (select {names}, row_number() over (order by ts, session_id, "
+            f"seq) as o__i from {source})"]
+    expr: dict[str, str] = {}
+    for column in _list_columns(lay):
+        more, exprs = _list_ctes(lay, column)
+        ctes += more
+        data = [p for p in lay.parts_of(column.name) if not p.count]
+        expr.update({p.name: e for p, e in zip(data, exprs, strict=True)})
+    aggs = ", ".join(expr.get(p.name) or _scalar_encode(lay, p) for p in lay.parts)
+    parts = "array[" + ", ".join(f"'{p.name}'" for p in lay.parts) + "]::text[]"
+    targets = ", ".join(_q(p.name) for p in lay.parts)
+    return (f"with {', '.join(ctes)} "
+            f"insert into {TABLE} (device_id, hour, readings, parts, {targets}) "
+            f"select %(device)s, %(hour)s, count(*), {parts}, {aggs} "
+            "from (select * from r order by o__i) r "
+            "having count(*) > 0")
+
+
+def hot_rows_sql(lay: Layout) -> str:
+    """The hot rows of one device-hour (parameters device, hour, end)."""
+    names = ", ".join(_q(c.name) for c in lay.columns)
+    return (f"select {names} from metrics where device_id = %(device)s "
+            "and ts >= %(hour)s and ts < %(end)s")
+
+
+def verify_sql(lay: Layout, expected: str) -> str:
+    """Count rows that differ between ``expected`` and the block read back (0 = lossless)."""
+    names = ", ".join(_q(c.name) for c in lay.columns)
+    decoded = f"select {names} from {ROWS_FUNCTION}(%(device)s, %(hour)s, %(end)s)"
+    wanted = f"select {names} from {expected}"
+    return (f"select (select count(*) from ({wanted} except all {decoded}) a) + "
+            f"(select count(*) from ({decoded} except all {wanted}) b) as differ, "
+            f"(select count(*) from ({decoded}) c) as decoded")
+
+
+def candidates_sql() -> str:
+    """Device-hours with hot rows older than ``%(before)s``, oldest first (``%(limit)s``)."""
+    return (f"select device_id, date_bin('1 hour', ts, {_ORIGIN}) as hour, count(*) as n "
+            "from metrics where ts < %(before)s group by 1, 2 order by 2, 1 limit %(limit)s")
+
+
+def cold_bytes_sql(lay: Layout) -> str:
+    """Bytes the cold tier's blocks take as stored (compressed), and block/reading counts."""
+    sizes = " + ".join(f"coalesce(pg_column_size({_q(p.name)}), 0)" for p in lay.parts)
+    return (f"select count(*) as blocks, coalesce(sum(readings), 0) as readings, "
+            f"coalesce(sum({sizes} + 64), 0) as bytes from {TABLE}")
