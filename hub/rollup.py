@@ -31,6 +31,8 @@ ROLLUP_COLUMNS: tuple[str, ...] = (
     "network_bytes_recv_per_s",
 )
 AGGREGATES = ("sum", "count", "min", "max")
+# One device's per-second readings in [start, end), from the hot and the cold tier.
+PER_SECOND_SOURCE = "metrics_history(%(device)s, %(start)s, %(end)s)"
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,17 @@ def insert_with_rollups_sql(staging: str) -> str:
     """
     columns = ", ".join(c.name for c in metrics_columns())
     returning = ", ".join(["device_id", "ts", *dict.fromkeys(ROLLUP_COLUMNS)])
-    parts = [f"ins as (insert into metrics ({columns}) select {columns} from {staging} "
-             f"on conflict do nothing returning {returning})"]
+    # A reading already moved to the cold tier (hub/cold.py) is a redelivery too. Only
+    # readings older than the newest cold hour are looked up (one index probe each); live
+    # ones skip the check.
+    in_cold = ("s.ts < coalesce((select max(hour) + interval '1 hour' from metrics_cold), "
+               "'-infinity') and exists "
+               "(select 1 from metrics_cold c, "
+               "unnest(c.ts, c.session_id, c.seq) as k(ts, sid, seq) "
+               f"where c.device_id = s.device_id and c.hour = date_bin('1 hour', s.ts, {_ORIGIN}) "
+               "and k.ts = s.ts and k.sid = s.session_id and k.seq = s.seq)")
+    parts = [f"ins as (insert into metrics ({columns}) select {columns} from {staging} s "
+             f"where not ({in_cold}) on conflict do nothing returning {returning})"]
     for i, table in enumerate(ROLLUP_TABLES):
         parts.append(f"r{i} as ({_rollup_insert(table, 'ins')})")
     return "with " + ", ".join(parts) + " select count(*) from ins"
@@ -151,9 +162,10 @@ def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
         for c in columns:
             selects += [f"avg({c}) as {c}_mean", f"min({c}) as {c}_min",
                         f"max({c}) as {c}_max"]
-        return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} from metrics "
-                "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
-                "group by 1 order by 1")
+        # Both tiers (hub/cold.py): per-second readings older than the hot window are in
+        # the cold tier.
+        return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} "
+                f"from {PER_SECOND_SOURCE} group by 1 order by 1")
     for c in columns:
         selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0) as {c}_mean",
                     f"min({c}_min) as {c}_min", f"max({c}_max) as {c}_max"]
@@ -166,7 +178,6 @@ def per_core_sql(resolution: Resolution) -> str:
     """Return the query of the per-core CPU means per bucket (per-second data only)."""
     bucket = f"date_bin('{resolution.step_s} seconds', ts, {_ORIGIN})"
     return ("select t, array_agg(v order by i) as cores from (select " + bucket +
-            " as t, u.i, avg(u.v) as v from metrics, "
-            "unnest(cpu_per_core_percent) with ordinality as u(v, i) "
-            "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
+            f" as t, u.i, avg(u.v) as v from {PER_SECOND_SOURCE} m, "
+            "unnest(m.cpu_per_core_percent) with ordinality as u(v, i) "
             "group by 1, 2) cores group by t order by t")
