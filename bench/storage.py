@@ -82,7 +82,16 @@ def timed_batches(rows: list[tuple[Any, ...]], batch: int, write: Any, what: str
 
 
 def main() -> int:
+    if "--tiers" in sys.argv:
+        from bench.tiers import main as tiers_main
+
+        return tiers_main([a for a in sys.argv[1:] if a != "--tiers"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiers", action="store_true", help="measure the storage tiers "
+                        "instead (bench/tiers.py): bytes, compaction CPU, queries, export")
+    parser.add_argument("--rollup-fillfactor", type=int, default=None,
+                        help="set the rollup tables' fillfactor before loading (100: as "
+                        "before migration 0004, the baseline of the rollup bloat)")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--devices", type=int, default=1000)
@@ -102,6 +111,11 @@ def main() -> int:
                        check=True, stdout=subprocess.DEVNULL)
         store = Store(pg.url)
         store.ensure_partitions(days)
+        if args.rollup_fillfactor:
+            with psycopg.connect(pg.url, autocommit=True) as admin:
+                for rollup in ("metrics_1m", "metrics_1h"):
+                    admin.execute(sql.SQL("alter table {} set (fillfactor = {})").format(
+                        sql.Identifier(rollup), sql.Literal(args.rollup_fillfactor)))
         set_json_dumps(orjson.dumps)
         columns = metrics_columns()
         names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
@@ -159,13 +173,23 @@ def main() -> int:
                 "select sum(pg_total_relation_size(inhrelid)), sum(pg_relation_size(inhrelid)),"
                 " sum(pg_indexes_size(inhrelid)) from pg_inherits "
                 "where inhparent = 'metrics'::regclass").fetchone()
-            rollups = {}
+            # Rollups: as the load left them (each batch updates every device's minute and
+            # hour row), after a plain VACUUM (what autovacuum does: space reusable, files
+            # not shrunk) and after VACUUM FULL (the live rows alone).
+            rollups: dict[str, Any] = {}
             for rollup in ("metrics_1m", "metrics_1h"):
-                if cur.execute("select to_regclass(%s)", (rollup,)).fetchone()[0]:  # type: ignore[index]
-                    rollups[rollup] = cur.execute(
-                        "select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c "
-                        "where c.oid = %s::regclass or c.oid in (select inhrelid from pg_inherits "
-                        "where inhparent = %s::regclass)", (rollup, rollup)).fetchone()[0]  # type: ignore[index]
+                size_sql = "select pg_total_relation_size(%s::regclass)"
+                loaded = cur.execute(size_sql, (rollup,)).fetchone()[0]  # type: ignore[index]
+                cur.execute(sql.SQL("vacuum {}").format(sql.Identifier(rollup)))
+                vacuumed = cur.execute(size_sql, (rollup,)).fetchone()[0]  # type: ignore[index]
+                cur.execute(sql.SQL("vacuum full {}").format(sql.Identifier(rollup)))
+                live = cur.execute(size_sql, (rollup,)).fetchone()[0]  # type: ignore[index]
+                fillfactor = cur.execute(
+                    "select coalesce((select option_value from pg_options_to_table("
+                    "reloptions) where option_name = 'fillfactor'), '100') from pg_class "
+                    "where oid = %s::regclass", (rollup,)).fetchone()[0]  # type: ignore[index]
+                rollups[rollup] = {"after_load": loaded, "after_vacuum": vacuumed,
+                                   "live": live, "fillfactor": int(fillfactor)}
             widths = cur.execute(
                 "select avg(pg_column_size(m.*)), avg(pg_column_size(disk_partitions)) + "
                 "avg(pg_column_size(disk_per_disk)) + avg(pg_column_size(network_per_interface))"

@@ -11,10 +11,9 @@ by measuring candidates on the real agent's readings (bench/storage.py, README):
 * scalar columns become one array each, in reading order (``ts``, ``seq``, counters as
   ``bigint[]``, flags as ``boolean[]``, text as ``text[]``: a session id repeated 3,600
   times compresses to almost nothing);
-* ``double precision`` columns become ``numeric[]`` of the shortest decimal that reads back
-  as the same double (PostgreSQL's float8 output, exact since PostgreSQL 12): the agent
-  rounds rates and percentages to 2–3 decimals, and their few decimal digits compress far
-  better than the 8 noisy bytes of the binary double; reading back casts to float8, exactly;
+* ``double precision`` columns become ``double precision[]``: exact by construction, and
+  measured no larger than ``numeric[]`` of their shortest decimals (bench/storage.py
+  --tiers, candidates), which cost a text conversion per value both ways;
 * lists of numbers (per-core %) and the jsonb lists of records (partitions, disks,
   interfaces, temperatures) become one 2-D array per record field, ``[slot][reading]``
   (one interface's bytes over the hour sit side by side, null-padded past the reading's
@@ -51,7 +50,10 @@ HISTORY_VIEW = "metrics_all"  # every reading of both tiers, for people's own SQ
 KEY = ("device_id", "ts", "session_id", "seq")
 _ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
 _ARRAY_TYPES = {"text": "text[]", "bigint": "bigint[]", "boolean": "boolean[]",
-                "timestamptz": "timestamptz[]", "double precision": "numeric[]"}
+                "timestamptz": "timestamptz[]", "double precision": "double precision[]"}
+# Record fields come from jsonb, whose numbers are numeric: kept as numeric, so the JSON
+# reads back as stored (0.0 stays 0.0, 5 stays 5).
+_RECORD_ARRAY_TYPES = {**_ARRAY_TYPES, "double precision": "numeric[]"}
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def layout(columns: list[Column] | None = None) -> Layout:
         if column.pg_type == "jsonb":
             parts.append(Part(f"{column.name}__n", "integer[]", column.name, count=True))
             for key, tp in _record_fields(column):
-                parts.append(Part(f"{column.name}__{key}", _ARRAY_TYPES[tp], column.name,
+                parts.append(Part(f"{column.name}__{key}", _RECORD_ARRAY_TYPES[tp], column.name,
                                   field=key, field_type=tp))
         elif column.pg_type.endswith("[]"):
             element = column.pg_type[:-2]
@@ -182,8 +184,7 @@ def _lists_sql(lay: Layout, column: Column) -> str:
         value = (f"jsonb_agg(jsonb_build_object({pairs}) - a.{_q('absent__' + column.name)} "
                  "order by x.o)")
     else:
-        cast = "::float8" if column.pg_type == "double precision[]" else ""
-        value = f"array_agg(x.f0{cast} order by x.o)"
+        value = "array_agg(x.f0 order by x.o)"
     count = _q(column.name + "__n")
     return (f"(select (x.o - 1) % b.readings + 1 as i, {value} as v "
             f"from rows from ({rows_from}) with ordinality as x({', '.join(names)}, o) "
@@ -201,8 +202,6 @@ def _decode(lay: Layout, column: Column) -> str:
         # A block older than the column has no lengths for it: null, as in the hot rows.
         return (f"case when b.{_q(column.name + '__n')} is null then null "
                 f"else coalesce(r.{_q('l__' + column.name)}, {empty}) end")
-    if column.pg_type == "double precision":
-        return f"r.{_q(column.name)}::float8"
     return f"r.{_q(column.name)}"
 
 
@@ -269,9 +268,6 @@ def _scalar_encode(lay: Layout, p: Part) -> str:
         length = (f"jsonb_array_length({column})" if lay_type(lay, p.source) == "jsonb"
                   else f"coalesce(cardinality({column}), 0)")
         return f"array_agg({length})"
-    if p.pg_type == "numeric[]":
-        # float8 → text is the shortest decimal that reads back as the same double.
-        return f"array_agg({column}::text::numeric)"
     # No ORDER BY per aggregate (one sort each): they all read ``r`` in one pass, sorted.
     return f"array_agg({column})"
 
@@ -301,9 +297,8 @@ def _list_ctes(lay: Layout, column: Column) -> tuple[list[str], list[str]]:
         expand = (f"{items} as (select r.o__i, x.o__k, {picks} from r cross join lateral "
                   f"jsonb_array_elements(r.{_q(column.name)}) with ordinality as x(e, o__k))")
     else:
-        cast = "::text::numeric" if column.pg_type == "double precision[]" else ""
         fields = ["v"]
-        expand = (f"{items} as (select r.o__i, x.v{cast} as v, x.o__k from r cross join "
+        expand = (f"{items} as (select r.o__i, x.v, x.o__k from r cross join "
                   f"lateral unnest(r.{_q(column.name)}) with ordinality as x(v, o__k))")
     aggs = ", ".join(f"array_agg(e.{f} order by r.o__i) as a{j}" for j, f in enumerate(fields))
     grid = (f"{slots} as (select k.o__k, {aggs} from r cross join generate_series(1, "

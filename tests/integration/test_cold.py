@@ -328,5 +328,6 @@ def test_the_cold_table_has_an_array_column_per_part_of_the_layout(store: Store)
     for part in cold.layout().parts:
         assert columns[part.name] == "_" + {"text[]": "text", "bigint[]": "int8",
                                             "boolean[]": "bool", "timestamptz[]": "timestamptz",
-                                            "numeric[]": "numeric", "integer[]": "int4"}[
+                                            "numeric[]": "numeric", "integer[]": "int4",
+                                            "double precision[]": "float8"}[
                                                 part.pg_type]
