@@ -174,7 +174,7 @@ def _lists_sql(lay: Layout, column: Column) -> str:
 
     Each 2-D part is unnested once (a subscript would decompress the whole array again
     for every element); element o of a [slot][reading] array is slot (o-1)/N + 1 of
-    reading (o-1)%N + 1. Slots past the reading's length are padding.
+    reading (o-1)%N + 1.
     """
     parts = [p for p in lay.parts_of(column.name) if not p.count]
     names = [f"f{j}" for j in range(len(parts))]
@@ -185,12 +185,11 @@ def _lists_sql(lay: Layout, column: Column) -> str:
                  "order by x.o)")
     else:
         value = "array_agg(x.f0 order by x.o)"
-    count = _q(column.name + "__n")
-    return (f"(select (x.o - 1) % b.readings + 1 as i, {value} as v "
+    # Padding is a slot with every field null: a real record always has its name (and a
+    # per-core value is never null), and compaction checks the block reads back exactly.
+    return (f"(select mod(x.o - 1, b.readings) + 1 as i, {value} as v "
             f"from rows from ({rows_from}) with ordinality as x({', '.join(names)}, o) "
-            f"join unnest(b.{count}) with ordinality as c(n, i) "
-            "on c.i = (x.o - 1) % b.readings + 1 "
-            "where (x.o - 1) / b.readings + 1 <= c.n group by 1)")
+            f"where num_nonnulls({', '.join('x.' + n for n in names)}) > 0 group by 1)")
 
 
 def _decode(lay: Layout, column: Column) -> str:
@@ -205,25 +204,27 @@ def _decode(lay: Layout, column: Column) -> str:
     return f"r.{_q(column.name)}"
 
 
-def rows_function_sql(lay: Layout) -> str:
-    """``metrics_cold_rows(device, start, end)``: the cold readings as ``metrics`` rows.
+def cold_select_sql(lay: Layout, columns: list[str], device: str, start: str, end: str) -> str:
+    """A SELECT of ``columns`` of the cold readings of ``device`` (null: all) in [start, end).
 
-    ``device`` null means every device. Only blocks overlapping [start, end) are opened.
+    Only the arrays those columns need are opened: a series of three columns reads three
+    arrays (and ``ts``) of each block, not a hundred.
     """
-    # Scalars and list lengths are unnested side by side (ROWS FROM zips them; a column
-    # missing from an old block gives nulls); lists are regrouped per reading and joined.
-    names = [p.name for p in _unnested(lay)]
+    wanted = [c for c in lay.columns if c.name in columns]
+    lists = [c for c in _list_columns(lay) if c in wanted]
+    unnested = [p for p in _unnested(lay) if p.source == "ts" or (p.source in columns
+                and p.source != "device_id")]
+    names = [p.name for p in unnested]
     rows_from = ", ".join(f"unnest(b.{_q(n)})" for n in names)
     aliases = ", ".join(_q(n) for n in names)
-    selects = ",\n       ".join(f"{_decode(lay, c)} as {_q(c.name)}" for c in lay.columns)
-    joins = "".join(f"\n  left join {_lists_sql(lay, c)} {_q('l__' + c.name)} "
-                    f"on {_q('l__' + c.name)}.i = u.i" for c in _list_columns(lay))
-    lists = "".join(f", {_q('l__' + c.name)}.v as {_q('l__' + c.name)}"
-                    for c in _list_columns(lay))
+    selects = ", ".join(f"{_decode(lay, c)} as {_q(c.name)}" for c in wanted)
+    joins = "".join(f" left join {_lists_sql(lay, c)} {_q('l__' + c.name)} "
+                    f"on {_q('l__' + c.name)}.i = u.i" for c in lists)
+    list_values = "".join(f", {_q('l__' + c.name)}.v as {_q('l__' + c.name)}" for c in lists)
     # Record keys a block lacks (a field added to the schema after it was written): once
     # per block, then removed from every record rebuilt from it.
     absent = []
-    for column in _list_columns(lay):
+    for column in lists:
         if column.pg_type != "jsonb":
             continue
         fields = [p.field for p in lay.parts_of(column.name) if not p.count]
@@ -231,17 +232,28 @@ def rows_function_sql(lay: Layout) -> str:
         absent.append(f"array(select f from unnest(array[{listed}]::text[]) f where "
                       f"'{column.name}__' || f <> all(b.parts)) as {_q('absent__' + column.name)}")
     return (
+        f"select {selects} "
+        f"from {TABLE} b cross join lateral (select {', '.join(absent) or '1 as none'}) a "
+        f"cross join lateral (select u.*{list_values} from rows from ({rows_from}) with "
+        f"ordinality as u({aliases}, i){joins} "
+        f"where u.ts >= {start} and u.ts < {end}) r "
+        f"where ({device} is null or b.device_id = {device}) "
+        f"and b.hour > {start} - interval '1 hour' and b.hour < {end}")
+
+
+def rows_function_sql(lay: Layout) -> str:
+    """``metrics_cold_rows(device, start, end)``: the cold readings as ``metrics`` rows.
+
+    ``device`` null means every device. Only blocks overlapping [start, end) are opened.
+    Scalars and list lengths are unnested side by side (ROWS FROM zips them; a column
+    missing from an old block gives nulls); lists are regrouped per reading and joined.
+    """
+    body = cold_select_sql(lay, [c.name for c in lay.columns], "p_device", "p_start", "p_end")
+    return (
         f"create or replace function {ROWS_FUNCTION}(p_device text, p_start timestamptz, "
         # No SET clause: it would stop the planner inlining the function, and inlined, a
         # query reading a few columns skips rebuilding the lists it does not use.
-        "p_end timestamptz) returns setof metrics language sql stable as $fn$\n"
-        f"select {selects}\n"
-        f"from {TABLE} b cross join lateral (select {', '.join(absent) or '1 as none'}) a\n"
-        f"cross join lateral (select u.*{lists} from rows from ({rows_from}) with ordinality "
-        f"as u({aliases}, i){joins}\n"
-        "  where u.ts >= p_start and u.ts < p_end) r\n"
-        "where (p_device is null or b.device_id = p_device)\n"
-        "  and b.hour > p_start - interval '1 hour' and b.hour < p_end\n$fn$")
+        f"p_end timestamptz) returns setof metrics language sql stable as $fn$\n{body}\n$fn$")
 
 
 def history_function_sql(lay: Layout) -> str:
@@ -253,6 +265,21 @@ def history_function_sql(lay: Layout) -> str:
         f"select {names} from metrics where (p_device is null or device_id = p_device) "
         "and ts >= p_start and ts < p_end\n"
         f"union all select {names} from {ROWS_FUNCTION}(p_device, p_start, p_end)\n$fn$")
+
+
+def history_source(columns: list[str]) -> str:
+    """A FROM item: ``columns`` of one device's readings of both tiers in [start, end).
+
+    Parameters ``%(device)s``, ``%(start)s``, ``%(end)s``. Reads only the arrays the
+    columns need (``metrics_history()`` would unnest every array of each block).
+    """
+    lay = layout()
+    names = ["ts", *dict.fromkeys(c for c in columns if c != "ts")]
+    listed = ", ".join(_q(n) for n in names)
+    params = ("%(device)s::text", "%(start)s::timestamptz", "%(end)s::timestamptz")
+    return (f"(select {listed} from metrics where device_id = {params[0]} and ts >= "
+            f"{params[1]} and ts < {params[2]} union all "
+            f"{cold_select_sql(lay, names, *params)}) m")
 
 
 # --- compaction -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from hub.cold import history_source
 from shared.schema import metrics_columns
 
 # The main per-second columns that get a minute and an hour summary.
@@ -31,8 +32,6 @@ ROLLUP_COLUMNS: tuple[str, ...] = (
     "network_bytes_recv_per_s",
 )
 AGGREGATES = ("sum", "count", "min", "max")
-# One device's per-second readings in [start, end), from the hot and the cold tier.
-PER_SECOND_SOURCE = "metrics_history(%(device)s, %(start)s, %(end)s)"
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
         # Both tiers (hub/cold.py): per-second readings older than the hot window are in
         # the cold tier.
         return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} "
-                f"from {PER_SECOND_SOURCE} group by 1 order by 1")
+                f"from {history_source(['ts', *columns])} group by 1 order by 1")
     for c in columns:
         selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0) as {c}_mean",
                     f"min({c}_min) as {c}_min", f"max({c}_max) as {c}_max"]
@@ -178,6 +177,6 @@ def per_core_sql(resolution: Resolution) -> str:
     """Return the query of the per-core CPU means per bucket (per-second data only)."""
     bucket = f"date_bin('{resolution.step_s} seconds', ts, {_ORIGIN})"
     return ("select t, array_agg(v order by i) as cores from (select " + bucket +
-            f" as t, u.i, avg(u.v) as v from {PER_SECOND_SOURCE} m, "
+            f" as t, u.i, avg(u.v) as v from {history_source(['cpu_per_core_percent'])}, "
             "unnest(m.cpu_per_core_percent) with ordinality as u(v, i) "
             "group by 1, 2) cores group by t order by t")
