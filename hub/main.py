@@ -348,9 +348,10 @@ def status(settings: HubSettings) -> int:
     store = Store(database_url(settings))
     try:
         store.migrate()
-        print(format_fleet(store.fleet_status(), datetime.now(UTC)))
-        print()
+        # Storage first: the fleet's summary line stays the last line, as scripts read it.
         print(format_tiers(tier_summary(store.tier_sizes(), settings.storage_budget_bytes)))
+        print()
+        print(format_fleet(store.fleet_status(), datetime.now(UTC)))
     except StoreError as exc:
         print(f"Cannot read the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
         return 1
