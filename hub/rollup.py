@@ -119,6 +119,10 @@ def create_rollup_table_sql(table: RollupTable) -> str:
 # --- choosing a resolution -------------------------------------------------------------------
 
 MAX_POINTS = 1000
+# Per-second rows cost ~15-35 µs each to aggregate, in either tier (bench.storage --tiers):
+# up to 5 readings a point (ranges up to ~1.4 h at 1 s) stays within ~100 ms; longer ranges
+# read the minute rollup, whose points are no coarser than the range needs.
+RAW_MAX_STEP_S = 5
 MAX_RANGE = timedelta(days=3660)  # ten years of hourly rollups, binned: still ≤ MAX_POINTS
 
 
@@ -133,7 +137,8 @@ def choose_resolution(start: datetime, end: datetime, max_points: int = MAX_POIN
                       source: str = "auto") -> Resolution:
     """Pick the table and bucket width that give at most ``max_points`` points per series.
 
-    Ranges short enough for per-second points read ``metrics``; longer ones the minute
+    Ranges short enough for per-second points (at most ``RAW_MAX_STEP_S`` readings a
+    point) read both per-second tiers (``metrics`` and the cold tier); longer ones the minute
     rollup, then the hour rollup; the bucket is widened (to a whole number of the table's
     step) until the range fits in ``max_points``.
 
@@ -143,7 +148,7 @@ def choose_resolution(start: datetime, end: datetime, max_points: int = MAX_POIN
     span_s = (end - start).total_seconds()
     needed = max(1, math.ceil(span_s / max_points))
     if source == "auto":
-        source = "raw" if needed < 60 else "1m" if needed < 3600 else "1h"
+        source = "raw" if needed <= RAW_MAX_STEP_S else "1m" if needed < 3600 else "1h"
     base = {"raw": 1, "1m": 60, "1h": 3600}[source]
     step = max(base, math.ceil(needed / base) * base)
     table = {"raw": "metrics", "1m": MINUTE.name, "1h": HOUR.name}[source]

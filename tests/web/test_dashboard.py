@@ -239,7 +239,8 @@ def test_range_across_the_cold_tier_boundary_shows_every_reading(site: Site) -> 
                                "date_trunc('hour', %s::timestamptz)", (AGENT, edge)).fetchone()
             return row == (0,)
         wait_for(compacted, 60, "the hub to compact what is older than 48 h")
-        start, end = edge - timedelta(hours=1), edge + timedelta(hours=1)
+        boundary = edge.replace(minute=0, second=0, microsecond=0)  # cold before, hot after
+        start, end = boundary - timedelta(minutes=40), boundary + timedelta(minutes=40)
         row = conn.execute("select count(*) filter (where hot), count(*) filter (where not hot) "
                            "from (select true as hot, ts from metrics where device_id = %(d)s "
                            "union all select false, ts from metrics_cold_rows(%(d)s, "
@@ -259,7 +260,7 @@ def test_range_across_the_cold_tier_boundary_shows_every_reading(site: Site) -> 
         start.astimezone(local).strftime("%Y-%m-%dT%H:%M"),
         end.astimezone(local).strftime("%Y-%m-%dT%H:%M"))
     label = b.find_element(By.ID, "range-label")
-    # Per-second source, one point per reading (a reading a minute, 8 s per point).
+    # Per-second source, one point per reading (a reading a minute, 5 s per point).
     wait_for(lambda: label.get_attribute("data-source") == "raw" and int(
         label.get_attribute("data-points") or 0) == row[0] + row[1], 15,
         f"{row[0] + row[1]} points from both tiers")
