@@ -25,7 +25,7 @@ from typing import Protocol
 
 from hub import cold
 from hub.rollup import HOUR, MINUTE
-from shared.errors import StoreError
+from shared.errors import PermanentStoreError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +203,29 @@ class Compactor:
         self.idle_s = idle_s
         self.clock = clock
         self.lay = lay or cold.layout()
+        # Device-hours whose block did not read back exactly: left hot (nothing is lost),
+        # reported once, and passed over so they do not hold up the others.
+        self.refused: set[tuple[str, datetime]] = set()
 
     def round(self, stop: threading.Event | None = None, limit: int = 100) -> int:
         """Compact up to ``limit`` device-hours; return how many were compacted."""
         before = self.clock() - timedelta(hours=self.retention.hot_window_h)
         done = 0
-        for device_id, hour, _ in self.store.cold_candidates(cold.hour_of(before), limit):
+        found = self.store.cold_candidates(cold.hour_of(before), limit + len(self.refused))
+        for device_id, hour, _ in found:
             if stop is not None and stop.is_set():
                 break
+            if (device_id, hour) in self.refused:
+                continue
             began = time.monotonic()
-            result = self.store.compact_hour(self.lay, device_id, hour)
+            try:
+                result = self.store.compact_hour(self.lay, device_id, hour)
+            except PermanentStoreError as exc:
+                self.refused.add((device_id, hour))
+                self.stats.failures += 1
+                log.error("Not compacting %s at %s: %s. Its readings stay in the hot tier.",
+                          device_id, hour.isoformat(), exc)
+                continue
             self.stats.compacted_hours += 1
             self.stats.compacted_readings += getattr(result, "moved", 0)
             self.stats.duplicates_dropped += getattr(result, "duplicates", 0)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+
 from hub import cold
-from hub.retention import cold_bytes_per_device_day, device_days_fit, tier_summary, used_bytes
+from hub.retention import (
+    ColdStats,
+    Compactor,
+    Retention,
+    cold_bytes_per_device_day,
+    device_days_fit,
+    tier_summary,
+    used_bytes,
+)
 from hub.status import format_tiers
+from shared.errors import PermanentStoreError
 from shared.schema import Column, metrics_columns
 
 SIZES = {"hot": 4_000_000, "cold": 9_000_000, "cold_live": 8_000_000, "minute": 500_000,
@@ -66,3 +78,43 @@ def test_status_shows_each_tier_and_the_room_left() -> None:
     assert "cold (one row per device-hour) 7.6 MB, 36,000 readings, 18.3 MB per device-day" in text
     assert "12.1 MB used of 95.4 MB, room for 5 device-days of cold history" in text
     assert "none (storage_budget_bytes = 0)" in format_tiers(tier_summary(SIZES, 0))
+
+
+class FakeColdStore:
+    """Device-hours to compact; one of them refuses (its block would not read back)."""
+
+    def __init__(self, hours: list[tuple[str, datetime]], refusing: tuple[str, datetime]) -> None:
+        self.hot = list(hours)
+        self.refusing = refusing
+        self.compacted: list[tuple[str, datetime]] = []
+
+    def cold_candidates(self, before: datetime, limit: int) -> list[tuple[str, datetime, int]]:
+        return [(d, h, 1) for d, h in self.hot if h < before][:limit]
+
+    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime) -> object:
+        if (device_id, hour) == self.refusing:
+            raise PermanentStoreError("the cold block does not read back")
+        self.hot.remove((device_id, hour))
+        self.compacted.append((device_id, hour))
+        return None
+
+    def tier_sizes(self) -> dict[str, int]:
+        return SIZES
+
+    def drop_oldest_cold(self, count: int) -> list[tuple[str, datetime, int]]:
+        return []
+
+
+def test_a_block_that_does_not_read_back_stays_hot_and_holds_up_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    hours = [("pi-1", t0), ("pi-2", t0), ("pi-1", t0 + timedelta(hours=1))]
+    store = FakeColdStore(hours, refusing=("pi-1", t0))
+    stats = ColdStats()
+    compactor = Compactor(store, Retention(30, 90, 730), stats,
+                          clock=lambda: t0 + timedelta(days=3))
+    with caplog.at_level(logging.ERROR):
+        assert compactor.round() == 2
+        assert compactor.round() == 0  # nothing left but the refused one: not retried
+    assert store.compacted == hours[1:] and store.hot == [("pi-1", t0)]
+    assert stats.failures == 1 and caplog.text.count("Not compacting pi-1") == 1
