@@ -360,9 +360,17 @@ def main(argv: list[str] | None = None) -> int:
             p["cold_bytes_per_device_day"] = p["cold_bytes_per_reading"] * DAY_S
             # One device reporting for 30 days at the defaults: 48 h hot, 28 days cold,
             # 30 days of minute and hour rollups; per day.
-            p["whole_db_bytes_per_device_day_30d"] = (
-                2 * p["hot_bytes_per_device_day"] + 28 * p["cold_bytes_per_device_day"]
-                + 30 * (p["minute_bytes_per_device_day"] + p["hour_bytes_per_device_day"])) / 30
+            for hot_days in (2, 1, 0.5):
+                p[f"whole_db_bytes_per_device_day_30d_hot_{hot_days:g}d"] = (
+                    hot_days * p["hot_bytes_per_device_day"]
+                    + (30 - hot_days) * p["cold_bytes_per_device_day"]
+                    + 30 * (p["minute_bytes_per_device_day"]
+                            + p["hour_bytes_per_device_day"])) / 30
+            p["whole_db_bytes_per_device_day_30d"] = p["whole_db_bytes_per_device_day_30d_hot_2d"]
+            # Today's format: 30 days of rows, and the same rollups.
+            p["baseline_whole_db_bytes_per_device_day_30d"] = (
+                p["hot_bytes_per_device_day"] + p["minute_bytes_per_device_day"]
+                + p["hour_bytes_per_device_day"])
             # Compaction as a share of one core, for 100 devices at 1 reading/s.
             p["compaction_core_percent_per_100_devices"] = (
                 100 * p["compaction_cpu_s_per_device_day"] * 100 / DAY_S)
@@ -479,6 +487,11 @@ def report(result: dict[str, Any], info: dict[str, Any]) -> None:
     for device, p in result["per_device"].items():
         print(f"{device}: candidates, bytes per value (whole relation or file): " + ", ".join(
             f"{k} {v:.3f}" for k, v in p["candidates"].items()))
+        print(f"{device}: whole database per device-day over 30 days: hot window 48 h "
+              f"{p['whole_db_bytes_per_device_day_30d_hot_2d'] / 1e6:.1f} MB, 24 h "
+              f"{p['whole_db_bytes_per_device_day_30d_hot_1d'] / 1e6:.1f} MB, 12 h "
+              f"{p['whole_db_bytes_per_device_day_30d_hot_0.5d'] / 1e6:.1f} MB; today's format "
+              f"{p['baseline_whole_db_bytes_per_device_day_30d'] / 1e6:.1f} MB")
         print(f"{device}: compaction CPU per device-day {p['compaction_cpu_s_per_device_day']:.1f}"
               f" s (hub {p['compaction_hub_cpu_s_per_device_day']:.1f}, PostgreSQL "
               f"{p['compaction_pg_cpu_s_per_device_day']:.1f}); rollups after load "

@@ -129,3 +129,12 @@ create table metrics_cold (
 );
 create index metrics_cold_hour on metrics_cold (hour);
 alter table metrics_cold enable row level security;
+
+-- Every batch updates each device's current hour row: with room left on each page the
+-- update stays on it (a HOT update) and the page's dead versions are reclaimed without a
+-- VACUUM. bench.storage, 200 s x 1,000 devices: the hour rollup takes 1.5 MB after the
+-- load instead of 11.4 MB (0.54 MB of live rows). The minute rollup keeps fillfactor 100:
+-- its rows are kept 90 days and never updated after their minute, so the free room would
+-- cost ~40 % on all of them; its churn (13.2 MB after the load, 2.1 MB live) is dead space
+-- that (auto)vacuum makes reusable, not growth per device-day.
+alter table metrics_1h set (fillfactor = 70);
