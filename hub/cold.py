@@ -20,6 +20,11 @@ by measuring candidates on the real agent's readings (bench/storage.py, README):
   list), plus ``<column>__n``, the list's length in each reading. jsonb numbers go to
   ``numeric`` as they are, so ``0.0`` stays ``0.0``.
 
+Not chosen (same bench, bench/README.md "Storage tiers"): lz4 (~16 % larger); Parquet with
+zstd in a ``bytea`` (~12 % smaller, but plain PostgreSQL cannot give its rows back); counters
+delta-encoded (~7 % smaller here, ~19 % with the lists' counters and the timestamps: the next
+step, at the price of a running sum per column when reading back).
+
 Schema evolution: each block lists the physical columns it holds (``parts``). A column
 added to the schema later gets its array column (``ALTER TABLE … ADD COLUMN IF NOT
 EXISTS``, :func:`ensure_sql`), old blocks have none and read back null — as the hot rows
