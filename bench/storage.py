@@ -136,7 +136,16 @@ def format_device_days(d: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    if "--tiers" in sys.argv:
+        from bench.tiers import main as tiers_main
+
+        return tiers_main([a for a in sys.argv[1:] if a != "--tiers"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiers", action="store_true", help="measure the storage tiers "
+                        "instead (bench/tiers.py): bytes, compaction CPU, queries, export")
+    parser.add_argument("--rollup-fillfactor", type=int, default=None,
+                        help="set the rollup tables' fillfactor before loading (100: as "
+                        "before migration 0004, the baseline of the rollup bloat)")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--devices", type=int, default=1000)
@@ -156,6 +165,11 @@ def main() -> int:
                        check=True, stdout=subprocess.DEVNULL)
         store = Store(pg.url)
         store.ensure_partitions(days)
+        if args.rollup_fillfactor:
+            with psycopg.connect(pg.url, autocommit=True) as admin:
+                for rollup in ("metrics_1m", "metrics_1h"):
+                    admin.execute(sql.SQL("alter table {} set (fillfactor = {})").format(
+                        sql.Identifier(rollup), sql.Literal(args.rollup_fillfactor)))
         set_json_dumps(orjson.dumps)
         columns = metrics_columns()
         names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
@@ -215,6 +229,23 @@ def main() -> int:
                 " sum(pg_indexes_size(inhrelid)) from pg_inherits "
                 "where inhparent = 'metrics'::regclass").fetchone()
             rollups, rollup_rows = rollup_sizes(cur)
+            # Rollups: as the load left them (each batch updates every device's minute and
+            # hour row), after a plain VACUUM (what autovacuum does: space reusable, files
+            # not shrunk) and after VACUUM FULL (the live rows alone).
+            rollup_states: dict[str, Any] = {}
+            for rollup in ("metrics_1m", "metrics_1h"):
+                size_sql = "select pg_total_relation_size(%s::regclass)"
+                loaded = cur.execute(size_sql, (rollup,)).fetchone()[0]  # type: ignore[index]
+                cur.execute(sql.SQL("vacuum {}").format(sql.Identifier(rollup)))
+                vacuumed = cur.execute(size_sql, (rollup,)).fetchone()[0]  # type: ignore[index]
+                cur.execute(sql.SQL("vacuum full {}").format(sql.Identifier(rollup)))
+                live = cur.execute(size_sql, (rollup,)).fetchone()[0]  # type: ignore[index]
+                fillfactor = cur.execute(
+                    "select coalesce((select option_value from pg_options_to_table("
+                    "reloptions) where option_name = 'fillfactor'), '100') from pg_class "
+                    "where oid = %s::regclass", (rollup,)).fetchone()[0]  # type: ignore[index]
+                rollup_states[rollup] = {"after_load": loaded, "after_vacuum": vacuumed,
+                                   "live": live, "fillfactor": int(fillfactor)}
             widths = cur.execute(
                 "select avg(pg_column_size(m.*)), avg(pg_column_size(disk_partitions)) + "
                 "avg(pg_column_size(disk_per_disk)) + avg(pg_column_size(network_per_interface))"
@@ -257,7 +288,8 @@ def main() -> int:
         "machine": info, "rows": args.rows, "batch": args.batch, "devices": args.devices,
         "payload": args.payload, "methods": results, "stored_rows": stored,
         "bytes_per_row": per_row, "rollup_bytes": rollups, "rollup_rows": rollup_rows,
-        "rollup_bytes_compact": compact, "device_day": device_day,
+        "rollup_bytes_compact": compact, "rollup_states": rollup_states,
+        "device_day": device_day,
         "device_day_rollups_churned": device_day_churned})
     print(f"wrote {path.relative_to(ROOT)}")
     return 0

@@ -177,6 +177,9 @@ class HealthOut(BaseModel):
     received: int
     stored: int
     quarantined: int
+    # Bytes per storage tier, the budget and the device-days it leaves room for; what the
+    # budget dropped (null until the compactor's first round).
+    storage: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class HubHealth:
     received: int = 0
     stored: int = 0
     quarantined: int = 0
+    storage: dict[str, Any] | None = None  # bytes per tier, budget (hub/retention.py)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -455,7 +459,7 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
         body = HealthOut(status="ok" if ok else "degraded", broker_connected=hub.broker_connected,
                          database_reachable=reachable, last_write_at=hub.last_write_at,
                          backlog=hub.backlog, received=hub.received, stored=hub.stored,
-                         quarantined=hub.quarantined)
+                         quarantined=hub.quarantined, storage=hub.storage)
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/api/stream", dependencies=[Auth], response_class=StreamingResponse,

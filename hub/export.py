@@ -51,15 +51,17 @@ def export_sql(device: bool) -> str:
 
     Parameters: ``%(device)s`` (when ``device``), ``%(start)s``, ``%(end)s``.
     """
-    where = "device_id = %(device)s and " if device else ""
     names = ", ".join(c.name for c in COLUMNS)
-    return (f"select {names} from metrics where {where}ts >= %(start)s and ts < %(end)s "
-            "order by device_id, ts, session_id, seq")
+    return (f"select {names} from {_source(device)} order by device_id, ts, session_id, seq")
+
+
+def _source(device: bool) -> str:
+    # Both tiers: the hot rows and the cold tier's blocks read back as rows (hub/cold.py).
+    return f"metrics_history({'%(device)s' if device else 'null'}, %(start)s, %(end)s)"
 
 
 def count_sql(device: bool) -> str:
-    where = "device_id = %(device)s and " if device else ""
-    return f"select count(*) as n from metrics where {where}ts >= %(start)s and ts < %(end)s"
+    return f"select count(*) as n from {_source(device)}"
 
 
 def arrow_type(tp: Any) -> pa.DataType:

@@ -1,7 +1,8 @@
 """``fleetpulse-hub``: wire receive → validate → batch → write, load settings, run.
 
     fleetpulse-hub run       subscribe, validate, store; serve the API and dashboard
-    fleetpulse-hub status    print the fleet as a table
+    fleetpulse-hub status    print the fleet as a table, and the bytes of each storage tier
+    fleetpulse-hub compact   move what is older than the hot window into the cold tier now
     fleetpulse-hub migrate   create or upgrade the tables, then exit
     fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
     fleetpulse-hub add-device ID      give a device a broker account; print its agent.toml
@@ -30,8 +31,8 @@ from hub.batch import Batch, Batcher, Inbound
 from hub.clock import ClockPlacer
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
 from hub.receive import Inbox, Receiver
-from hub.retention import Retention, housekeep
-from hub.status import format_fleet
+from hub.retention import ColdStats, Compactor, Retention, housekeep, tier_summary
+from hub.status import format_fleet, format_tiers
 from hub.store import Store, StorePool
 from hub.validate import Limits, Result, validate
 from hub.watch import AlertWatcher
@@ -307,9 +308,16 @@ def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: fl
         stop.wait(every_s)
 
 
+def retention_of(settings: HubSettings) -> Retention:
+    return Retention(settings.retention_days, settings.rollup_minute_days,
+                     settings.rollup_hour_days, hot_window_h=settings.hot_window_h,
+                     quarantine_days=settings.quarantine_days,
+                     budget_bytes=settings.storage_budget_bytes)
+
+
 def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                inbox: Inbox, stats: IngestStats,
-               rules: list[Rule]) -> HttpServer:
+               rules: list[Rule], cold_stats: ColdStats | None = None) -> HttpServer:
     """Serve the API and the dashboard in a thread; return the server (it has ``stop()``)."""
     from hub.api import HttpServer, HubHealth, create_app  # FastAPI only when serving
     from hub.read import FleetReader
@@ -317,9 +325,18 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
     def health() -> HubHealth:
         # Backlog: taken off the broker and not yet acknowledged (queued or in a batch that
         # waits for the database); the broker's Receive Maximum bounds it by max_pending.
+        storage: dict[str, object] | None = None
+        if cold_stats is not None and cold_stats.sizes:
+            storage = {**tier_summary(cold_stats.sizes, settings.storage_budget_bytes),
+                       "sized_at": cold_stats.sized_at,
+                       "compacted_hours": cold_stats.compacted_hours,
+                       "budget_dropped_hours": cold_stats.budget_dropped_hours,
+                       "budget_dropped_readings": cold_stats.budget_dropped_readings,
+                       "over_budget_bytes": cold_stats.over_budget_bytes,
+                       "compaction_failures": cold_stats.failures}
         return HubHealth(receiver.mqtt.connected, stats.last_write_at,
                          len(inbox) + stats.received - stats.acked, stats.received,
-                         stats.stored, stats.quarantined)
+                         stats.stored, stats.quarantined, storage)
 
     server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
                                    token=settings.api_token, rules=rules),
@@ -363,23 +380,32 @@ def run(settings: HubSettings) -> int:
     http: HttpServer | None = None
     watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
         topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
-    retention = Retention(settings.retention_days, settings.rollup_minute_days,
-                          settings.rollup_hour_days)
+    retention = retention_of(settings)
     watching = threading.Thread(target=watch, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
                                       stop))
+    # Compaction has a connection and a thread of its own: a block takes a second or so of
+    # database work, which must not delay alert checks or ingest.
+    cold_store = Store(store.url, application_name="fleetpulse-hub-compact")
+    cold_stats = ColdStats()
+    compactor = Compactor(cold_store, retention, cold_stats,
+                          duty=settings.compact_duty_percent / 100,
+                          clock=lambda: datetime.now(UTC))
+    compacting = threading.Thread(target=compactor.run, name="compact", daemon=True,
+                                  args=(stop,))
     try:
         # Whatever can fail at start (the database above, the HTTP port here) is checked
         # before connecting to the broker: the first connect creates the persistent session,
         # which the broker would keep (and fill) for session_expiry_s after a failed start.
         if settings.http_port:
             try:
-                http = start_http(settings, pool, receiver, inbox, stats, rules)
+                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats)
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
         receiver.start()
         watching.start()
+        compacting.start()
         ingest(inbox, receiver, store, settings, stop, stats)
     finally:
         stop.set()
@@ -388,6 +414,9 @@ def run(settings: HubSettings) -> int:
         receiver.stop()
         if watching.is_alive():
             watching.join(10)
+        if compacting.is_alive():
+            compacting.join(10)
+        cold_store.close()
         pool.close()
         watch_store.close()
         store.close()
@@ -407,9 +436,31 @@ def status(settings: HubSettings) -> int:
         if problem is not None:
             print(problem, file=sys.stderr)
             return 1
+        # Storage first: the fleet's summary line stays the last line, as scripts read it.
+        print(format_tiers(tier_summary(store.tier_sizes(), settings.storage_budget_bytes)))
+        print()
         print(format_fleet(store.fleet_status(), datetime.now(UTC)))
     except StoreError as exc:
         print(f"Cannot read the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def compact(settings: HubSettings) -> int:
+    """``fleetpulse-hub compact``: compact everything older than the hot window, now."""
+    store = Store(database_url(settings), application_name="fleetpulse-hub-compact")
+    stats = ColdStats()
+    compactor = Compactor(store, retention_of(settings), stats, clock=lambda: datetime.now(UTC))
+    try:
+        store.migrate()
+        while compactor.round():
+            pass
+        print(f"Compacted {stats.compacted_readings:,} readings into {stats.compacted_hours:,} "
+              "device-hours of the cold tier.", file=sys.stderr)
+    except StoreError as exc:
+        print(f"Cannot compact: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
         return 1
     finally:
         store.close()
@@ -477,8 +528,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse-hub",
                                      description="Store and show the metrics of a fleet.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "status", "migrate", "export", "add-device",
-                                            "revoke-device", "init-deploy"])
+    parser.add_argument("command", choices=["run", "status", "migrate", "export", "compact",
+                                            "add-device", "revoke-device", "init-deploy"])
     accounts = parser.add_argument_group("add-device / revoke-device")
     accounts.add_argument("device_id", nargs="?", help="the device's id (= its broker user name)")
     accounts.add_argument("--password-file", type=Path, default=DEFAULT_PASSWORD_FILE,
@@ -528,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         return status(settings)
     if args.command == "export":
         return export(settings, args)
+    if args.command == "compact":
+        return compact(settings)
     if args.command in ("add-device", "revoke-device"):
         if not args.device_id:
             print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)

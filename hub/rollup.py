@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from hub.cold import history_source
 from shared.schema import metrics_columns
 
 # The main per-second columns that get a minute and an hour summary.
@@ -90,8 +91,17 @@ def insert_with_rollups_sql(staging: str) -> str:
     """
     columns = ", ".join(c.name for c in metrics_columns())
     returning = ", ".join(["device_id", "ts", *dict.fromkeys(ROLLUP_COLUMNS)])
-    parts = [f"ins as (insert into metrics ({columns}) select {columns} from {staging} "
-             f"on conflict do nothing returning {returning})"]
+    # A reading already moved to the cold tier (hub/cold.py) is a redelivery too. Only
+    # readings older than the newest cold hour are looked up (one index probe each); live
+    # ones skip the check.
+    in_cold = ("s.ts < coalesce((select max(hour) + interval '1 hour' from metrics_cold), "
+               "'-infinity') and exists "
+               "(select 1 from metrics_cold c, "
+               "unnest(c.ts, c.session_id, c.seq) as k(ts, sid, seq) "
+               f"where c.device_id = s.device_id and c.hour = date_bin('1 hour', s.ts, {_ORIGIN}) "
+               "and k.ts = s.ts and k.sid = s.session_id and k.seq = s.seq)")
+    parts = [f"ins as (insert into metrics ({columns}) select {columns} from {staging} s "
+             f"where not ({in_cold}) on conflict do nothing returning {returning})"]
     for i, table in enumerate(ROLLUP_TABLES):
         parts.append(f"r{i} as ({_rollup_insert(table, 'ins')})")
     return "with " + ", ".join(parts) + " select count(*) from ins"
@@ -109,6 +119,10 @@ def create_rollup_table_sql(table: RollupTable) -> str:
 # --- choosing a resolution -------------------------------------------------------------------
 
 MAX_POINTS = 1000
+# Per-second rows cost ~15-35 µs each to aggregate, in either tier (bench.storage --tiers):
+# up to 5 readings a point (ranges up to ~1.4 h at 1 s) stays within ~100 ms; longer ranges
+# read the minute rollup, whose points are no coarser than the range needs.
+RAW_MAX_STEP_S = 5
 MAX_RANGE = timedelta(days=3660)  # ten years of hourly rollups, binned: still ≤ MAX_POINTS
 
 
@@ -123,7 +137,8 @@ def choose_resolution(start: datetime, end: datetime, max_points: int = MAX_POIN
                       source: str = "auto") -> Resolution:
     """Pick the table and bucket width that give at most ``max_points`` points per series.
 
-    Ranges short enough for per-second points read ``metrics``; longer ones the minute
+    Ranges short enough for per-second points (at most ``RAW_MAX_STEP_S`` readings a
+    point) read both per-second tiers (``metrics`` and the cold tier); longer ones the minute
     rollup, then the hour rollup; the bucket is widened (to a whole number of the table's
     step) until the range fits in ``max_points``.
 
@@ -133,7 +148,7 @@ def choose_resolution(start: datetime, end: datetime, max_points: int = MAX_POIN
     span_s = (end - start).total_seconds()
     needed = max(1, math.ceil(span_s / max_points))
     if source == "auto":
-        source = "raw" if needed < 60 else "1m" if needed < 3600 else "1h"
+        source = "raw" if needed <= RAW_MAX_STEP_S else "1m" if needed < 3600 else "1h"
     base = {"raw": 1, "1m": 60, "1h": 3600}[source]
     step = max(base, math.ceil(needed / base) * base)
     table = {"raw": "metrics", "1m": MINUTE.name, "1h": HOUR.name}[source]
@@ -151,9 +166,10 @@ def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
         for c in columns:
             selects += [f"avg({c}) as {c}_mean", f"min({c}) as {c}_min",
                         f"max({c}) as {c}_max"]
-        return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} from metrics "
-                "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
-                "group by 1 order by 1")
+        # Both tiers (hub/cold.py): per-second readings older than the hot window are in
+        # the cold tier.
+        return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} "
+                f"from {history_source(['ts', *columns])} group by 1 order by 1")
     for c in columns:
         selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0) as {c}_mean",
                     f"min({c}_min) as {c}_min", f"max({c}_max) as {c}_max"]
@@ -166,7 +182,6 @@ def per_core_sql(resolution: Resolution) -> str:
     """Return the query of the per-core CPU means per bucket (per-second data only)."""
     bucket = f"date_bin('{resolution.step_s} seconds', ts, {_ORIGIN})"
     return ("select t, array_agg(v order by i) as cores from (select " + bucket +
-            " as t, u.i, avg(u.v) as v from metrics, "
-            "unnest(cpu_per_core_percent) with ordinality as u(v, i) "
-            "where device_id = %(device)s and ts >= %(start)s and ts < %(end)s "
+            f" as t, u.i, avg(u.v) as v from {history_source(['cpu_per_core_percent'])}, "
+            "unnest(m.cpu_per_core_percent) with ordinality as u(v, i) "
             "group by 1, 2) cores group by t order by t")

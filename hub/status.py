@@ -55,3 +55,37 @@ def format_fleet(devices: Sequence[dict[str, Any]], now: datetime) -> str:
     online = sum(1 for d in devices if d["status"] == "online")
     text.append(f"{len(devices)} devices, {online} online")
     return "\n".join(text)
+
+
+def _size(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return "-"
+
+
+def format_tiers(summary: dict[str, object]) -> str:
+    """Render the storage tiers: bytes of each, the budget and the device-days that fit."""
+    per_day = summary.get("cold_bytes_per_device_day")
+    fit = summary.get("device_days_fit")
+    lines = [
+        "STORAGE",
+        f"hot (one row per reading)      {_size(summary['hot_bytes'])}, "
+        f"{summary['hot_readings']:,} readings",
+        f"cold (one row per device-hour) {_size(summary['cold_bytes'])}, "
+        f"{summary['cold_readings']:,} readings"
+        + (f", {_size(per_day)} per device-day" if per_day is not None else ""),
+        f"rollups (minute, hour)         {_size(summary['minute_bytes'])}, "
+        f"{_size(summary['hour_bytes'])}",
+        f"quarantine                     {_size(summary['quarantine_bytes'])}",
+        f"database (files)               {_size(summary['database_bytes'])}",
+        "budget                         " + (
+            f"{_size(summary['used_bytes'])} used of {_size(summary['budget_bytes'])}"
+            + (f", room for {fit:,.0f} device-days of cold history"
+               if isinstance(fit, int | float) else "")
+            if summary.get("budget_bytes") else "none (storage_budget_bytes = 0)"),
+    ]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
+from hub import cold
 from hub.batch import DeviceEvents, QuarantineRecord
 from hub.rollup import insert_with_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
@@ -88,6 +90,17 @@ def refused_login(message: str) -> str | None:
         if text in lowered and (not text.endswith('"') or "does not exist" in lowered):
             return state
     return None
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """One device-hour moved to the cold tier."""
+
+    device_id: str
+    hour: datetime
+    moved: int  # hot rows deleted
+    readings: int  # readings the block holds now
+    duplicates: int  # hot rows already in the block (a redelivery), dropped
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,10 @@ class Store:
                 cur.execute("insert into schema_migrations (version, name) values (%s, %s) "
                             "on conflict (version) do nothing", (version, name))
                 applied_now.append(name)
+            # The cold table's array columns and its readers follow the schema of this
+            # code (a column added by a later migration gets its array, see hub/cold.py).
+            for statement in cold.ensure_sql(cold.layout()):
+                cur.execute(statement.encode())  # our own SQL, derived from the schema
         return applied_now
 
     def pending_migrations(self) -> list[str]:
@@ -401,6 +418,107 @@ class Store:
             row = cur.fetchone()
             assert row is not None
             return int(row[0])
+
+    # --- the cold tier --------------------------------------------------------------------
+    def cold_candidates(self, before: datetime, limit: int) -> list[tuple[str, datetime, int]]:
+        """Device-hours holding hot rows older than ``before``, oldest first."""
+        with self._transaction() as cur:
+            cur.execute(cold.candidates_sql().encode(), {"before": before, "limit": limit})
+            return [(row[0], row[1], int(row[2])) for row in cur.fetchall()]
+
+    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime) -> Compacted:
+        """Move one device-hour's hot rows into its cold block, in one transaction.
+
+        A block already there (a late reading arrived after the hour was compacted) is
+        read back, merged with the hot rows (a hot row whose key the block holds is a
+        redelivery: the block's copy stays) and written again. The block is read back
+        through ``metrics_cold_rows`` and compared with what it must hold before the hot
+        rows are deleted; any difference rolls everything back (PermanentStoreError).
+        REPEATABLE READ: the delete removes exactly the rows the block was built from; a
+        reading inserted meanwhile stays hot for the next round.
+        """
+        params = {"device": device_id, "hour": hour, "end": hour + cold.BLOCK}
+        with self._transaction() as cur:
+            cur.execute("set transaction isolation level repeatable read")
+            # The block's one statement has ~110 aggregates: LLVM would spend ~40 s
+            # compiling it (measured here), for a query that runs in milliseconds.
+            cur.execute("set local jit = off")
+            cur.execute("select pg_advisory_xact_lock(hashtext('fleetpulse.cold'), "
+                        "hashtext(%(device)s || %(hour)s::text))", params)
+            cur.execute(f"select readings from {cold.TABLE} where device_id = %(device)s "
+                        "and hour = %(hour)s", params)
+            existing = cur.fetchone()
+            duplicates = 0
+            if existing is None:
+                source = f"({cold.hot_rows_sql(lay)}) h"
+            else:
+                cur.execute(f"create temp table cold_merge on commit drop as select * from "
+                            f"{cold.ROWS_FUNCTION}(%(device)s, %(hour)s, %(end)s)".encode(),
+                            params)
+                cur.execute(("insert into cold_merge " + cold.hot_rows_sql(lay) +
+                             " and not exists (select 1 from cold_merge c where c.ts = "
+                             "metrics.ts and c.session_id = metrics.session_id and c.seq = "
+                             "metrics.seq)").encode(), params)
+                added = cur.rowcount
+                cur.execute("select count(*) from metrics where device_id = %(device)s "
+                            "and ts >= %(hour)s and ts < %(end)s", params)
+                row = cur.fetchone()
+                duplicates = (int(row[0]) if row else 0) - added
+                cur.execute(f"delete from {cold.TABLE} where device_id = %(device)s "
+                            "and hour = %(hour)s", params)
+                source = "cold_merge"
+            began = time.perf_counter()
+            cur.execute(cold.insert_block_sql(lay, source).encode(), params)
+            encoded = time.perf_counter()
+            cur.execute(cold.verify_sql(lay, source).encode(), params)
+            log.debug("cold block %s %s: encoded in %.3f s, verified in %.3f s", device_id,
+                      hour, encoded - began, time.perf_counter() - encoded)
+            checked = cur.fetchone()
+            assert checked is not None
+            if checked[0]:
+                raise PermanentStoreError(
+                    f"the cold block of {device_id} at {hour.isoformat()} does not read back "
+                    f"as its {checked[1]} readings ({checked[0]} rows differ): not compacted")
+            cur.execute("delete from metrics where device_id = %(device)s "
+                        "and ts >= %(hour)s and ts < %(end)s", params)
+            moved = cur.rowcount
+        return Compacted(device_id, hour, moved, int(checked[1]), duplicates)
+
+    def tier_sizes(self) -> dict[str, int]:
+        """Bytes on disk of each tier (hot, cold, rollups, quarantine, other, database)."""
+        lay = cold.layout()
+        with self._transaction() as cur:
+            cur.execute(
+                "select coalesce(sum(pg_total_relation_size(inhrelid)), 0) from pg_inherits "
+                "where inhparent = 'metrics'::regclass")
+            row = cur.fetchone()
+            hot = int(row[0]) if row else 0
+            sizes = {"hot": hot}
+            for key, table in (("cold", cold.TABLE), ("minute", "metrics_1m"),
+                               ("hour", "metrics_1h"), ("quarantine", "quarantine")):
+                cur.execute("select pg_total_relation_size(%s::regclass)", (table,))
+                row = cur.fetchone()
+                sizes[key] = int(row[0]) if row else 0
+            cur.execute(cold.cold_bytes_sql(lay).encode())
+            row = cur.fetchone()
+            assert row is not None
+            sizes["cold_blocks"], sizes["cold_readings"] = int(row[0]), int(row[1])
+            sizes["cold_live"] = int(row[2])
+            cur.execute("select pg_database_size(current_database())")
+            row = cur.fetchone()
+            sizes["database"] = int(row[0]) if row else 0
+            cur.execute("select count(*) from metrics")
+            row = cur.fetchone()
+            sizes["hot_readings"] = int(row[0]) if row else 0
+        return sizes
+
+    def drop_oldest_cold(self, count: int) -> list[tuple[str, datetime, int]]:
+        """Delete the ``count`` oldest cold blocks; return (device, hour, readings) of each."""
+        with self._transaction() as cur:
+            cur.execute(f"delete from {cold.TABLE} where (device_id, hour) in (select "
+                        f"device_id, hour from {cold.TABLE} order by hour, device_id "
+                        "limit %s) returning device_id, hour, readings", (count,))
+            return [(row[0], row[1], int(row[2])) for row in cur.fetchall()]
 
     # --- reading --------------------------------------------------------------------------
     def query(self, text: str,

@@ -217,10 +217,20 @@ class HubSettings:
     http_host: str = setting("127.0.0.1", "Address of the HTTP API and dashboard")
     http_port: int = setting(8080, "Port of the HTTP API and dashboard (0: no HTTP)")
     api_token: Secret | None = setting(None, "Bearer token required to read the API")
-    retention_days: int = setting(30, "Days of per-second history kept", _positive)
+    hot_window_h: float = setting(48.0, "Hours of per-second readings kept one row each; older "
+                                  "ones are compacted into the cold tier (one row per "
+                                  "device-hour)", _positive)
+    retention_days: int = setting(30, "Days of per-second history kept (hot and cold tiers)",
+                                  _positive)
+    storage_budget_bytes: int = setting(0, "Bytes the database may use (0: no budget); over it "
+                                        "the oldest cold hours are dropped, logged and counted",
+                                        _not_negative)
+    compact_duty_percent: float = setting(10.0, "Share of the time the hub's compaction may "
+                                          "work while catching up (percent)", _positive)
     rollup_minute_days: int = setting(90, "Days of per-minute rollups kept", _positive)
     rollup_hour_days: int = setting(730, "Days of per-hour rollups (and closed alerts) kept",
                                     _positive)
+    quarantine_days: int = setting(30, "Days of quarantined messages kept", _positive)
     alert_rules_file: Path | None = setting(None, "TOML file overriding the alert rules' "
                                             "thresholds, durations and enabled flags")
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",

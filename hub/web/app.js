@@ -196,6 +196,31 @@ for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
 $("#filter").addEventListener("input", renderFleet);
 $("#state-filter").addEventListener("change", renderFleet);
 
+
+// Bytes per storage tier and the room the budget leaves (the hub's compactor measures them).
+function bytes(n) {
+  if (n === null || n === undefined) return "-";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function storageFacts(s) {
+  if (!s) return [];
+  const facts = [["Hot tier", `${bytes(s.hot_bytes)} (${s.hot_readings.toLocaleString()} readings)`],
+    ["Cold tier", `${bytes(s.cold_bytes)} (${s.cold_readings.toLocaleString()} readings)`],
+    ["Rollups", `${bytes(s.minute_bytes + s.hour_bytes)}`],
+    ["Database", bytes(s.database_bytes)]];
+  if (s.cold_bytes_per_device_day) facts.push(["Per device-day", bytes(s.cold_bytes_per_device_day)]);
+  if (s.budget_bytes) {
+    facts.push(["Budget", `${bytes(s.used_bytes)} of ${bytes(s.budget_bytes)}`]);
+    if (s.device_days_fit !== null) facts.push(["Device-days fit", Math.floor(s.device_days_fit).toLocaleString()]);
+  }
+  if (s.budget_dropped_hours) facts.push(["Dropped by budget", `${s.budget_dropped_readings.toLocaleString()} readings`]);
+  return facts;
+}
+
 async function refreshFleetPanels() {
   try {
     const [alerts, quarantine, health] = await Promise.all([
@@ -212,7 +237,8 @@ async function refreshFleetPanels() {
     const facts = [["Broker", health.broker_connected ? "connected" : "disconnected"],
       ["Database", health.database_reachable ? "reachable" : "unreachable"],
       ["Last write", ago(health.last_write_at)], ["Backlog", String(health.backlog)],
-      ["Stored", String(health.stored)], ["Quarantined", String(health.quarantined)]];
+      ["Stored", String(health.stored)], ["Quarantined", String(health.quarantined)],
+      ...storageFacts(health.storage)];
     $("#health").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   } catch (err) { showError(`Cannot load the fleet panels: ${err.message}`); }
 }
@@ -415,7 +441,7 @@ async function loadDevice() {
   } catch (err) { if (device === state.device) showError(`Cannot load ${device}: ${err.message}`); }
 }
 
-const RANGES = ["live", "3600", "86400", "604800", "custom"];
+const RANGES = ["live", "3600", "86400", "604800", "2592000", "7776000", "custom"];
 // <input type="datetime-local"> holds local time without a zone.
 function toLocalInput(x) { return new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, 16); }
 

@@ -106,7 +106,7 @@ def site(postgres: PostgresServer, broker: MosquittoServer) -> Iterator[Site]:
     env = processes.base_env(broker_url=broker.url, db=db_url, topic_prefix=prefix,
                              client_id=f"{prefix}-hub", http_port=str(port),
                              data_dir=str(workdir / "hub"), batch_max_age_s="0.2",
-                             alert_check_s="1")
+                             alert_check_s="1", compact_duty_percent="100")
     hub = processes.Process(["-m", "hub.main", "run"], env, workdir / "hub.log").start()
     agent = processes.agent(workdir, broker_url=broker.url, prefix=prefix, device_id=AGENT,
                             interval_s="1")
@@ -228,6 +228,52 @@ def test_device_page_charts_live_values_and_follows_the_range_selector(site: Sit
         "the custom two hours")
     error = b.find_element(By.ID, "error")
     assert not error.is_displayed(), error.text
+
+
+def test_range_across_the_cold_tier_boundary_shows_every_reading(site: Site) -> None:
+    """The hub compacts what is older than 48 h; a range across that edge shows both tiers."""
+    edge = datetime.now(UTC) - timedelta(hours=48)
+    with psycopg.connect(site.db_url, autocommit=True) as conn:
+        def compacted() -> bool:
+            row = conn.execute("select count(*) from metrics where device_id = %s and ts < "
+                               "date_trunc('hour', %s::timestamptz)", (AGENT, edge)).fetchone()
+            return row == (0,)
+        wait_for(compacted, 60, "the hub to compact what is older than 48 h")
+        boundary = edge.replace(minute=0, second=0, microsecond=0)  # cold before, hot after
+        start, end = boundary - timedelta(minutes=40), boundary + timedelta(minutes=40)
+        row = conn.execute("select count(*) filter (where hot), count(*) filter (where not hot) "
+                           "from (select true as hot, ts from metrics where device_id = %(d)s "
+                           "union all select false, ts from metrics_cold_rows(%(d)s, "
+                           "'-infinity', 'infinity')) m where ts >= %(s)s and ts < %(e)s",
+                           {"d": AGENT, "s": start, "e": end}).fetchone()
+    assert row is not None and row[0] > 0 and row[1] > 0, row  # both tiers in the range
+    b = site.browser
+    b.get(site.url + f"/#/device/{AGENT}")
+    wait_for(lambda: b.find_element(By.ID, "current-cpu").text.endswith("%"), 15,
+             "current values")
+    b.find_element(By.CSS_SELECTOR, 'button[data-range="custom"]').click()
+    local = datetime.now().astimezone().tzinfo
+    b.execute_script(
+        "document.getElementById('custom-start').value = arguments[0];"
+        "document.getElementById('custom-end').value = arguments[1];"
+        "document.getElementById('custom-apply').click()",
+        start.astimezone(local).strftime("%Y-%m-%dT%H:%M"),
+        end.astimezone(local).strftime("%Y-%m-%dT%H:%M"))
+    label = b.find_element(By.ID, "range-label")
+    # Per-second source, one point per reading (a reading a minute, 5 s per point).
+    wait_for(lambda: label.get_attribute("data-source") == "raw" and int(
+        label.get_attribute("data-points") or 0) == row[0] + row[1], 15,
+        f"{row[0] + row[1]} points from both tiers")
+    assert not b.find_element(By.ID, "error").is_displayed()
+    assert screenshot(b, "device-across-tiers").stat().st_size > 10_000
+    # Months: the 90-day button asks the hour rollup, which covers both tiers too.
+    b.find_element(By.CSS_SELECTOR, 'button[data-range="7776000"]').click()
+    wait_for(lambda: label.get_attribute("data-source") == "1h", 15, "the hour rollup")
+    # A week of data at 3 h per point (90 days in at most 1,000 points).
+    assert 7 * 8 - 2 <= int(label.get_attribute("data-points") or 0) <= 1000
+    b.get(site.url + "/#/")
+    wait_for(lambda: "Cold tier" in b.find_element(By.ID, "health").text, 90,
+             "the hub panel's storage tiers")
 
 
 def test_device_page_shows_the_devices_alerts_and_completeness(site: Site) -> None:

@@ -1,0 +1,333 @@
+"""The cold tier against a real PostgreSQL: lossless round trip, late and redelivered
+readings, a compaction killed with SIGKILL, the storage budget, readers across tiers."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from hub import cold
+from hub.export import export_to_file
+from hub.read import FleetReader
+from hub.retention import ColdStats, Compactor, Retention, enforce_budget, used_bytes
+from hub.rollup import choose_resolution
+from hub.store import Store
+from shared.schema import MAX_COUNTER, MetricsV1
+from tests.web.readings import partition, reading, write_readings
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "device_id, ts, session_id, seq"
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def noisy(device: str, start: datetime, count: int, step_s: float, seed: int,
+          session: str = "s1", first_seq: int = 1) -> list[MetricsV1]:
+    """Readings with every kind of value the cold tier must keep exactly.
+
+    Doubles with all 17 digits, nulls here and there, a counter that resets, huge
+    counters, per-core lists and record lists whose length changes, temperatures with
+    labels, flags that flip.
+    """
+    rnd = random.Random(seed)
+    out = []
+    counter = 10**12
+    for i in range(count):
+        counter = 0 if i == count // 2 else counter + rnd.randrange(0, 10**6)  # a reset
+        cores = [rnd.random() * 100 for _ in range(rnd.choice([0, 2, 4]))]
+        interfaces = [{"name": name, **{k: (None if rnd.random() < 0.05 else
+                                            rnd.randrange(0, 2**40) if "_per_s" not in k
+                                            else round(rnd.random() * 1e5, 3))
+                                        for k in ("bytes_sent", "bytes_sent_per_s", "bytes_recv",
+                                                  "bytes_recv_per_s", "packets_sent",
+                                                  "packets_sent_per_s", "packets_recv",
+                                                  "packets_recv_per_s", "errors_in",
+                                                  "errors_in_per_s", "errors_out",
+                                                  "errors_out_per_s", "drops_in",
+                                                  "drops_in_per_s", "drops_out",
+                                                  "drops_out_per_s")}}
+                      for name in ("eth0", "wlan0", "lo")[:rnd.choice([0, 1, 3])]]
+        temps = [{"sensor": "cpu_thermal", "label": "", "celsius": round(40 + rnd.random(), 3)},
+                 {"sensor": "nvme", "label": "Composite", "celsius": 0.0}][:i % 3]
+        out.append(reading(
+            device, start + timedelta(seconds=i * step_s), seq=first_seq + i, session_id=session,
+            interval_s=step_s,
+            cpu_percent=None if i % 17 == 0 else rnd.random() * 100,
+            cpu_per_core_percent=cores,
+            cpu_ctx_switches=counter, cpu_ctx_switches_per_s=None if i == count // 2 else 0.1 + 0.2,
+            cpu_syscalls=MAX_COUNTER if i % 5 == 0 else None,
+            cpu_load_1=rnd.random() * 4, cpu_freq_current_mhz=1.5e3,
+            memory_used_bytes=rnd.randrange(0, 2**33), memory_percent=round(rnd.random() * 100, 1),
+            disk_partitions=[partition("/", round(rnd.random() * 100, 1)),
+                             partition("/boot", 12.0)][:1 + i % 2],
+            network_per_interface=interfaces, network_bytes_recv_per_s=rnd.random() * 1e9,
+            sensors_cpu_celsius=None if i % 3 == 0 else temps[0]["celsius"] if temps else 5e-324,
+            sensors_temperatures=temps, sensors_battery_charging=[None, True, False][i % 3],
+            throttling_raw=0x50005 if i % 7 == 0 else 0,
+            throttling_throttled_now=i % 7 == 0))
+    return out
+
+
+def put(store: Store, messages: list[MetricsV1]) -> Any:
+    """Store readings as the hub does, all received at T0 (so rows compare whole)."""
+    return write_readings(store, messages, received_at=T0)
+
+
+def everything(store: Store, source: str = "metrics") -> list[tuple[Any, ...]]:
+    with psycopg.connect(store.url) as conn:
+        return conn.execute(f"select * from {source} order by {KEY}").fetchall()
+
+
+def history(store: Store) -> list[tuple[Any, ...]]:
+    return everything(store, "metrics_history(null, '-infinity', 'infinity')")
+
+
+def compact_all(store: Store, now: datetime) -> ColdStats:
+    stats = ColdStats()
+    compactor = Compactor(store, Retention(30, 90, 730, hot_window_h=48), stats,
+                          clock=lambda: now)
+    while compactor.round():
+        pass
+    return stats
+
+
+def count(store: Store, table: str) -> int:
+    return int(store.query(f"select count(*) as n from {table}")[0]["n"])
+
+
+def test_compaction_keeps_every_value_of_every_reading(store: Store) -> None:
+    readings = (noisy("pi-1", T0, 500, 7.3, seed=1)
+                + noisy("pi-1", T0 + timedelta(hours=1, seconds=1), 300, 3.0, seed=2,
+                        session="s2")  # the agent restarted: new session, seq from 1
+                + noisy("pi-2", T0 + timedelta(minutes=30), 200, 11.0, seed=3))
+    put(store, readings)
+    before = everything(store)
+    assert len(before) == 1000
+
+    stats = compact_all(store, T0 + timedelta(days=3))
+
+    assert count(store, "metrics") == 0
+    blocks = store.query("select device_id, hour, readings from metrics_cold order by 2, 1")
+    assert sum(b["readings"] for b in blocks) == 1000 and stats.compacted_readings == 1000
+    assert [(b["device_id"], b["hour"]) for b in blocks] == [
+        ("pi-1", T0), ("pi-2", T0), ("pi-1", T0 + timedelta(hours=1)),
+        ("pi-2", T0 + timedelta(hours=1))]
+    assert history(store) == before  # every column, nulls, floats bit for bit, jsonb
+    assert everything(store, "metrics_all") == before
+
+
+def test_only_what_is_older_than_the_hot_window_moves(store: Store) -> None:
+    put(store, noisy("pi-1", T0, 100, 60.0, seed=4))  # 100 minutes
+    now = T0 + timedelta(hours=48, minutes=70)
+    compact_all(store, now)
+    # The hour holding now - 48 h is still partly hot: only the whole hours before it go.
+    assert store.query("select hour from metrics_cold") == [{"hour": T0}]
+    assert count(store, "metrics") == 40
+
+
+def test_late_and_redelivered_readings_after_compaction(store: Store) -> None:
+    readings = noisy("pi-1", T0, 300, 10.0, seed=5)
+    put(store, readings)
+    compact_all(store, T0 + timedelta(days=3))
+    minute = store.query("select sum(readings) as n from metrics_1m")[0]["n"]
+
+    # A reading the hub already stored and compacted comes again (lost PUBACK, agent
+    # spool replay): nothing is inserted and the rollups do not count it twice.
+    assert put(store, readings[10:20]).inserted == 0
+    # A reading never seen before, for the compacted hour, arrives late.
+    late = noisy("pi-1", T0 + timedelta(seconds=5), 1, 1.0, seed=6, session="late")
+    assert put(store, late).inserted == 1
+    assert store.query("select sum(readings) as n from metrics_1m")[0]["n"] == minute + 1
+    assert len(history(store)) == 301  # readers see it at once, from the hot tier
+
+    stats = compact_all(store, T0 + timedelta(days=3))  # merged into the block
+    assert stats.compacted_hours == 1 and count(store, "metrics") == 0
+    rows = history(store)
+    assert len(rows) == 301
+    expected = write_and_read(store.url, readings + late)
+    assert rows == expected
+
+
+def test_a_redelivery_racing_compaction_is_dropped_at_the_next_merge(store: Store) -> None:
+    readings = noisy("pi-1", T0, 50, 10.0, seed=7)
+    put(store, readings)
+    before = everything(store)
+    compact_all(store, T0 + timedelta(days=3))
+    # As if the redelivery had been inserted while compaction moved its hour: the same
+    # key in both tiers. The next round keeps one copy (the block's).
+    with psycopg.connect(store.url) as conn:
+        conn.execute("insert into metrics select * from metrics_cold_rows(null, "
+                     "'-infinity', 'infinity') order by ts limit 3")
+    stats = compact_all(store, T0 + timedelta(days=3))
+    assert stats.duplicates_dropped == 3
+    assert history(store) == before
+
+
+def write_and_read(url: str, messages: list[MetricsV1]) -> list[tuple[Any, ...]]:
+    """The rows ``messages`` give when stored hot in a scratch database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        name = "scratch_" + os.urandom(4).hex()
+        conn.execute(f"create database {name}")
+    scratch = Store(url.rsplit("/", 1)[0] + "/" + name)
+    try:
+        scratch.migrate()
+        put(scratch, messages)
+        return everything(scratch)
+    finally:
+        scratch.close()
+
+
+def test_sigkill_mid_compaction_then_again_loses_and_duplicates_nothing(
+        store: Store, db_url: str) -> None:
+    for d in range(6):
+        put(store, noisy(f"pi-{d}", T0, 720, 5.0, seed=10 + d))  # 1 h each
+    before = everything(store)
+    env = {**os.environ, "FLEETPULSE_DB": db_url, "FLEETPULSE_HOT_WINDOW_H": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "hub.main", "compact"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            # Kill it while a block's transaction has written (it has an xid) and not
+            # committed, after at least one block was committed.
+            while time.monotonic() < deadline:
+                done = conn.execute("select count(*) from metrics_cold").fetchone()
+                busy = conn.execute(
+                    "select count(*) from pg_stat_activity where application_name = "
+                    "'fleetpulse-hub-compact' and backend_xid is not null").fetchone()
+                if done and busy and done[0] >= 1 and busy[0] >= 1:
+                    break
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.005)
+            else:
+                pytest.fail("compaction never got going")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    # The killed transaction is rolled back (its backend sees the client gone).
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 30
+        while conn.execute("select count(*) from pg_stat_activity where application_name = "
+                           "'fleetpulse-hub-compact'").fetchone() != (0,):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    midway = history(store)
+    assert midway == before  # each reading in exactly one tier
+    assert 0 < count(store, "metrics_cold") < 6
+
+    rerun = subprocess.run([sys.executable, "-m", "hub.main", "compact"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert count(store, "metrics") == 0 and count(store, "metrics_cold") == 6
+    assert history(store) == before
+
+
+def test_over_budget_the_oldest_cold_hours_go_logged_and_counted(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    for h in range(4):
+        put(store, noisy("pi-1", T0 + timedelta(hours=h), 200, 10.0, seed=20 + h,
+                                    first_seq=1 + 200 * h))
+    compact_all(store, T0 + timedelta(days=3))
+    sizes = store.tier_sizes()
+    per_block = sizes["cold_live"] / sizes["cold_blocks"]
+    budget = int(used_bytes(sizes) - 1.5 * per_block)  # room for all but two hours
+    stats = ColdStats()
+    with caplog.at_level(logging.ERROR, logger="hub.retention"):
+        dropped = enforce_budget(store, budget, stats, batch=1)
+    assert dropped == 2 and stats.budget_dropped_hours == 2
+    assert stats.budget_dropped_readings == 400
+    assert [r["hour"] for r in store.query("select hour from metrics_cold order by 1")] == [
+        T0 + timedelta(hours=2), T0 + timedelta(hours=3)]
+    assert "Storage budget" in caplog.text and "dropped the 1 oldest" in caplog.text
+    assert used_bytes(store.tier_sizes()) <= budget
+    # Nothing cold left to drop: an ERROR saying what to do, once, and the excess counted.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="hub.retention"):
+        enforce_budget(store, 1, stats)
+        enforce_budget(store, 1, stats)
+    assert stats.over_budget_bytes > 0
+    assert caplog.text.count("raise storage_budget_bytes") == 1
+
+
+def test_series_and_export_read_across_the_tier_boundary(store: Store) -> None:
+    readings = noisy("pi-1", T0, 720, 10.0, seed=30)  # 2 hours
+    put(store, readings)
+    hot_only = FleetReader(store).series("pi-1", T0, T0 + timedelta(hours=2),
+                                         choose_resolution(T0, T0 + timedelta(hours=2),
+                                                           source="raw"), ("cpu_percent",))
+    before = everything(store)
+    compactor = Compactor(store, Retention(30, 90, 730, hot_window_h=48), ColdStats(),
+                          clock=lambda: T0 + timedelta(hours=49))
+    compactor.round()
+    assert store.query("select hour from metrics_cold") == [{"hour": T0}]  # 1st hour cold
+    assert count(store, "metrics") == 360
+
+    start, end = T0 + timedelta(minutes=30), T0 + timedelta(minutes=90)
+    for source in ("raw", "1m"):
+        series = FleetReader(store).series("pi-1", start, end, choose_resolution(
+            start, end, source=source), ("cpu_percent", "memory_percent"))
+        assert series["t"][0] == start.timestamp() and series["t"][-1] >= (
+            end - timedelta(minutes=1)).timestamp()
+    whole = FleetReader(store).series("pi-1", T0, T0 + timedelta(hours=2), choose_resolution(
+        T0, T0 + timedelta(hours=2), source="raw"), ("cpu_percent",))
+    assert whole == hot_only  # the same points, per-core included, from both tiers
+
+    out = io.BytesIO()
+    assert export_to_file(store, out, "csv", T0, T0 + timedelta(hours=2), "pi-1") == 720
+    lines = out.getvalue().decode().splitlines()
+    assert len(lines) == 721
+    ts = [line.split(",")[3] for line in lines[1:]]
+    assert ts == sorted(ts) and ts == [r[3].isoformat() for r in before]
+
+
+def test_a_block_written_before_a_column_existed_reads_back_null(store: Store) -> None:
+    put(store, noisy("pi-1", T0, 30, 10.0, seed=40))
+    compact_all(store, T0 + timedelta(days=3))
+    # What an old block looks like: it lacks a column (and a record field) the schema has.
+    with psycopg.connect(store.url) as conn:
+        conn.execute("update metrics_cold set cpu_load_1 = null, "
+                     "network_per_interface__drops_out = null, parts = array(select p from "
+                     "unnest(parts) p where p not in ('cpu_load_1', "
+                     "'network_per_interface__drops_out'))")
+    rows = store.query("select cpu_load_1, network_per_interface from metrics_all")
+    assert all(r["cpu_load_1"] is None for r in rows)
+    interfaces = [i for r in rows for i in r["network_per_interface"]]
+    assert interfaces and all("drops_out" not in i and "drops_in" in i for i in interfaces)
+
+
+def test_the_cold_table_has_an_array_column_per_part_of_the_layout(store: Store) -> None:
+    columns = {r["column_name"]: r["udt_name"] for r in store.query(
+        "select column_name, udt_name from information_schema.columns where table_name = "
+        "'metrics_cold'")}
+    for part in cold.layout().parts:
+        assert columns[part.name] == "_" + {"text[]": "text", "bigint[]": "int8",
+                                            "boolean[]": "bool", "timestamptz[]": "timestamptz",
+                                            "numeric[]": "numeric", "integer[]": "int4",
+                                            "double precision[]": "float8"}[
+                                                part.pg_type]

@@ -1,0 +1,120 @@
+"""The cold tier's layout and the storage arithmetic (pure)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from hub import cold
+from hub.retention import (
+    ColdStats,
+    Compactor,
+    Retention,
+    cold_bytes_per_device_day,
+    device_days_fit,
+    tier_summary,
+    used_bytes,
+)
+from hub.status import format_tiers
+from shared.errors import PermanentStoreError
+from shared.schema import Column, metrics_columns
+
+SIZES = {"hot": 4_000_000, "cold": 9_000_000, "cold_live": 8_000_000, "minute": 500_000,
+         "hour": 100_000, "quarantine": 50_000, "database": 20_000_000, "cold_blocks": 10,
+         "cold_readings": 36_000, "hot_readings": 2_000}
+
+
+def test_layout_has_an_array_for_every_column_and_record_field() -> None:
+    lay = cold.layout()
+    names = {p.name for p in lay.parts}
+    for column in metrics_columns():
+        if column.name == "device_id":
+            assert column.name not in names  # the block's key
+        elif column.pg_type == "jsonb":
+            assert f"{column.name}__n" in names
+        else:
+            assert column.name in names
+    assert {"network_per_interface__name", "network_per_interface__bytes_sent_per_s",
+            "disk_partitions__mountpoint", "sensors_temperatures__celsius",
+            "cpu_per_core_percent__n"} <= names
+    assert lay.part("cpu_percent").pg_type == "double precision[]"
+    assert lay.part("disk_partitions__percent").pg_type == "numeric[]"  # as jsonb had it
+    assert lay.part("seq").pg_type == "bigint[]"
+
+
+def test_a_column_added_to_the_schema_gets_its_array_and_is_read_back() -> None:
+    columns = [*metrics_columns(), Column("clock_offset_s", "double precision",
+                                          ("clock", "offset_s"))]
+    lay = cold.layout(columns)
+    assert lay.part("clock_offset_s").pg_type == "double precision[]"
+    ddl = cold.ensure_sql(lay)
+    assert ('alter table metrics_cold add column if not exists "clock_offset_s" '
+            "double precision[]") in ddl
+    assert '"clock_offset_s"' in cold.rows_function_sql(lay)
+
+
+def test_a_block_is_the_utc_hour_of_its_readings() -> None:
+    india = timezone(timedelta(hours=5, minutes=30))
+    local = datetime(2026, 11, 20, 15, 59, 59, 999000, tzinfo=india)
+    assert cold.hour_of(local) == datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+def test_the_budget_counts_live_cold_bytes_not_the_files() -> None:
+    assert used_bytes(SIZES) == 4_000_000 + 8_000_000 + 500_000 + 100_000 + 50_000
+    per_day = cold_bytes_per_device_day(SIZES)
+    assert per_day == 8_000_000 / 36_000 * 86400
+    fit = device_days_fit(SIZES, 100_000_000)
+    assert fit is not None and round(fit * per_day) == 100_000_000 - 4_650_000
+    assert device_days_fit(SIZES, 0) is None
+    assert device_days_fit({**SIZES, "cold_readings": 0}, 10**9) is None
+    assert device_days_fit(SIZES, 1_000) == 0.0
+
+
+def test_status_shows_each_tier_and_the_room_left() -> None:
+    text = format_tiers(tier_summary(SIZES, 100_000_000))
+    assert "hot (one row per reading)      3.8 MB, 2,000 readings" in text
+    assert "cold (one row per device-hour) 7.6 MB, 36,000 readings, 18.3 MB per device-day" in text
+    assert "12.1 MB used of 95.4 MB, room for 5 device-days of cold history" in text
+    assert "none (storage_budget_bytes = 0)" in format_tiers(tier_summary(SIZES, 0))
+
+
+class FakeColdStore:
+    """Device-hours to compact; one of them refuses (its block would not read back)."""
+
+    def __init__(self, hours: list[tuple[str, datetime]], refusing: tuple[str, datetime]) -> None:
+        self.hot = list(hours)
+        self.refusing = refusing
+        self.compacted: list[tuple[str, datetime]] = []
+
+    def cold_candidates(self, before: datetime, limit: int) -> list[tuple[str, datetime, int]]:
+        return [(d, h, 1) for d, h in self.hot if h < before][:limit]
+
+    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime) -> object:
+        if (device_id, hour) == self.refusing:
+            raise PermanentStoreError("the cold block does not read back")
+        self.hot.remove((device_id, hour))
+        self.compacted.append((device_id, hour))
+        return None
+
+    def tier_sizes(self) -> dict[str, int]:
+        return SIZES
+
+    def drop_oldest_cold(self, count: int) -> list[tuple[str, datetime, int]]:
+        return []
+
+
+def test_a_block_that_does_not_read_back_stays_hot_and_holds_up_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    hours = [("pi-1", t0), ("pi-2", t0), ("pi-1", t0 + timedelta(hours=1))]
+    store = FakeColdStore(hours, refusing=("pi-1", t0))
+    stats = ColdStats()
+    compactor = Compactor(store, Retention(30, 90, 730), stats,
+                          clock=lambda: t0 + timedelta(days=3))
+    with caplog.at_level(logging.ERROR):
+        assert compactor.round() == 2
+        assert compactor.round() == 0  # nothing left but the refused one: not retried
+    assert store.compacted == hours[1:] and store.hot == [("pi-1", t0)]
+    assert stats.failures == 1 and caplog.text.count("Not compacting pi-1") == 1
