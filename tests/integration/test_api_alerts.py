@@ -25,7 +25,6 @@ from shared.topics import alert_topic
 from tests.servers import MosquittoServer, wait_for
 from tests.web.readings import series, write_readings
 
-pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 

@@ -25,8 +25,6 @@ from hub.validate import validate
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 
-pytestmark = pytest.mark.integration
-
 PREFIX = "fp"
 
 

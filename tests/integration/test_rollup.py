@@ -14,7 +14,6 @@ from hub.store import Store
 from shared.errors import StoreError
 from tests.web.readings import reading, series, write_readings
 
-pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 
 

@@ -27,8 +27,6 @@ from hub.validate import validate
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 CLI_DIR = ROOT / "tests/supabase-cli"
 PREFIX = "fp"

@@ -26,8 +26,6 @@ from tests.processes import query, wait_hub_subscribed, wait_rows
 from tests.servers import MosquittoServer, PgBouncer, PostgresServer, free_port, wait_for
 from tests.unit.hub.messages import NOW, metrics_bytes
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "fp"
 

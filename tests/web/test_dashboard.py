@@ -35,7 +35,6 @@ from tests import processes
 from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
 from tests.web.readings import partition, series, write_readings
 
-pytestmark = pytest.mark.integration
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 AGENT = "web-1"
 
