@@ -24,7 +24,7 @@ from hub.store import Store, StorePool
 from hub.when import parse_when
 from shared.schema import metrics_columns
 from tests.processes import base_env
-from tests.web.readings import partition, series, write_readings
+from tests.readings import partition, series, write_readings
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 NAMES = [c.name for c in metrics_columns()]

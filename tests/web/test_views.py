@@ -22,8 +22,8 @@ from hub.api import HttpServer, HubHealth, create_app
 from hub.batch import DeviceEvents
 from hub.read import FleetReader
 from hub.store import Store, StorePool
+from tests.readings import series, write_readings
 from tests.servers import PostgresServer, free_port, wait_for
-from tests.web.readings import series, write_readings
 from tests.web.test_dashboard import _chromium, screenshot
 
 YOUNG = "pi-young"
