@@ -32,8 +32,8 @@ from hub.clock import ClockPlacer
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
 from hub.receive import Inbox, Receiver
 from hub.retention import ColdStats, Compactor, Retention, housekeep, tier_summary
-from hub.status import format_fleet, format_tiers
 from hub.store import Store, StorePool
+from hub.table import format_fleet, format_tiers
 from hub.validate import Limits, Result, validate
 from hub.watch import AlertWatcher
 from hub.write import backoff_s, write_batch
@@ -275,8 +275,8 @@ def load_rules(settings: HubSettings) -> list[Rule]:
         raise ConfigError([f"{where}: {exc}."]) from None
 
 
-def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: float,
-          stop: threading.Event) -> None:
+def run_alerts_loop(store: Store, watcher: AlertWatcher, retention: Retention,
+                    every_s: float, stop: threading.Event) -> None:
     """Evaluate the alert rules every ``every_s``; housekeep at start and each new UTC day."""
     housekept: object = None
     postponed: object = None
@@ -381,7 +381,7 @@ def run(settings: HubSettings) -> int:
     watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
         topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
     retention = retention_of(settings)
-    watching = threading.Thread(target=watch, name="alerts", daemon=True,
+    watching = threading.Thread(target=run_alerts_loop, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
                                       stop))
     # Compaction has a connection and a thread of its own: a block takes a second or so of
@@ -467,7 +467,7 @@ def compact(settings: HubSettings) -> int:
     return 0
 
 
-def export(settings: HubSettings, args: argparse.Namespace) -> int:
+def run_export(settings: HubSettings, args: argparse.Namespace) -> int:
     """``fleetpulse-hub export``: stream rows to a CSV or Parquet file, progress on stderr."""
     from hub.export import export_to_file, format_for_path, parse_format
     from hub.when import parse_when
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return status(settings)
     if args.command == "export":
-        return export(settings, args)
+        return run_export(settings, args)
     if args.command == "compact":
         return compact(settings)
     if args.command in ("add-device", "revoke-device"):
