@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
 from hub.batch import Batch, Batcher, Inbound
@@ -524,12 +525,18 @@ def run_export(settings: HubSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A wrong command or flag: one line saying what, not the whole usage (--help has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}. See {self.prog} --help.\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetpulse-hub",
-                                     description="Store and show the metrics of a fleet.")
+    parser = _OneLineErrors(prog="fleetpulse-hub",
+                            description="Store and show the metrics of a fleet.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "status", "migrate", "export", "compact",
-                                            "add-device", "revoke-device", "init-deploy"])
+    parser.add_argument("command", choices=[*COMMANDS, "init-deploy"])
     accounts = parser.add_argument_group("add-device / revoke-device")
     accounts.add_argument("device_id", nargs="?", help="the device's id (= its broker user name)")
     accounts.add_argument("--password-file", type=Path, default=DEFAULT_PASSWORD_FILE,
@@ -556,6 +563,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_migrate(settings: HubSettings) -> int:
+    """``fleetpulse-hub migrate``: create or upgrade the tables, then exit."""
+    store = Store(database_url(settings))
+    try:
+        print("\n".join(store.migrate()) or "Schema is current.")
+    except StoreError as exc:
+        print(f"Cannot migrate the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def run_device_account(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``fleetpulse-hub add-device`` / ``revoke-device``: a device's broker account."""
+    if not args.device_id:
+        print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
+        return 2
+    if args.command == "add-device":
+        return run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
+                              explicit_url=args.broker_url is not None)
+    return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
+
+
+# The commands that need the settings, each a function of them and the parsed arguments.
+# The parser's choices are this table's keys (and init-deploy, which needs no settings), so
+# a command without a function here cannot be given.
+COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
+    "run": lambda settings, args: run(settings),
+    "status": lambda settings, args: status(settings),
+    "migrate": lambda settings, args: run_migrate(settings),
+    "export": lambda settings, args: run_export(settings, args),
+    "compact": lambda settings, args: compact(settings),
+    "add-device": lambda settings, args: run_device_account(settings, args),
+    "revoke-device": lambda settings, args: run_device_account(settings, args),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "init-deploy":
@@ -573,31 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "run":
-        return run(settings)
-    if args.command == "status":
-        return status(settings)
-    if args.command == "export":
-        return run_export(settings, args)
-    if args.command == "compact":
-        return compact(settings)
-    if args.command in ("add-device", "revoke-device"):
-        if not args.device_id:
-            print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
-            return 2
-        if args.command == "add-device":
-            return run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
-                                  explicit_url=args.broker_url is not None)
-        return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
-    store = Store(database_url(settings))
-    try:
-        print("\n".join(store.migrate()) or "Schema is current.")
-    except StoreError as exc:
-        print(f"Cannot migrate the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    return 0
+    return COMMANDS[args.command](settings, args)
 
 
 if __name__ == "__main__":
