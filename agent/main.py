@@ -197,8 +197,8 @@ class Agent:
                               len(payload), MAX_READING_BYTES)
                 else:
                     unsynced_at = boot if self._clock_synced is False else None
-                    self.outbox.submit(EncodedReading(self.session_id, self._seq, epoch, payload,
-                                               unsynced_at), now)
+                    self.outbox.submit(EncodedReading(self.session_id, self._seq, epoch,
+                                                      payload, unsynced_at), now)
                 tick = next_tick(tick, interval, time.monotonic())
                 if self._seq == 1:
                     self.notifier.ready(self._status_line())  # the first reading is taken
