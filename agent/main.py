@@ -28,7 +28,7 @@ from agent.processes import ProcessSampler, ProcessWatcher
 from agent.publish import Outbox
 from agent.service import COMMANDS as SERVICE_COMMANDS
 from agent.service import add_service_arguments, run_service_command
-from agent.spool import Reading, Spool
+from agent.spool import EncodedReading, Spool
 from shared import __version__
 from shared.config import AgentSettings, add_setting_flags, parse_broker_url, settings_from_args
 from shared.errors import ConfigError
@@ -197,8 +197,8 @@ class Agent:
                               len(payload), MAX_READING_BYTES)
                 else:
                     unsynced_at = boot if self._clock_synced is False else None
-                    self.outbox.submit(Reading(self.session_id, self._seq, epoch, payload,
-                                               unsynced_at), now)
+                    self.outbox.submit(EncodedReading(self.session_id, self._seq, epoch,
+                                                      payload, unsynced_at), now)
                 tick = next_tick(tick, interval, time.monotonic())
                 if self._seq == 1:
                     self.notifier.ready(self._status_line())  # the first reading is taken

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.clock import boot_clock_s
-from agent.spool import Reading, Spool
+from agent.spool import EncodedReading, Spool
 from shared.schema import AGE_EXPIRY_S, AGE_PROPERTY
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Transport(Protocol):
 
 @dataclass
 class _InFlight:
-    reading: Reading
+    reading: EncodedReading
     sent_at: float  # monotonic
     spooled: bool
 
@@ -71,7 +71,7 @@ class Outbox:
     stats: OutboxStats = field(default_factory=OutboxStats)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _inflight: dict[int, _InFlight] = field(default_factory=dict, init=False)
-    _waiting: list[Reading] = field(default_factory=list, init=False)  # not yet on disk
+    _waiting: list[EncodedReading] = field(default_factory=list, init=False)  # not yet on disk
     _acked_spooled: list[tuple[str, int]] = field(default_factory=list, init=False)
     _last_flush: float | None = field(default=None, init=False)
     _replay_tokens: float = field(default=0.0, init=False)
@@ -80,7 +80,7 @@ class Outbox:
     _acks: deque[tuple[int, bool]] = field(default_factory=deque, init=False)
 
     # --- called by the collection loop ----------------------------------------------------
-    def submit(self, reading: Reading, now: float) -> None:
+    def submit(self, reading: EncodedReading, now: float) -> None:
         """Hand over a fresh reading: publish it now if possible, else keep it for the spool."""
         with self._lock:
             self._apply_acks()
@@ -149,7 +149,7 @@ class Outbox:
             if entry.spooled:
                 self._acked_spooled.append(entry.reading.key)
 
-    def _send(self, reading: Reading, now: float, *, spooled: bool) -> None:
+    def _send(self, reading: EncodedReading, now: float, *, spooled: bool) -> None:
         if reading.unsynced_boot_s is not None and reading.session_id == self.session_id:
             age_ms = max(0, round((self.boot_clock() - reading.unsynced_boot_s) * 1000))
             mid = self.transport.publish(self.topic, reading.payload, qos=1,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Reading:
+class EncodedReading:
     """One encoded reading and its identity (session, seq) and time (epoch seconds)."""
 
     session_id: str
@@ -42,7 +42,7 @@ class Reading:
 @dataclass(frozen=True)
 class SpooledReading:
     row_id: int
-    reading: Reading
+    reading: EncodedReading
 
 
 class Spool:
@@ -101,7 +101,7 @@ class Spool:
         """Readings dropped because the spool was full or too old, ever."""
         return self._dropped
 
-    def add(self, readings: Iterable[Reading], now_epoch_s: float) -> int:
+    def add(self, readings: Iterable[EncodedReading], now_epoch_s: float) -> int:
         """Store readings in one transaction, then trim to the bounds; return how many dropped."""
         rows = [(r.session_id, r.seq, r.epoch_s, r.payload, r.unsynced_boot_s)
                 for r in readings]
@@ -145,7 +145,7 @@ class Spool:
         """Return up to ``limit`` readings, oldest first, with row id above ``after_id``."""
         if self._db is None:
             return []
-        return [SpooledReading(row_id, Reading(s, q, t, bytes(p), b))
+        return [SpooledReading(row_id, EncodedReading(s, q, t, bytes(p), b))
                 for row_id, s, q, t, p, b in self._db.execute(
                     "select id, session_id, seq, epoch_s, payload, unsynced_boot_s "
                     "from readings where id > ? order by id limit ?", (after_id, limit))]

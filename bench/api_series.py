@@ -28,8 +28,8 @@ from hub.api import HttpServer, HubHealth, create_app
 from hub.read import SERIES_COLUMNS, FleetReader
 from hub.rollup import choose_resolution, series_sql
 from hub.store import Store, StorePool
+from tests.readings import series, write_readings
 from tests.servers import PostgresServer, free_port
-from tests.web.readings import series, write_readings
 
 
 def median_ms(samples: list[float]) -> tuple[float, float]:

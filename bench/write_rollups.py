@@ -26,8 +26,8 @@ import hub.store
 from hub.batch import DeviceEvents
 from hub.store import Store
 from shared.schema import metrics_columns, metrics_row
+from tests.readings import reading
 from tests.servers import PostgresServer
-from tests.web.readings import reading
 
 _NAMES = ", ".join(c.name for c in metrics_columns())
 PLAIN = (f"with ins as (insert into metrics ({_NAMES}) select {_NAMES} from metrics_in "

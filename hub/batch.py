@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from hub.validate import Accepted, Rejected, Result
 from shared.schema import metrics_row
+
+
+class Ack(NamedTuple):
+    """What acknowledging one message takes, once the batch holding it is committed."""
+
+    mid: int  # the packet identifier the broker gave it
+    qos: int
+    generation: int  # which connection delivered it: acks of a replaced one are not sent
 
 
 @dataclass(frozen=True)
@@ -17,7 +25,7 @@ class Inbound:
     topic: str
     payload: bytes
     received_at: datetime
-    ack: Any = None
+    ack: Ack
     # How long the agent held the reading before sending it (MQTT v5 user property, set
     # for readings stamped by an unsynchronised clock: hub/clock.py), else None.
     age_s: float | None = None
@@ -64,7 +72,7 @@ class Batch:
     row_sources: list[Inbound] = field(default_factory=list)  # parallel to rows
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     devices: DeviceEvents = field(default_factory=DeviceEvents)
-    acks: list[Any] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.acks)

@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
 from hub.batch import Batch, Batcher, Inbound
@@ -32,8 +33,8 @@ from hub.clock import ClockPlacer
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
 from hub.receive import Inbox, Receiver
 from hub.retention import ColdStats, Compactor, Retention, housekeep, tier_summary
-from hub.status import format_fleet, format_tiers
 from hub.store import Store, StorePool
+from hub.table import format_fleet, format_tiers
 from hub.validate import Limits, Result, validate
 from hub.watch import AlertWatcher
 from hub.write import backoff_s, write_batch
@@ -275,8 +276,8 @@ def load_rules(settings: HubSettings) -> list[Rule]:
         raise ConfigError([f"{where}: {exc}."]) from None
 
 
-def watch(store: Store, watcher: AlertWatcher, retention: Retention, every_s: float,
-          stop: threading.Event) -> None:
+def run_alerts_loop(store: Store, watcher: AlertWatcher, retention: Retention,
+                    every_s: float, stop: threading.Event) -> None:
     """Evaluate the alert rules every ``every_s``; housekeep at start and each new UTC day."""
     housekept: object = None
     postponed: object = None
@@ -381,7 +382,7 @@ def run(settings: HubSettings) -> int:
     watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
         topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
     retention = retention_of(settings)
-    watching = threading.Thread(target=watch, name="alerts", daemon=True,
+    watching = threading.Thread(target=run_alerts_loop, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
                                       stop))
     # Compaction has a connection and a thread of its own: a block takes a second or so of
@@ -467,7 +468,7 @@ def compact(settings: HubSettings) -> int:
     return 0
 
 
-def export(settings: HubSettings, args: argparse.Namespace) -> int:
+def run_export(settings: HubSettings, args: argparse.Namespace) -> int:
     """``fleetpulse-hub export``: stream rows to a CSV or Parquet file, progress on stderr."""
     from hub.export import export_to_file, format_for_path, parse_format
     from hub.when import parse_when
@@ -524,12 +525,18 @@ def export(settings: HubSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A wrong command or flag: one line saying what, not the whole usage (--help has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}. See {self.prog} --help.\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetpulse-hub",
-                                     description="Store and show the metrics of a fleet.")
+    parser = _OneLineErrors(prog="fleetpulse-hub",
+                            description="Store and show the metrics of a fleet.")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("command", choices=["run", "status", "migrate", "export", "compact",
-                                            "add-device", "revoke-device", "init-deploy"])
+    parser.add_argument("command", choices=[*COMMANDS, "init-deploy"])
     accounts = parser.add_argument_group("add-device / revoke-device")
     accounts.add_argument("device_id", nargs="?", help="the device's id (= its broker user name)")
     accounts.add_argument("--password-file", type=Path, default=DEFAULT_PASSWORD_FILE,
@@ -556,6 +563,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_migrate(settings: HubSettings) -> int:
+    """``fleetpulse-hub migrate``: create or upgrade the tables, then exit."""
+    store = Store(database_url(settings))
+    try:
+        print("\n".join(store.migrate()) or "Schema is current.")
+    except StoreError as exc:
+        print(f"Cannot migrate the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def run_device_account(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``fleetpulse-hub add-device`` / ``revoke-device``: a device's broker account."""
+    if not args.device_id:
+        print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
+        return 2
+    if args.command == "add-device":
+        return run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
+                              explicit_url=args.broker_url is not None)
+    return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
+
+
+# The commands that need the settings, each a function of them and the parsed arguments.
+# The parser's choices are this table's keys (and init-deploy, which needs no settings), so
+# a command without a function here cannot be given.
+COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
+    "run": lambda settings, args: run(settings),
+    "status": lambda settings, args: status(settings),
+    "migrate": lambda settings, args: run_migrate(settings),
+    "export": lambda settings, args: run_export(settings, args),
+    "compact": lambda settings, args: compact(settings),
+    "add-device": lambda settings, args: run_device_account(settings, args),
+    "revoke-device": lambda settings, args: run_device_account(settings, args),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "init-deploy":
@@ -573,31 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "run":
-        return run(settings)
-    if args.command == "status":
-        return status(settings)
-    if args.command == "export":
-        return export(settings, args)
-    if args.command == "compact":
-        return compact(settings)
-    if args.command in ("add-device", "revoke-device"):
-        if not args.device_id:
-            print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
-            return 2
-        if args.command == "add-device":
-            return run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
-                                  explicit_url=args.broker_url is not None)
-        return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
-    store = Store(database_url(settings))
-    try:
-        print("\n".join(store.migrate()) or "Schema is current.")
-    except StoreError as exc:
-        print(f"Cannot migrate the database: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    return 0
+    return COMMANDS[args.command](settings, args)
 
 
 if __name__ == "__main__":

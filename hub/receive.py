@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from hub.batch import Inbound
+from hub.batch import Ack, Inbound
 from shared import __version__
 from shared.config import HubSettings, parse_broker_url
 from shared.mqtt import MqttConnection, Received
@@ -120,15 +120,15 @@ class Receiver:
 
     def _take(self, message: Received) -> None:
         self._inbox.put(Inbound(message.topic, message.payload, datetime.now(UTC),
-                                (message.mid, message.qos, message.generation),
+                                Ack(message.mid, message.qos, message.generation),
                                 age_from_properties(message.user_properties,
                                                     message.expiry_s)))
 
     def is_stale(self, message: Inbound) -> bool:
         """Tell whether a message came over a connection that has since been replaced."""
-        return bool(message.ack[2] != self.mqtt.generation)
+        return message.ack.generation != self.mqtt.generation
 
-    def ack(self, tokens: Iterable[tuple[int, int, int]]) -> None:
+    def ack(self, tokens: Iterable[Ack]) -> None:
         """Acknowledge stored messages, in the order they arrived (MQTT 5.0, 4.6)."""
-        for mid, qos, generation in tokens:
-            self.mqtt.ack(mid, qos, generation)
+        for token in tokens:
+            self.mqtt.ack(token.mid, token.qos, token.generation)

@@ -36,9 +36,23 @@ log = logging.getLogger(__name__)
 COLUMNS = metrics_columns()
 _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(c.name) for c in COLUMNS)
 _COPY_TYPES = [c.pg_type.replace("double precision", "float8") for c in COLUMNS]
-# SQLSTATE classes worth retrying: connection (08), transaction rollback (40), resources
-# (53), operator intervention such as shutdown or "starting up" (57), system error (58).
-_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+# SQLSTATE classes (its first two characters), named as in PostgreSQL's Appendix A,
+# "PostgreSQL Error Codes". Transient ones are retried with the batch as it is:
+_TRANSIENT_CLASSES = (
+    "08",  # Connection Exception: the connection failed or broke
+    "40",  # Transaction Rollback: serialization failure, deadlock detected
+    "53",  # Insufficient Resources: disk full, out of memory, too many connections
+    "57",  # Operator Intervention: admin or crash shutdown, "the database system is starting up"
+    "58",  # System Error (external to PostgreSQL): an I/O error
+)
+# Every other class is permanent: retrying the same statement fails the same way. Those seen:
+#   22 Data Exception (a value out of range, text a type rejects): the row is bad, so the
+#      batch is split and that row quarantined (hub/write.py);
+#   23 Integrity Constraint Violation (not null, check): likewise the row;
+#   28 Invalid Authorization Specification (wrong role or password) and
+#   3D Invalid Catalog Name (no such database): fix the URL (see _REFUSED_LOGIN below);
+#   42 Syntax Error or Access Rule Violation (permission denied, undefined table when the
+#      migrations have not run): fix the grants or run ``fleetpulse-hub migrate``.
 
 _INSERT_WITH_ROLLUPS = insert_with_rollups_sql("metrics_in").encode()  # constant SQL of ours
 
@@ -151,7 +165,7 @@ class Store:
                                              application_name=self._application_name,
                                              connect_timeout=5)
             except psycopg.Error as exc:
-                raise classify(exc) from None
+                raise classify(exc) from exc  # keep psycopg's error as the cause
             self._partitions = set()
         return self._conn
 
@@ -167,7 +181,7 @@ class Store:
                 conn.rollback()
             except psycopg.Error:
                 pass
-            raise classify(exc) from None
+            raise classify(exc) from exc  # keep psycopg's error as the cause
 
     def check(self) -> None:
         """Run a trivial query; raise StoreError when the database cannot be used."""
@@ -558,7 +572,7 @@ class Store:
             conn.commit()
             finished = True
         except psycopg.Error as exc:
-            raise classify(exc) from None
+            raise classify(exc) from exc  # keep psycopg's error as the cause
         finally:
             if not finished:
                 try:

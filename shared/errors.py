@@ -2,11 +2,15 @@
 
     FleetpulseError
     ├── ConfigError            a setting is wrong; the message lists one line per problem
-    ├── BrokerError            the MQTT broker refused us or cannot be reached
-    ├── InvalidMessage         a message failed validation; ``reason`` says why (→ quarantine)
     └── StoreError             the database failed
         ├── TransientStoreError   worth retrying (connection lost, server starting, deadlock)
         └── PermanentStoreError   retrying will not help (bad data, missing privilege)
+
+Two failures are not exceptions, on purpose. A message that fails validation is a value,
+``hub.validate.Rejected`` with its reason, which goes to quarantine: raising per bad message
+would cost the hot path and make quarantine a side exit. A broker that refuses us or cannot
+be reached is retried by ``shared.mqtt.MqttConnection`` in paho's thread, which logs one line
+saying what to check: there is no caller to raise to, and the broker may come back.
 """
 
 from __future__ import annotations
@@ -22,18 +26,6 @@ class ConfigError(FleetpulseError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("Invalid configuration: " + " ".join(problems))
-
-
-class BrokerError(FleetpulseError):
-    """The broker refused the connection or could not be reached."""
-
-
-class InvalidMessage(FleetpulseError):
-    """A message failed validation."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 class StoreError(FleetpulseError):

@@ -15,6 +15,23 @@ from tests.servers import MosquittoServer, PostgresServer
 
 _counter = itertools.count()
 
+# Every test in these directories starts servers (or the hub and agent as processes): the
+# `integration` marker goes on them by directory, so a new test file cannot forget it.
+# (pytest hands every conftest's pytest_collection_modifyitems all of the session's items, so
+# a conftest per directory would have to filter by path just the same: it is done once here.)
+_HERE = Path(__file__).parent
+INTEGRATION_DIRS = ("integration", "faults", "web")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            top = item.path.relative_to(_HERE).parts[0]
+        except ValueError:
+            continue  # not under tests/
+        if top in INTEGRATION_DIRS:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def work_root() -> Iterator[Path]:

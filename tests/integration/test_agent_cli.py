@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import TypeAdapter
 
@@ -17,8 +16,6 @@ from shared.schema import MetricsV1
 from tests import processes
 from tests.processes import base_env
 from tests.servers import MosquittoServer, free_port, wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def test_once_prints_one_valid_reading(tmp_path: Path) -> None:

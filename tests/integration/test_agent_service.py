@@ -32,8 +32,6 @@ from tests.processes import agent as agent_process
 from tests.processes import base_env
 from tests.servers import MosquittoServer, wait_for
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).parents[2]
 UNIT = "fleetpulse-agent.service"
 

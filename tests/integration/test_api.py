@@ -16,10 +16,9 @@ from hub.batch import DeviceEvents, QuarantineRecord
 from hub.read import SERIES_COLUMNS, FleetReader
 from hub.store import Store, StorePool
 from shared.config import Secret
+from tests.readings import partition, series, write_readings
 from tests.servers import PostgresServer, free_port, wait_for
-from tests.web.readings import partition, series, write_readings
 
-pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 START = NOW - timedelta(hours=2)
 HEALTHY = HubHealth(broker_connected=True, last_write_at=NOW, backlog=3, received=10,

@@ -22,10 +22,9 @@ from hub.watch import AlertWatcher
 from shared.config import parse_broker_url
 from shared.mqtt import MqttConnection
 from shared.topics import alert_topic
+from tests.readings import series, write_readings
 from tests.servers import MosquittoServer, wait_for
-from tests.web.readings import series, write_readings
 
-pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 

@@ -21,8 +21,6 @@ from tests.integration.test_end_to_end import Counter
 from tests.processes import Process, query, wait_hub_subscribed, wait_rows
 from tests.servers import MosquittoServer, free_port, wait_for
 
-pytestmark = pytest.mark.integration
-
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 UNSYNCED_KERNEL = """\
 #include <sys/timex.h>

@@ -26,9 +26,8 @@ from hub.retention import ColdStats, Compactor, Retention, enforce_budget, used_
 from hub.rollup import choose_resolution
 from hub.store import Store
 from shared.schema import MAX_COUNTER, MetricsV1
-from tests.web.readings import partition, reading, write_readings
+from tests.readings import partition, reading, write_readings
 
-pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "device_id, ts, session_id, seq"

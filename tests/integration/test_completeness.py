@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 from hub.api import HubHealth, create_app
 from hub.read import FleetReader
 from hub.store import Store, StorePool
-from tests.web.readings import series, write_readings
+from tests.readings import series, write_readings
 
-pytestmark = pytest.mark.integration
 # Started 37 s into a minute, 40 minutes ago, and has sent every reading since.
 FIRST = datetime(2026, 11, 23, 11, 20, 37, tzinfo=UTC)
 NOW = FIRST + timedelta(minutes=40)

@@ -39,8 +39,6 @@ from tests.integration.test_security import (
 from tests.processes import Process, query
 from tests.servers import MosquittoServer, PostgresServer, free_port, port_open, wait_for
 
-pytestmark = pytest.mark.integration
-
 # What .env may set (docker-compose.yml interpolates these and nothing else).
 ENV_VARIABLES = ("POSTGRES_PASSWORD", "FLEETPULSE_HUB_BROKER_PASSWORD", "FLEETPULSE_API_TOKEN",
                  "FLEETPULSE_BROKER_HOSTS")

@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-import pytest
 
 from hub.credentials import HUB_USERNAME, hash_password, set_user
 from tests import processes
@@ -25,8 +24,6 @@ from tests.integration.test_security import HUB_PASSWORD, REPO, Client, ShippedB
 from tests.integration.test_versions import new_device
 from tests.processes import Process, query
 from tests.servers import free_port, wait_for
-
-pytestmark = pytest.mark.integration
 
 DEVICE = "pi-clone"
 

@@ -24,9 +24,8 @@ from hub.store import Store, StorePool
 from hub.when import parse_when
 from shared.schema import metrics_columns
 from tests.processes import base_env
-from tests.web.readings import partition, series, write_readings
+from tests.readings import partition, series, write_readings
 
-pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 NAMES = [c.name for c in metrics_columns()]
 INTERFACE = {"name": "eth0", "bytes_sent": 10, "bytes_sent_per_s": 1.5, "bytes_recv": 20,

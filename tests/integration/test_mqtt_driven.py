@@ -17,8 +17,6 @@ from shared.mqtt import RECONNECT_MAX_S, MqttConnection, Will
 from tests.integration.test_security import Client
 from tests.servers import MosquittoServer, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 class Driven:
     """A driven connection and what its callbacks saw."""

@@ -6,10 +6,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).parents[2]
 # Exits one second after SIGTERM, as a hub writing its last batch does.
 SLOW = 'trap "sleep 1; exit 0" TERM; while :; do sleep 0.1; done'

@@ -19,13 +19,11 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from hub.batch import Batcher, Inbound
+from hub.batch import Ack, Batcher, Inbound
 from hub.store import Store
 from hub.validate import validate
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
-
-pytestmark = pytest.mark.integration
 
 PREFIX = "fp"
 
@@ -33,7 +31,8 @@ PREFIX = "fp"
 def write_batch(store: Store, payloads: list[tuple[str, bytes]]) -> None:
     batcher = Batcher(max_rows=10_000, max_age_s=60)
     for i, (topic, payload) in enumerate(payloads):
-        batcher.add(Inbound(topic, payload, NOW, i), validate(topic, payload, NOW, PREFIX), 0)
+        message = Inbound(topic, payload, NOW, Ack(i, 1, 0))
+        batcher.add(message, validate(topic, payload, NOW, PREFIX), 0)
     batch = batcher.take()
     assert batch is not None
     store.write(batch.rows, batch.quarantine, batch.devices)

@@ -12,9 +12,8 @@ from hub.retention import Retention, housekeep
 from hub.rollup import HOUR, MINUTE, rollup_column_types
 from hub.store import Store
 from shared.errors import StoreError
-from tests.web.readings import reading, series, write_readings
+from tests.readings import reading, series, write_readings
 
-pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 
 

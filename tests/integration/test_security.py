@@ -30,8 +30,6 @@ from tests import processes
 from tests.processes import Process, base_env, query
 from tests.servers import MosquittoServer, free_port, port_open, wait_for
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).parents[2]
 HUB_PASSWORD = "hub-test-password"
 NOT_AUTHORIZED = 0x87  # MQTT 5.0 reason code 135

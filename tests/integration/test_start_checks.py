@@ -18,8 +18,6 @@ from paho.mqtt.properties import Properties
 from tests.processes import base_env
 from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).parents[2]
 
 

@@ -9,7 +9,7 @@ import orjson
 import psycopg
 import pytest
 
-from hub.batch import Batcher, Inbound
+from hub.batch import Ack, Batcher, Inbound
 from hub.store import Store
 from hub.validate import validate
 from hub.write import write_batch
@@ -21,7 +21,8 @@ from tests.unit.hub.messages import NOW, metrics, metrics_bytes
 def batch_of(payloads: list[tuple[str, bytes]]):
     batcher = Batcher(max_rows=10_000, max_age_s=60)
     for i, (topic, payload) in enumerate(payloads):
-        batcher.add(Inbound(topic, payload, NOW, i), validate(topic, payload, NOW, "fp"), 0)
+        message = Inbound(topic, payload, NOW, Ack(i, 1, 0))
+        batcher.add(message, validate(topic, payload, NOW, "fp"), 0)
     batch = batcher.take()
     assert batch is not None
     return batch

@@ -21,13 +21,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from hub.batch import Batcher, Inbound
+from hub.batch import Ack, Batcher, Inbound
 from hub.store import Store
 from hub.validate import validate
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
-
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_DIR = ROOT / "tests/supabase-cli"
@@ -114,7 +112,8 @@ def write_readings(db_url: str, device: str, seqs: range) -> None:
                  metrics_bytes(device_id=device, seq=seq, epoch_s=NOW.timestamp() - 60 + seq))
                 for seq in seqs] + [(f"{PREFIX}/{device}/meta", meta_bytes(device_id=device))]
     for i, (topic, payload) in enumerate(payloads):
-        batcher.add(Inbound(topic, payload, NOW, i), validate(topic, payload, NOW, PREFIX), 0)
+        message = Inbound(topic, payload, NOW, Ack(i, 1, 0))
+        batcher.add(message, validate(topic, payload, NOW, PREFIX), 0)
     batch = batcher.take()
     assert batch is not None
     store = Store(db_url)

@@ -13,8 +13,6 @@ from tests import processes
 from tests.integration.test_security import Certs, Client, make_certs
 from tests.servers import MosquittoServer, free_port, port_open, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 class TlsBroker(MosquittoServer):
     """The test broker with a second listener speaking TLS with a certificate for localhost."""

@@ -18,15 +18,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hub.batch import Batcher, Inbound
+from hub.batch import Ack, Batcher, Inbound
 from hub.store import Store
 from hub.validate import validate
 from tests import processes
 from tests.processes import query, wait_hub_subscribed, wait_rows
 from tests.servers import MosquittoServer, PgBouncer, PostgresServer, free_port, wait_for
 from tests.unit.hub.messages import NOW, metrics_bytes
-
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "fp"
@@ -45,7 +43,8 @@ def write(store: Store, device: str, seqs: range, day_offset_s: float = 0.0) -> 
         topic = f"{PREFIX}/{device}/metrics"
         payload = metrics_bytes(device_id=device, seq=seq,
                                 epoch_s=NOW.timestamp() - day_offset_s - 100 + seq)
-        batcher.add(Inbound(topic, payload, NOW, i), validate(topic, payload, NOW, PREFIX), 0)
+        message = Inbound(topic, payload, NOW, Ack(i, 1, 0))
+        batcher.add(message, validate(topic, payload, NOW, PREFIX), 0)
     batch = batcher.take()
     assert batch is not None
     store.write(batch.rows, batch.quarantine, batch.devices)

@@ -25,8 +25,6 @@ from tests.integration.test_security import HUB_PASSWORD, REPO, Client, ShippedB
 from tests.processes import Process, query
 from tests.servers import wait_for
 
-pytestmark = pytest.mark.integration
-
 V1_KEYS = set(MetricsV1.__annotations__) - set(METRICS_OPTIONAL_FIELDS)
 SCHEMA_TOPIC = "fleetpulse/_hub/schema"
 

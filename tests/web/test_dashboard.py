@@ -32,10 +32,9 @@ from hub.store import Store, StorePool
 from shared.config import Secret
 from shared.topics import alert_topic
 from tests import processes
+from tests.readings import partition, series, write_readings
 from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
-from tests.web.readings import partition, series, write_readings
 
-pytestmark = pytest.mark.integration
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 AGENT = "web-1"
 

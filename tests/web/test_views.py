@@ -22,11 +22,10 @@ from hub.api import HttpServer, HubHealth, create_app
 from hub.batch import DeviceEvents
 from hub.read import FleetReader
 from hub.store import Store, StorePool
+from tests.readings import series, write_readings
 from tests.servers import PostgresServer, free_port, wait_for
-from tests.web.readings import series, write_readings
 from tests.web.test_dashboard import _chromium, screenshot
 
-pytestmark = pytest.mark.integration
 YOUNG = "pi-young"
 YOUNG_S = 300  # it has sent a reading every second for the last five minutes
 SPAN = "const x = state.charts.cpu.scales.x; return x.max - x.min"

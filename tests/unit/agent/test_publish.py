@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from agent.publish import Outbox
-from agent.spool import Reading, Spool
+from agent.spool import EncodedReading, Spool
 
 
 class FakeTransport:
@@ -31,8 +31,8 @@ def make(tmp_path, connected=True, **kwargs):
     return outbox, transport, spool
 
 
-def r(seq: int) -> Reading:
-    return Reading("s", seq, 1000.0 + seq, f"reading {seq}".encode())
+def r(seq: int) -> EncodedReading:
+    return EncodedReading("s", seq, 1000.0 + seq, f"reading {seq}".encode())
 
 
 def ack_all(outbox: Outbox, transport: FakeTransport) -> list[bytes]:
@@ -172,8 +172,8 @@ def test_a_reading_stamped_by_an_unsynchronised_clock_is_sent_with_its_age(tmp_p
     outbox, transport, spool = make(tmp_path, connected=False, flush_s=10, session_id="s",
                                     boot_clock=lambda: boot[0])
     outbox.pump(now=0, now_epoch_s=1000)
-    outbox.submit(Reading("s", 1, 1001.0, b"unsynced", unsynced_boot_s=488.5), now=1)
-    outbox.submit(Reading("s", 2, 1002.0, b"synced"), now=2)
+    outbox.submit(EncodedReading("s", 1, 1001.0, b"unsynced", unsynced_boot_s=488.5), now=1)
+    outbox.submit(EncodedReading("s", 2, 1002.0, b"synced"), now=2)
     outbox.pump(now=10, now_epoch_s=1010)  # both to the spool: the age survives it
     assert len(spool) == 2
     transport.connected = True
@@ -187,6 +187,6 @@ def test_a_reading_stamped_by_an_unsynchronised_clock_is_sent_with_its_age(tmp_p
 def test_a_reading_of_an_earlier_session_is_sent_without_an_age(tmp_path):
     # Another run's boot clock may be another boot's: its age would mean nothing.
     outbox, transport, _ = make(tmp_path, session_id="new", boot_clock=lambda: 100.0)
-    outbox.submit(Reading("old", 7, 900.0, b"old", unsynced_boot_s=50.0), now=1)
-    outbox.submit(Reading("new", 1, 901.0, b"new", unsynced_boot_s=99.0), now=1)
+    outbox.submit(EncodedReading("old", 7, 900.0, b"old", unsynced_boot_s=50.0), now=1)
+    outbox.submit(EncodedReading("new", 1, 901.0, b"new", unsynced_boot_s=99.0), now=1)
     assert transport.properties == {b"old": (), b"new": (("age-ms", "1000"),)}

@@ -2,11 +2,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.spool import Reading, Spool
+from agent.spool import EncodedReading, Spool
 
 
-def reading(seq: int, t: float = 1000.0, size: int = 10, session: str = "s") -> Reading:
-    return Reading(session, seq, t + seq, b"x" * size)
+def reading(seq: int, t: float = 1000.0, size: int = 10, session: str = "s") -> EncodedReading:
+    return EncodedReading(session, seq, t + seq, b"x" * size)
 
 
 def test_spool_returns_readings_oldest_first_and_forgets_acknowledged(tmp_path):
@@ -113,7 +113,7 @@ def test_a_spool_left_by_an_older_agent_is_upgraded_and_keeps_its_readings(tmp_p
     db.commit()
     db.close()
     spool = Spool(path, max_bytes=10**6, max_age_s=10**6)
-    assert [item.reading for item in spool.oldest(10)] == [Reading("s", 1, 1000.0, b"\x01")]
-    spool.add([Reading("s", 2, 1001.0, b"\x02", unsynced_boot_s=12.5)], 1001.0)
+    assert [item.reading for item in spool.oldest(10)] == [EncodedReading("s", 1, 1000.0, b"\x01")]
+    spool.add([EncodedReading("s", 2, 1001.0, b"\x02", unsynced_boot_s=12.5)], 1001.0)
     assert [item.reading.unsynced_boot_s for item in spool.oldest(10)] == [None, 12.5]
     spool.close()

@@ -1,12 +1,12 @@
 
-from hub.batch import Batcher, Inbound
+from hub.batch import Ack, Batcher, Inbound
 from hub.validate import validate
 from shared.schema import metrics_columns
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 
 
 def inbound(topic: str, payload: bytes, ack: int) -> Inbound:
-    return Inbound(topic, payload, NOW, ack)
+    return Inbound(topic, payload, NOW, Ack(ack, 1, 0))
 
 
 def add(batcher: Batcher, message: Inbound, now: float) -> None:
@@ -36,7 +36,8 @@ def test_batch_sorts_messages_into_rows_quarantine_and_device_events():
     add(batcher, inbound("fp/pi-1/meta", meta_bytes(), 5), 0)
     batch = batcher.take()
     assert batch is not None and batcher.take() is None
-    assert batch.acks == [1, 2, 3, 4, 5]  # every message is acknowledged, in arrival order
+    # every message is acknowledged, in arrival order
+    assert [a.mid for a in batch.acks] == [1, 2, 3, 4, 5]
     assert len(batch.rows) == 1 and len(batch.rows[0]) == len(metrics_columns())
     assert [q.reason[:26] for q in batch.quarantine] == ["payload is not valid JSON:"]
     assert batch.devices.status["pi-1"][0] == "offline"  # the last word wins

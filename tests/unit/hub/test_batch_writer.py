@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from hub.batch import Ack
 from hub.main import BatchWriter, IngestStats
 from shared.errors import TransientStoreError
 from tests.unit.hub.test_write import FakeStore, NoWaitEvent, batch_of
@@ -14,10 +15,10 @@ from tests.unit.hub.test_write import FakeStore, NoWaitEvent, batch_of
 class FakeReceiver:
     def __init__(self, store: FakeStore) -> None:
         self.store = store
-        self.acked: list[object] = []
+        self.acked: list[Ack] = []
         self.rows_stored_at_ack: list[int] = []
 
-    def ack(self, tokens: list[object]) -> None:
+    def ack(self, tokens: list[Ack]) -> None:
         self.rows_stored_at_ack.append(len(self.store.rows))
         self.acked += tokens
 
@@ -31,7 +32,7 @@ def test_batches_are_written_in_order_and_acked_after_their_write() -> None:
         assert writer.submit(batch_of(size))
     writer.finish()
     assert store.rows == [(0,), (1,), (2,), (0,), (0,), (1,)]
-    assert receiver.acked == [0, 1, 2, 0, 0, 1]
+    assert [token.mid for token in receiver.acked] == [0, 1, 2, 0, 0, 1]
     assert receiver.rows_stored_at_ack == [3, 4, 6]  # each ack after its batch was stored
     assert (stats.acked, stats.stored, stats.batches) == (6, 6, 3)
     assert stats.last_write_at is not None and not writer.failed

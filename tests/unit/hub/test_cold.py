@@ -17,7 +17,7 @@ from hub.retention import (
     tier_summary,
     used_bytes,
 )
-from hub.status import format_tiers
+from hub.table import format_tiers
 from shared.errors import PermanentStoreError
 from shared.schema import Column, metrics_columns
 

@@ -1,7 +1,7 @@
 import psycopg
 import pytest
 
-from hub.store import classify, refused_login
+from hub.store import Store, classify, refused_login
 from shared.errors import PermanentStoreError, TransientStoreError
 
 SERVER = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
@@ -32,3 +32,10 @@ def test_an_unreachable_or_busy_server_stays_transient(text: str) -> None:
     error = classify(psycopg.OperationalError(SERVER + text))
     assert isinstance(error, TransientStoreError) and not error.refused
     assert refused_login(text) is None
+
+
+def test_a_store_error_keeps_psycopgs_error_as_its_cause() -> None:
+    store = Store("postgresql://fleet@127.0.0.1:1/fleet")  # nothing listens on port 1
+    with pytest.raises(TransientStoreError) as raised:
+        store.check()
+    assert isinstance(raised.value.__cause__, psycopg.OperationalError)

@@ -2,7 +2,7 @@
 
 import threading
 
-from hub.batch import Batch, Inbound, QuarantineRecord
+from hub.batch import Ack, Batch, Inbound, QuarantineRecord
 from hub.write import BACKOFF_MAX_S, backoff_s, write_batch
 from shared.errors import PermanentStoreError, TransientStoreError
 from tests.unit.hub.messages import NOW
@@ -47,8 +47,9 @@ def batch_of(n: int) -> Batch:
     batch = Batch(opened_at=0)
     for i in range(n):
         batch.rows.append((i,))
-        batch.row_sources.append(Inbound("fp/d/metrics", f"payload {i}".encode(), NOW, i))
-        batch.acks.append(i)
+        ack = Ack(i, 1, 0)
+        batch.row_sources.append(Inbound("fp/d/metrics", f"payload {i}".encode(), NOW, ack))
+        batch.acks.append(ack)
     return batch
 
 

@@ -1,4 +1,4 @@
-"""Build schema-valid readings for the hub's integration and browser tests.
+"""Build schema-valid readings for the hub's integration and browser tests and for bench/.
 
 Every field of ``MetricsV1`` is filled (null where a real device may not know), derived
 from the schema's own type hints, so a new field never breaks the builder silently.

@@ -1,4 +1,4 @@
-"""The fleet as a text table, for ``fleetpulse-hub status`` (pure)."""
+"""Text tables for ``fleetpulse-hub status``: the fleet, and the bytes of each tier (pure)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 from datetime import datetime, timedelta, timezone
 
-from hub.status import describe_throttling, format_fleet
+from hub.table import describe_throttling, format_fleet
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
