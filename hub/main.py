@@ -456,8 +456,10 @@ def compact(settings: HubSettings) -> int:
     compactor = Compactor(store, retention_of(settings), stats, clock=lambda: datetime.now(UTC))
     try:
         store.migrate()
-        while compactor.round():
-            pass
+        started = time.monotonic()
+        while compactor.round():  # up to 100 device-hours a round: say how far it got
+            print(f"… {stats.compacted_hours:,} device-hours ({stats.compacted_readings:,} "
+                  f"readings) in {time.monotonic() - started:.0f} s", file=sys.stderr)
         print(f"Compacted {stats.compacted_readings:,} readings into {stats.compacted_hours:,} "
               "device-hours of the cold tier.", file=sys.stderr)
     except StoreError as exc:

@@ -243,6 +243,9 @@ def test_sigkill_mid_compaction_then_again_loses_and_duplicates_nothing(
     rerun = subprocess.run([sys.executable, "-m", "hub.main", "compact"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
+    lines = rerun.stderr.strip().splitlines()  # progress per round, then the total
+    assert lines[0].startswith("… ") and "device-hours" in lines[0], lines
+    assert lines[-1].startswith("Compacted "), lines
     assert count(store, "metrics") == 0 and count(store, "metrics_cold") == 6
     assert history(store) == before
 
