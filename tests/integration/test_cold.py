@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from hub.rollup import choose_resolution
 from hub.store import Store
 from shared.schema import MAX_COUNTER, MetricsV1
 from tests.readings import partition, reading, write_readings
+from tests.servers import wait_for
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,21 +206,18 @@ def test_sigkill_mid_compaction_then_again_loses_and_duplicates_nothing(
     proc = subprocess.Popen([sys.executable, "-m", "hub.main", "compact"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
         with psycopg.connect(db_url, autocommit=True) as conn:
             # Kill it while a block's transaction has written (it has an xid) and not
             # committed, after at least one block was committed.
-            while time.monotonic() < deadline:
+            def mid_block() -> bool:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 done = conn.execute("select count(*) from metrics_cold").fetchone()
                 busy = conn.execute(
                     "select count(*) from pg_stat_activity where application_name = "
                     "'fleetpulse-hub-compact' and backend_xid is not null").fetchone()
-                if done and busy and done[0] >= 1 and busy[0] >= 1:
-                    break
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.005)
-            else:
-                pytest.fail("compaction never got going")
+                return bool(done and busy and done[0] >= 1 and busy[0] >= 1)
+
+            wait_for(mid_block, 60, "compaction to be mid-way", interval_s=0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -231,11 +228,9 @@ def test_sigkill_mid_compaction_then_again_loses_and_duplicates_nothing(
             proc.stderr.close()
     # The killed transaction is rolled back (its backend sees the client gone).
     with psycopg.connect(db_url, autocommit=True) as conn:
-        deadline = time.monotonic() + 30
-        while conn.execute("select count(*) from pg_stat_activity where application_name = "
-                           "'fleetpulse-hub-compact'").fetchone() != (0,):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: conn.execute(
+            "select count(*) from pg_stat_activity where application_name = "
+            "'fleetpulse-hub-compact'").fetchone() == (0,), 30, "the killed backend to end")
     midway = history(store)
     assert midway == before  # each reading in exactly one tier
     assert 0 < count(store, "metrics_cold") < 6

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +27,7 @@ from agent.processes import (
     real_uid,
     select_top,
 )
+from tests.servers import wait_for
 from tests.unit.agent import fake_psutil
 
 # A real line (kernel 6.1), then one whose name holds spaces and a ')'.
@@ -267,9 +267,7 @@ def test_watcher_samples_every_period_until_stopped():
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while watcher.scans < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: watcher.scans >= 3, 10, "3 scans", interval_s=0.01)
     stop.set()
     thread.join(5)
     assert watcher.scans >= 3 and not thread.is_alive()
@@ -285,9 +283,7 @@ def test_watcher_survives_a_failing_scan():
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while watcher.scans < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: watcher.scans >= 2, 10, "2 scans", interval_s=0.01)
     stop.set()
     thread.join(5)
     assert watcher.scans >= 2 and watcher.latest is None
