@@ -14,30 +14,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import signal
 import sys
 import threading
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
-from hub.batch import Batch, Batcher, Inbound
-from hub.clock import ClockPlacer
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
-from hub.receive import Inbox, Receiver
-from hub.retention import ColdStats, Compactor, Retention, housekeep, tier_summary
+from hub.ingest import Inbox, IngestStats, Receiver, backoff_s, run_ingest_loop
+from hub.retention import ColdStats, Compactor, Retention, tier_summary
 from hub.store import Store, StorePool
 from hub.table import format_fleet, format_tiers
-from hub.validate import Limits, Result, validate
-from hub.watch import AlertWatcher
-from hub.write import backoff_s, write_batch
+from hub.watch import AlertWatcher, run_alerts_loop
 from shared import __version__
 from shared.config import HubSettings, add_setting_flags, settings_from_args, with_password
 from shared.errors import ConfigError, StoreError
@@ -47,22 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetpulse.hub")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/hub.toml")
-# How often the ingest loop takes what has arrived: adds at most this to the latency, and
-# lets a bunch of messages build up between thread switches.
-INGEST_POLL_S = 0.05
-
-
-@dataclass
-class IngestStats:
-    """Counters shown by the health endpoint and logged at stop."""
-
-    received: int = 0
-    acked: int = 0  # stored or quarantined, and acknowledged to the broker
-    stale: int = 0  # from a dropped connection; the broker redelivers them
-    stored: int = 0
-    quarantined: int = 0
-    batches: int = 0
-    last_write_at: datetime | None = None
 
 
 def database_url(settings: HubSettings) -> str:
@@ -139,129 +117,6 @@ def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
     return None
 
 
-class BatchWriter:
-    """Write batches in a thread of its own, then acknowledge their messages.
-
-    The ingest loop goes on validating the next batch while one is written: the database's
-    part of a write runs without the GIL. One batch waits at most while another is written,
-    so memory stays bounded; acks go out in batch order, each only after its commit.
-    """
-
-    def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
-                 stop: threading.Event) -> None:
-        self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
-        self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
-        self._gave_up = threading.Event()  # stopped while the database was away
-        self.failed = False
-        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, batch: Batch | None) -> bool:
-        """Queue a batch (None: no more); False once the writer has given up."""
-        while not self._gave_up.is_set():
-            try:
-                self._pending.put(batch, timeout=0.2)
-                return True
-            except queue.Full:
-                continue  # the previous batch still waits: the database is slow or away
-        return False
-
-    def finish(self) -> None:
-        """Write what is queued, then end the thread."""
-        self.submit(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            self._write_all()
-        except Exception:
-            # A bug, not the database (write_batch retries those): stop the hub, as an
-            # exception in a single-threaded hub would; the broker keeps the messages.
-            log.exception("The writer failed; stopping.")
-            self.failed = True
-            self._gave_up.set()
-            self._stop.set()
-
-    def _write_all(self) -> None:
-        while (batch := self._pending.get()) is not None:
-            started = time.monotonic()
-            outcome = write_batch(self._store, batch, self._stop)
-            if outcome is None:
-                self._gave_up.set()  # the broker keeps the messages
-                return
-            self._receiver.ack(batch.acks)
-            stats = self._stats
-            stats.acked += len(batch.acks)
-            stats.stored += outcome.inserted
-            stats.quarantined += outcome.quarantined
-            stats.batches += 1
-            stats.last_write_at = datetime.now(UTC)
-            log.debug("Stored a batch of %d messages in %.0f ms (%.2f s after it opened).",
-                      len(batch), 1000 * (time.monotonic() - started),
-                      time.monotonic() - batch.opened_at)
-
-
-def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
-                stop: threading.Event) -> Result | None:
-    """Place an unsynchronised reading (hub/clock.py), waiting while the database is away."""
-    attempt = 0
-    while True:
-        try:
-            return placer.apply(result, message.received_at, message.age_s)
-        except StoreError as exc:
-            attempt += 1
-            if attempt == 1:
-                log.error("Cannot read or record a clock offset: %s. Retrying.", exc)
-            if stop.wait(backoff_s(attempt)):
-                return None
-
-
-def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
-           stop: threading.Event, stats: IngestStats) -> None:
-    """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
-    batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
-    limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
-                    settings.retention_days)
-    prefix = settings.topic_prefix
-    writer = BatchWriter(store, receiver, stats, stop)
-    # Its own connection: only the first unsynchronised reading of a session uses it.
-    clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
-    placer = ClockPlacer(clock_store, limits)
-    try:
-        while True:
-            stopping = stop.is_set()
-            taken = inbox.take_all()
-            # Delivered over a connection that has since dropped, a message cannot be
-            # acked, and the broker sends it again over the new one: leave it.
-            bunch = [m for m in taken if not receiver.is_stale(m)]
-            stats.stale += len(taken) - len(bunch)
-            stats.received += len(bunch)  # before a submit that may wait: health counts them
-            for message in bunch:
-                placed = place_clock(placer, validate(message.topic, message.payload,
-                                                      message.received_at, prefix, limits),
-                                     message, stop)
-                if placed is None:
-                    return  # stopping while the database is away: the broker keeps it
-                result = placed
-                now = time.monotonic()
-                batcher.add(message, result, now)
-                if batcher.due(now) and not writer.submit(batcher.take()):
-                    return
-            if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0)
-                                                 is not None):
-                if not writer.submit(batcher.take()):
-                    return
-            if stopping and not len(inbox):
-                return
-            due_in = batcher.seconds_until_due(time.monotonic())
-            stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
-    finally:
-        writer.finish()
-        clock_store.close()
-        if writer.failed:
-            raise RuntimeError("the hub's writer thread failed (see the log above)")
-
-
 def load_rules(settings: HubSettings) -> list[Rule]:
     """Return the alert rules: the defaults, with ``alert_rules_file``'s overrides."""
     if settings.alert_rules_file is None:
@@ -274,39 +129,6 @@ def load_rules(settings: HubSettings) -> list[Rule]:
         raise ConfigError([f"{where}: cannot read it ({exc.strerror})."]) from None
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError([f"{where}: {exc}."]) from None
-
-
-def run_alerts_loop(store: Store, watcher: AlertWatcher, retention: Retention,
-                    every_s: float, stop: threading.Event) -> None:
-    """Evaluate the alert rules every ``every_s``; housekeep at start and each new UTC day."""
-    housekept: object = None
-    postponed: object = None
-    failing = False
-    republished = False
-    while not stop.is_set():
-        now = datetime.now(UTC)
-        if housekept != now.date():
-            try:
-                housekeep(store, retention, now)
-                housekept = now.date()
-            except StoreError as exc:  # e.g. a long export holds the table: next round
-                if postponed != now.date():
-                    log.warning("Housekeeping (partitions ahead, retention) postponed: %s. "
-                                "Retrying every %g s.", exc, every_s)
-                postponed = now.date()
-        try:
-            if not republished:
-                watcher.republish_open()
-                republished = True
-            watcher.check(now)
-            if failing:
-                log.warning("Alert checks work again.")
-            failing = False
-        except StoreError as exc:
-            if not failing:
-                log.error("Cannot check alerts: %s. Retrying every %g s.", exc, every_s)
-            failing = True
-        stop.wait(every_s)
 
 
 def retention_of(settings: HubSettings) -> Retention:
@@ -407,7 +229,7 @@ def run(settings: HubSettings) -> int:
         receiver.start()
         watching.start()
         compacting.start()
-        ingest(inbox, receiver, store, settings, stop, stats)
+        run_ingest_loop(inbox, receiver, store, settings, stop, stats)
     finally:
         stop.set()
         if http is not None:

@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
 from hub import cold
-from hub.batch import DeviceEvents, QuarantineRecord
+from hub.ingest.batch import DeviceEvents, QuarantineRecord
 from hub.rollup import insert_with_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
 from shared.schema import metrics_columns
@@ -47,7 +47,7 @@ _TRANSIENT_CLASSES = (
 )
 # Every other class is permanent: retrying the same statement fails the same way. Those seen:
 #   22 Data Exception (a value out of range, text a type rejects): the row is bad, so the
-#      batch is split and that row quarantined (hub/write.py);
+#      batch is split and that row quarantined (hub/ingest/write.py);
 #   23 Integrity Constraint Violation (not null, check): likewise the row;
 #   28 Invalid Authorization Specification (wrong role or password) and
 #   3D Invalid Catalog Name (no such database): fix the URL (see _REFUSED_LOGIN below);
