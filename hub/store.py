@@ -581,14 +581,10 @@ class Store:
                     pass
 
     def fleet_status(self) -> list[dict[str, Any]]:
-        """Each device with its status and its newest reading's main values."""
-        return self.query(
-            "select d.device_id, d.hostname, d.status, d.status_since, d.last_seen, "
-            "m.cpu_percent, m.memory_percent, m.sensors_cpu_celsius, m.throttling_raw, "
-            "m.throttling_throttled_now, m.throttling_under_voltage_now "
-            "from devices d left join lateral (select * from metrics where "
-            "metrics.device_id = d.device_id order by ts desc limit 1) m on true "
-            "order by d.device_id")
+        """Each device with its status and its newest reading (the API's query)."""
+        from hub.read import FleetReader
+
+        return FleetReader(self).devices()
 
 
 class StorePool:

@@ -32,15 +32,13 @@ from hub.alerts import (
     reading_values,
     window_s,
 )
+from hub.columns import DISK_MAX_PERCENT
 from hub.retention import HousekeepingStore, Retention, housekeep
 from shared.errors import StoreError
 from shared.topics import alert_topic
 
 log = logging.getLogger(__name__)
 
-# Largest partition use of a reading, from the disk_partitions jsonb.
-DISK_MAX_PERCENT = ("(select max((p->>'percent')::float8) from "
-                    "jsonb_array_elements(m.disk_partitions) p) as disk_max_percent")
 _STATES = (
     "select d.device_id, d.status, d.status_since, "
     "coalesce((d.meta->>'interval_s')::float8, m.interval_s, 1.0) as interval_s, "
