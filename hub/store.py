@@ -27,6 +27,7 @@ from psycopg.types.json import set_json_dumps
 
 from hub import cold
 from hub.ingest.batch import DeviceEvents, QuarantineRecord
+from hub.read import FleetReader
 from hub.rollup import insert_with_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
 from shared.schema import metrics_columns
@@ -582,8 +583,6 @@ class Store:
 
     def fleet_status(self) -> list[dict[str, Any]]:
         """Each device with its status and its newest reading (the API's query)."""
-        from hub.read import FleetReader
-
         return FleetReader(self).devices()
 
 
