@@ -13,14 +13,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-# hub.store is imported as a module, not ``from hub.store import Store``: hub.store imports
-# this package's batch module (the rows it writes), so it may be only half-loaded here.
-import hub.store
 from hub.clock import ClockPlacer
 from hub.ingest.batch import Batch, Batcher, Inbound
 from hub.ingest.receive import Inbox, Receiver
 from hub.ingest.validate import Limits, Result, validate
 from hub.ingest.write import backoff_s, write_batch
+from hub.store import Store
 from shared.config import HubSettings
 from shared.errors import StoreError
 
@@ -51,7 +49,7 @@ class BatchWriter:
     so memory stays bounded; acks go out in batch order, each only after its commit.
     """
 
-    def __init__(self, store: hub.store.Store, receiver: Receiver, stats: IngestStats,
+    def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
                  stop: threading.Event) -> None:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
@@ -120,7 +118,7 @@ def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
                 return None
 
 
-def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: hub.store.Store, settings: HubSettings,
+def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
            stop: threading.Event, stats: IngestStats) -> None:
     """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
@@ -129,7 +127,7 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: hub.store.Store, se
     prefix = settings.topic_prefix
     writer = BatchWriter(store, receiver, stats, stop)
     # Its own connection: only the first unsynchronised reading of a session uses it.
-    clock_store = hub.store.Store(store.url, application_name="fleetpulse-hub-clock")
+    clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
     placer = ClockPlacer(clock_store, limits)
     try:
         while True:
