@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -26,6 +27,18 @@ from agent.identity import default_device_id
 from agent.notify import Notifier, StatusTracker
 from agent.processes import ProcessSampler, ProcessWatcher
 from agent.publish import Outbox
+from agent.remote import (
+    BOUNDS,
+    Refused,
+    Value,
+    apply_change,
+    config_message,
+    effective,
+    load_state,
+    parse_set,
+    refusal,
+    save_state,
+)
 from agent.service import COMMANDS as SERVICE_COMMANDS
 from agent.service import add_service_arguments, run_service_command
 from agent.spool import EncodedReading, Spool
@@ -34,7 +47,15 @@ from shared.config import AgentSettings, add_setting_flags, parse_broker_url, se
 from shared.errors import ConfigError
 from shared.mqtt import MqttConnection, Received, Will, describe_broker
 from shared.schema import STATUS_OFFLINE, STATUS_ONLINE, read_capabilities
-from shared.topics import hub_schema_topic, meta_topic, metrics_topic, status_topic
+from shared.topics import (
+    config_topic,
+    hub_schema_topic,
+    meta_topic,
+    metrics_topic,
+    parse_set_topic,
+    set_filters,
+    status_topic,
+)
 
 log = logging.getLogger("fleetpulse.agent")
 DEFAULT_CONFIG = Path("/etc/fleetpulse/agent.toml")
@@ -78,6 +99,16 @@ class Agent:
         self._meta_topic = meta_topic(prefix, self.device_id)
         self._schema_topic = hub_schema_topic(prefix)
         self.hub_reads = load_hub_reads(settings.state_dir)  # optional fields the hub reads
+        # Settings the hub or an admin may change (agent/remote.py): the local ones, the
+        # remote overrides kept in the state directory, and what is in effect.
+        self._config_topic = config_topic(prefix, self.device_id)
+        self._set_filters = set_filters(prefix, self.device_id)
+        self.local: dict[str, Value] = {name: getattr(settings, name) for name in BOUNDS}
+        self.remote = load_state(settings.state_dir)
+        self.current, _ = effective(self.local, self.remote.settings)
+        self._interval_changed = False
+        self._config_mids: set[int] = set()
+        self._config_refused_logged = False
         self._clock_synced: bool | None = None
         self._takeovers: list[float] = []
         self._duplicate_logged = False
@@ -96,7 +127,7 @@ class Agent:
                              replay_rate_per_s=settings.replay_rate_per_s,
                              session_id=self.session_id)
         self.mqtt.on_connected = self._announce
-        self.mqtt.on_published = self.outbox.on_published
+        self.mqtt.on_published = self._on_published
         self.mqtt.on_message = self._on_message
         self.mqtt.on_taken_over = self._taken_over
         self._meta_dropped = -1
@@ -112,7 +143,7 @@ class Agent:
         self._meta_dropped = self._spool_dropped
         return encode(build_meta(self.facts, device_id=self.device_id,
                                  session_id=self.session_id,
-                                 interval_s=self.settings.interval_s,
+                                 interval_s=self.interval_s,
                                  spool_readings=self._spool_readings,
                                  spool_dropped=self._meta_dropped))
 
@@ -123,10 +154,72 @@ class Agent:
         # Optional: an ACL from before the capability message refuses it; then the agent
         # sends plain version 1 readings.
         self.mqtt.subscribe([self._schema_topic], qos=1, optional=True)
+        # Settings changed remotely. Optional: an ACL from before it refuses both. No
+        # retained sets: a set is an order, not a state, and one retained by mistake would
+        # otherwise be applied again at every reconnect, undoing any later change.
+        self.mqtt.subscribe(self._set_filters, qos=1, optional=True, no_retained=True)
+        self._publish_config()
+
+    @property
+    def interval_s(self) -> float:
+        return float(self.current["interval_s"])
+
+    def _publish_config(self) -> None:
+        payload = json.dumps(config_message(self.device_id, self.local, self.remote),
+                             separators=(",", ":")).encode()
+        self._config_mids.add(self.mqtt.publish(self._config_topic, payload, qos=1,
+                                                retain=True, reports_refusal=True))
+
+    def _on_published(self, mid: int, accepted: bool) -> None:
+        if mid in self._config_mids:
+            self._config_mids.discard(mid)
+            if not accepted and not self._config_refused_logged:
+                self._config_refused_logged = True
+                log.info("The broker refused this device's settings report on %s (an ACL "
+                         "from before remote settings); carrying on without it.",
+                         self._config_topic)
+        self.outbox.on_published(mid, accepted)
 
     def _on_message(self, message: Received) -> None:
-        if message.topic != self._schema_topic:
+        if message.topic == self._schema_topic:
+            self._on_capabilities(message)
             return
+        target = parse_set_topic(self.settings.topic_prefix, self.device_id, message.topic)
+        if target is not None:
+            self._on_set(message, target.setting)
+
+    def _on_set(self, message: Received, setting: str | None) -> None:
+        if message.retain:  # a broker that ignored Retain Handling: see _announce
+            log.debug("Ignored a retained set message on %s.", message.topic)
+            return
+        now = time.time()
+        try:
+            change = parse_set(setting, message.payload)
+        except Refused as exc:
+            log.warning("Refused the settings on %s: %s.", message.topic, exc.reason)
+            self.remote.last_refusal = refusal(now, message.topic, message.payload, exc.reason)
+            save_state(self.settings.state_dir, self.remote)
+            self._publish_config()
+            return
+        if not change:
+            return
+        before = self.current
+        self.remote.settings = apply_change(self.remote.settings, change)
+        self.remote.changed_at = now
+        self.current, sources = effective(self.local, self.remote.settings)
+        save_state(self.settings.state_dir, self.remote)
+        changed = [f"{name} {before[name]:g} -> {self.current[name]:g} ({sources[name]})"
+                   for name in change]
+        log.info("Settings changed on %s: %s.", message.topic, ", ".join(changed))
+        if self.current["interval_s"] != before["interval_s"]:
+            self._interval_changed = True  # the loop reschedules its next tick
+            self.mqtt.publish(self._meta_topic, self._meta_payload(), qos=1, retain=True)
+        if self.processes is not None:
+            self.processes.configure(float(self.current["process_period_s"]),
+                                     int(self.current["process_top_n"]))
+        self._publish_config()
+
+    def _on_capabilities(self, message: Received) -> None:
         reads = read_capabilities(message.payload)
         if reads != self.hub_reads:
             log.info("The hub reads the optional fields: %s.", ", ".join(sorted(reads))
@@ -155,7 +248,7 @@ class Agent:
         self._clock_synced = read_clock_synced()
         message = build_metrics(self._prev, sample, device_id=self.device_id,
                                 session_id=self.session_id, seq=self._seq,
-                                epoch_s=epoch_s, interval_s=self.settings.interval_s,
+                                epoch_s=epoch_s, interval_s=self.interval_s,
                                 hub_reads=self.hub_reads, clock_synced=self._clock_synced)
         self._prev = sample
         return encode(message)
@@ -175,7 +268,7 @@ class Agent:
                                  now_epoch_s=time.time())
 
     def run(self) -> None:
-        interval = self.settings.interval_s
+        interval = self.interval_s
         log.info("fleetpulse-agent %s: device %s, every %g s, to %s; %d readings spooled.",
                  __version__, self.device_id, interval, self.settings.broker_url.split("@")[-1],
                  len(self.spool))
@@ -186,8 +279,12 @@ class Agent:
         tick = time.monotonic() + min(interval, PRIMING_S)
         last_meta_check = tick
         while not self.stop_event.is_set():
-            self.mqtt.service()  # acknowledgements, reconnects; never waits
+            self.mqtt.service()  # acknowledgements, reconnects, set messages; never waits
             now = time.monotonic()
+            if self._interval_changed:  # set remotely: the next tick counts from the last
+                self._interval_changed = False
+                tick += self.interval_s - interval
+                interval = self.interval_s
             if now >= tick:
                 epoch, boot = time.time(), boot_clock_s()
                 payload = self.read_once(epoch)  # the spool ages it by the same time
@@ -219,6 +316,8 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self.processes is not None:
+            self.processes.wake()  # it sees the stop event now
         if self.mqtt.connected:
             self.mqtt.publish(self._status_topic, STATUS_OFFLINE.encode(), qos=1, retain=True)
             deadline = time.monotonic() + 2.0
@@ -292,13 +391,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if settings.process_period_s > 0:  # off the per-second loop: see agent/processes.py
-        sampler = ProcessSampler(agent.collector.process_scanner(),
-                                 top_n=settings.process_top_n,
-                                 memory_total_bytes=agent.facts.memory_total_bytes)
-        agent.processes = ProcessWatcher(sampler, settings.process_period_s)
-        threading.Thread(target=agent.processes.run, args=(agent.stop_event,),
-                         name="processes", daemon=True).start()
+    # Off the per-second loop: see agent/processes.py. Started even when the period is 0
+    # (off), in which case it only waits, since a remote setting may turn it on.
+    sampler = ProcessSampler(agent.collector.process_scanner(),
+                             top_n=int(agent.current["process_top_n"]),
+                             memory_total_bytes=agent.facts.memory_total_bytes)
+    agent.processes = ProcessWatcher(sampler, float(agent.current["process_period_s"]))
+    threading.Thread(target=agent.processes.run, args=(agent.stop_event,),
+                     name="processes", daemon=True).start()
     agent.run()
     return 0
 

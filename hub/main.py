@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
 from hub.batch import Batch, Batcher, Inbound
 from hub.clock import ClockPlacer
-from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
+from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_admin, run_add_device, run_revoke_device
 from hub.receive import Inbox, Receiver
 from hub.retention import ColdStats, Compactor, Retention, housekeep, tier_summary
 from hub.store import Store, StorePool
@@ -600,6 +600,8 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
     "compact": lambda settings, args: compact(settings),
     "add-device": lambda settings, args: run_device_account(settings, args),
     "revoke-device": lambda settings, args: run_device_account(settings, args),
+    "add-admin": lambda settings, args: run_add_admin(args.device_id or "", args.password_file,
+                                                      settings, args.reload_pid),
 }
 
 

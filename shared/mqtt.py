@@ -34,6 +34,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from shared.config import BrokerAddress, Secret
 
@@ -249,9 +250,21 @@ class MqttConnection:
             self._refusals_reported.add(mid)
         return mid
 
-    def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False) -> None:
-        """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO."""
-        _, mid = self._client.subscribe([(f, qos) for f in filters])
+    def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False,
+                  no_retained: bool = False) -> None:
+        """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO.
+
+        Args:
+            no_retained: MQTT v5 Retain Handling 2: the broker sends no retained message
+                at subscribe time, only messages published from then on (flagged not
+                retained, as Retain As Published is off).
+        """
+        if no_retained:
+            options = SubscribeOptions(qos=qos,
+                                       retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            _, mid = self._client.subscribe([(f, options) for f in filters])
+        else:
+            _, mid = self._client.subscribe([(f, qos) for f in filters])
         if optional and mid is not None:
             self._optional_subscriptions[int(mid)] = ", ".join(filters)
 
