@@ -22,6 +22,7 @@ from types import FrameType
 from agent.capabilities import load_hub_reads, save_hub_reads
 from agent.clock import boot_clock_s, read_clock_synced
 from agent.collect import Collector, Sample
+from agent.discovery import BIRTH_DELAY_S, Shape, device_model, discovery_message, shape_of
 from agent.encode import build_meta, build_metrics, encode
 from agent.identity import default_device_id
 from agent.notify import Notifier, StatusTracker
@@ -46,9 +47,11 @@ from shared import __version__
 from shared.config import AgentSettings, add_setting_flags, parse_broker_url, settings_from_args
 from shared.errors import ConfigError
 from shared.mqtt import MqttConnection, Received, Will, describe_broker
-from shared.schema import STATUS_OFFLINE, STATUS_ONLINE, read_capabilities
+from shared.schema import STATUS_OFFLINE, STATUS_ONLINE, MetricsV1, read_capabilities
 from shared.topics import (
+    HA_STATUS_TOPIC,
     config_topic,
+    ha_discovery_topic,
     hub_schema_topic,
     meta_topic,
     metrics_topic,
@@ -67,6 +70,7 @@ MAX_READING_BYTES = 512 * 1024  # under message_size_limit in mosquitto/mosquitt
 # Taken over this often within the window: another machine uses this device id.
 TAKEOVERS_FOR_ERROR = 5
 TAKEOVER_WINDOW_S = 600.0
+HA_ANNOUNCED_FILE = "ha-announced"  # the discovery topic, while the device is announced
 
 
 def next_tick(previous: float, interval_s: float, now: float) -> float:
@@ -109,6 +113,13 @@ class Agent:
         self._interval_changed = False
         self._config_mids: set[int] = set()
         self._config_refused_logged = False
+        # Home Assistant discovery (agent/discovery.py), when ha_discovery is on.
+        self._ha_topic = ha_discovery_topic(self.device_id)
+        self._ha_due: float | None = None  # monotonic time of the next announcement
+        self._ha_shape: Shape | None = None
+        self._last_message: MetricsV1 | None = None
+        self._ha_mids: set[int] = set()
+        self._ha_refused_logged = False
         self._clock_synced: bool | None = None
         self._takeovers: list[float] = []
         self._duplicate_logged = False
@@ -159,6 +170,46 @@ class Agent:
         # otherwise be applied again at every reconnect, undoing any later change.
         self.mqtt.subscribe(self._set_filters, qos=1, optional=True, no_retained=True)
         self._publish_config()
+        if self.settings.ha_discovery:
+            # HA says "online" when it (re)starts and has forgotten what it was told.
+            self.mqtt.subscribe([HA_STATUS_TOPIC], qos=1, optional=True, no_retained=True)
+            self._ha_due = time.monotonic()  # once a reading shows what this machine has
+        else:
+            self._remove_ha_discovery()
+
+    def _remove_ha_discovery(self) -> None:
+        # Turned off after it was on: an empty retained message removes the device from HA.
+        marker = self.settings.state_dir / HA_ANNOUNCED_FILE
+        try:
+            topic = marker.read_text().strip()
+        except OSError:
+            return
+        if topic:
+            self.mqtt.publish(topic, b"", qos=1, retain=True)
+            log.info("Removed this device from Home Assistant (ha_discovery is off).")
+        marker.unlink(missing_ok=True)
+
+    def _announce_ha(self, message: MetricsV1) -> None:
+        facts = self.facts
+        manufacturer, model = device_model(facts.pi_model, facts.os, facts.architecture)
+        self._ha_shape = shape_of(message)
+        discovery = discovery_message(
+            device_id=self.device_id, name=facts.hostname or self.device_id, model=model,
+            manufacturer=manufacturer, sw_version=facts.os or None, agent_version=__version__,
+            metrics_topic=self.outbox.topic, status_topic=self._status_topic,
+            interval_s=self.interval_s, shape=self._ha_shape)
+        self._ha_mids.add(self.mqtt.publish(self._ha_topic, json.dumps(discovery).encode(),
+                                            qos=1, retain=True, reports_refusal=True))
+        self._ha_due = None
+        marker = self.settings.state_dir / HA_ANNOUNCED_FILE
+        try:
+            if not marker.exists():
+                marker.write_text(self._ha_topic + "\n")
+        except OSError as exc:
+            log.warning("Cannot note the Home Assistant announcement in %s (%s).", marker,
+                        exc.strerror)
+        log.info("Announced this device to Home Assistant on %s (%d entities).",
+                 self._ha_topic, len(discovery["cmps"]))
 
     @property
     def interval_s(self) -> float:
@@ -178,11 +229,26 @@ class Agent:
                 log.info("The broker refused this device's settings report on %s (an ACL "
                          "from before remote settings); carrying on without it.",
                          self._config_topic)
+        elif mid in self._ha_mids:
+            self._ha_mids.discard(mid)
+            if not accepted and not self._ha_refused_logged:
+                self._ha_refused_logged = True
+                hint = (f" A device id with '.' is written with '_' there, which the "
+                        f"ACL's pattern does not match: add `user {self.device_id}` and "
+                        f"`topic write {self._ha_topic}` to the broker's acl, above its admins line."
+                        if "." in self.device_id else " Check the broker's ACL (README "
+                        "\"Home Assistant\").")
+                log.warning("The broker refused this device's Home Assistant announcement "
+                            "on %s.%s", self._ha_topic, hint)
         self.outbox.on_published(mid, accepted)
 
     def _on_message(self, message: Received) -> None:
         if message.topic == self._schema_topic:
             self._on_capabilities(message)
+            return
+        if message.topic == HA_STATUS_TOPIC:
+            if message.payload == b"online" and self.settings.ha_discovery:
+                self._ha_due = time.monotonic() + BIRTH_DELAY_S
             return
         target = parse_set_topic(self.settings.topic_prefix, self.device_id, message.topic)
         if target is not None:
@@ -214,6 +280,8 @@ class Agent:
         if self.current["interval_s"] != before["interval_s"]:
             self._interval_changed = True  # the loop reschedules its next tick
             self.mqtt.publish(self._meta_topic, self._meta_payload(), qos=1, retain=True)
+            if self.settings.ha_discovery:
+                self._ha_due = time.monotonic()  # expire_after follows the interval
         if self.processes is not None:
             self.processes.configure(float(self.current["process_period_s"]),
                                      int(self.current["process_top_n"]))
@@ -251,6 +319,7 @@ class Agent:
                                 epoch_s=epoch_s, interval_s=self.interval_s,
                                 hub_reads=self.hub_reads, clock_synced=self._clock_synced)
         self._prev = sample
+        self._last_message = message
         return encode(message)
 
     def _report(self, now: float) -> None:
@@ -300,8 +369,14 @@ class Agent:
                 if self._seq == 1:
                     self.notifier.ready(self._status_line())  # the first reading is taken
             self.outbox.pump(time.monotonic(), time.time())
+            if (self._ha_due is not None and time.monotonic() >= self._ha_due
+                    and self._last_message is not None and self.mqtt.connected):
+                self._announce_ha(self._last_message)
             if now - last_meta_check >= META_CHECK_S:
                 last_meta_check = now
+                if (self._ha_shape is not None and self._last_message is not None
+                        and shape_of(self._last_message) != self._ha_shape):
+                    self._ha_due = now  # a disk mounted, a sensor appeared
                 self._spool_readings, self._spool_dropped = len(self.spool), self.spool.dropped
                 if self._spool_dropped != self._meta_dropped and self.mqtt.connected:
                     self.mqtt.publish(self._meta_topic, self._meta_payload(), retain=True)
@@ -309,6 +384,9 @@ class Agent:
             if self.mqtt.connected and len(self.spool):
                 wait = min(wait, REPLAY_PUMP_S)
             self._report(time.monotonic())
+            if self._ha_due is not None and self._last_message is not None \
+                    and self.mqtt.connected:
+                wait = min(wait, self._ha_due - time.monotonic())
             wait = min(wait, self.mqtt.service_due_in(),
                        self.notifier.watchdog_due_in(time.monotonic()))
             self.stop_event.wait(max(0.0, wait))

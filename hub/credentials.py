@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import HubSettings, parse_broker_url
 from shared.errors import ConfigError
-from shared.topics import is_valid_device_id, set_topic
+from shared.topics import HA_DISCOVERY_PREFIX, ha_discovery_topic, is_valid_device_id, set_topic
 
 HUB_USERNAME = "fleetpulse-hub"  # the hub's account in mosquitto/acl
 DEFAULT_PASSWORD_FILE = Path("mosquitto/passwd")
@@ -69,7 +69,8 @@ def admin_block(name: str, prefix: str) -> str:
     return (f"user {name}\n"
             f"topic read {prefix}/#\n"
             f"topic write {set_topic(prefix, '+')}\n"
-            f"topic write {set_topic(prefix, '+', '+')}\n")
+            f"topic write {set_topic(prefix, '+', '+')}\n"
+            f"topic readwrite {HA_DISCOVERY_PREFIX}/#\n")
 
 
 def acl_admins(text: str) -> list[str]:
@@ -453,6 +454,9 @@ def run_revoke_device(device_id: str, path: Path, reload_pid: int | None) -> int
     # file and disconnects those no longer in it (mosquitto_security_apply_default; seen
     # in tests/integration/test_security.py), although mosquitto.conf(5) says connected
     # clients are not affected.
+    print(f"If it announced itself to Home Assistant (ha_discovery), remove it there with "
+          f"an admin account: mosquitto_pub -u <admin> -P <password> -r -n -t "
+          f"{ha_discovery_topic(device_id)}", file=sys.stderr)
     print(f"Removed broker account {device_id!r} from {path}. "
           + (f"Sent SIGHUP to the broker (pid {reload_pid}): it disconnects the device and "
              "refuses it from now on." if reload_pid is not None else

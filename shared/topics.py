@@ -12,6 +12,11 @@ Tree (as MQTT Explorer shows it)::
                                    retained, written by the device
     <prefix>/_hub/schema           what the hub reads (HubCapabilities), retained; no device
                                    id can be ``_hub`` (ids start with a letter or digit)
+
+Home Assistant's topics (optional discovery, agent/discovery.py; HA's default prefix)::
+
+    homeassistant/device/<node_id>/config   the device's discovery, retained
+    homeassistant/status                    HA's "online" / "offline"
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ DEFAULT_PREFIX = "fleetpulse"
 Kind = Literal["metrics", "status", "meta"]
 KINDS: tuple[Kind, ...] = ("metrics", "status", "meta")
 
+HA_DISCOVERY_PREFIX = "homeassistant"  # HA's default; mosquitto/acl names it too
+HA_STATUS_TOPIC = f"{HA_DISCOVERY_PREFIX}/status"
+_HA_NODE_NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9_-]")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -81,6 +89,17 @@ def parse_set_topic(prefix: str, device_id: str, topic: str) -> SetTopic | None:
 def config_topic(prefix: str, device_id: str) -> str:
     """The device's retained report of the settings in effect."""
     return f"{prefix}/{device_id}/config"
+
+
+def ha_node_id(device_id: str) -> str:
+    """Return the device's node id in HA's discovery topic, which allows [a-zA-Z0-9_-]
+    only (HA's TOPIC_MATCHER): a device id's '.' becomes '_'."""
+    return _HA_NODE_NOT_ALLOWED.sub("_", device_id)
+
+
+def ha_discovery_topic(device_id: str) -> str:
+    """Where the device's retained Home Assistant discovery message goes."""
+    return f"{HA_DISCOVERY_PREFIX}/device/{ha_node_id(device_id)}/config"
 
 
 def hub_schema_topic(prefix: str) -> str:

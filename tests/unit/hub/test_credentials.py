@@ -272,7 +272,8 @@ def test_add_admin_to_acl_appends_one_block_per_admin_with_the_prefix() -> None:
     text = credentials.add_admin_to_acl(SHIPPED_ACL, "ops", "fleet/a")
     assert text.startswith(SHIPPED_ACL.rstrip("\n"))
     assert text.endswith(credentials.ADMINS_MARKER + "\nuser ops\ntopic read fleet/a/#\n"
-                         "topic write fleet/a/+/set\ntopic write fleet/a/+/set/+\n")
+                         "topic write fleet/a/+/set\ntopic write fleet/a/+/set/+\n"
+                         "topic readwrite homeassistant/#\n")
     assert credentials.add_admin_to_acl(text, "ops", "fleet/a") == text
     both = credentials.add_admin_to_acl(text, "ops2", "fleet/a")
     assert credentials.acl_admins(both) == ["ops", "ops2"]
