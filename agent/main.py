@@ -235,7 +235,8 @@ class Agent:
                 self._ha_refused_logged = True
                 hint = (f" A device id with '.' is written with '_' there, which the "
                         f"ACL's pattern does not match: add `user {self.device_id}` and "
-                        f"`topic write {self._ha_topic}` to the broker's acl, above its admins line."
+                        f"`topic write {self._ha_topic}` to the broker's acl, above its "
+                        "admins line."
                         if "." in self.device_id else " Check the broker's ACL (README "
                         "\"Home Assistant\").")
                 log.warning("The broker refused this device's Home Assistant announcement "
