@@ -286,3 +286,31 @@ def test_agent_with_an_acl_from_before_settings_carries_on(
     assert "fleetpulse/dev-o/config" not in hub.topics()
     assert log.count("refused this device's settings report") == 1
     assert "Traceback" not in log and " ERROR " not in log
+
+
+def test_a_long_interval_set_shorter_applies_at_once_and_turns_process_scans_on(
+        secure: ShippedBroker, hub_client: Client, admin_password: str,
+        tmp_path: Path) -> None:
+    password = new_device(secure, "dev-l")
+    setter = Client(secure.port, "setter", "setter", admin_password).connect()
+    agent = start_agent(secure, tmp_path, "dev-l", password, interval_s="600",
+                        process_period_s="0", log_level="DEBUG")
+    try:
+        wait_config(hub_client, "dev-l", "the first report", lambda c: True)
+        wait_for(lambda: readings(hub_client, "dev-l"), 10, "the first reading, 1 s in")
+        before = len(readings(hub_client, "dev-l"))
+        assert setter.publish("fleetpulse/dev-l/set",
+                              b'{"interval_s": 0.5, "process_period_s": 1}') in OK
+        # The loop wakes at least every 10 s while idle (shared/mqtt.py IDLE_SERVICE_S),
+        # reads the set, and counts the next reading from the last one: at once here.
+        wait_for(lambda: len(readings(hub_client, "dev-l")) >= before + 4, 20,
+                 "readings at 0.5 s, long before the 600 s tick")
+        assert {r["interval_s"] for r in readings(hub_client, "dev-l")[before:]} == {0.5}
+        # The process thread, off at start, scans every second now.
+        wait_for(lambda: agent.log().count("process scan") >= 2, 20, "process scans")
+    finally:
+        agent.stop()
+        setter.stop()
+    assert "Traceback" not in agent.log()
+    # Every PUBACK was read in time, although the loop slept up to 10 s at a time.
+    assert "not acknowledged" not in agent.log()
