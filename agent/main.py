@@ -198,8 +198,9 @@ class Agent:
             manufacturer=manufacturer, sw_version=facts.os or None, agent_version=__version__,
             metrics_topic=self.outbox.topic, status_topic=self._status_topic,
             interval_s=self.interval_s, shape=self._ha_shape)
-        self._ha_mids.add(self.mqtt.publish(self._ha_topic, json.dumps(discovery).encode(),
-                                            qos=1, retain=True, reports_refusal=True))
+        payload = json.dumps(discovery, separators=(",", ":")).encode()
+        self._ha_mids.add(self.mqtt.publish(self._ha_topic, payload, qos=1, retain=True,
+                                            reports_refusal=True))
         self._ha_due = None
         marker = self.settings.state_dir / HA_ANNOUNCED_FILE
         try:
