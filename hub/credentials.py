@@ -468,6 +468,10 @@ def run_revoke_device(device_id: str, path: Path, reload_pid: int | None) -> int
 def run_add_admin(name: str, path: Path, settings: HubSettings, reload_pid: int | None) -> int:
     """``fleetpulse-hub add-admin``: the account's credentials to stdout, how to use them to
     stderr."""
+    if not name:
+        print("fleetpulse-hub add-admin needs a name (the admin's broker user name).",
+              file=sys.stderr)
+        return 2
     try:
         password = add_admin(path, name, settings.topic_prefix)
         if reload_pid is not None:
