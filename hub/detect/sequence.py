@@ -12,14 +12,17 @@ the forecaster itself needs numpy alone and stores like the detectors (:mod:`hub
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from hub.detect import model
 from hub.detect.model import Floats
+
+AnyFloats = npt.NDArray[np.floating[Any]]  # weights: float32 as trained, or float64
 
 # (normalised NaN-free stream, hidden, horizon, seed) -> w_ih, w_hh, b, head_w, head_b
 SeqTrainer = Callable[[Floats, int, int, int], dict[str, Floats]]
@@ -32,9 +35,14 @@ def _sigmoid(x: Floats) -> Floats:
     return out
 
 
-def lstm_step(w: dict[str, Floats], inp: Floats, h: Floats, c: Floats
+def lstm_step(w: Mapping[str, AnyFloats], inp: Floats, h: Floats, c: Floats
               ) -> tuple[Floats, Floats]:
-    """One LSTM step per stream: ``inp`` (k, 2), ``h`` and ``c`` (k, hidden)."""
+    """One LSTM step per stream: ``inp`` (k, 2), ``h`` and ``c`` (k, hidden).
+
+    In the weights' precision (float32 as trained: half the memory and time of float64).
+    """
+    inp = inp.astype(w["w_ih"].dtype, copy=False)
+    h = h.astype(w["w_hh"].dtype, copy=False)
     gates = (np.matmul(w["w_ih"], inp[:, :, None])[:, :, 0]
              + np.matmul(w["w_hh"], h[:, :, None])[:, :, 0] + w["b"])
     i, f, g, o = np.split(gates, 4, axis=1)
@@ -43,7 +51,7 @@ def lstm_step(w: dict[str, Floats], inp: Floats, h: Floats, c: Floats
     return h, c
 
 
-def head(w: dict[str, Floats], h: Floats) -> Floats:
+def head(w: Mapping[str, AnyFloats], h: Floats) -> Floats:
     """The predicted normalised changes 1..horizon steps ahead, per stream (k, horizon)."""
     out: Floats = np.matmul(w["head_w"], h[:, :, None])[:, :, 0] + w["head_b"]
     return out
@@ -68,7 +76,7 @@ class LSTMForecaster:
     warm_rows: int = 300
     seed: int = 0
     trainer: SeqTrainer | None = field(default=None, repr=False, compare=False)
-    weights: dict[str, Floats] = field(default_factory=dict, repr=False)
+    weights: dict[str, AnyFloats] = field(default_factory=dict, repr=False)
     state: dict[str, Floats] = field(default_factory=dict, repr=False)
 
     KIND = "lstm_forecaster"
@@ -89,7 +97,8 @@ class LSTMForecaster:
 
     def reset(self) -> None:
         """Forget the recurrent state (keep the weights): the next step starts cold."""
-        self.state.update(h=np.zeros((self.k, self.hidden)), c=np.zeros((self.k, self.hidden)),
+        self.state.update(h=np.zeros((self.k, self.hidden), np.float32),
+                          c=np.zeros((self.k, self.hidden), np.float32),
                           last=np.full(self.k, np.nan))
 
     def fit(self, history: Floats) -> None:
@@ -106,7 +115,7 @@ class LSTMForecaster:
             trained[j] = len(v) >= MIN_ROWS
             z = (v - mean[j]) / std[j] if trained[j] else np.zeros(MIN_ROWS)
             per_stream.append(trainer(z, self.hidden, self.horizon, self.seed + j))
-        self.weights = {n: np.stack([w[n] for w in per_stream]).astype(np.float64)
+        self.weights = {n: np.stack([w[n] for w in per_stream]).astype(np.float32)
                         for n in NAMES}
         self.state.update(mean=mean, std=std, trained=trained)
         self.reset()
@@ -132,7 +141,8 @@ class LSTMForecaster:
     def predict(self) -> Floats:
         """Forecasts 1..horizon steps ahead (k, horizon); NaN for an untrained stream."""
         s = self.state
-        pred = s["last"][:, None] + s["std"][:, None] * head(self.weights, s["h"])
+        pred = s["last"][:, None] + s["std"][:, None] * head(self.weights, s["h"]
+                                                             ).astype(np.float64)
         out: Floats = np.where((s["trained"] > 0)[:, None], pred, np.nan)
         return out
 
@@ -161,7 +171,9 @@ class LSTMForecaster:
     @classmethod
     def from_bytes(cls, data: bytes, trainer: SeqTrainer | None = None) -> LSTMForecaster:
         params, arrays = model.load(data, cls.KIND)
-        weights = {k.removeprefix("weight_"): v for k, v in arrays.items()
-                   if k.startswith("weight_")}
+        weights: dict[str, AnyFloats] = {k.removeprefix("weight_"): v.astype(np.float32)
+                                         for k, v in arrays.items() if k.startswith("weight_")}
         state = {k: v for k, v in arrays.items() if not k.startswith("weight_")}
+        for name in ("h", "c"):
+            state[name] = state[name].astype(np.float32)
         return cls(**params, trainer=trainer, weights=weights, state=state)
