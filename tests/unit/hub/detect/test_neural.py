@@ -157,3 +157,16 @@ def test_lstm_fit_trains_each_stream_on_its_values_and_round_trips():
 def test_loading_a_novelty_model_as_an_autoencoder_is_refused():
     with pytest.raises(ValueError, match="novelty"):
         Autoencoder.from_bytes(Novelty(1).to_bytes())
+
+
+def test_too_little_history_is_not_scored_rather_than_guessed():
+    ae = Autoencoder(2, trainer=_random_trainer)
+    ae.fit(_noise(10, 2))  # fewer rows than one window
+    assert (ae.state["trained"] == 0).all()
+    assert (ae.step(np.array([50.0, 500.0])) == 0).all()
+    f = LSTMForecaster(2, hidden=3, horizon=4, trainer=lambda z, h, n, s: {
+        k: v[0] for k, v in _ramp_weights(1, h, n).items()})
+    f.fit(_noise(20, 2))  # fewer rows than MIN_ROWS
+    f.step(np.array([50.0, 50.0]))
+    assert np.isnan(f.predict()).all()
+    assert np.isinf(f.steps_to(60.0)).all()
