@@ -40,6 +40,7 @@ from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_admin
 from hub.ingest import Inbox, IngestStats, Receiver, backoff_s, run_ingest_loop
 from hub.retention import ColdStats, Compactor, tier_summary
 from hub.store import Store, StorePool
+from hub.sync import SettingsDesk, SettingsSync
 from hub.watch import AlertWatcher, run_alerts_loop
 from shared import __version__
 from shared.config import HubSettings, add_setting_flags, settings_from_args
@@ -97,7 +98,8 @@ def load_rules(settings: HubSettings) -> list[Rule]:
 
 def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                inbox: Inbox, stats: IngestStats,
-               rules: list[Rule], cold_stats: ColdStats | None = None) -> HttpServer:
+               rules: list[Rule], cold_stats: ColdStats | None = None,
+               settings_desk: SettingsDesk | None = None) -> HttpServer:
     """Serve the API and the dashboard in a thread; return the server (it has ``stop()``)."""
     from hub.api import HttpServer, HubHealth, create_app  # FastAPI only when serving
     from hub.read import FleetReader
@@ -119,7 +121,8 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                          stats.stored, stats.quarantined, storage)
 
     server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
-                                   token=settings.api_token, rules=rules),
+                                   token=settings.api_token, rules=rules,
+                                   settings_desk=settings_desk),
                         settings.http_host, settings.http_port)
     server.start()
     return server
@@ -160,6 +163,12 @@ def run(settings: HubSettings) -> int:
     http: HttpServer | None = None
     watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
         topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
+    # Settings changed remotely: a thread and a connection of their own; the API records
+    # requests through the pool and wakes the thread (hub/sync.py).
+    sync_store = Store(store.url, application_name="fleetpulse-hub-settings")
+    sync = SettingsSync(sync_store, lambda topic, payload: receiver.mqtt.publish(
+        topic, payload, qos=1, retain=False), settings.topic_prefix, lambda: datetime.now(UTC))
+    syncing = threading.Thread(target=sync.run, name="settings", daemon=True, args=(stop,))
     retention = retention_of(settings)
     watching = threading.Thread(target=run_alerts_loop, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
@@ -179,13 +188,15 @@ def run(settings: HubSettings) -> int:
         # which the broker would keep (and fill) for session_expiry_s after a failed start.
         if settings.http_port:
             try:
-                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats)
+                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats,
+                                  SettingsDesk(pool, sync.wake.set))
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
         receiver.start()
         watching.start()
         compacting.start()
+        syncing.start()
         run_ingest_loop(inbox, receiver, store, settings, stop, stats)
     finally:
         stop.set()
@@ -196,6 +207,9 @@ def run(settings: HubSettings) -> int:
             watching.join(10)
         if compacting.is_alive():
             compacting.join(10)
+        if syncing.is_alive():
+            syncing.join(10)
+        sync_store.close()
         cold_store.close()
         pool.close()
         watch_store.close()

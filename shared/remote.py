@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from typing_extensions import TypedDict
 
 Value = float | int
 
@@ -79,3 +81,31 @@ def bounds_json() -> dict[str, dict[str, Any]]:
     return {name: {"min": b.low, "max": b.high, "zero_is_off": b.zero_is_off,
                    "type": "integer" if b.kind is int else "number"}
             for name, b in BOUNDS.items()}
+
+
+# The device's retained report on <prefix>/<id>/config (agent/remote.py config_message),
+# declared here as plain TypedDicts, as shared/schema.py declares the readings: the agent
+# builds dicts, the hub checks them with pydantic (hub/remote.py). Fields a newer agent
+# adds are ignored by the hub, so agents and hubs upgrade in either order.
+class RefusalV1(TypedDict):
+    at: float  # the device's clock, epoch seconds
+    topic: str
+    payload: str  # its first 200 characters
+    reason: str
+
+
+class BoundV1(TypedDict):
+    min: float
+    max: float
+    zero_is_off: bool
+    type: Literal["number", "integer"]
+
+
+class ConfigV1(TypedDict):
+    v: Literal[1]
+    device_id: str
+    settings: dict[str, float]
+    source: dict[str, Literal["local", "remote"]]
+    bounds: dict[str, BoundV1]
+    changed_at: float | None
+    last_refusal: RefusalV1 | None
