@@ -116,7 +116,8 @@ def settings_out(device_id: str, reported: dict[str, Any] | None,
     status = reported["status"] if reported else None
     by_name = {r["setting"]: r for r in requests}
     bounds = config["bounds"] if config else bounds_json()
-    names = list(bounds) + [n for n in by_name if n not in bounds]
+    # In the agent's order (jsonb keeps its keys sorted by length), then any others.
+    names = list(dict.fromkeys([*(n for n in BOUNDS if n in bounds), *bounds, *by_name]))
     out = []
     for name in names:
         row = by_name.get(name)
