@@ -133,6 +133,24 @@ def waiting_reason(request: Request, config: ConfigV1 | None, status: str | None
     return "sent; waiting for the device to report it in effect"
 
 
+def outside_reported(change: dict[str, float | None], config: ConfigV1) -> str | None:
+    """Say why the device's own reported bounds refuse a change (an agent of another
+    version may have others); None if they take it."""
+    for name, value in change.items():
+        bound = config["bounds"].get(name)
+        if bound is None:
+            return (f"its agent does not take {name} remotely (it takes "
+                    f"{', '.join(sorted(config['bounds'])) or 'nothing'})")
+        if value is None or (bound["zero_is_off"] and value == 0):
+            continue
+        if bound["type"] == "integer" and not float(value).is_integer():
+            return f"its agent takes whole numbers only for {name}"
+        if not bound["min"] <= value <= bound["max"]:
+            return (f"its agent takes {name} from {bound['min']:g} to {bound['max']:g}"
+                    + (" (or 0: off)" if bound["zero_is_off"] else "") + f", not {value:g}")
+    return None
+
+
 def check_change(change: dict[str, Any]) -> dict[str, float | None]:
     """Return a requested change with each value checked by the agent's own rules.
 

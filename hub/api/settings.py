@@ -5,11 +5,13 @@
     PUT  /api/devices/{id}/settings   change some of one device's settings
     POST /api/settings                change the settings of listed devices, or of "all"
 
-A change is checked with the agent's own rules (``shared/remote.py``): a value it would
-refuse is a 422 here, and nothing is recorded. What is recorded is sent by the hub's
-``settings`` thread (``hub/sync.py``) while the device is online, and again when it comes
-back. A device whose agent never reported its settings (an agent older than remote
-settings) cannot be set: 409 for one device, ``accepted: false`` in a bulk change.
+A change is checked with the agent's own rules (``shared/remote.py``), and with the bounds
+the device itself reports (an agent of another version may have others): a value it would
+refuse is a 422 here (skipped with the reason in a bulk change), and nothing is recorded.
+What is recorded is sent by the hub's ``settings`` thread (``hub/sync.py``) while the
+device is online, and again when it comes back. A device whose agent never reported its
+settings (an agent older than remote settings) cannot be set: 409 for one device,
+``accepted: false`` in a bulk change.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hub.api.deps import Auth, Clock, Context, Reader, require_device
 from hub.remote import Request as SetRequest
-from hub.remote import check_change, waiting_reason
+from hub.remote import check_change, outside_reported, waiting_reason
 from hub.sync import SettingsDesk
 from shared.remote import BOUNDS, Refused, bounds_json
 
@@ -181,6 +183,9 @@ def change_settings(device_id: str, change: SettingsChange, request: Request, re
     reported = desk.reported([device_id]).get(device_id)
     if reported is None or reported["config"] is None:
         raise HTTPException(409, NOT_SUPPORTED.format(id=device_id))
+    problem = outside_reported(values, reported["config"])
+    if problem is not None:
+        raise HTTPException(422, f"{device_id}: {problem}")
     desk.request([device_id], values, _who(request), clock())
     return settings_out(device_id, reported, desk.requests(device_id))
 
@@ -205,6 +210,8 @@ def change_many(body: BulkChange, request: Request, reader: Reader, desk: Desk,
         elif row["config"] is None:
             results.append(BulkResult(device_id=device_id, accepted=False,
                                       reason=NOT_SUPPORTED.format(id=device_id)))
+        elif (problem := outside_reported(values, row["config"])) is not None:
+            results.append(BulkResult(device_id=device_id, accepted=False, reason=problem))
         else:
             results.append(BulkResult(device_id=device_id, accepted=True, reason=None))
     chosen = [r.device_id for r in results if r.accepted]

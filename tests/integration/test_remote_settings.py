@@ -206,3 +206,42 @@ def test_one_request_sets_two_devices_and_skips_what_it_cannot(fleet: Fleet) -> 
         old.stop()
         for agent in agents:
             agent.stop()
+
+
+# An agent of another version whose bound of process_top_n is 1 to 16: the real agent, run
+# with that one bound narrowed before it starts.
+NARROW_AGENT = ("import sys; from shared import remote; "
+                "remote.BOUNDS['process_top_n'] = remote.Bound(int, 1, 16); "
+                "from agent.main import main; sys.exit(main(['run']))")
+
+
+def test_an_agent_with_narrower_bounds_is_refused_by_the_api_or_refuses_the_hub(
+        fleet: Fleet) -> None:
+    password = new_account(fleet.broker, "pi-six")
+    agent = fleet.agent("pi-six", password)
+    wait_for(lambda: fleet.settings("pi-six")["supported"], 30, "pi-six's config report")
+    agent.stop()
+    wait_for(lambda: fleet.settings("pi-six")["status"] == "offline", 20, "offline")
+    # Accepted while the device's last report allows 1 to 50 ...
+    status, body = fleet.call("PUT", "/api/devices/pi-six/settings", {"process_top_n": 20})
+    assert status == 200, body
+    # ... then it comes back with an agent that takes 1 to 16: it refuses the hub's set,
+    # and the request shows refused with the agent's reason.
+    older = Process(["-c", NARROW_AGENT], agent.env, fleet.workdir / "agent-pi-six-older.log")
+    older.start()
+    try:
+        refused = fleet.wait_setting("pi-six", "process_top_n", "refused",
+                                     lambda s: s["state"] == "refused")
+        assert "out of bounds (from 1 to 16)" in refused["reason"], refused
+        assert refused["reported"] == 10 and refused["bounds"]["max"] == 16
+        assert "refused the setting process_top_n" in fleet.hub.log()
+        # Now the API knows the device's bounds and refuses such a value itself.
+        status, body = fleet.call("PUT", "/api/devices/pi-six/settings", {"process_top_n": 20})
+        assert status == 422 and "from 1 to 16" in body["detail"], body
+        status, body = fleet.call("PUT", "/api/devices/pi-six/settings", {"process_top_n": 12})
+        assert status == 200, body
+        done = fleet.wait_setting("pi-six", "process_top_n", "applied",
+                                  lambda s: s["state"] == "applied")
+        assert done["reported"] == 12
+    finally:
+        older.stop()
