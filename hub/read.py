@@ -130,7 +130,10 @@ class FleetReader:
             since = end
         else:
             since = max(counted_from, first["first_reading"] or first["first"])
-        interval = first["interval_s"] or rows[0]["interval_s"]
+        # The stored readings' own mean interval: right when the interval changed within
+        # the window (settings changed remotely), where the device's current one (its meta)
+        # would expect too few or too many; the meta's only when nothing is stored.
+        interval = rows[0]["interval_s"] or first["interval_s"]
         return completeness(min(since, end), end, int(rows[0]["stored"]), interval)
 
     def alerts(self, device_id: str | None = None, open_only: bool = False,

@@ -169,6 +169,9 @@ def test_a_device_away_when_set_gets_it_when_it_comes_back(fleet: Fleet) -> None
                                       lambda s: s["state"] == "applied")
             assert done["reported"] == value and done["source"] == "remote"
         wait_for(lambda: 2.0 in fleet.intervals("pi-three"), 20, "readings at 2 s")
+        # The agent's meta follows, so "silent" and the alerts' durations count 2 s intervals.
+        wait_for(lambda: fleet.call("GET", "/api/devices/pi-three")[1]["interval_s"] == 2.0,
+                 20, "the device's interval in the API")
     finally:
         agent.stop()
 
