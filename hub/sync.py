@@ -121,7 +121,9 @@ class SettingsSync:
             state, reason = judge(request, config, self._prefix)
             if state == "applied":
                 self._record(_APPLIED, key)
-                log.info("Setting %s of %s is in effect.", request.setting, request.device_id)
+                log.info("%s: %s %s.", request.device_id, request.setting,
+                         "is back to the device's own value" if request.value is None
+                         else f"{request.value:g} is in effect")
             elif state == "refused":
                 self._record(_REFUSED, {**key, "reason": reason})
                 log.warning("%s refused the setting %s: %s", request.device_id,

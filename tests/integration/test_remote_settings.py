@@ -191,6 +191,11 @@ def test_one_request_sets_two_devices_and_skips_what_it_cannot(fleet: Fleet) -> 
         assert old_view["supported"] is False and "does not take settings" in old_view["note"]
         status, body = fleet.call("PUT", "/api/devices/pi-old/settings", {"interval_s": 2})
         assert status == 409 and "upgrade its agent" in body["detail"]
+        # A config report not in the agent's format is quarantined with the reason.
+        old.publish("fleetpulse/pi-old/config", b'{"v": 1, "device_id": "pi-old"}')
+        wait_for(lambda: any("config message" in r["reason"] for r in fleet.call(
+            "GET", "/api/quarantine?hours=1")[1]["by_reason"]), 20, "the quarantined config")
+        assert fleet.settings("pi-old")["supported"] is False
 
         status, body = fleet.call("POST", "/api/settings", {
             "devices": ["pi-four", "pi-five", "pi-old", "pi-nobody"],
