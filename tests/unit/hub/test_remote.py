@@ -18,6 +18,7 @@ from hub.remote import (
     check_change,
     check_config,
     judge,
+    outside_reported,
     payload_of,
     should_send,
 )
@@ -129,3 +130,27 @@ def test_payload_and_change_follow_the_agents_rules() -> None:
                 {"colour": 1}):
         with pytest.raises(Refused):
             check_change(bad)
+
+
+def test_the_api_view_says_why_a_request_waits_and_when_a_device_cannot_be_set() -> None:
+    from hub.api.settings import settings_out
+
+    never = settings_out("pi-old", {"status": "online", "config": None, "received_at": None},
+                         [])
+    assert never.supported is False and never.note and "upgrade its agent" in never.note
+    assert [s.setting for s in never.settings] == ["interval_s", "process_period_s",
+                                                   "process_top_n"]
+    row = {"setting": "interval_s", "value": 5.0, "state": "pending", "reason": None,
+           "requested_at": NOW, "requested_by": "api", "sent_at": None, "send_count": 0,
+           "applied_at": None, "refused_at": None}
+    away = settings_out("pi-1", {"status": "offline", "config": checked(report()),
+                                 "received_at": NOW}, [row])
+    interval = away.settings[0]
+    assert away.supported and interval.state == "pending" and interval.desired == 5.0
+    assert interval.reason is not None and "offline" in interval.reason
+    assert interval.reported == 1.0 and interval.source == "local"
+    assert outside_reported({"process_top_n": 20}, checked(report())) is None
+    narrow = checked(report())
+    narrow["bounds"]["process_top_n"]["max"] = 16
+    problem = outside_reported({"process_top_n": 20}, narrow)
+    assert problem is not None and "from 1 to 16" in problem
