@@ -64,6 +64,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          description="Memory nearly exhausted"),
     Rule("swap_thrashing", "above", "swap_bytes_per_s", 1.0 * MIB, 60.0, 0.5 * MIB,
          unit="B/s", description="Swapping in and out heavily"),
+    # The reading's anomaly score (hub/detect/live.py) in [0, 1): 0.5 is a surprise of 1,
+    # "clearly anomalous" by the detector's own scale (hub/detect/novelty.py).
+    Rule("anomaly", "above", "anomaly_score", 0.5, 10.0, 0.3, unit="score",
+         description="Unusual behaviour"),
     Rule("device_offline", "offline", "", 60.0, unit="intervals",
          description="Device offline"),
     Rule("no_data", "no_data", "", 10.0, unit="intervals",
@@ -72,7 +76,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          description="Two machines use one device id"),
 )
 METRICS = ("cpu_celsius", "under_voltage", "throttled", "disk_percent", "memory_percent",
-           "swap_bytes_per_s")
+           "swap_bytes_per_s", "anomaly_score")
 _TUNABLE = {"threshold": float, "duration_s": float, "clear": float, "enabled": bool}
 
 
@@ -185,6 +189,7 @@ def reading_values(row: Mapping[str, Any]) -> dict[str, float | None]:
         "memory_percent": row.get("memory_percent"),
         "swap_bytes_per_s": None if all(v is None for v in swap)
         else float(sum(v for v in swap if v is not None)),
+        "anomaly_score": row.get("anomaly_score"),
     }
 
 
@@ -269,6 +274,9 @@ def _message(rule: Rule, device_id: str, firing: _Firing) -> str:
         return f"{rule.description}: {device_id} for {firing.value:.0f} s"
     if rule.unit == "":
         return f"{rule.description}: {device_id}"
+    if rule.unit == "score":
+        return (f"{rule.description}: {device_id} scored up to {firing.peak:.2f} on its "
+                f"anomaly model (threshold {rule.threshold:g}, for {rule.duration_s:g} s)")
     value = f"{firing.peak / MIB:.1f} MiB/s" if rule.unit == "B/s" else \
         f"{firing.peak:.1f} {rule.unit}"
     limit = f"{rule.threshold / MIB:g} MiB/s" if rule.unit == "B/s" else \

@@ -3,6 +3,7 @@
     fleetpulse-hub run       subscribe, validate, store; serve the API and dashboard
     fleetpulse-hub status    print the fleet as a table, and the bytes of each storage tier
     fleetpulse-hub compact   move what is older than the hot window into the cold tier now
+    fleetpulse-hub train     train the anomaly detector of a device (--device ID) or all (--all)
     fleetpulse-hub migrate   create or upgrade the tables, then exit
     fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
     fleetpulse-hub add-device ID      give a device a broker account; print its agent.toml
@@ -31,6 +32,8 @@ from hub.alerts import DEFAULT_RULES, Rule, rules_from_table
 from hub.batch import Batch, Batcher, Inbound
 from hub.clock import ClockPlacer
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_device, run_revoke_device
+from hub.detect.live import LiveScorer
+from hub.models import Retrainer, run_train
 from hub.receive import Inbox, Receiver
 from hub.retention import ColdStats, Compactor, Retention, housekeep, tier_summary
 from hub.store import Store, StorePool
@@ -41,6 +44,7 @@ from hub.write import backoff_s, write_batch
 from shared import __version__
 from shared.config import HubSettings, add_setting_flags, settings_from_args, with_password
 from shared.errors import ConfigError, StoreError
+from shared.schema import metrics_columns
 
 if TYPE_CHECKING:
     from hub.api import HttpServer
@@ -148,8 +152,9 @@ class BatchWriter:
     """
 
     def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, scorer: LiveScorer | None = None) -> None:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
+        self._scorer = scorer
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._gave_up = threading.Event()  # stopped while the database was away
         self.failed = False
@@ -185,6 +190,8 @@ class BatchWriter:
     def _write_all(self) -> None:
         while (batch := self._pending.get()) is not None:
             started = time.monotonic()
+            if self._scorer is not None:  # once per batch: a retried write keeps its scores
+                batch.rows = self._scorer.score(batch.rows)
             outcome = write_batch(self._store, batch, self._stop)
             if outcome is None:
                 self._gave_up.set()  # the broker keeps the messages
@@ -217,13 +224,13 @@ def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
 
 
 def ingest(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
-           stop: threading.Event, stats: IngestStats) -> None:
+           stop: threading.Event, stats: IngestStats, scorer: LiveScorer | None = None) -> None:
     """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
                     settings.retention_days)
     prefix = settings.topic_prefix
-    writer = BatchWriter(store, receiver, stats, stop)
+    writer = BatchWriter(store, receiver, stats, stop, scorer)
     # Its own connection: only the first unsynchronised reading of a session uses it.
     clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
     placer = ClockPlacer(clock_store, limits)
@@ -346,6 +353,25 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
     return server
 
 
+def start_detection(settings: HubSettings, url: str) -> tuple[LiveScorer, Retrainer, Store]:
+    """The live scorer with every device's newest model loaded, and the retrainer."""
+    scorer = LiveScorer([c.name for c in metrics_columns()])
+    # Its own connection: training reads a device-day of history at a time.
+    train_store = Store(url, application_name="fleetpulse-hub-train")
+    retrainer = Retrainer(train_store, lambda m: scorer.install(m.device_id, m.detector),
+                          kind=settings.detect_kind, window_h=settings.train_window_h,
+                          min_readings=settings.train_min_readings,
+                          retrain_h=settings.retrain_h,
+                          duty=settings.train_duty_percent / 100,
+                          clock=lambda: datetime.now(UTC))
+    try:
+        retrainer.load_all()  # before the first reading: a model survives a restart
+    except StoreError as exc:
+        log.error("Cannot load the anomaly models: %s. Readings are stored unscored until "
+                  "they load (retrying).", exc)
+    return scorer, retrainer, train_store
+
+
 def run(settings: HubSettings) -> int:
     stop = threading.Event()
 
@@ -394,6 +420,8 @@ def run(settings: HubSettings) -> int:
                           clock=lambda: datetime.now(UTC))
     compacting = threading.Thread(target=compactor.run, name="compact", daemon=True,
                                   args=(stop,))
+    scorer, retrainer, train_store = start_detection(settings, store.url)
+    training = threading.Thread(target=retrainer.run, name="train", daemon=True, args=(stop,))
     try:
         # Whatever can fail at start (the database above, the HTTP port here) is checked
         # before connecting to the broker: the first connect creates the persistent session,
@@ -407,7 +435,8 @@ def run(settings: HubSettings) -> int:
         receiver.start()
         watching.start()
         compacting.start()
-        ingest(inbox, receiver, store, settings, stop, stats)
+        training.start()
+        ingest(inbox, receiver, store, settings, stop, stats, scorer)
     finally:
         stop.set()
         if http is not None:
@@ -417,6 +446,9 @@ def run(settings: HubSettings) -> int:
             watching.join(10)
         if compacting.is_alive():
             compacting.join(10)
+        if training.is_alive():
+            training.join(10)
+        train_store.close()
         cold_store.close()
         pool.close()
         watch_store.close()
@@ -424,6 +456,9 @@ def run(settings: HubSettings) -> int:
         log.info("Stopped: %d messages received, %d rows stored, %d quarantined, %d left "
                  "for redelivery after a reconnect.", stats.received, stats.stored,
                  stats.quarantined, stats.stale)
+        if scorer.stats.readings:
+            log.info("Anomaly scores: %d of %d readings scored, %.1f µs of CPU per reading.",
+                     scorer.stats.scored, scorer.stats.readings, scorer.stats.us_per_reading)
     return 0
 
 
@@ -468,6 +503,25 @@ def compact(settings: HubSettings) -> int:
     finally:
         store.close()
     return 0
+
+
+def train(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``fleetpulse-hub train``: train a device's anomaly detector (or every device's)."""
+    if (args.device is None) == (not args.all):
+        print("fleetpulse-hub train needs --device ID or --all.", file=sys.stderr)
+        return 2
+    store = Store(database_url(settings), application_name="fleetpulse-hub-train")
+    try:
+        store.migrate()
+        return run_train(store, device_id=args.device, kind=settings.detect_kind,
+                         window_h=settings.train_window_h,
+                         min_readings=settings.train_min_readings, now=datetime.now(UTC),
+                         out=sys.stderr)
+    except StoreError as exc:
+        print(f"Cannot train: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
 
 
 def run_export(settings: HubSettings, args: argparse.Namespace) -> int:
@@ -550,8 +604,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(broker/, secrets/, ca/); what exists is kept")
     deploy.add_argument("--shipped", type=Path, default=Path("mosquitto"), help="the "
                         "repository's mosquitto/ directory (default: mosquitto)")
-    export = parser.add_argument_group("export")
-    export.add_argument("--device", help="export this device only (default: the whole fleet)")
+    export = parser.add_argument_group("export / train")
+    export.add_argument("--device", help="export or train this device only (default for "
+                        "export: the whole fleet)")
+    export.add_argument("--all", action="store_true", help="train: every device")
     export.add_argument("--start", default="24h", help="ISO 8601 time or an age such as 90m, "
                         "24h, 7d (default 24h)")
     export.add_argument("--end", default="now", help="ISO 8601 time, 'now' or an age")
@@ -598,6 +654,7 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
     "migrate": lambda settings, args: run_migrate(settings),
     "export": lambda settings, args: run_export(settings, args),
     "compact": lambda settings, args: compact(settings),
+    "train": train,
     "add-device": lambda settings, args: run_device_account(settings, args),
     "revoke-device": lambda settings, args: run_device_account(settings, args),
 }

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import orjson
@@ -283,3 +283,36 @@ class Retrainer:
                               exc, self.poll_s)
                 failing = True
             stop.wait(self.poll_s)
+
+
+def run_train(db: ModelDb, *, device_id: str | None, kind: str, window_h: float,
+              min_readings: int, now: datetime, out: TextIO) -> int:
+    """``fleetpulse-hub train``: train one device or all, one line per device on ``out``.
+
+    Return 1 when the device named is unknown or had too little history, else 0.
+    """
+    known = [row["device_id"] for row in db.query(
+        "select device_id from devices order by device_id")]
+    if device_id is not None:
+        if device_id not in known:
+            print(f"Cannot train: device {device_id!r} is not known.", file=out)
+            return 1
+        known = [device_id]
+    if not known:
+        print("No devices to train.", file=out)
+        return 0
+    missing = 0
+    cpu = days = 0.0
+    for n, device in enumerate(known, 1):
+        result = train_device(db, device, kind=kind, window_h=window_h,
+                              min_readings=min_readings, now=now)
+        cpu += result.cpu_s
+        days += result.days
+        missing += result.model is None
+        per_day = f", {result.cpu_s / result.days:.2f} s per device-day" if result.days else ""
+        print(f"[{n}/{len(known)}] {device}: {result.message} ({result.cpu_s:.2f} s CPU"
+              f"{per_day})", file=out, flush=True)
+    if len(known) > 1:
+        print(f"Trained {len(known) - missing} of {len(known)} devices"
+              + (f" ({cpu / days:.2f} s CPU per device-day)" if days else "") + ".", file=out)
+    return 1 if missing and device_id is not None else 0

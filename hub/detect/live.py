@@ -169,7 +169,7 @@ class LiveScorer:
             for i in single:
                 detector = self._single[rows[i][self._device]]
                 scores[i] = float(detector.step(signals[where[i]]).max())
-        out = [row if score is None else row[:self._score] + (score,) + row[self._score + 1:]
+        out = [row if score is None else (*row[:self._score], score, *row[self._score + 1:])
                for row, score in zip(rows, scores, strict=True)]
         self.stats.readings += len(rows)
         self.stats.scored += len(wanted)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,8 +28,10 @@ from hub.detect.novelty import Novelty, _alpha
 class Detector(Protocol):
     """What the hub needs of a detector (hub/detect/__init__.py describes the contract)."""
 
-    KIND: ClassVar[str]
-    k: int
+    @property
+    def KIND(self) -> str: ...  # the detectors' class constant
+    @property
+    def k(self) -> int: ...
 
     def fit(self, history: Floats) -> None: ...
     def step(self, x: Floats) -> Floats: ...
