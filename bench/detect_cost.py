@@ -29,13 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, describe_machine, machine, table, write_result  # noqa: E402
-from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows  # noqa: E402
-from hub.detect.live import LiveScorer  # noqa: E402
-from hub.detect.novelty import Novelty  # noqa: E402
-from hub.detect.train import TooLittleHistory, fit_novelty, load_detector, train  # noqa: E402
-from hub.validate import Accepted, Limits, validate  # noqa: E402
-from shared.schema import metrics_columns, metrics_row  # noqa: E402
+from bench.common import ROOT, describe_machine, machine, table, write_result
+from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
+from hub.detect.live import LiveScorer
+from hub.detect.novelty import Novelty
+from hub.detect.train import TooLittleHistory, fit_novelty, load_detector, train
+from hub.ingest.validate import Accepted, Limits, validate
+from shared.schema import metrics_columns, metrics_row
 
 RECORDING = ROOT / "bench" / "data" / "agent-recording.jsonl.xz"
 DAY = 86_400

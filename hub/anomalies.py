@@ -9,10 +9,13 @@ the band the charts draw. Runs through any object with ``query(text, params)``.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from hub.cold import history_source
-from hub.read import Querier
+
+
+class Querier(Protocol):
+    def query(self, text: str, params: Any = None) -> list[dict[str, Any]]: ...
 
 RATE_WINDOW = timedelta(hours=1)
 MAX_BAND_RANGE = timedelta(days=7)  # longer ranges would read every per-second score

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from hub.validate import Accepted, Rejected, Result
+from hub.ingest.validate import Accepted, Rejected, Result
 from shared.schema import metrics_row
 
 
