@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from shared.topics import alert_topic
 from tests import processes
 from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
-from tests.web.test_dashboard import _chromium, screenshot
+from tests.web.test_dashboard import _chromium, cell, screenshot
 
 DEVICE = "spin-1"
 INTERVAL_S = "0.25"
@@ -117,7 +117,18 @@ def test_cpu_spin_opens_an_anomaly_alert_seen_by_api_mqtt_and_dashboard(
         wait_for(lambda: "Unusual behaviour" in browser.find_element(By.ID,
                                                                       "open-alerts").text,
                  20, "the anomaly alert on the fleet page")
+        wait_for(lambda: cell(browser, DEVICE, "anomaly").endswith("%"), 20,
+                 "the device's anomaly rate in the fleet table")
         assert screenshot(browser, "anomaly-fleet").stat().st_size > 10_000
+        browser.get(api + f"/#/device/{DEVICE}")
+        wait_for(lambda: browser.find_element(By.ID, "detector-model").text.startswith(
+            "v1 (novelty)"), 20, "the model on the device page")
+        wait_for(lambda: browser.execute_script(
+            "return (window.fleetpulse.band || {rate: []}).rate.some((r) => r > 0)"), 20,
+            "anomalous buckets in the device page's band")
+        assert screenshot(browser, "anomaly-device").stat().st_size > 10_000
+        browser.quit()  # before the restart: its event stream would hold the old hub
+        browser = None
         spin.kill()
         spin.wait(5)
         spin = None
