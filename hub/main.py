@@ -102,7 +102,8 @@ def load_rules(settings: HubSettings) -> list[Rule]:
 
 def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                inbox: Inbox, stats: IngestStats,
-               rules: list[Rule], cold_stats: ColdStats | None = None) -> HttpServer:
+               rules: list[Rule], cold_stats: ColdStats | None = None,
+               scorer: LiveScorer | None = None) -> HttpServer:
     """Serve the API and the dashboard in a thread; return the server (it has ``stop()``)."""
     from hub.api import HttpServer, HubHealth, create_app  # FastAPI only when serving
     from hub.read import FleetReader
@@ -119,9 +120,14 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                        "budget_dropped_readings": cold_stats.budget_dropped_readings,
                        "over_budget_bytes": cold_stats.over_budget_bytes,
                        "compaction_failures": cold_stats.failures}
+        detection: dict[str, object] | None = None
+        if scorer is not None:
+            detection = {"models": scorer.devices, "readings": scorer.stats.readings,
+                         "scored": scorer.stats.scored,
+                         "cpu_us_per_reading": scorer.stats.us_per_reading}
         return HubHealth(receiver.mqtt.connected, stats.last_write_at,
                          len(inbox) + stats.received - stats.acked, stats.received,
-                         stats.stored, stats.quarantined, storage)
+                         stats.stored, stats.quarantined, storage, detection)
 
     server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
                                    token=settings.api_token, rules=rules),
@@ -205,7 +211,8 @@ def run(settings: HubSettings) -> int:
         # which the broker would keep (and fill) for session_expiry_s after a failed start.
         if settings.http_port:
             try:
-                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats)
+                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats,
+                                  scorer)
             except OSError as exc:
                 log.error("%s", exc)
                 return 1

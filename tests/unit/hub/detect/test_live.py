@@ -128,3 +128,23 @@ def test_a_spike_scores_higher_than_quiet_readings():
     quiet = [scorer.score(_rows(["a"], [10.0])[1])[0][score_at] for _ in range(20)]
     spike = scorer.score(_rows(["a"], [99.0])[1])[0][score_at]
     assert spike > 0.5 > max(quiet)
+
+
+def test_a_newer_model_replaces_the_devices_state_and_leaves_the_others_alone():
+    columns, _ = _rows([], [])
+    score_at = columns.index("anomaly_score")
+    scorer = LiveScorer(columns)
+    first = {d: train(_quiet(i), "novelty", 200) for i, d in enumerate(["a", "b"])}
+    for d, m in first.items():
+        scorer.install(d, m)
+    own_b = load_detector("novelty", first["b"].to_bytes())
+    scorer.score(_rows(["a", "b"], [10.0, 10.0])[1])
+    own_b.step(np.array(signal_values(_raw(cpu=10.0))))
+    newer = train(_quiet(9) * 3, "novelty", 200)
+    own_a = load_detector("novelty", newer.to_bytes())
+    scorer.install("a", newer)
+    (row_a, row_b) = scorer.score(_rows(["a", "b"], [30.0, 30.0])[1])
+    x = np.array(signal_values(_raw(cpu=30.0)))
+    assert row_a[score_at] == pytest.approx(own_a.step(x).max(), rel=1e-9)
+    assert row_b[score_at] == pytest.approx(own_b.step(x).max(), rel=1e-9)
+    assert scorer.devices == 2
