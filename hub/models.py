@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from hub import cold
-from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
+from hub.detect.features import SIGNAL_SQL, SIGNALS, SOURCE_COLUMNS
 from hub.detect.model import Floats
 from hub.detect.train import Detector, TooLittleHistory, load_detector, params_of, train
 from shared.errors import StoreError
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 3  # versions kept per device: the newest scores, the others explain changes
 
-_HISTORY = ("select ts, " + ", ".join(SOURCE_COLUMNS) + " from "
+_HISTORY = ("select ts, " + ", ".join(SIGNAL_SQL) + " from "
             + cold.history_source(["ts", *SOURCE_COLUMNS]) + " order by ts")
 _LATEST = (
     "select distinct on (device_id) device_id, version, kind, signals, trained_at, "
@@ -90,7 +90,7 @@ def read_history(db: ModelDb, device_id: str, start: datetime, end: datetime) ->
         if first is None:
             first = rows[0][0]
         last = rows[-1][0]
-        parts.append(signal_rows(row[1:] for row in rows))
+        parts.append(np.array([row[1:] for row in rows], dtype=np.float64))  # None: NaN
     signals = np.concatenate(parts) if parts else np.zeros((0, len(SIGNALS)))
     return History(signals, first, last)
 

@@ -37,6 +37,21 @@ SIGNALS: tuple[str, ...] = (
     "cpu_celsius", "max_temperature_celsius",
     "cpu_ctx_switches_per_s", "cpu_interrupts_per_s",
 )
+# The same signals computed by PostgreSQL from the stored columns, for training: a device-day
+# then reaches the hub as 86,400 rows of plain numbers instead of arrays and JSON to decode
+# (tests/integration/test_models.py checks both give the same matrix).
+SIGNAL_SQL: tuple[str, ...] = (
+    "cpu_percent",
+    "(select max(v) - min(v) from unnest(cpu_per_core_percent) v)",
+    "cpu_load_1",
+    "memory_available_bytes::float8", "memory_swap_used_bytes::float8",
+    "memory_swap_in_bytes_per_s", "memory_swap_out_bytes_per_s",
+    "disk_read_bytes_per_s", "disk_write_bytes_per_s",
+    "network_bytes_sent_per_s", "network_bytes_recv_per_s",
+    "sensors_cpu_celsius",
+    "(select max((t->>'celsius')::float8) from jsonb_array_elements(sensors_temperatures) t)",
+    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s",
+)
 NAN = math.nan
 
 

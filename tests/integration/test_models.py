@@ -41,7 +41,10 @@ def _history(store: Store, device: str, count: int, start: datetime) -> None:
     rng = np.random.default_rng(len(device))
     write_readings(store, series(
         device, start, count, cpu_percent=lambda i: float(10 + rng.normal(0, 2)),
-        cpu_per_core_percent=lambda i: [12.0, 8.0], cpu_load_1=0.5,
+        cpu_per_core_percent=lambda i: [12.0 + i % 5, 8.0], cpu_load_1=0.5,
+        sensors_temperatures=lambda i: [] if i % 3 == 0 else [
+            {"sensor": "cpu_thermal", "label": "", "celsius": 50.0 + i % 7},
+            {"sensor": "nvme", "label": "Composite", "celsius": 41.5}],
         memory_available_bytes=lambda i: 2 ** 30 + i, memory_total_bytes=2 ** 31,
         disk_partitions=[partition("/", 40.0)]))
 
