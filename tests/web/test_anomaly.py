@@ -61,7 +61,12 @@ def test_cpu_spin_opens_an_anomaly_alert_seen_by_api_mqtt_and_dashboard(
     workdir = Path(tempfile.mkdtemp(prefix="fleetpulse-anomaly-"))
     prefix = f"fpanom-{uuid.uuid4().hex[:8]}"
     port = free_port()
+    # The anomaly rule's default 10 s is ten readings at one a second: the same ten readings
+    # at this test's interval.
+    rules = workdir / "rules.toml"
+    rules.write_text("[anomaly]\nduration_s = 2.5\n")
     settings = {"http_port": str(port), "batch_max_age_s": "0.2", "alert_check_s": "1",
+                "alert_rules_file": str(rules),
                 "train_min_readings": str(QUIET_READINGS), "train_window_h": "1",
                 "retrain_h": "0"}  # trained by the command below, never by the hub itself
     hub = processes.hub(workdir, broker_url=broker.url, db_url=db_url, prefix=prefix,
@@ -112,6 +117,9 @@ def test_cpu_spin_opens_an_anomaly_alert_seen_by_api_mqtt_and_dashboard(
         retained = orjson.loads(_retained(broker, alert_topic(prefix, DEVICE, "anomaly")))
         assert retained["rule"] == "anomaly" and retained["device_id"] == DEVICE
         assert retained["peak_value"] >= 0.5
+        detection = httpx.get(f"{api}/api/health", timeout=10).json()["detection"]
+        assert detection["models"] == 1 and detection["scored"] > 0
+        assert detection["cpu_us_per_reading"] > 0  # measured inside the hub
         browser = _chromium()
         browser.get(api + "/#/")
         wait_for(lambda: "Unusual behaviour" in browser.find_element(By.ID,
