@@ -43,6 +43,7 @@ _SLEEPING = frozenset({"sleeping", "disk-sleep", "idle"})
 COMM_MAX = 15  # the kernel keeps the first 15 bytes of a name (TASK_COMM_LEN - 1)
 KEEP_OPEN = 256  # stat files kept open, far under the usual 1024 open-file limit
 OFFSET_S = 0.5  # scans run half a second off the per-second readings (see ProcessWatcher)
+IDLE_WAIT_S = 60.0  # while off, the watcher looks at its stop event at least this often
 
 
 class ProcRecord(NamedTuple):
@@ -333,6 +334,10 @@ class ProcessSampler:
         self._prev: dict[Key, float] | None = None
         self._prev_at = 0.0
 
+    def reset(self) -> None:
+        """Forget the previous scan (process metrics turned off)."""
+        self._prev = None
+
     def scan(self) -> tuple[list[ProcRecord], list[float | None], float]:
         """Return every process, its CPU % since the previous scan, and that interval."""
         now = self.clock()
@@ -365,21 +370,57 @@ class ProcessWatcher:
     def __init__(self, sampler: ProcessSampler, period_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sampler = sampler
-        self.period_s = period_s
+        self.period_s = period_s  # 0: off (the thread waits for configure())
         self.clock = clock
         self.latest: ProcessesV1 | None = None
         self.scans = 0
         self.scan_s = 0.0  # wall time of the last scan, for the debug log
+        self._wake = threading.Event()
+
+    def configure(self, period_s: float, top_n: int) -> None:
+        """Use a new period (0: off) and top-N from the next scan on (settings changed
+        remotely, agent/remote.py); safe to call from another thread."""
+        self.sampler.top_n = top_n
+        if period_s != self.period_s:
+            self.period_s = period_s
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Make :meth:`run` look at its stop event and period now."""
+        self._wake.set()
+
+    def _wait(self, stop: threading.Event, timeout_s: float) -> bool:
+        """Wait until the timeout, a new period or a wake(); return True once stopped."""
+        self._wake.wait(max(0.0, timeout_s))
+        self._wake.clear()
+        return stop.is_set()
 
     def run(self, stop: threading.Event) -> None:
         if stop.wait(OFFSET_S):
             return
-        tick = self.clock() + self.period_s
-        try:
-            self.sampler.scan()  # CPU % needs an earlier scan: the first result is full
-        except Exception:
-            log.exception("process metrics: the first scan failed")
-        while not stop.wait(max(0.0, tick - self.clock())):
+        period = 0.0  # the period the schedule below was made for; 0: not primed
+        tick = 0.0
+        while not stop.is_set():
+            if self.period_s <= 0:  # off: forget the last result and the CPU times
+                self.latest, period = None, 0.0
+                self.sampler.reset()
+                if self._wait(stop, IDLE_WAIT_S):
+                    return
+                continue
+            if period == 0.0:
+                period = self.period_s
+                tick = self.clock() + period
+                try:
+                    self.sampler.scan()  # CPU % needs an earlier scan: the first result is full
+                except Exception:
+                    log.exception("process metrics: the first scan failed")
+            elif self.period_s != period:  # changed remotely: from the last scan, anew
+                tick += self.period_s - period
+                period = self.period_s
+            if self.clock() < tick:
+                if self._wait(stop, tick - self.clock()):
+                    return
+                continue  # woken early: the period may have changed
             started = self.clock()
             try:
                 self.latest = self.sampler.sample()
@@ -388,6 +429,6 @@ class ProcessWatcher:
             self.scans += 1
             self.scan_s = self.clock() - started
             log.debug("process scan %d took %.1f ms", self.scans, 1000 * self.scan_s)
-            tick += self.period_s
-            if self.clock() - tick > self.period_s:  # suspended: skip, do not burst
-                tick = self.clock() + self.period_s
+            tick += period
+            if self.clock() - tick > period:  # suspended: skip, do not burst
+                tick = self.clock() + period

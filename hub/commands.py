@@ -132,6 +132,9 @@ def train(settings: HubSettings, args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"Cannot train: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # e.g. detect_kind autoencoder without PyTorch
+        print(f"Cannot train: {exc}.", file=sys.stderr)
+        return 1
     finally:
         store.close()
 

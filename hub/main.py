@@ -38,7 +38,7 @@ from hub.commands import (
     status,
     train,
 )
-from hub.credentials import DEFAULT_PASSWORD_FILE
+from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_admin
 from hub.detect.live import LiveScorer
 from hub.ingest import Inbox, IngestStats, Receiver, backoff_s, run_ingest_loop
 from hub.models import Retrainer
@@ -298,6 +298,8 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
     "train": train,
     "add-device": lambda settings, args: run_device_account(settings, args),
     "revoke-device": lambda settings, args: run_device_account(settings, args),
+    "add-admin": lambda settings, args: run_add_admin(args.device_id or "", args.password_file,
+                                                      settings, args.reload_pid),
 }
 
 

@@ -252,8 +252,15 @@ class Retrainer:
             if stop is not None and stop.is_set():
                 break
             began = time.monotonic()
-            result = train_device(self.db, device_id, kind=self.kind, window_h=self.window_h,
-                                  min_readings=self.min_readings, now=self.clock())
+            try:
+                result = train_device(self.db, device_id, kind=self.kind,
+                                      window_h=self.window_h, min_readings=self.min_readings,
+                                      now=self.clock())
+            except RuntimeError as exc:  # e.g. the autoencoder without PyTorch installed
+                log.error("Cannot train anomaly models: %s. Retraining is off until the "
+                          "hub restarts; stored models still score.", exc)
+                self.retrain_h = 0
+                return done
             if result.model is not None:
                 self.install(result.model)
                 self.versions[device_id] = result.model.version

@@ -115,7 +115,7 @@ def _check_db_url(value: Secret | None) -> None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-DETECT_KINDS = ("novelty", "windowed_gaussian")
+DETECT_KINDS = ("novelty", "windowed_gaussian", "autoencoder")
 
 
 def _check_detect_kind(value: str) -> None:
@@ -188,6 +188,8 @@ class AgentSettings:
                                       "(0: off)", _not_negative)
     process_top_n: int = setting(10, "Processes kept in each top list (by CPU, by memory)",
                                  _check_top_n)
+    ha_discovery: bool = setting(False, "Announce this device and its sensors to Home "
+                                 "Assistant (MQTT discovery under homeassistant/)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
 
 
@@ -243,8 +245,9 @@ class HubSettings:
                                             "thresholds, durations and enabled flags")
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",
                                    _positive)
-    detect_kind: str = setting("novelty", "Anomaly detector trained per device: novelty or "
-                               "windowed_gaussian (hub/detect/)", _check_detect_kind)
+    detect_kind: str = setting("novelty", "Anomaly detector trained per device: novelty, "
+                               "windowed_gaussian or autoencoder (needs the train extra to "
+                               "train)", _check_detect_kind)
     train_window_h: float = setting(24.0, "Hours of a device's newest history (both tiers) its "
                                     "detector is trained on", _positive)
     train_min_readings: int = setting(3600, "A device with fewer readings in that window gets "

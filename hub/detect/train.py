@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hub.detect.autoencoder import Autoencoder
 from hub.detect.gaussian import WindowedGaussian
 from hub.detect.model import Floats
 from hub.detect.novelty import Novelty, _alpha
@@ -49,10 +50,14 @@ def _novelty(k: int, min_readings: int) -> Novelty:
 BUILDERS: dict[str, Callable[[int, int], Detector]] = {
     "novelty": _novelty,
     "windowed_gaussian": lambda k, min_readings: WindowedGaussian(k=k),
+    # Selectable, not the default (docs/anomaly.md): training needs PyTorch (the train
+    # extra; RuntimeError saying so without it), scoring numpy alone.
+    "autoencoder": lambda k, min_readings: Autoencoder(k=k),
 }
 LOADERS: dict[str, Callable[[bytes], Detector]] = {
     "novelty": Novelty.from_bytes,
     "windowed_gaussian": WindowedGaussian.from_bytes,
+    "autoencoder": Autoencoder.from_bytes,
 }
 
 
