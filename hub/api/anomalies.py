@@ -3,10 +3,12 @@ score band of a device's chart range (hub/anomalies.py reads them)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from hub.alerts import Rule
@@ -46,16 +48,41 @@ class AnomalyBandOut(BaseModel):
     note: str | None  # why there is no band (a range too long)
 
 
+# The fleet's rates read an hour of scores per device: shared by every dashboard for this long
+# (a fleet page asks every 10 s).
+RATES_MAX_AGE_S = 30.0
+_rates_lock = threading.Lock()
+
+
+def _rates_cache(request: Request) -> dict[tuple[float, str | None],
+                                          tuple[float, list[dict[str, Any]]]]:
+    """This application's cache of the rates (in ``app.state``: one per app)."""
+    state = request.app.state
+    if not hasattr(state, "anomaly_rates"):
+        state.anomaly_rates = {}
+    cache: dict[tuple[float, str | None], tuple[float, list[dict[str, Any]]]] = \
+        state.anomaly_rates
+    return cache
+
+
 def threshold_of(rules: tuple[Rule, ...]) -> float:
     return next((r.threshold for r in rules if r.name == "anomaly"), DEFAULT_THRESHOLD)
 
 
 @router.get("/api/anomalies", response_model=list[AnomalyOut])
-def anomalies(reader: Reader, context: Context,
+def anomalies(request: Request, reader: Reader, context: Context,
               device: str | None = None) -> list[dict[str, Any]]:
     """Each device's (or one's) anomaly model and the share of its last hour's readings it
-    found unusual (above the ``anomaly`` rule's threshold)."""
-    return reader.anomaly_rates(threshold_of(context.rules), device)
+    found unusual (above the ``anomaly`` rule's threshold); up to 30 s old."""
+    key = (threshold_of(context.rules), device)
+    with _rates_lock:
+        rates = _rates_cache(request)
+        cached = rates.get(key)
+        if cached is None or time.monotonic() - cached[0] > RATES_MAX_AGE_S:
+            if len(rates) > 1000:  # one entry per device page asked: keep it bounded
+                rates.clear()
+            cached = rates[key] = (time.monotonic(), reader.anomaly_rates(key[0], device))
+    return cached[1]
 
 
 @router.get("/api/devices/{device_id}/anomalies", response_model=AnomalyBandOut)
