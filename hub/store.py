@@ -182,6 +182,15 @@ class Store:
             except psycopg.Error:
                 pass
             raise classify(exc) from exc  # keep psycopg's error as the cause
+        except BaseException:
+            # Our own refusal (a cold block that does not read back) or an interrupt: the
+            # transaction must not stay open, or the next one on this connection would
+            # commit its half-done work.
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            raise
 
     def check(self) -> None:
         """Run a trivial query; raise StoreError when the database cannot be used."""

@@ -328,3 +328,117 @@ def test_the_cold_table_has_an_array_column_per_part_of_the_layout(store: Store)
                                             "numeric[]": "numeric", "integer[]": "int4",
                                             "double precision[]": "float8"}[
                                                 part.pg_type]
+
+
+def test_counters_and_timestamps_are_stored_as_differences_and_read_back_exactly(
+        store: Store) -> None:
+    counters = [10**12 + 997 * i for i in range(40)]
+    counters[15] = 0  # the counter reset (a reboot): a large negative difference
+    counters[16] = 5
+    counters[25] = MAX_COUNTER  # then back down to 3: the largest difference there is
+    counters[26] = 3
+    seconds = [i + (i // 10) * 7 + (0.000123 if i % 3 else 0) for i in range(40)]  # gaps
+    interfaces = [[{"name": n, **{k: (i * 1000 + j if "_per_s" not in k else i * 0.5)
+                                  for j, k in enumerate(
+                                      ("bytes_sent", "bytes_sent_per_s", "bytes_recv",
+                                       "bytes_recv_per_s", "packets_sent", "packets_sent_per_s",
+                                       "packets_recv", "packets_recv_per_s", "errors_in",
+                                       "errors_in_per_s", "errors_out", "errors_out_per_s",
+                                       "drops_in", "drops_in_per_s", "drops_out",
+                                       "drops_out_per_s"))}}
+                   for n in ("eth0", "lo")] for i in range(40)]
+    readings = [reading("pi-1", T0 + timedelta(seconds=s), seq=(i % 30) + 1,
+                        session_id="s1" if i < 30 else "s2",  # a restart: seq from 1 again
+                        cpu_ctx_switches=c, cpu_syscalls=None if i == 7 else i,
+                        memory_used_bytes=2**33 - i * 4096, network_per_interface=nets,
+                        disk_partitions=[partition("/", 41.5)][:1 + i % 2] if i < 20 else [])
+                for i, (s, c, nets) in enumerate(zip(seconds, counters, interfaces,
+                                                       strict=True))]
+    put(store, readings)
+    before = everything(store)
+
+    compact_all(store, T0 + timedelta(days=3))
+
+    (block,) = store.query("select delta, ts, received_at from metrics_cold")
+    assert {"seq", "ts__us", "received_at__us", "cpu_ctx_switches", "memory_used_bytes",
+            "network_per_interface__bytes_sent"} <= set(block["delta"])
+    # A part holding a null is kept as it is: the running sum cannot skip one.
+    assert "cpu_syscalls" not in block["delta"]
+    assert block["ts"] is None and block["received_at"] is None  # schema 4's columns
+    assert history(store) == before
+    assert everything(store, "metrics_all") == before
+
+
+def first_value(part: str, change: str) -> str:
+    """PL/pgSQL changing the first non-null element of ``part`` (lists are null-padded)."""
+    return (f"for i in 1..cardinality(new.{part}) loop if new.{part}[i] is not null then "
+            f"new.{part}[i] := new.{part}[i] {change}; exit; end if; end loop")
+
+
+CORRUPTIONS = {
+    # One value of one reading, the way each kind of part is stored.
+    "a double": "new.cpu_load_1[7] := new.cpu_load_1[7] + 1e-12",
+    "a delta-coded counter": ("new.memory_used_bytes[5] := new.memory_used_bytes[5] + 1; "
+                              "new.memory_used_bytes[6] := new.memory_used_bytes[6] - 1"),
+    "a delta-coded timestamp": "new.ts__us[9] := new.ts__us[9] + 1; "
+                               "new.ts__us[10] := new.ts__us[10] - 1",
+    "a text": "new.session_id[3] := 's9'",
+    "a value made null": "new.cpu_freq_current_mhz[4] := null",
+    "a record field": first_value("network_per_interface__bytes_recv_per_s", "+ 0.001"),
+    "a per-core value": first_value("cpu_per_core_percent", "/ 2"),
+    # 41.5 read back as 41.50: equal as numbers and as jsonb, not as stored.
+    "a record number's scale": ("new.disk_partitions__percent[1] := "
+                                "new.disk_partitions__percent[1]::numeric(10, 2)"),
+}
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_a_block_that_does_not_read_back_exactly_is_refused(store: Store, kind: str) -> None:
+    readings = noisy("pi-1", T0, 60, 10.0, seed=50)
+    put(store, readings)
+    before = everything(store)
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        # The block as the compaction wrote it, changed in one value before it is stored.
+        conn.execute(f"create function corrupt() returns trigger language plpgsql as $$ "
+                     f"begin {CORRUPTIONS[kind]}; return new; end $$")
+        conn.execute("create trigger corrupt before insert on metrics_cold for each row "
+                     "execute function corrupt()")
+
+    stats = compact_all(store, T0 + timedelta(days=3))
+
+    assert stats.failures == 1 and stats.compacted_hours == 0
+    assert count(store, "metrics_cold") == 0 and everything(store) == before
+
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("drop trigger corrupt on metrics_cold")
+    stats = compact_all(store, T0 + timedelta(days=3))
+    assert stats.compacted_hours == 1 and history(store) == before
+
+
+SCHEMA_4_BLOCK = ROOT / "tests" / "integration" / "data" / "cold_block_schema4.tsv"
+
+
+def test_a_block_written_by_schema_4_reads_back_and_merges_a_late_reading(
+        store: Store) -> None:
+    # The block the cold tier of schema 4 wrote for these readings (2-D list arrays,
+    # timestamptz[] timestamps, every counter as it is), kept as COPY text.
+    readings = noisy("old-1", T0, 60, 7.0, seed=11)
+    expected = write_and_read(store.url, readings)
+    header, body = SCHEMA_4_BLOCK.read_bytes().split(b"\n", 1)
+    columns = ", ".join(cold._q(c) for c in header.decode().split("\t"))
+    with psycopg.connect(store.url) as conn:
+        with conn.cursor().copy(f"copy metrics_cold ({columns}) from stdin".encode()) as cp:
+            cp.write(body)
+        row = conn.execute("select delta, ts__us, array_ndims(network_per_interface__name) "
+                           "from metrics_cold").fetchone()
+    assert row == (None, None, 2)
+    assert history(store) == expected
+    assert everything(store, "metrics_all") == expected
+
+    late = noisy("old-1", T0 + timedelta(seconds=3), 1, 1.0, seed=12, session="late")
+    assert put(store, readings[5:9]).inserted == 0  # already cold: a redelivery
+    assert put(store, late).inserted == 1
+    stats = compact_all(store, T0 + timedelta(days=3))
+    assert stats.compacted_hours == 1 and count(store, "metrics") == 0
+    assert store.query("select delta is not null as new from metrics_cold") == [{"new": True}]
+    assert history(store) == write_and_read(store.url, readings + late)
