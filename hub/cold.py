@@ -182,7 +182,24 @@ def ensure_sql(lay: Layout) -> list[str]:
         f"create or replace view {HISTORY_VIEW} with (security_invoker = true) as "
         f"select {names} from metrics union all "
         f"select {names} from {ROWS_FUNCTION}(null, '-infinity', 'infinity')")
+    # The seed format's view (migration 0001) over both tiers, its columns unchanged.
+    statements.append(SEED_VIEW_SQL)
     return statements
+
+
+SEED_VIEW_SQL = f"""create or replace view metrics_seed with (security_invoker = true) as
+select device_id, ts,
+       cpu_percent as cpu_load,
+       sensors_cpu_celsius as cpu_temp,
+       memory_percent as ram_usage_percent,
+       disk_read_bytes / 1048576.0::float8 as disk_read_mb,
+       disk_write_bytes / 1048576.0::float8 as disk_write_mb,
+       network_bytes_sent / 1048576.0::float8 as net_sent_mb,
+       network_bytes_recv / 1048576.0::float8 as net_recv_mb,
+       (throttling_throttled_now or throttling_freq_capped_now or throttling_soft_temp_limit_now)
+           as is_throttling,
+       (not sensors_battery_charging) as on_battery
+from {HISTORY_VIEW}"""
 
 
 def _list_columns(lay: Layout) -> list[Column]:
