@@ -495,12 +495,26 @@ class Store:
             longest = cur.fetchone()
             assert longest is not None
             slots = dict(zip(cold.list_names(lay), (int(n) for n in longest), strict=True))
-            cur.execute(cold.insert_block_sql(lay, source, slots).encode(), params)
-            encoded = time.perf_counter()
-            cur.execute(cold.verify_sql(lay, source).encode(), params)
+            # Records' decimal numbers as integers first; a block whose numbers do not fit
+            # (the check refuses it, or the integer overflows) is built with numeric[].
+            for scaled in (True, False):
+                cur.execute("savepoint block")
+                try:
+                    cur.execute(cold.insert_block_sql(lay, source, slots, scaled).encode(),
+                                params)
+                    encoded = time.perf_counter()
+                    cur.execute(cold.verify_sql(lay, source).encode(), params)
+                    checked = cur.fetchone()
+                except psycopg.errors.NumericValueOutOfRange:
+                    if not scaled:
+                        raise
+                    checked = None
+                assert checked is not None or scaled
+                if checked is not None and not (checked[0] and scaled):
+                    break
+                cur.execute("rollback to savepoint block")
             log.debug("cold block %s %s: encoded in %.3f s, verified in %.3f s", device_id,
                       hour, encoded - began, time.perf_counter() - encoded)
-            checked = cur.fetchone()
             assert checked is not None
             if checked[0]:
                 raise PermanentStoreError(

@@ -352,7 +352,8 @@ def test_counters_and_timestamps_are_stored_as_differences_and_read_back_exactly
                         session_id="s1" if i < 30 else "s2",  # a restart: seq from 1 again
                         cpu_ctx_switches=c, cpu_syscalls=None if i == 7 else i,
                         memory_used_bytes=2**33 - i * 4096, network_per_interface=nets,
-                        disk_partitions=[partition("/", 41.5)][:1 + i % 2] if i < 20 else [])
+                        disk_partitions=[partition("/", 41.25)][:1 + i % 2] if i < 20 else [],
+                        sensors_temperatures=[{"sensor": "x", "label": "", "celsius": -5.5 - i}])
                 for i, (s, c, nets) in enumerate(zip(seconds, counters, interfaces,
                                                        strict=True))]
     put(store, readings)
@@ -368,12 +369,37 @@ def test_counters_and_timestamps_are_stored_as_differences_and_read_back_exactly
     assert block["ts"] is None and block["received_at"] is None  # schema 4's columns
     assert history(store) == before
     assert everything(store, "metrics_all") == before
+    # Records' decimal numbers (rates, percentages, negative temperatures) as integers.
+    (numbers,) = store.query("select network_per_interface__bytes_sent_per_s as plain, "
+                             "network_per_interface__bytes_sent_per_s__k as k, "
+                             "sensors_temperatures__celsius__k as celsius from metrics_cold")
+    assert numbers["plain"] is None and numbers["k"] and numbers["celsius"]
+
+
+def test_record_numbers_that_do_not_fit_an_integer_stay_numeric(store: Store) -> None:
+    fields = ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "errors_in",
+              "errors_out", "drops_in", "drops_out")
+    interfaces = [{"name": "eth0", **{f: 0 for f in fields}, **{f"{f}_per_s": 0.0 for f in fields},
+                   "bytes_sent_per_s": value}
+                  for value in (0.0, 12.5, 7966.253, 0.12345, 1e17)]  # 5 decimals; too big
+    readings = [reading("pi-1", T0 + timedelta(seconds=i), seq=i + 1,
+                        network_per_interface=[interface])
+                for i, interface in enumerate(interfaces)]
+    put(store, readings)
+    before = everything(store)
+    compact_all(store, T0 + timedelta(days=3))
+    (block,) = store.query("select network_per_interface__bytes_sent_per_s as plain, "
+                           "network_per_interface__bytes_sent_per_s__k as k from metrics_cold")
+    assert block["k"] is None and [str(v) for v in block["plain"]] == [
+        "0.0", "12.5", "7966.253", "0.12345", "100000000000000000"]
+    assert history(store) == before
 
 
 def first_value(part: str, change: str) -> str:
     """PL/pgSQL changing the first non-null element of ``part`` (lists are null-padded)."""
-    return (f"for i in 1..cardinality(new.{part}) loop if new.{part}[i] is not null then "
-            f"new.{part}[i] := new.{part}[i] {change}; exit; end if; end loop")
+    return (f"if new.{part} is not null then for i in 1..cardinality(new.{part}) loop "
+            f"if new.{part}[i] is not null then new.{part}[i] := new.{part}[i] {change}; "
+            "exit; end if; end loop; end if")
 
 
 CORRUPTIONS = {
@@ -385,10 +411,15 @@ CORRUPTIONS = {
                                "new.ts__us[10] := new.ts__us[10] - 1",
     "a text": "new.session_id[3] := 's9'",
     "a value made null": "new.cpu_freq_current_mhz[4] := null",
-    "a record field": first_value("network_per_interface__bytes_recv_per_s", "+ 0.001"),
+    # A record's decimal number, stored as an integer or (if it does not fit) as numeric:
+    # each form changed, so neither is accepted.
+    "a record field": (first_value("network_per_interface__bytes_recv_per_s__k", "+ 4") + "; "
+                       + first_value("network_per_interface__bytes_recv_per_s", "+ 0.001")),
     "a per-core value": first_value("cpu_per_core_percent", "/ 2"),
     # 41.5 read back as 41.50: equal as numbers and as jsonb, not as stored.
-    "a record number's scale": ("new.disk_partitions__percent[1] := "
+    "a record number's scale": ("new.disk_partitions__percent__k[1] := "
+                                "new.disk_partitions__percent__k[1] - 1; "
+                                "new.disk_partitions__percent[1] := "
                                 "new.disk_partitions__percent[1]::numeric(10, 2)"),
 }
 
