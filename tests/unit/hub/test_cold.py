@@ -118,3 +118,32 @@ def test_a_block_that_does_not_read_back_stays_hot_and_holds_up_nothing(
         assert compactor.round() == 0  # nothing left but the refused one: not retried
     assert store.compacted == hours[1:] and store.hot == [("pi-1", t0)]
     assert stats.failures == 1 and caplog.text.count("Not compacting pi-1") == 1
+
+
+def test_counters_timestamps_and_record_numbers_have_their_compact_parts() -> None:
+    lay = cold.layout()
+    # Timestamps: microseconds since the hour (delta-coded) now; timestamptz[] only read.
+    assert lay.part("ts__us").delta and lay.part("ts__us").micros
+    assert lay.part("ts").legacy and lay.part("ts") not in lay.written
+    # Counters, also inside records, may be kept as differences; doubles and text not.
+    assert lay.part("cpu_ctx_switches").delta
+    assert lay.part("network_per_interface__bytes_sent").delta
+    assert not lay.part("cpu_percent").delta and not lay.part("session_id").delta
+    # A record's decimal number has a numeric[] part and its integer twin.
+    plain, scaled = lay.part("disk_partitions__percent"), lay.part("disk_partitions__percent__k")
+    assert scaled.scaled and scaled.pg_type == "bigint[]" and lay.twin(plain) == scaled
+    assert lay.twin(scaled) == plain and lay.twin(lay.part("cpu_percent")) is None
+
+
+def test_a_block_is_written_with_integers_or_numeric_never_both() -> None:
+    lay = cold.layout()
+    slots = dict.fromkeys(cold.list_names(lay), 2)
+    scaled = cold.insert_block_sql(lay, "src", slots, scaled=True)
+    plain = cold.insert_block_sql(lay, "src", slots, scaled=False)
+    targets = [sql.split("insert into metrics_cold (")[1].split(")")[0] for sql in (scaled, plain)]
+    assert '"disk_partitions__percent__k"' in targets[0]
+    assert '"disk_partitions__percent",' not in targets[0]
+    assert '"disk_partitions__percent__k"' not in targets[1]
+    assert '"disk_partitions__percent",' in targets[1]
+    # Either way the block lists the field under its plain name (readers look for it there).
+    assert "'disk_partitions__percent'" in scaled and "'disk_partitions__percent'" in plain
