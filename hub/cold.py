@@ -6,34 +6,41 @@ SQL that builds a block from hot rows, reads it back as rows and checks the two 
 
 A block (``metrics_cold``, key ``(device_id, hour)``) holds every reading of one device in
 one UTC hour, column by column, as PostgreSQL arrays that TOAST compresses (pglz). Chosen
-by measuring candidates on the real agent's readings (bench/storage.py, README):
+by measuring candidates on the real agent's readings (bench/storage.py --tiers, README):
 
-* scalar columns become one array each, in reading order (``ts``, ``seq``, counters as
+* scalar columns become one array each, in reading order (``seq``, counters as
   ``bigint[]``, flags as ``boolean[]``, text as ``text[]``: a session id repeated 3,600
-  times compresses to almost nothing);
-* ``double precision`` columns become ``double precision[]``: exact by construction, and
-  measured no larger than ``numeric[]`` of their shortest decimals (bench/storage.py
-  --tiers, candidates), which cost a text conversion per value both ways;
+  times compresses to almost nothing); ``double precision`` columns ``double precision[]``,
+  exact by construction and no larger than ``numeric[]`` of their shortest decimals;
+* ``bigint`` parts (counters, ``seq``, the records' counters) are stored as differences
+  from the element before when the part holds no null in the block (``delta`` lists them);
+  readers add them up again (``metrics_cold_sum``, a bigint running sum). A counter going
+  up by a few thousand a second needs 2-3 bytes where its value needs 5-6: ~35 % smaller;
+* ``ts`` and ``received_at`` become microseconds since the block's hour (``ts__us``,
+  ``received_at__us``), delta-coded too: 1 s apart, ~6x smaller than ``timestamptz[]``;
 * lists of numbers (per-core %) and the jsonb lists of records (partitions, disks,
-  interfaces, temperatures) become one 2-D array per record field, ``[slot][reading]``
-  (one interface's bytes over the hour sit side by side, null-padded past the reading's
-  list), plus ``<column>__n``, the list's length in each reading. jsonb numbers go to
-  ``numeric`` as they are, so ``0.0`` stays ``0.0``.
+  interfaces, temperatures) become one array per record field, slot after slot (one
+  interface's bytes over the hour side by side, null-padded past the reading's list;
+  blocks of schema 4 hold a 2-D ``[slot][reading]`` array, which reads the same), plus
+  ``<column>__n``, the list's length in each reading. jsonb numbers are ``numeric`` (``0.0``
+  stays ``0.0``), kept as integers where they fit (see ``_SCALE``).
 
-Not chosen (same bench, bench/README.md "Storage tiers"): lz4 (~16 % larger); Parquet with
-zstd in a ``bytea`` (~12 % smaller, but plain PostgreSQL cannot give its rows back); counters
-delta-encoded (~7 % smaller here, ~19 % with the lists' counters and the timestamps: the next
-step, at the price of a running sum per column when reading back).
+Not chosen (same bench, bench/README.md "Storage tiers"): lz4 (~25 % larger; pglz costs more
+CPU, but the bytes target needs it); Parquet with zstd in a ``bytea`` (plain PostgreSQL
+cannot give its rows back); numeric[] for the doubles (larger).
 
-Schema evolution: each block lists the physical columns it holds (``parts``). A column
-added to the schema later gets its array column (``ALTER TABLE … ADD COLUMN IF NOT
-EXISTS``, :func:`ensure_sql`), old blocks have none and read back null — as the hot rows
-written before the column existed do; a record field added later is left out of the
-records rebuilt from blocks that lack it.
+Schema evolution: each block lists the fields it holds (``parts``). A column added to the
+schema later gets its array column (``ALTER TABLE … ADD COLUMN IF NOT EXISTS``,
+:func:`ensure_sql`), old blocks have none and read back null — as the hot rows written
+before the column existed do; a record field added later is left out of the records
+rebuilt from blocks that lack it. Blocks of schema 4 (no ``delta``, timestamptz[] times,
+numeric[] record numbers) read back through the same functions; a late reading merged into
+one rewrites it in the current form.
 
-Lossless is checked, not assumed: the compaction's transaction rebuilds the block's rows
-with the very function readers use and compares them with the hot rows (``EXCEPT ALL``
-both ways, counts equal) before it deletes anything.
+Lossless is checked, not assumed: the compaction's transaction reads the block back with
+the readers' own SQL and compares it with the hot rows before it deletes anything (a 64-bit
+hash of every whole row, summed, on each side; the jsonb lists as the text jsonb prints:
+:func:`verify_sql`). A block that differs is rolled back and its readings stay hot.
 """
 
 from __future__ import annotations
@@ -493,14 +500,18 @@ def _no_nulls(p: Part) -> str:
     return f"array_position(a.{_q(p.name)}, null) is null"
 
 
-def _delta_coded(p: Part) -> str:
-    """Part ``p`` of the aggregates ``a`` as differences from the element before (the
-    first from 0) when it holds no null, else as is. The array is zipped with itself one
-    place later: ~2x cheaper than ``lag()`` over its elements (measured)."""
-    array = f"a.{_q(p.name)}"
-    return (f"case when {_no_nulls(p)} then array(select x.v - x.w from unnest({array}, "
-            f"array_prepend(0::bigint, {array})) as x(v, w) where x.v is not null) "
-            f"else {array} end")
+def _differences(parts: list[Part]) -> str:
+    """A subquery over the aggregates ``a``: each of ``parts`` as differences from the
+    element before (the first from 0), all in one pass (each array zipped with itself one
+    place later; one scan for every part is cheaper than one each, and than ``lag()``)."""
+    if not parts:
+        return "(select) d"
+    rows_from = ", ".join(f"unnest(a.{_q(p.name)}), unnest(array_prepend(0::bigint, "
+                          f"a.{_q(p.name)}))" for p in parts)
+    names = ", ".join(f"v{j}, w{j}" for j in range(len(parts)))
+    aggs = ", ".join(f"coalesce(array_agg(x.v{j} - x.w{j}) filter (where x.v{j} is not null), "
+                     f"'{{}}') as {_q(p.name)}" for j, p in enumerate(parts))
+    return f"(select {aggs} from rows from ({rows_from}) as x({names})) d"
 
 
 def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
@@ -527,7 +538,9 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
     aggs = ", ".join(
         _concat([f"array_agg({e})" for e in _elements(lay, p, slots)], p.pg_type)
         + f" as {_q(p.name)}" for p in written)
-    finals = ", ".join(_delta_coded(p) if p.delta else f"a.{_q(p.name)}" for p in written)
+    # A part holding a null is kept as it is (a running sum cannot skip one).
+    finals = ", ".join(f"case when {_no_nulls(p)} then d.{_q(p.name)} else a.{_q(p.name)} end"
+                       if p.delta else f"a.{_q(p.name)}" for p in written)
     delta = ", ".join(f"case when {_no_nulls(p)} then '{p.name}' end"
                       for p in written if p.delta)
     # A scaled field is listed by its plain name too: the readers look for it there.
@@ -543,7 +556,8 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
             f"a as (select count(*) as n, {aggs} from r) "
             f"insert into {TABLE} (device_id, hour, readings, parts, delta, {targets}) "
             f"select %(device)s, %(hour)s, a.n, {parts}, "
-            f"array_remove(array[{delta}]::text[], null), {finals} from a where a.n > 0")
+            f"array_remove(array[{delta}]::text[], null), {finals} from a cross join lateral "
+            f"{_differences([p for p in written if p.delta])} where a.n > 0")
 
 
 def hot_rows_sql(lay: Layout) -> str:
