@@ -104,6 +104,30 @@ def insert_with_rollups_sql(staging: str) -> str:
     return "with " + ", ".join(parts) + " select count(*) from ins"
 
 
+def subtract_rollups_sql(source: str) -> str:
+    """Return one statement taking the rows of ``source`` out of the rollups again.
+
+    For readings counted twice: a redelivery inserted hot in the instant its first copy was
+    compacted (its insert waited for the compaction's delete, then found no conflict), which
+    the next compaction finds in both tiers. Counts and sums go back (a sum to within the
+    last bit of a double); min and max stay, as the copy held the same values.
+    """
+    parts = [f"s as materialized (select * from {source})"]
+    for i, table in enumerate(ROLLUP_TABLES):
+        selects = ["device_id", f"date_bin('{table.step_s} seconds', ts, {_ORIGIN}) as bucket",
+                   "count(*) as readings"]
+        sets = ["readings = r.readings - d.readings"]
+        for column in ROLLUP_COLUMNS:
+            selects += [f"sum({column}) as {column}_sum", f"count({column}) as {column}_count"]
+            sets += [f"{column}_sum = case when r.{column}_count = d.{column}_count then null "
+                     f"else r.{column}_sum - coalesce(d.{column}_sum, 0) end",
+                     f"{column}_count = r.{column}_count - d.{column}_count"]
+        parts.append(f"u{i} as (update {table.name} r set {', '.join(sets)} from (select "
+                     f"{', '.join(selects)} from s group by 1, 2) d where r.device_id = "
+                     "d.device_id and r.bucket = d.bucket)")
+    return "with " + ", ".join(parts) + " select count(*) from s"
+
+
 def create_rollup_table_sql(table: RollupTable) -> str:
     """Return the DDL of one rollup table (used to write and check the migration)."""
     body = ",\n".join(f"    {name} {tp}" + (" not null default 0" if name == "readings" else "")

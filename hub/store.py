@@ -27,7 +27,7 @@ from psycopg.types.json import set_json_dumps
 
 from hub import cold
 from hub.batch import DeviceEvents, QuarantineRecord
-from hub.rollup import insert_with_rollups_sql
+from hub.rollup import insert_with_rollups_sql, subtract_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
 from shared.schema import metrics_columns
 
@@ -478,6 +478,12 @@ class Store:
                 cur.execute(f"create temp table cold_merge on commit drop as select * from "
                             f"{cold.ROWS_FUNCTION}(%(device)s, %(hour)s, %(end)s)".encode(),
                             params)
+                # A hot row the block holds already was counted twice in the rollups (a
+                # redelivery that raced the compaction of its hour): counted once again.
+                duplicated = (f"(select h.* from ({cold.hot_rows_sql(lay)}) h where exists "
+                              "(select 1 from cold_merge c where c.ts = h.ts and c.session_id "
+                              "= h.session_id and c.seq = h.seq)) d")
+                cur.execute(subtract_rollups_sql(duplicated).encode(), params)
                 cur.execute(("insert into cold_merge " + cold.hot_rows_sql(lay) +
                              " and not exists (select 1 from cold_merge c where c.ts = "
                              "metrics.ts and c.session_id = metrics.session_id and c.seq = "
