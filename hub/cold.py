@@ -71,6 +71,7 @@ _MICROS = ("ts", "received_at")
 # (bench.storage --tiers). A block whose numbers do not fit (more decimals, or beyond
 # ±2^61/1000) keeps numeric[]: the compaction tries this first and falls back.
 _SCALE = 1000
+_MAX_NUMBERS = 600  # scaled fields × slots a block builds as columns (PostgreSQL allows 1,664)
 _ARRAY_TYPES = {"text": "text[]", "bigint": "bigint[]", "boolean": "boolean[]",
                 "timestamptz": "timestamptz[]", "double precision": "double precision[]"}
 # Record fields come from jsonb, whose numbers are numeric: kept as numeric, so the JSON
@@ -487,9 +488,25 @@ def _elements(lay: Layout, p: Part, slots: dict[str, int]) -> list[str]:
             target = "numeric" if p.field_type == "double precision" else p.field_type
             value = f"nullif(r.{_items(column)}[{k}] -> '{p.field}', 'null')::{target}"
             if p.scaled:  # more decimals round here: the check refuses, numeric[] is used
-                value = f"({value} * {_SCALE})::bigint * 4 + (3 - scale({value}))"
+                number = f"r.{_number(p, k)}"  # the numeric, extracted once in ``r``
+                value = f"({number} * {_SCALE})::bigint * 4 + (3 - scale({number}))"
             elements.append(value)
     return elements
+
+
+def _number(p: Part, slot: int) -> str:
+    return _q(f"n__{p.name}__{slot}")
+
+
+def _numbers(lay: Layout, slots: dict[str, int]) -> list[str]:
+    """Columns of ``r``: each scaled record field of each slot as numeric (used twice)."""
+    out = []
+    for p in lay.written:
+        if p.scaled:
+            column = next(c for c in lay.columns if c.name == p.source)
+            out += [f"nullif({_items(column)}[{k}] -> '{p.field}', 'null')::numeric as "
+                    f"{_number(p, k)}" for k in range(1, slots[p.source] + 1)]
+    return out
 
 
 def _concat(aggregates: list[str], pg_type: str) -> str:
@@ -534,6 +551,9 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
     micros = "".join(
         f", (extract(epoch from {_q(p.source)} - %(hour)s::timestamptz) * 1000000)::bigint "
         f"as {_q('us__' + p.source)}" for p in lay.written if p.micros)
+    numbers = _numbers(lay, slots) if scaled else []
+    if len(numbers) > _MAX_NUMBERS:  # hundreds of interfaces: numeric[], no extra columns
+        scaled, numbers = False, []
     written = [p for p in lay.written if p.scaled == scaled or lay.twin(p) is None]
     aggs = ", ".join(
         _concat([f"array_agg({e})" for e in _elements(lay, p, slots)], p.pg_type)
@@ -551,8 +571,11 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
     # The CTE is filled in reading order and its scan reads it back in that order: every
     # aggregate sees the readings sorted without a sort of its own (and the check after
     # it would refuse the block if not).
-    return (f"with r as materialized (select {names}{items}{micros} from {source} "
+    extracted = "".join(f", {n}" for n in numbers)
+    return (f"with r0 as materialized (select {names}{items}{micros} from {source} "
             "order by ts, session_id, seq), "
+            # OFFSET 0: each number extracted once per row, not once per use.
+            f"r as (select r0.*{extracted} from r0 offset 0), "
             f"a as (select count(*) as n, {aggs} from r) "
             f"insert into {TABLE} (device_id, hour, readings, parts, delta, {targets}) "
             f"select %(device)s, %(hour)s, a.n, {parts}, "
