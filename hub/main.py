@@ -5,6 +5,7 @@ and map each command to its function (:data:`COMMANDS`; the one-shot ones are in
     fleetpulse-hub run       subscribe, validate, store; serve the API and dashboard
     fleetpulse-hub status    print the fleet as a table, and the bytes of each storage tier
     fleetpulse-hub compact   move what is older than the hot window into the cold tier now
+    fleetpulse-hub train     train the anomaly detector of a device (--device ID) or all (--all)
     fleetpulse-hub migrate   create or upgrade the tables, then exit
     fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
     fleetpulse-hub add-device ID      give a device a broker account; print its agent.toml
@@ -35,15 +36,19 @@ from hub.commands import (
     run_export,
     run_migrate,
     status,
+    train,
 )
 from hub.credentials import DEFAULT_PASSWORD_FILE
+from hub.detect.live import LiveScorer
 from hub.ingest import Inbox, IngestStats, Receiver, backoff_s, run_ingest_loop
+from hub.models import Retrainer
 from hub.retention import ColdStats, Compactor, tier_summary
 from hub.store import Store, StorePool
 from hub.watch import AlertWatcher, run_alerts_loop
 from shared import __version__
 from shared.config import HubSettings, add_setting_flags, settings_from_args
 from shared.errors import ConfigError, StoreError
+from shared.schema import metrics_columns
 
 if TYPE_CHECKING:
     from hub.api import HttpServer
@@ -125,6 +130,25 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
     return server
 
 
+def start_detection(settings: HubSettings, url: str) -> tuple[LiveScorer, Retrainer, Store]:
+    """The live scorer with every device's newest model loaded, and the retrainer."""
+    scorer = LiveScorer([c.name for c in metrics_columns()])
+    # Its own connection: training reads a device-day of history at a time.
+    train_store = Store(url, application_name="fleetpulse-hub-train")
+    retrainer = Retrainer(train_store, lambda m: scorer.install(m.device_id, m.detector),
+                          kind=settings.detect_kind, window_h=settings.train_window_h,
+                          min_readings=settings.train_min_readings,
+                          retrain_h=settings.retrain_h,
+                          duty=settings.train_duty_percent / 100,
+                          clock=lambda: datetime.now(UTC))
+    try:
+        retrainer.load_all()  # before the first reading: a model survives a restart
+    except StoreError as exc:
+        log.error("Cannot load the anomaly models: %s. Readings are stored unscored until "
+                  "they load (retrying).", exc)
+    return scorer, retrainer, train_store
+
+
 def run(settings: HubSettings) -> int:
     stop = threading.Event()
 
@@ -173,6 +197,8 @@ def run(settings: HubSettings) -> int:
                           clock=lambda: datetime.now(UTC))
     compacting = threading.Thread(target=compactor.run, name="compact", daemon=True,
                                   args=(stop,))
+    scorer, retrainer, train_store = start_detection(settings, store.url)
+    training = threading.Thread(target=retrainer.run, name="train", daemon=True, args=(stop,))
     try:
         # Whatever can fail at start (the database above, the HTTP port here) is checked
         # before connecting to the broker: the first connect creates the persistent session,
@@ -186,7 +212,8 @@ def run(settings: HubSettings) -> int:
         receiver.start()
         watching.start()
         compacting.start()
-        run_ingest_loop(inbox, receiver, store, settings, stop, stats)
+        training.start()
+        run_ingest_loop(inbox, receiver, store, settings, stop, stats, scorer.score)
     finally:
         stop.set()
         if http is not None:
@@ -196,6 +223,9 @@ def run(settings: HubSettings) -> int:
             watching.join(10)
         if compacting.is_alive():
             compacting.join(10)
+        if training.is_alive():
+            training.join(10)
+        train_store.close()
         cold_store.close()
         pool.close()
         watch_store.close()
@@ -203,6 +233,9 @@ def run(settings: HubSettings) -> int:
         log.info("Stopped: %d messages received, %d rows stored, %d quarantined, %d left "
                  "for redelivery after a reconnect.", stats.received, stats.stored,
                  stats.quarantined, stats.stale)
+        if scorer.stats.readings:
+            log.info("Anomaly scores: %d of %d readings scored, %.1f µs of CPU per reading.",
+                     scorer.stats.scored, scorer.stats.readings, scorer.stats.us_per_reading)
     return 0
 
 
@@ -229,8 +262,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(broker/, secrets/, ca/); what exists is kept")
     deploy.add_argument("--shipped", type=Path, default=Path("mosquitto"), help="the "
                         "repository's mosquitto/ directory (default: mosquitto)")
-    export = parser.add_argument_group("export")
-    export.add_argument("--device", help="export this device only (default: the whole fleet)")
+    export = parser.add_argument_group("export / train")
+    export.add_argument("--device", help="export or train this device only (default for "
+                        "export: the whole fleet)")
+    export.add_argument("--all", action="store_true", help="train: every device")
     export.add_argument("--start", default="24h", help="ISO 8601 time or an age such as 90m, "
                         "24h, 7d (default 24h)")
     export.add_argument("--end", default="now", help="ISO 8601 time, 'now' or an age")
@@ -253,6 +288,7 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
     "migrate": lambda settings, args: run_migrate(settings),
     "export": lambda settings, args: run_export(settings, args),
     "compact": lambda settings, args: compact(settings),
+    "train": train,
     "add-device": lambda settings, args: run_device_account(settings, args),
     "revoke-device": lambda settings, args: run_device_account(settings, args),
 }

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from hub.alerts import Rule
-from hub.api import alerts, devices, series, system
+from hub.api import alerts, anomalies, devices, series, system
 from hub.api.deps import ApiContext, LatestCache
 from hub.api.models import HubHealth
 from hub.api.responses import JSONResponse
@@ -63,7 +63,8 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
                                       LatestCache(reader, now), stream_period_s)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StoreError, _database_failed)
-    for router in (devices.router, series.router, alerts.router, system.router):
+    for router in (devices.router, series.router, alerts.router, system.router,
+                   anomalies.router):
         app.include_router(router)
     if web_dir is not None:
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
