@@ -125,7 +125,11 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
     return server
 
 
-def run(settings: HubSettings) -> int:
+def run(settings: HubSettings, worker_index: int | None = None) -> int:
+    """Run the hub; ``worker_index`` > 0: a worker of ``--workers`` that only ingests
+    (worker 0, or a hub on its own, also serves HTTP and runs alerts, compaction and
+    retention: see hub/supervise.py)."""
+    primary = not worker_index
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -177,15 +181,16 @@ def run(settings: HubSettings) -> int:
         # Whatever can fail at start (the database above, the HTTP port here) is checked
         # before connecting to the broker: the first connect creates the persistent session,
         # which the broker would keep (and fill) for session_expiry_s after a failed start.
-        if settings.http_port:
+        if settings.http_port and primary:
             try:
                 http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats)
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
         receiver.start()
-        watching.start()
-        compacting.start()
+        if primary:
+            watching.start()
+            compacting.start()
         run_ingest_loop(inbox, receiver, store, settings, stop, stats)
     finally:
         stop.set()
@@ -204,6 +209,15 @@ def run(settings: HubSettings) -> int:
                  "for redelivery after a reconnect.", stats.received, stats.stored,
                  stats.quarantined, stats.stale)
     return 0
+
+
+def run_command(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``run``: one hub, or with ``--workers N`` a supervisor of N hubs (hub/supervise.py)."""
+    if settings.workers > 1 and args.worker_index is None:
+        from hub.supervise import supervise
+
+        return supervise(settings, args.argv)
+    return run(settings, args.worker_index)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -238,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
                         "anything else CSV; '-' for stdout")
     export.add_argument("--format", choices=["csv", "parquet"],
                         help="override the format the file name implies")
+    # Set by the supervisor of --workers for each hub process it starts (hub/supervise.py).
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
                         "exists, or FLEETPULSE_CONFIG)")
     add_setting_flags(parser, HubSettings)
@@ -248,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
 # The parser's choices are this table's keys (and init-deploy, which needs no settings), so
 # a command without a function here cannot be given.
 COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
-    "run": lambda settings, args: run(settings),
+    "run": lambda settings, args: run_command(settings, args),
     "status": lambda settings, args: status(settings),
     "migrate": lambda settings, args: run_migrate(settings),
     "export": lambda settings, args: run_export(settings, args),
@@ -259,7 +275,9 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv  # the supervisor of --workers starts its hubs with the same arguments
     if args.command == "init-deploy":
         if args.dir is None:
             print("fleetpulse-hub init-deploy needs --dir DIR.", file=sys.stderr)
@@ -273,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
+    worker = "" if args.worker_index is None else f"[{args.worker_index}]"
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s")
     return COMMANDS[args.command](settings, args)
 
 
