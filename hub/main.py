@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,14 +43,14 @@ from hub.retention import ColdStats, Compactor, tier_summary
 from hub.store import Store, StorePool
 from hub.watch import AlertWatcher, run_alerts_loop
 from shared import __version__
-from shared.config import HubSettings, add_setting_flags, settings_from_args
+from shared.config import DEFAULT_HUB_CONFIG, HubSettings, add_setting_flags, settings_from_args
 from shared.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from hub.api import HttpServer
 
 log = logging.getLogger("fleetpulse.hub")
-DEFAULT_CONFIG = Path("/etc/fleetpulse/hub.toml")
+DEFAULT_CONFIG = DEFAULT_HUB_CONFIG
 
 
 def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
@@ -214,9 +215,12 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
 def run_command(settings: HubSettings, args: argparse.Namespace) -> int:
     """``run``: one hub, or with ``--workers N`` a supervisor of N hubs (hub/supervise.py)."""
     if settings.workers > 1 and args.worker_index is None:
-        from hub.supervise import supervise
-
-        return supervise(settings, args.argv)
+        # The supervisor needs none of the hub's modules: this process becomes a fresh one
+        # running hub/supervise.py alone (its memory counts against the hub's).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable,  # noqa: S606 - our own module, with our own arguments
+                 [sys.executable, "-m", "hub.supervise", *args.argv])
     return run(settings, args.worker_index)
 
 

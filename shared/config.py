@@ -245,6 +245,7 @@ class HubSettings:
 
 
 S = TypeVar("S", AgentSettings, HubSettings)
+DEFAULT_HUB_CONFIG = Path("/etc/fleetpulse/hub.toml")
 
 
 def env_name(name: str) -> str:

@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+from tests import processes
 from tests.faults.fleet import Fleet
 from tests.servers import wait_for
 
@@ -63,3 +64,18 @@ def test_two_workers_share_the_load_and_a_killed_one_is_restarted_without_loss(
         assert sum(received.values()) < result.rows  # worker 1 before its kill took some
     finally:
         fleet.close()
+
+
+def test_a_worker_failing_its_start_check_stops_the_supervisor_with_its_code(
+        tmp_path: Path, db_url: str, prefix: str) -> None:
+    wrong = db_url.replace("://", "://nobody@", 1) if "@" not in db_url else \
+        db_url.split("://", 1)[0] + "://nobody@" + db_url.split("@", 1)[1]
+    hub = processes.hub(tmp_path, broker_url="mqtt://127.0.0.1:1", db_url=wrong, prefix=prefix,
+                        workers="2").start()
+    try:
+        wait_for(lambda: not hub.running(), 60, "the supervisor to give up")
+        assert hub.popen is not None and hub.popen.returncode == 1, hub.log()[-2000:]
+        assert "refused the login" in hub.log()
+        assert "Hub worker" in hub.log() and "exited with code 1 at start" in hub.log()
+    finally:
+        hub.kill()
