@@ -135,6 +135,33 @@ def timestamptz_array(values: Sequence[datetime]) -> bytes:
         [pack(8, (v - _PG_EPOCH) // _MICROSECOND) for v in values]))
 
 
+class _Float8ListDumper(Dumper):
+    """COPY's dumper of double precision[] (per-core CPU): a list of floats, 1-D, in one
+    ``struct`` call instead of psycopg's element by element (~5 % of the hub's CPU)."""
+
+    format = pq.Format.BINARY
+    oid = postgres.types["float8"].array_oid
+
+    def dump(self, obj: Any) -> bytes:
+        values: list[float | None] = obj
+        count = len(values)
+        if not count:
+            return _EMPTY_FLOAT8_ARRAY
+        if None in values:
+            return bytes(float8_array(values))
+        packer = _FLOAT8_ROWS.get(count)
+        if packer is None:
+            packer = _FLOAT8_ROWS[count] = struct.Struct("!iiIii" + "id" * count)
+        args: list[float | None] = [1, 0, _FLOAT8_OID, count, 1]
+        for v in values:
+            args += (8, v)
+        return packer.pack(*args)
+
+
+_FLOAT8_OID = postgres.types["float8"].oid
+_EMPTY_FLOAT8_ARRAY = struct.pack("!iiI", 0, 0, _FLOAT8_OID)
+_FLOAT8_ROWS: dict[int, struct.Struct] = {}
+
 _ARRAY_ENCODERS: dict[str, Callable[[Sequence[Any]], bytes]] = {
     "text": text_array, "double precision": float8_array, "timestamptz": timestamptz_array}
 _ROLLUP_ENCODERS = [_ARRAY_ENCODERS[COLUMNS[i].pg_type] for i in _ROLLUP_SOURCE]
@@ -248,6 +275,8 @@ class Store:
                 self._conn = psycopg.connect(self._url, autocommit=False, prepare_threshold=None,
                                              application_name=self._application_name,
                                              connect_timeout=5)
+                # By oid only: COPY's set_types() looks it up; lists in queries keep psycopg's.
+                self._conn.adapters.register_dumper(None, _Float8ListDumper)
             except psycopg.Error as exc:
                 raise classify(exc) from exc  # keep psycopg's error as the cause
             self._partitions = set()
