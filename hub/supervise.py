@@ -12,16 +12,16 @@ with ``--workers 1``, and supervises them:
 * the HTTP API, the alert rules, compaction and retention run in child 0 only (one
   writer of alerts and one compactor, and one port); the others only ingest. Child 0's
   ``/health`` counts its own messages;
-* a child that dies is started again (after 0.5 s, doubling up to 30 s while it keeps
-  dying within a minute); one that exits non-zero within its first seconds failed a start
-  check (a wrong setting, a refused login, a port in use): the supervisor stops the others
-  and exits with that code, as a single hub would;
+* a child that dies is started again at once (then after 0.5 s, doubling up to 30 s,
+  while it keeps dying within a minute of its start); one that exits non-zero within its
+  first seconds failed a start check (a wrong setting, a refused login, a port in use):
+  the supervisor stops the others and exits with that code, as a single hub would;
 * SIGTERM or SIGINT is forwarded to every child; the supervisor waits for them and exits.
 
 The embedded database (no ``db`` set) is started by the supervisor, and its URL given to
 the children in their environment. ``fleetpulse-hub run`` replaces itself with this
 module's :func:`main` (``exec``), which imports only the settings: the supervisor holds
-~17 MB instead of the hub's ~46 MB, and the target counts every process of the hub.
+~17 MB instead of the hub's ~46 MB (bench/hub_ingest.py counts every process's RSS).
 """
 
 from __future__ import annotations
@@ -124,10 +124,22 @@ def supervise(settings: HubSettings, argv: Sequence[str]) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the supervisor dies, even by
+    SIGKILL, so that no orphan keeps a worker's client id from its successor."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _start(child: _Child, argv: Sequence[str], settings: HubSettings,
            env: dict[str, str]) -> None:
     args = [sys.executable, "-m", "hub.main", *worker_args(argv, settings, child.index)]
-    child.popen = subprocess.Popen(args, env=env)  # its output goes where ours does
+    # Its output goes where ours does. preexec_fn: the supervisor runs no other thread.
+    child.popen = subprocess.Popen(args, env=env,
+                                   preexec_fn=_die_with_parent)
     child.started = time.monotonic()
     log.info("Hub worker %d started (pid %d).", child.index, child.popen.pid)
 

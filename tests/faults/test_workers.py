@@ -79,3 +79,23 @@ def test_a_worker_failing_its_start_check_stops_the_supervisor_with_its_code(
         assert "Hub worker" in hub.log() and "exited with code 1 at start" in hub.log()
     finally:
         hub.kill()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+        tmp_path: Path, db_url: str, prefix: str) -> None:
+    fleet = Fleet(tmp_path, db_url, prefix, agents=0, hub_settings={"workers": "2"})
+    hub = fleet.hub
+    try:
+        fleet.broker.start()
+        hub.start()
+        wait_for(lambda: hub.log().count("Subscribed at broker") >= 2, 60,
+                 "both workers to subscribe")
+        workers = children(hub.pid)
+        assert len(workers) == 2
+        hub.kill()  # SIGKILL: no chance to forward anything
+        wait_for(lambda: not any(alive(p) for p in workers), 30,
+                 "the orphaned workers to stop (parent-death signal)")
+    finally:
+        for pid in children(hub.pid) if hub.running() else set():
+            os.kill(pid, signal.SIGKILL)
+        fleet.close()
