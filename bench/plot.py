@@ -30,8 +30,18 @@ import matplotlib.pyplot as plt
 from bench.common import RESULTS
 
 HUB_COLORS = {"fleetpulse": "tab:blue", "minimal": "tab:orange", "nodered": "tab:red"}
-STYLE = {(hub, qos): (color, "-" if qos else "--") for hub, color in HUB_COLORS.items()
-         for qos in (0, 1)}
+# fleetpulse-wN (run --workers N) and any other hub: the next colours, in order of appearance
+_MORE_COLORS = ["tab:green", "tab:purple", "tab:cyan", "tab:brown", "tab:olive"]
+
+
+def hub_color(hub: str) -> str:
+    if hub not in HUB_COLORS:
+        HUB_COLORS[hub] = _MORE_COLORS[(len(HUB_COLORS) - 3) % len(_MORE_COLORS)]
+    return HUB_COLORS[hub]
+
+
+def hub_style(hub: str, qos: int) -> tuple[str, str]:
+    return hub_color(hub), "-" if qos else "--"
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -69,7 +79,7 @@ def plot_hub(data: dict[str, Any], name: str = "hub_ingest") -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     top = 0
     for (hub, qos), ws in sorted(series.items()):
-        color, line = STYLE.get((hub, qos), ("gray", ":"))
+        color, line = hub_style(hub, qos)
         xs = [w["rate"] for w in ws]
         ys = [delivered_rate(w) for w in ws]
         top = max(top, *xs)
@@ -88,7 +98,7 @@ def plot_hub(data: dict[str, Any], name: str = "hub_ingest") -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (hub, qos), ws in sorted(series.items()):
-        color, line = STYLE.get((hub, qos), ("gray", ":"))
+        color, line = hub_style(hub, qos)
         xs = [w["rate"] for w in ws]
         ax.plot(xs, [w["latency_p99_s"] for w in ws], line, color=color, marker="o",
                 label=f"{hub}, QoS {qos}, p99")
@@ -130,7 +140,7 @@ def plot_hub(data: dict[str, Any], name: str = "hub_ingest") -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (hub, qos), ws in sorted(series.items()):
-        color, line = STYLE.get((hub, qos), ("gray", ":"))
+        color, line = hub_style(hub, qos)
         ws = [w for w in ws if "cpu_us_per_message" in w]
         xs = [w["rate"] for w in ws]
         ax.plot(xs, [w["cpu_us_per_message"]["hub"] for w in ws], line, color=color,
@@ -152,7 +162,8 @@ def plot_hub(data: dict[str, Any], name: str = "hub_ingest") -> list[Path]:
 def plot_hubs(series: dict[tuple[str, int], list[dict[str, Any]]], note: str,
               name: str) -> Path:
     """The hubs side by side, per QoS: best sustained rate, and CPU per message at it."""
-    hubs = [h for h in HUB_COLORS if any(k[0] == h for k in series)]
+    found = {k[0] for k in series}
+    hubs = [h for h in HUB_COLORS if h in found] + sorted(found - set(HUB_COLORS))
     qos_list = sorted({k[1] for k in series}, reverse=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
     width = 0.8 / max(1, len(hubs))
@@ -165,7 +176,7 @@ def plot_hubs(series: dict[tuple[str, int], list[dict[str, Any]]], note: str,
             ok = [w for w in series.get((hub, qos), []) if w["sustained"]]
             best.append(ok[-1]["rate"] if ok else 0)
             costs.append(ok[-1]["cpu_us_per_message"] if ok else {})
-        bars = left.bar(xs, best, width, color=HUB_COLORS[hub], label=hub)
+        bars = left.bar(xs, best, width, color=hub_color(hub), label=hub)
         for bar, rate in zip(bars, best, strict=True):
             left.annotate(f"{rate:,}" if rate else "none", (bar.get_x() + bar.get_width() / 2,
                                                            bar.get_height()),
@@ -173,7 +184,7 @@ def plot_hubs(series: dict[tuple[str, int], list[dict[str, Any]]], note: str,
         bottom = [0.0] * len(xs)
         for part, hatch in zip(parts, hatches, strict=True):
             values = [c.get(part, 0.0) for c in costs]
-            right.bar(xs, values, width, bottom=bottom, color=HUB_COLORS[hub], hatch=hatch,
+            right.bar(xs, values, width, bottom=bottom, color=hub_color(hub), hatch=hatch,
                       edgecolor="white", label=hub if part == "hub" else None)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     for ax in (left, right):

@@ -1,17 +1,22 @@
-"""Cost of keeping the minute and hour rollups in the insert statement.
+"""Cost of the hub's write path: the COPY fast path, the duplicate-safe path, plain COPY.
 
-Measures: rows/s of ``Store.write`` (COPY into a temp table, then one statement that
-inserts into ``metrics`` and upserts both rollups), batches of ``--batch`` rows, commit
-per batch, ``--rows`` rows of 100 devices at 1 Hz. Baseline in the same run, on a fresh
-database: the same COPY and ``INSERT … ON CONFLICT DO NOTHING`` without the rollups (the
-statement before rollups existed). A private PostgreSQL on a free port.
+Measures: rows/s of ``Store.write`` on new readings (the fast path: COPY straight into the
+day's partition, rollups upserted from the batch's arrays), and of the same writes forced
+through the duplicate-safe path (COPY into a temp table, then one statement that inserts
+with ``ON CONFLICT DO NOTHING`` and rolls up what it inserted: what every batch took before
+the fast path, and what a batch holding a redelivery takes now); batches of ``--batch``
+rows, commit per batch, ``--rows`` rows of 100 devices at 1 Hz. Baseline in the same run,
+each on a fresh database: a plain binary COPY into ``metrics`` with no rollups and no
+device updates (the minimal hub's write). A private PostgreSQL on a free port; server
+CPU per row from the backend's /proc ticks.
 
-    python3 bench/write_rollups.py [--rows 200000] [--batch 5000] [--rounds 3]
+    python3 -m bench.write_rollups [--rows 200000] [--batch 5000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -30,26 +35,52 @@ from tests.readings import reading
 from tests.servers import PostgresServer
 
 _NAMES = ", ".join(c.name for c in metrics_columns())
-PLAIN = (f"with ins as (insert into metrics ({_NAMES}) select {_NAMES} from metrics_in "
-         "on conflict do nothing returning 1) select count(*) from ins").encode()
+# Every reading looks older than the cold tier's end: the duplicate-safe path for each batch.
+_ALWAYS_SAFE = b"select timestamptz '9999-01-01 00:00:00+00'"
+_TYPES = [c.pg_type.replace("double precision", "float8") for c in metrics_columns()]
+VARIANTS = ("fast", "safe", "plain")
 
 
-def run(url: str, rows: list[tuple[object, ...]], batch: int, plain: bool) -> float:
+def _backend_ticks(conn: psycopg.Connection[object]) -> int:
+    pid = conn.info.backend_pid
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _plain_copy(conn: psycopg.Connection[object], rows: list[tuple[object, ...]]) -> None:
+    with conn.cursor() as cur, cur.copy(
+            f"copy metrics ({_NAMES}) from stdin (format binary)".encode()) as copy:
+        copy.set_types(_TYPES)
+        for row in rows:
+            copy.write_row(row)
+    conn.commit()
+
+
+def run(url: str, rows: list[tuple[object, ...]], batch: int,
+        variant: str) -> tuple[float, float]:
+    """Return (rows/s, server CPU µs per row) of one variant on a fresh database."""
     store = Store(url)
     store.migrate()
-    saved = hub.store._INSERT_WITH_ROLLUPS
-    if plain:
-        hub.store._INSERT_WITH_ROLLUPS = PLAIN
+    saved = hub.store._COLD_END
+    if variant == "safe":
+        hub.store._COLD_END = _ALWAYS_SAFE
     try:
         store.write(rows[:batch], [], DeviceEvents())  # partitions, caches; not timed
+        conn = store._connection()
+        ticks = _backend_ticks(conn)
         t = time.perf_counter()
         for i in range(batch, len(rows), batch):
-            store.write(rows[i:i + batch], [], DeviceEvents())
+            if variant == "plain":
+                _plain_copy(conn, rows[i:i + batch])
+            else:
+                store.write(rows[i:i + batch], [], DeviceEvents())
         elapsed = time.perf_counter() - t
+        server_s = (_backend_ticks(conn) - ticks) / os.sysconf("SC_CLK_TCK")
     finally:
-        hub.store._INSERT_WITH_ROLLUPS = saved
+        hub.store._COLD_END = saved
         store.close()
-    return (len(rows) - batch) / elapsed
+    n = len(rows) - batch
+    return n / elapsed, server_s / n * 1e6
 
 
 def main() -> None:
@@ -70,20 +101,23 @@ def main() -> None:
     work.chmod(0o755)
     pg = PostgresServer(work / "pg").init().start()
     try:
-        results: dict[str, list[float]] = {"rollups": [], "plain": []}
-        for round_ in range(args.rounds):  # alternated, so a busy moment hits both
-            for name, plain in (("plain", True), ("rollups", False)):
+        results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+        for round_ in range(args.rounds):  # alternated, so a busy moment hits each
+            for name in VARIANTS:
                 db = f"{name}{round_}"
                 with psycopg.connect(pg.url, autocommit=True) as conn:
                     conn.execute(f"create database {db}")
-                results[name].append(run(pg.url_for(db), rows, args.batch, plain))
+                results[name].append(run(pg.url_for(db), rows, args.batch, name))
+                print(f"  round {round_ + 1}/{args.rounds} {name}: "
+                      f"{results[name][-1][0]:,.0f} rows/s, server "
+                      f"{results[name][-1][1]:.1f} µs/row", flush=True)
         best = {k: max(v) for k, v in results.items()}
-        print(f"Store.write, {args.rows:,} rows of 100 devices, batch {args.batch:,}: "
-              f"with minute+hour rollups {best['rollups']:,.0f} rows/s; plain insert same run "
-              f"{best['plain']:,.0f} rows/s ({best['rollups'] / best['plain']:.2f}×); best of "
-              f"{args.rounds}, all runs: rollups "
-              f"{', '.join(f'{v:,.0f}' for v in results['rollups'])}; plain "
-              f"{', '.join(f'{v:,.0f}' for v in results['plain'])}")
+        print(f"Store.write, {args.rows:,} rows of 100 devices, batch {args.batch:,}, best of "
+              f"{args.rounds}: fast path {best['fast'][0]:,.0f} rows/s; duplicate-safe path "
+              f"{best['safe'][0]:,.0f} ({best['fast'][0] / best['safe'][0]:.2f}×); plain COPY "
+              f"without rollups {best['plain'][0]:,.0f}. PostgreSQL CPU per row (median): "
+              + "; ".join(f"{k} {sorted(x[1] for x in v)[len(v) // 2]:.1f} µs"
+                          for k, v in results.items()))
     finally:
         pg.stop()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -47,7 +48,7 @@ from hub.store import Store, StorePool
 from hub.sync import SettingsDesk, SettingsSync
 from hub.watch import AlertWatcher, run_alerts_loop
 from shared import __version__
-from shared.config import HubSettings, add_setting_flags, settings_from_args
+from shared.config import DEFAULT_HUB_CONFIG, HubSettings, add_setting_flags, settings_from_args
 from shared.errors import ConfigError, StoreError
 from shared.schema import metrics_columns
 
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from hub.api import HttpServer
 
 log = logging.getLogger("fleetpulse.hub")
-DEFAULT_CONFIG = Path("/etc/fleetpulse/hub.toml")
+DEFAULT_CONFIG = DEFAULT_HUB_CONFIG
 
 
 def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
@@ -139,15 +140,17 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
     return server
 
 
-def start_detection(settings: HubSettings, url: str) -> tuple[LiveScorer, Retrainer, Store]:
-    """The live scorer with every device's newest model loaded, and the retrainer."""
+def start_detection(settings: HubSettings, url: str,
+                    trains: bool = True) -> tuple[LiveScorer, Retrainer, Store]:
+    """The live scorer with every device's newest model loaded, and the retrainer (which
+    only picks up new models when ``trains`` is False: a worker of ``--workers`` > 0)."""
     scorer = LiveScorer([c.name for c in metrics_columns()])
     # Its own connection: training reads a device-day of history at a time.
     train_store = Store(url, application_name="fleetpulse-hub-train")
     retrainer = Retrainer(train_store, lambda m: scorer.install(m.device_id, m.detector),
                           kind=settings.detect_kind, window_h=settings.train_window_h,
                           min_readings=settings.train_min_readings,
-                          retrain_h=settings.retrain_h,
+                          retrain_h=settings.retrain_h if trains else 0.0,
                           duty=settings.train_duty_percent / 100,
                           clock=lambda: datetime.now(UTC))
     try:
@@ -158,7 +161,11 @@ def start_detection(settings: HubSettings, url: str) -> tuple[LiveScorer, Retrai
     return scorer, retrainer, train_store
 
 
-def run(settings: HubSettings) -> int:
+def run(settings: HubSettings, worker_index: int | None = None) -> int:
+    """Run the hub; ``worker_index`` > 0: a worker of ``--workers`` that only ingests
+    (worker 0, or a hub on its own, also serves HTTP and runs alerts, compaction and
+    retention: see hub/supervise.py)."""
+    primary = not worker_index
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -212,13 +219,13 @@ def run(settings: HubSettings) -> int:
                           clock=lambda: datetime.now(UTC))
     compacting = threading.Thread(target=compactor.run, name="compact", daemon=True,
                                   args=(stop,))
-    scorer, retrainer, train_store = start_detection(settings, store.url)
+    scorer, retrainer, train_store = start_detection(settings, store.url, primary)
     training = threading.Thread(target=retrainer.run, name="train", daemon=True, args=(stop,))
     try:
         # Whatever can fail at start (the database above, the HTTP port here) is checked
         # before connecting to the broker: the first connect creates the persistent session,
         # which the broker would keep (and fill) for session_expiry_s after a failed start.
-        if settings.http_port:
+        if settings.http_port and primary:
             try:
                 http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats,
                                   SettingsDesk(pool, sync.wake.set), scorer)
@@ -226,9 +233,10 @@ def run(settings: HubSettings) -> int:
                 log.error("%s", exc)
                 return 1
         receiver.start()
-        watching.start()
-        compacting.start()
-        syncing.start()
+        if primary:
+            watching.start()
+            compacting.start()
+            syncing.start()
         training.start()
         run_ingest_loop(inbox, receiver, store, settings, stop, stats, scorer.score)
     finally:
@@ -257,6 +265,18 @@ def run(settings: HubSettings) -> int:
             log.info("Anomaly scores: %d of %d readings scored, %.1f µs of CPU per reading.",
                      scorer.stats.scored, scorer.stats.readings, scorer.stats.us_per_reading)
     return 0
+
+
+def run_command(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``run``: one hub, or with ``--workers N`` a supervisor of N hubs (hub/supervise.py)."""
+    if settings.workers > 1 and args.worker_index is None:
+        # The supervisor needs none of the hub's modules: this process becomes a fresh one
+        # running hub/supervise.py alone (its memory counts against the hub's).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable,  # noqa: S606 - our own module, with our own arguments
+                 [sys.executable, "-m", "hub.supervise", *args.argv])
+    return run(settings, args.worker_index)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -293,6 +313,8 @@ def _parser() -> argparse.ArgumentParser:
                         "anything else CSV; '-' for stdout")
     export.add_argument("--format", choices=["csv", "parquet"],
                         help="override the format the file name implies")
+    # Set by the supervisor of --workers for each hub process it starts (hub/supervise.py).
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} if it "
                         "exists, or FLEETPULSE_CONFIG)")
     add_setting_flags(parser, HubSettings)
@@ -303,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
 # The parser's choices are this table's keys (and init-deploy, which needs no settings), so
 # a command without a function here cannot be given.
 COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
-    "run": lambda settings, args: run(settings),
+    "run": lambda settings, args: run_command(settings, args),
     "status": lambda settings, args: status(settings),
     "migrate": lambda settings, args: run_migrate(settings),
     "export": lambda settings, args: run_export(settings, args),
@@ -317,7 +339,9 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv  # the supervisor of --workers starts its hubs with the same arguments
     if args.command == "init-deploy":
         if args.dir is None:
             print("fleetpulse-hub init-deploy needs --dir DIR.", file=sys.stderr)
@@ -331,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"Invalid configuration: {problem}", file=sys.stderr)
         return 2
+    worker = "" if args.worker_index is None else f"[{args.worker_index}]"
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{worker}: %(message)s")
     return COMMANDS[args.command](settings, args)
 
 

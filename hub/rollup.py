@@ -128,6 +128,27 @@ def subtract_rollups_sql(source: str) -> str:
     return "with " + ", ".join(parts) + " select count(*) from s"
 
 
+# What the fast path (hub/store.py) sends of each inserted row, one array per column, for
+# :func:`rollups_from_arrays_sql`.
+ROLLUP_SOURCE_COLUMNS: tuple[str, ...] = ("device_id", "ts", *ROLLUP_COLUMNS)
+
+
+def rollups_from_arrays_sql() -> str:
+    """Return one statement that adds rows given as arrays to both rollups.
+
+    Parameters: one array per :data:`ROLLUP_SOURCE_COLUMNS` entry, in that order, holding
+    the rows the caller has just inserted into ``metrics`` (all of them: the fast path
+    inserts a whole batch or nothing). The aggregation and the merge are those of
+    :func:`insert_with_rollups_sql`, so both paths sum, count and bound alike.
+    """
+    types = {c.name: c.pg_type for c in metrics_columns()}
+    arrays = ", ".join(f"%b::{types[c]}[]" for c in ROLLUP_SOURCE_COLUMNS)
+    parts = [f"ins as (select * from unnest({arrays}) as u({', '.join(ROLLUP_SOURCE_COLUMNS)}))"]
+    for i, table in enumerate(ROLLUP_TABLES):
+        parts.append(f"r{i} as ({_rollup_insert(table, 'ins')})")
+    return "with " + ", ".join(parts) + " select count(*) from ins"
+
+
 def create_rollup_table_sql(table: RollupTable) -> str:
     """Return the DDL of one rollup table (used to write and check the migration)."""
     body = ",\n".join(f"    {name} {tp}" + (" not null default 0" if name == "readings" else "")

@@ -212,6 +212,9 @@ class HubSettings:
                              "the session (and unacknowledged messages) across restarts")
     share_group: str | None = setting(None, "Share the load with other hubs through an "
                                       "MQTT v5 shared subscription of this group name")
+    workers: int = setting(1, "Hub processes sharing the ingest on one MQTT v5 share group "
+                           "(share_group, default 'fleetpulse'), started and restarted by "
+                           "one supervisor; each uses client id <client_id>-<i>", _positive)
     session_expiry_s: int = setting(7 * 86400, "How long the broker keeps the hub's session "
                                     "while the hub is away", _positive)
     batch_max_rows: int = setting(5000, "Write a batch when it holds this many messages",
@@ -263,6 +266,7 @@ class HubSettings:
 
 
 S = TypeVar("S", AgentSettings, HubSettings)
+DEFAULT_HUB_CONFIG = Path("/etc/fleetpulse/hub.toml")
 
 
 def env_name(name: str) -> str:

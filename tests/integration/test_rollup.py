@@ -12,6 +12,7 @@ from hub.retention import Retention, housekeep
 from hub.rollup import HOUR, MINUTE, rollup_column_types
 from hub.store import Store
 from shared.errors import StoreError
+from shared.schema import MetricsV1
 from tests.readings import reading, series, write_readings
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
@@ -128,3 +129,45 @@ def test_housekeeping_gives_way_to_a_long_reader_instead_of_stalling_writes(
     finally:
         reader.close()
         housekeeper.close()
+
+
+def rollups_of(store: Store, device: str) -> list[dict[str, object]]:
+    """Both rollups of one device, without the device id (to compare devices)."""
+    found = []
+    for table in (MINUTE, HOUR):
+        for row in store.query(f"select * from {table.name} where device_id = %s "
+                               "order by bucket", (device,)):
+            found.append({k: v for k, v in row.items() if k != "device_id"})
+    return found
+
+
+def test_the_copy_fast_path_and_the_duplicate_safe_path_roll_up_alike(store: Store) -> None:
+    def readings(device: str) -> list[MetricsV1]:
+        # Two minutes and two hours, nulls in some readings, one value of each kind.
+        return series(device, T0 + timedelta(minutes=59), 90,
+                      cpu_percent=lambda i: float(i % 7) + 0.25,
+                      sensors_cpu_celsius=lambda i: None if i % 3 else 40.0 + i,
+                      network_bytes_recv_per_s=lambda i: 1e6 * i)
+    fast = write_readings(store, readings("pi-fast"))
+    assert (fast.inserted, fast.duplicate_safe) == (90, False)
+    # The same readings for another device, where one of them is already stored: the COPY
+    # meets the duplicate and the whole batch takes the duplicate-safe path.
+    slow_readings = readings("pi-slow")
+    write_readings(store, slow_readings[:1])
+    slow = write_readings(store, slow_readings)
+    assert (slow.inserted, slow.duplicate_safe) == (89, True)
+    assert len(rollups_of(store, "pi-fast")) == 4
+    assert rollups_of(store, "pi-fast") == rollups_of(store, "pi-slow")
+    assert store.query("select count(*) as n from metrics")[0]["n"] == 180
+
+
+def test_a_duplicate_at_the_start_of_a_large_batch_falls_back_and_counts_once(
+        store: Store) -> None:
+    first = series("pi-1", T0, 1, cpu_percent=5.0)
+    write_readings(store, first)
+    # The server refuses the COPY at its first row while the client still sends the rest.
+    batch = first + series("pi-1", T0 + timedelta(seconds=1), 3000, cpu_percent=1.0)
+    result = write_readings(store, batch)
+    assert (result.inserted, result.duplicate_safe) == (3000, True)
+    assert store.query("select sum(readings) as n from metrics_1m")[0]["n"] == 3001
+    assert store.query("select count(*) as n from metrics")[0]["n"] == 3001
