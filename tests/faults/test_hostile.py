@@ -223,6 +223,9 @@ def publish_all(target: Target, messages: list[tuple[str, bytes]]) -> None:
 
 
 # No shrinking: each example is a run against real servers; a failure prints its seed.
+# Each example is 400 messages, some of 64 KiB: Hypothesis warns that their
+# repr is large (Hypothesis 6.155 here), which says nothing about the hub.
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @settings(max_examples=EXAMPLES, deadline=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture,
