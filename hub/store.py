@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
-from hub import cold
+from hub import cold, processes
 from hub.batch import DeviceEvents, QuarantineRecord
 from hub.rollup import insert_with_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
@@ -334,13 +334,17 @@ class Store:
                 with cur.copy(sql.SQL("copy metrics_in ({}) from stdin (format binary)").format(
                         _COLUMN_LIST)) as copy:
                     copy.set_types(_COPY_TYPES)
-                    for row in rows:
-                        copy.write_row(row)
+                    width = len(COLUMNS)
+                    for row in rows:  # a reading's processes row rides at its end (batch.py)
+                        copy.write_row(row if len(row) == width else row[:width])
                 # Insert and roll up in one statement: only rows new to ``metrics`` reach
                 # the minute and hour rollups, so a redelivered message is counted once.
                 cur.execute(_INSERT_WITH_ROLLUPS)
                 counted = cur.fetchone()
                 inserted = int(counted[0]) if counted else 0
+                sections = [row[width] for row in rows if len(row) > width]
+                if sections:
+                    cur.executemany(processes.INSERT_SQL, sections)
             if quarantine:
                 self._insert_quarantine(cur, quarantine)
             self._update_devices(cur, devices)
