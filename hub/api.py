@@ -7,6 +7,8 @@
     GET /api/devices/{id}/completeness    readings expected vs stored over a range
     GET /api/devices/{id}/alerts          its alerts, open first
     GET /api/devices/{id}/export          its history as CSV or Parquet (streamed)
+    GET /api/devices/{id}/processes       its top processes now or at a time (api_processes.py)
+    GET /api/devices/{id}/processes/history   its process samples over a range
     GET /api/alerts                       alerts of the fleet
     GET /api/quarantine                   what was refused, summarised
     GET /api/health                       broker, database, last write, backlog (no token)
@@ -46,7 +48,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from hub.alerts import Rule
+from hub.api_processes import processes_router
 from hub.export import MEDIA_TYPES, encode_chunks, export_sql
+from hub.processes import ProcessReader
 from hub.read import SERIES_COLUMNS, FleetReader, Streamer
 from hub.rollup import MAX_RANGE, choose_resolution
 from hub.when import TIME_SYNTAX, parse_when
@@ -482,6 +486,9 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    app.include_router(processes_router(ProcessReader(reader.db), exists, now),
+                       dependencies=[Auth])
 
     if web_dir is not None:
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")

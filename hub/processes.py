@@ -17,7 +17,7 @@ positions of the top by memory, in order.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -130,3 +130,48 @@ def section_from_row(row: dict[str, Any]) -> ProcessesV1:
             "running": row["running"], "sleeping": row["sleeping"], "zombie": row["zombie"],
             "other": row["other"], "top_cpu": infos[:row["top_cpu_n"]],
             "top_memory": [infos[p - 1] for p in row["top_memory"]]}
+
+
+# --- the read side (the API and the dashboard) ---------------------------------------------
+
+_AT_SQL = ("select * from processes where device_id = %(device)s and ts <= %(at)s "
+           "and ts > %(at)s - make_interval(secs => %(within)s) "
+           "order by ts desc, session_id desc, seq desc limit 1")
+# Thinned to at most max_samples evenly spaced samples: every k-th by time.
+_HISTORY_SQL = (
+    "select ts, session_id, seq, period_s, count, running, sleeping, zombie, other, "
+    "name[1] as top_cpu_name, cpu_percent[1] as top_cpu_percent, "
+    "name[top_memory[1]] as top_memory_name, rss_bytes[top_memory[1]] as top_memory_rss_bytes "
+    "from (select *, row_number() over (order by ts) - 1 as i, count(*) over () as n "
+    "from processes where device_id = %(device)s and ts >= %(start)s and ts < %(end)s) p "
+    "where i %% greatest(1, ceil(n::float8 / %(max_samples)s)::bigint) = 0 order by ts")
+
+
+class Querier(Protocol):
+    def query(self, text: str, params: Any = None) -> list[dict[str, Any]]: ...
+
+
+class ProcessReader:
+    """Read process samples back: the one in force at a moment, and a range's summary."""
+
+    def __init__(self, db: Querier) -> None:
+        self._db = db
+
+    def at(self, device_id: str, at: datetime, within_s: float) -> dict[str, Any] | None:
+        """Return the newest sample at or before ``at`` (no older than ``within_s``)."""
+        rows = self._db.query(_AT_SQL, {"device": device_id, "at": at, "within": within_s})
+        if not rows:
+            return None
+        row = rows[0]
+        return {"ts": row["ts"], "session_id": row["session_id"], "seq": row["seq"],
+                **section_from_row(row)}
+
+    def history(self, device_id: str, start: datetime, end: datetime,
+                max_samples: int) -> list[dict[str, Any]]:
+        """Return the samples of [start, end) (counts and the busiest of each list)."""
+        rows = self._db.query(_HISTORY_SQL, {"device": device_id, "start": start, "end": end,
+                                             "max_samples": max_samples})
+        for row in rows:
+            row["period_s"] = _float(row["period_s"])
+            row["top_cpu_percent"] = _float(row["top_cpu_percent"])
+        return rows

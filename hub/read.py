@@ -76,6 +76,11 @@ class FleetReader:
     def __init__(self, db: Querier) -> None:
         self._db = db
 
+    @property
+    def db(self) -> Querier:
+        """The connection(s) it reads through, for readers of other tables."""
+        return self._db
+
     def devices(self, device_id: str | None = None) -> list[dict[str, Any]]:
         """Every device (or one) with its status, newest reading and open alert rules."""
         if device_id is None:

@@ -27,7 +27,7 @@ def section(**changes: Any) -> ProcessesV1:
     value: ProcessesV1 = {
         "period_s": 10.002, "count": 5, "running": 1, "sleeping": 3, "zombie": 1, "other": 0,
         "top_cpu": [info(10, 97.3, name="stress-ng"), info(11, 12.3), info(1, 0.0)],
-        "top_memory": [info(11, 12.3), info(20, None, rss=10**9, name="postgres"),
+        "top_memory": [info(20, None, rss=10**9, name="postgres"), info(11, 12.3),
                        info(10, 97.3, name="stress-ng")]}
     value.update(changes)  # type: ignore[typeddict-item]
     return value
@@ -47,7 +47,7 @@ def test_a_row_stores_each_process_once_and_gives_the_section_back_exactly():
     row = as_dict(process_row("pi-1", NOW, "s1", 7, NOW, section()))
     # stress-ng and pid 11 are in both lists: 4 distinct processes, not 6.
     assert row["pid"] == [10, 11, 1, 20]
-    assert row["top_cpu_n"] == 3 and row["top_memory"] == [2, 4, 1]
+    assert row["top_cpu_n"] == 3 and row["top_memory"] == [4, 2, 1]
     assert row["io_read_bytes"] == [None] * 4 and row["cpu_percent"][3] is None
     assert section_from_row(row) == section()
 
