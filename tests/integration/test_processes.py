@@ -57,7 +57,8 @@ def store(db_url: str) -> Iterator[Store]:
 def test_samples_are_stored_once_even_when_redelivered(store: Store) -> None:
     first = section()
     busy = section(top_cpu=[info(99, 180.5, name="make")], top_memory=[])
-    messages = [message(1, NOW - timedelta(seconds=30), first), message(2, NOW - timedelta(seconds=29)),
+    messages = [message(1, NOW - timedelta(seconds=30), first),
+                message(2, NOW - timedelta(seconds=29)),
                 message(3, NOW - timedelta(seconds=20), busy)]
     store_messages(store, messages)
     store_messages(store, messages)  # the broker's redelivery after a restart
