@@ -14,6 +14,7 @@ const state = {
   charts: {},
   source: null,         // EventSource
   timers: [],
+  procs: { sample: null, at: null, sort: { key: "cpu", dir: -1 }, loading: false },
 };
 window.fleetpulse = state;  // for the browser tests and curious operators
 
@@ -278,8 +279,14 @@ function makeChart(name, labels, data) {
     axes: [{}, { size: spec.unit === "B/s" ? 80 : 50, values: axisValues }],
     legend: { live: true },
   };
-  state.charts[name] = new uPlot(opts, data, node);
-  state.charts[name].labels = labels;
+  const chart = new uPlot(opts, data, node);
+  state.charts[name] = chart;
+  chart.labels = labels;
+  // A click on a chart shows the top processes at that moment.
+  chart.over.addEventListener("click", () => {
+    const t = chart.posToVal(chart.cursor.left, "x");
+    if (Number.isFinite(t)) showProcessesAt(new Date(t * 1000));
+  });
   markEmpty(name, data);
 }
 
@@ -418,6 +425,7 @@ function onDeviceEvent() {
   if (!d) return;
   renderCurrent(d);
   if (state.range === "live") appendLive(d);
+  followProcesses(d);
 }
 
 async function loadDevice() {
@@ -441,9 +449,88 @@ async function loadDevice() {
   } catch (err) { if (device === state.device) showError(`Cannot load ${device}: ${err.message}`); }
 }
 
+// --- top processes: live (following the stream) or at a chosen moment ----------------------
+function bytesShort(v) { return v === null || v === undefined ? "–" : bytes(v); }
+function sortedProcesses() {
+  const { sample, sort } = state.procs;
+  if (!sample) return [];
+  const list = sort.key === "memory" ? sample.top_memory : sample.top_cpu;
+  const value = (p) => (sort.key === "memory" ? p.rss_bytes : p.cpu_percent ?? -1);
+  return [...list].sort((a, b) => (value(a) - value(b)) * sort.dir || a.pid - b.pid);
+}
+function renderProcesses() {
+  const { sample, at } = state.procs;
+  const none = $("#processes-none");
+  $("#processes-live").setAttribute("aria-pressed", String(at === null));
+  $("#processes-when").textContent = sample
+    ? `${at === null ? "live, " : ""}sampled ${new Date(sample.ts).toLocaleString()} over ${num(sample.period_s)} s`
+    : "";
+  $("#processes-counts").textContent = sample
+    ? `${sample.count} processes: ${sample.running} running, ${sample.sleeping} sleeping, ${sample.zombie} zombie, ${sample.other} other`
+    : "";
+  none.hidden = Boolean(sample);
+  none.textContent = at === null
+    ? "No process samples yet (the agent sends them every process_period_s once the hub reads them)."
+    : `No process sample in the 5 minutes up to ${at.toLocaleString()}.`;
+  const rows = sortedProcesses().map((p) => el("tr", { "data-pid": String(p.pid) },
+    el("td", { class: "num", text: String(p.pid) }), el("td", { "data-col": "name", text: p.name }),
+    el("td", { text: p.user ?? "–" }), el("td", { class: "num", "data-col": "cpu", text: num(p.cpu_percent) }),
+    el("td", { class: "num", "data-col": "rss", text: bytesShort(p.rss_bytes) }),
+    el("td", { class: "num", text: num(p.memory_percent) }),
+    el("td", { class: "num", text: p.threads ?? "–" }), el("td", { text: p.status }),
+    el("td", { class: "num", text: bytesShort(p.io_read_bytes) }),
+    el("td", { class: "num", text: bytesShort(p.io_write_bytes) })));
+  $("#processes tbody").replaceChildren(...rows);
+}
+async function loadProcesses() {
+  const device = state.device, at = state.procs.at;
+  state.procs.loading = true;
+  try {
+    const query = at === null ? "" : `?at=${encodeURIComponent(at.toISOString())}`;
+    const body = await api(`/api/devices/${encodeURIComponent(device)}/processes${query}`);
+    if (device !== state.device || at !== state.procs.at) return;  // superseded
+    state.procs.sample = body.sample;
+    renderProcesses();
+  } catch (err) { if (device === state.device) showError(`Cannot load the processes: ${err.message}`); }
+  finally { state.procs.loading = false; }
+}
+// Live: each stream event says how new the device's readings are; a sample is due once its
+// period has passed since the one shown (or none is shown yet).
+function followProcesses(d) {
+  const { sample, at, loading } = state.procs;
+  if (at !== null || loading || !d.latest) return;
+  const shownAt = sample ? Date.parse(sample.ts) / 1000 + sample.period_s : 0;
+  const last = state.procs.checked || 0;
+  if (Date.parse(d.latest.ts) / 1000 < shownAt || Date.now() / 1000 - last < 2) return;
+  state.procs.checked = Date.now() / 1000;
+  loadProcesses();
+}
+function showProcessesAt(at) {
+  state.procs.at = at;
+  state.procs.checked = 0;
+  if (at) $("#processes-at").value = toLocalInput(at, true);
+  if (state.device) loadProcesses();
+}
+for (const th of document.querySelectorAll("#processes th[data-sort]")) {
+  th.addEventListener("click", () => {
+    const key = th.dataset.sort, sort = state.procs.sort;
+    state.procs.sort = { key, dir: sort.key === key ? -sort.dir : -1 };
+    for (const other of document.querySelectorAll("#processes th")) other.removeAttribute("aria-sort");
+    th.setAttribute("aria-sort", state.procs.sort.dir === 1 ? "ascending" : "descending");
+    renderProcesses();
+  });
+}
+$("#processes-show").addEventListener("click", () => {
+  const at = new Date($("#processes-at").value);
+  if (!isNaN(at)) showProcessesAt(at);
+});
+$("#processes-live").addEventListener("click", () => showProcessesAt(null));
+
 const RANGES = ["live", "3600", "86400", "604800", "2592000", "7776000", "custom"];
 // <input type="datetime-local"> holds local time without a zone.
-function toLocalInput(x) { return new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, 16); }
+function toLocalInput(x, seconds = false) {
+  return new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, seconds ? 19 : 16);
+}
 
 function setRange(range, custom = null) {
   state.range = RANGES.includes(range) ? range : "live";
@@ -513,6 +600,8 @@ function route() {
     $("#device-view").hidden = false;
     document.title = `${state.device} · fleetpulse`;
     loadDevice();
+    state.procs.sample = null;
+    showProcessesAt(null);
     const { range, custom } = rangeFromUrl(match[2]);
     state.custom = null;
     setRange(range, custom);
