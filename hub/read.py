@@ -29,7 +29,7 @@ LATEST_COLUMNS = (
 _DEVICES = (
     "select d.device_id, d.hostname, d.status, d.status_since, d.first_seen, d.last_seen, "
     "d.last_received_at, d.meta->>'pi_model' as pi_model, d.meta->>'os' as os, "
-    "coalesce((d.meta->>'interval_s')::float8, m.interval_s) as device_interval_s, "
+    "coalesce(m.interval_s, (d.meta->>'interval_s')::float8) as device_interval_s, "
     + ", ".join(f"m.{c}" for c in LATEST_COLUMNS) + ", m.disk_max_percent, "
     "coalesce(a.rules, '{}') as alerts "
     # Bounded by devices.last_seen so that only the newest day partitions are searched.
@@ -39,6 +39,20 @@ _DEVICES = (
     "left join lateral (select array_agg(rule order by rule) as rules from alerts "
     "where alerts.device_id = d.device_id and ended_at is null) a on true "
     "{where} order by d.device_id")
+
+
+# Readings expected over [since, end): each minute with readings expects them at its mean
+# interval until the next such minute (so a silent stretch is expected at the interval
+# before it); the minute before ``since`` covers the start. (An interval that changed
+# within a minute makes that minute's mean a blend: off by about a reading per change.)
+_EXPECTED = (
+    "select sum(greatest(0, extract(epoch from least(coalesce(next, %(end)s), %(end)s) "
+    "- greatest(bucket, %(since)s))) * interval_s_count / interval_s_sum) as expected "
+    "from (select bucket, interval_s_sum, interval_s_count, "
+    "lead(bucket) over (order by bucket) as next from " + MINUTE.name + " "
+    "where device_id = %(device)s and bucket < %(end)s and bucket >= coalesce("
+    "(select max(bucket) from " + MINUTE.name + " where device_id = %(device)s "
+    "and bucket <= %(since)s), %(since)s)) b where interval_s_sum > 0")
 
 
 class Querier(Protocol):
@@ -60,14 +74,6 @@ class Completeness:
     @property
     def ratio(self) -> float | None:
         return None if self.expected <= 0 else min(1.0, self.stored / self.expected)
-
-
-def completeness(start: datetime, end: datetime, stored: int,
-                 interval_s: float | None) -> Completeness:
-    """Readings expected over [start, end) at ``interval_s`` against those stored."""
-    span = max(0.0, (end - start).total_seconds())
-    expected = 0 if not interval_s else round(span / interval_s)
-    return Completeness(start, end, expected, stored)
 
 
 class FleetReader:
@@ -110,10 +116,15 @@ class FleetReader:
         return {"t": times, "series": series, "per_core": per_core}
 
     def completeness(self, device_id: str, start: datetime, end: datetime) -> Completeness:
-        """Compare readings expected from the device's interval with those stored."""
+        """Compare readings expected from the device's interval with those stored.
+
+        Expected minute by minute at the interval the device had then (its readings' mean
+        ``interval_s`` in that minute; a minute without readings at the last one known), so
+        a device whose interval changed (1 s, then 5 s, then 0.5 s) is neither over- nor
+        under-expected; within about a reading at each change, where a minute mixes two.
+        """
         rows = self._db.query(
-            f"select coalesce(sum(readings), 0) as stored, sum(interval_s_sum) / "
-            f"nullif(sum(interval_s_count), 0) as interval_s from {MINUTE.name} "
+            f"select coalesce(sum(readings), 0) as stored from {MINUTE.name} "
             "where device_id = %(device)s and bucket >= %(start)s and bucket < %(end)s",
             {"device": device_id, "start": start, "end": end})
         # Nothing is expected before the device's first stored reading: its own time, not
@@ -121,9 +132,7 @@ class FleetReader:
         first = self._db.query(
             f"select f.bucket as first, (select min(m.ts) from metrics m "
             "where m.device_id = %(device)s and m.ts >= f.bucket "
-            "and m.ts < f.bucket + interval '1 minute') as first_reading, "
-            "(select (meta->>'interval_s')::float8 from devices "
-            "where device_id = %(device)s) as interval_s "
+            "and m.ts < f.bucket + interval '1 minute') as first_reading "
             f"from (select min(bucket) as bucket from {MINUTE.name} "
             "where device_id = %(device)s) f", {"device": device_id})[0]
         # Stored counts whole minutes from the first one starting at or after ``start``;
@@ -132,9 +141,10 @@ class FleetReader:
         if first["first"] is None:
             since = end
         else:
-            since = max(counted_from, first["first_reading"] or first["first"])
-        interval = first["interval_s"] or rows[0]["interval_s"]
-        return completeness(min(since, end), end, int(rows[0]["stored"]), interval)
+            since = min(max(counted_from, first["first_reading"] or first["first"]), end)
+        expected = self._db.query(_EXPECTED, {"device": device_id, "since": since,
+                                              "end": end})[0]["expected"]
+        return Completeness(since, end, round(expected or 0.0), int(rows[0]["stored"]))
 
     def alerts(self, device_id: str | None = None, open_only: bool = False,
                limit: int = 100) -> list[dict[str, Any]]:

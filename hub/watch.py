@@ -38,7 +38,9 @@ DISK_MAX_PERCENT = ("(select max((p->>'percent')::float8) from "
                     "jsonb_array_elements(m.disk_partitions) p) as disk_max_percent")
 _STATES = (
     "select d.device_id, d.status, d.status_since, "
-    "coalesce((d.meta->>'interval_s')::float8, m.interval_s, 1.0) as interval_s, "
+    # The interval the device's newest reading says it keeps (its meta may predate a
+    # change of interval), else its meta's.
+    "coalesce(m.interval_s, (d.meta->>'interval_s')::float8, 1.0) as interval_s, "
     "m.received_at as last_reading_received_at from devices d "
     "left join lateral (select interval_s, received_at from metrics m "
     "where m.device_id = d.device_id and m.ts <= d.last_seen "
