@@ -344,11 +344,20 @@ class Store:
                 inserted = int(counted[0]) if counted else 0
                 sections = [row[width] for row in rows if len(row) > width]
                 if sections:
-                    cur.executemany(processes.INSERT_SQL, sections)
+                    self._insert_processes(cur, sections)
             if quarantine:
                 self._insert_quarantine(cur, quarantine)
             self._update_devices(cur, devices)
         return WriteResult(inserted=inserted, quarantined=len(quarantine))
+
+    @staticmethod
+    def _insert_processes(cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        cur.execute(processes.STAGE_SQL.encode())  # constant SQL of ours
+        with cur.copy(processes.COPY_SQL.encode()) as copy:
+            copy.set_types(list(processes.COPY_TYPES))
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(processes.MOVE_SQL.encode())
 
     def _insert_quarantine(self, cur: psycopg.Cursor[Any],
                            records: Sequence[QuarantineRecord]) -> None:
