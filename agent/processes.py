@@ -3,7 +3,7 @@
 Pure core: :func:`parse_stat`, :func:`cpu_percents`, :func:`count_states`,
 :func:`select_top`, :func:`process_info` and :func:`build_processes` take values and return
 values. I/O edge: :class:`ProcScanner` reads /proc directly on Linux (the psutil fallback
-for other platforms, :class:`agent.collect.PsutilProcesses`, lives in the one module that
+for other platforms, :class:`agent.collect.portable.PsutilProcesses`, lives in the one module that
 imports psutil); :class:`ProcessSampler` keeps the previous scan, so CPU % comes from the
 CPU-time deltas between two periods; :class:`ProcessWatcher` runs it on its own schedule
 in a thread that ``agent/main.py`` starts, off the per-second loop.

@@ -335,12 +335,18 @@ def breakdown(seconds: int, back_to_back: int = 300) -> dict[str, Any]:
             return timed(f"psutil.{name}", attr) if callable(attr) else attr
 
     collector = Collector()
-    collector.ps = TimedPsutil()
-    for name in dir(Collector):
-        member = getattr(Collector, name)
-        if (name.startswith("_") and not name.startswith("__") and callable(member)
-                and not isinstance(member, type) and name != "_refresh"):
-            setattr(collector, name, timed(f"Collector.{name}", getattr(collector, name)))
+    # The backends' readings (agent/collect/): the fast path's ProcReader on Linux, and
+    # psutil's path, which is also the fast path's fallback.
+    collector._portable.ps = TimedPsutil()
+    for target in (collector._proc, collector._portable):
+        if target is None:
+            continue
+        kind = type(target)
+        for name in dir(kind):
+            member = getattr(kind, name)
+            if (not name.startswith("__") and callable(member) and not isinstance(member, type)
+                    and not name.startswith(("refresh", "close", "process_scanner"))):
+                setattr(target, name, timed(f"{kind.__name__}.{name}", getattr(target, name)))
 
     def one(prev: Any) -> Any:
         t0 = time.perf_counter()
@@ -498,8 +504,7 @@ def print_processes_effect(result: dict[str, Any]) -> None:
 
 def print_breakdown(result: dict[str, Any]) -> None:
     calls = result["calls"]
-    order = sorted(calls, key=lambda n: (not n.startswith("psutil."),
-                                         not n.startswith("Collector."), n))
+    order = sorted(calls, key=lambda n: (not n.startswith("psutil."), "." not in n, n))
     print(f"\nPer-call breakdown (N = {result['seconds']} samples at 1 Hz, "
           f"{result['back_to_back_n']} back to back; µs; "
           f"payload {result['payload_bytes']} bytes, {result['values_per_message']} values)")

@@ -135,7 +135,7 @@ def check_template(payload: bytes) -> None:
     """Patch the placeholders as the loadgen does and make sure the hub accepts the result."""
     from datetime import UTC, datetime
 
-    from hub.validate import Accepted, validate
+    from hub.ingest.validate import Accepted, validate
 
     now = datetime.now(UTC)
     patched = (payload.replace(b"bench-XXXXX", b"bench-00042")
@@ -457,11 +457,11 @@ STAGES = {  # function names (py-spy frames "name (file:line)") → a stage of t
     "alert watcher (hub/watch.py, hub/alerts.py)": ("hub/watch.py", "hub/alerts.py"),
     "housekeeping (hub/retention.py)": ("hub/retention.py",),
     # Before paho: our on_message and the acks run inside paho's frames.
-    "receive → inbox, acks (hub/receive.py)": ("hub/receive.py",),
+    "receive → inbox, acks (hub/ingest/receive.py)": ("hub/ingest/receive.py",),
     "paho network loop (MQTT parsing, acks)": ("paho/mqtt/client.py",),
-    "validate (msgspec; pydantic for refusals)": ("hub/validate.py",),
-    "batch + metrics_row": ("hub/batch.py", "<metrics_row>", "shared/schema.py"),
-    "write (psycopg COPY, SQL)": ("hub/store.py", "hub/write.py", "psycopg/"),
+    "validate (msgspec; pydantic for refusals)": ("hub/ingest/validate.py",),
+    "batch + metrics_row": ("hub/ingest/batch.py", "<metrics_row>", "shared/schema.py"),
+    "write (psycopg COPY, SQL)": ("hub/store.py", "hub/ingest/write.py", "psycopg/"),
 }
 
 

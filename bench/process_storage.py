@@ -41,10 +41,10 @@ import orjson
 import psycopg
 
 from agent.processes import ProcessSampler, ProcScanner
-from hub.batch import Ack, Batch, Inbound
+from hub.ingest.batch import Ack, Batch, Inbound
+from hub.ingest.validate import validate
+from hub.ingest.write import write_batch
 from hub.store import Store
-from hub.validate import validate
-from hub.write import write_batch
 from shared.schema import ProcessesV1
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import metrics

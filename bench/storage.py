@@ -50,9 +50,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from bench.hub_ingest import PREFIX, template
-from hub.batch import DeviceEvents
+from hub.ingest.batch import DeviceEvents
+from hub.ingest.validate import Accepted, validate
 from hub.store import Store
-from hub.validate import Accepted, validate
 from shared.config import HubSettings
 from shared.schema import metrics_columns, metrics_row
 from tests.servers import PostgresServer

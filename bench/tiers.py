@@ -56,12 +56,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hub import cold
-from hub.batch import DeviceEvents
 from hub.export import export_to_file
+from hub.ingest.batch import DeviceEvents
+from hub.ingest.validate import Accepted, validate
 from hub.read import SERIES_COLUMNS, FleetReader
 from hub.rollup import choose_resolution
 from hub.store import Store
-from hub.validate import Accepted, validate
 from shared.schema import MetricsV1, metrics_row
 from tests.servers import PostgresServer
 

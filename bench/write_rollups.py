@@ -23,7 +23,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hub.store
-from hub.batch import DeviceEvents
+from hub.ingest.batch import DeviceEvents
 from hub.store import Store
 from shared.schema import metrics_columns, metrics_row
 from tests.readings import reading

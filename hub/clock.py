@@ -7,7 +7,7 @@ clock was synchronised (``clock_synced``, where the hub reads it) and, when it w
 how long the reading waited in the agent before it was sent (the MQTT v5 user property
 ``age-ms``, measured on the agent's boot-time clock, which NTP does not step), to which the
 broker's wait is added (the Message Expiry Interval the agent set, less what the broker
-forwards: hub/receive.py).
+forwards: hub/ingest/receive.py).
 
 For each agent session with unsynchronised readings the hub fixes one offset, from the
 first such reading it stores, and keeps it in ``clock_offsets`` (so every hub, and a
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from hub.validate import Accepted, Limits, Rejected, Result, ts_problem
+from hub.ingest.validate import Accepted, Limits, Rejected, Result, ts_problem
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from hub.columns import DISK_MAX_PERCENT
 from hub.rollup import MINUTE, ROLLUP_COLUMNS, Resolution, per_core_sql, series_sql
-from hub.watch import DISK_MAX_PERCENT
 
 # The columns a series can show (the rolled-up ones; interval_s is bookkeeping).
 SERIES_COLUMNS: tuple[str, ...] = tuple(c for c in ROLLUP_COLUMNS if c != "interval_s")
+# A device's newest reading as the API, the dashboard and ``fleetpulse-hub status`` show it
+# (``latest`` of /api/devices): columns of the lateral ``m`` of :data:`_DEVICES`.
 LATEST_COLUMNS = (
-    "ts", "interval_s", "cpu_percent", "cpu_per_core_percent", "cpu_load_1",
-    "cpu_freq_current_mhz", "memory_percent", "memory_used_bytes", "memory_total_bytes",
-    "memory_swap_percent", "memory_swap_in_bytes_per_s", "memory_swap_out_bytes_per_s",
-    "sensors_cpu_celsius", "sensors_gpu_celsius", "disk_read_bytes_per_s",
-    "disk_write_bytes_per_s", "network_bytes_sent_per_s", "network_bytes_recv_per_s",
+    "ts", "cpu_percent", "cpu_per_core_percent", "cpu_load_1", "cpu_freq_current_mhz",
+    "memory_percent", "memory_used_bytes", "memory_total_bytes", "memory_swap_percent",
+    "memory_swap_in_bytes_per_s", "memory_swap_out_bytes_per_s", "sensors_cpu_celsius",
+    "sensors_gpu_celsius", "disk_read_bytes_per_s", "disk_write_bytes_per_s",
+    "disk_max_percent", "network_bytes_sent_per_s", "network_bytes_recv_per_s",
     "throttling_raw", "throttling_under_voltage_now", "throttling_throttled_now",
     "throttling_freq_capped_now", "throttling_soft_temp_limit_now",
     "throttling_under_voltage_occurred", "throttling_throttled_occurred")
@@ -30,7 +32,7 @@ _DEVICES = (
     "select d.device_id, d.hostname, d.status, d.status_since, d.first_seen, d.last_seen, "
     "d.last_received_at, d.meta->>'pi_model' as pi_model, d.meta->>'os' as os, "
     "coalesce(m.interval_s, (d.meta->>'interval_s')::float8) as device_interval_s, "
-    + ", ".join(f"m.{c}" for c in LATEST_COLUMNS) + ", m.disk_max_percent, "
+    + ", ".join(f"m.{c}" for c in LATEST_COLUMNS) + ", "
     "coalesce(a.rules, '{}') as alerts "
     # Bounded by devices.last_seen so that only the newest day partitions are searched.
     "from devices d left join lateral (select m.*, " + DISK_MAX_PERCENT + " from metrics m "

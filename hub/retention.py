@@ -10,7 +10,8 @@ autovacuum gives its space back. Over ``storage_budget_bytes`` the oldest cold h
 logged as ERROR and counted in the health; never silently.
 
 The decisions are pure functions of sizes, dates and settings; the store does the I/O;
-``hub/main.py`` runs :func:`housekeep` daily and :class:`Compactor` in a thread of its own.
+the alerts loop (``hub/watch.py``) runs :func:`housekeep` daily; ``hub/main.py`` starts
+:class:`Compactor` in a thread of its own.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
 from hub import cold, processes
-from hub.batch import DeviceEvents, QuarantineRecord
+from hub.ingest.batch import DeviceEvents, QuarantineRecord
+from hub.read import FleetReader
 from hub.rollup import insert_with_rollups_sql
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
 from shared.schema import metrics_columns
@@ -47,7 +48,7 @@ _TRANSIENT_CLASSES = (
 )
 # Every other class is permanent: retrying the same statement fails the same way. Those seen:
 #   22 Data Exception (a value out of range, text a type rejects): the row is bad, so the
-#      batch is split and that row quarantined (hub/write.py);
+#      batch is split and that row quarantined (hub/ingest/write.py);
 #   23 Integrity Constraint Violation (not null, check): likewise the row;
 #   28 Invalid Authorization Specification (wrong role or password) and
 #   3D Invalid Catalog Name (no such database): fix the URL (see _REFUSED_LOGIN below);
@@ -594,14 +595,8 @@ class Store:
                     pass
 
     def fleet_status(self) -> list[dict[str, Any]]:
-        """Each device with its status and its newest reading's main values."""
-        return self.query(
-            "select d.device_id, d.hostname, d.status, d.status_since, d.last_seen, "
-            "m.cpu_percent, m.memory_percent, m.sensors_cpu_celsius, m.throttling_raw, "
-            "m.throttling_throttled_now, m.throttling_under_voltage_now "
-            "from devices d left join lateral (select * from metrics where "
-            "metrics.device_id = d.device_id order by ts desc limit 1) m on true "
-            "order by d.device_id")
+        """Each device with its status and its newest reading (the API's query)."""
+        return FleetReader(self).devices()
 
 
 class StorePool:

@@ -4,13 +4,16 @@ The edge around :mod:`hub.alerts`: reads device states, recent readings and open
 runs the pure evaluation, stores the changes in one transaction, and only then publishes
 each alert retained on ``<prefix>/<device>/alert/<rule>`` — JSON while open, an empty
 retained payload when closed (which clears the retained message, MQTT 5.0 §3.3.1.3).
+:func:`run_alerts_loop` is the hub's alerts thread: a round every ``alert_check_s``, and the
+daily housekeeping (partitions ahead, retention).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -29,13 +32,13 @@ from hub.alerts import (
     reading_values,
     window_s,
 )
+from hub.columns import DISK_MAX_PERCENT
+from hub.retention import HousekeepingStore, Retention, housekeep
+from shared.errors import StoreError
 from shared.topics import alert_topic
 
 log = logging.getLogger(__name__)
 
-# Largest partition use of a reading, from the disk_partitions jsonb.
-DISK_MAX_PERCENT = ("(select max((p->>'percent')::float8) from "
-                    "jsonb_array_elements(m.disk_partitions) p) as disk_max_percent")
 _STATES = (
     "select d.device_id, d.status, d.status_since, "
     # The interval the device's newest reading says it keeps (its meta may predate a
@@ -173,3 +176,36 @@ class AlertWatcher:
         else:
             self._publish(topic, orjson.dumps(alert_payload(change, self._by_name.get(
                 change.rule))))
+
+
+def run_alerts_loop(store: HousekeepingStore, watcher: AlertWatcher, retention: Retention,
+                    every_s: float, stop: threading.Event) -> None:
+    """Evaluate the alert rules every ``every_s``; housekeep at start and each new UTC day."""
+    housekept: object = None
+    postponed: object = None
+    failing = False
+    republished = False
+    while not stop.is_set():
+        now = datetime.now(UTC)
+        if housekept != now.date():
+            try:
+                housekeep(store, retention, now)
+                housekept = now.date()
+            except StoreError as exc:  # e.g. a long export holds the table: next round
+                if postponed != now.date():
+                    log.warning("Housekeeping (partitions ahead, retention) postponed: %s. "
+                                "Retrying every %g s.", exc, every_s)
+                postponed = now.date()
+        try:
+            if not republished:
+                watcher.republish_open()
+                republished = True
+            watcher.check(now)
+            if failing:
+                log.warning("Alert checks work again.")
+            failing = False
+        except StoreError as exc:
+            if not failing:
+                log.error("Cannot check alerts: %s. Retrying every %g s.", exc, every_s)
+            failing = True
+        stop.wait(every_s)

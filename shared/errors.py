@@ -7,7 +7,7 @@
         └── PermanentStoreError   retrying will not help (bad data, missing privilege)
 
 Two failures are not exceptions, on purpose. A message that fails validation is a value,
-``hub.validate.Rejected`` with its reason, which goes to quarantine: raising per bad message
+``hub.ingest.validate.Rejected`` with its reason, which goes to quarantine: raising per bad message
 would cost the hot path and make quarantine a side exit. A broker that refuses us or cannot
 be reached is retried by ``shared.mqtt.MqttConnection`` in paho's thread, which logs one line
 saying what to check: there is no caller to raise to, and the broker may come back.

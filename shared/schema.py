@@ -3,7 +3,8 @@
 The message is declared as ``TypedDict`` classes with ``annotated_types`` constraints so
 that the agent can build it as plain dicts without importing pydantic (pydantic and
 pydantic-settings would add ~12 MB of RSS to an agent meant for a Pi Zero), while the hub
-validates the very same declarations with a pydantic ``TypeAdapter`` (see ``hub/validate.py``).
+validates the very same declarations with a pydantic ``TypeAdapter`` (see
+``hub/ingest/validate.py``).
 mypy checks that the agent's dicts match these classes; a test checks that the SQL
 migration's columns match :func:`metrics_columns`.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast, get_type_hints
 
-from hub.batch import DeviceEvents
+from hub.ingest.batch import DeviceEvents
 from hub.store import Store, WriteResult
 from shared.schema import (
     Cpu,

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.validate import Accepted, Limits, validate
+from hub.ingest.validate import Accepted, Limits, validate
 from tests import processes
 from tests.processes import Process, query, wait_hub_subscribed
 from tests.servers import MosquittoServer, PostgresServer, wait_for

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from hub.alerts import DEFAULT_RULES
 from hub.api import WEB_DIR, HttpServer, HubHealth, create_app
-from hub.batch import DeviceEvents, QuarantineRecord
+from hub.ingest.batch import DeviceEvents, QuarantineRecord
 from hub.read import SERIES_COLUMNS, FleetReader
 from hub.store import Store, StorePool
 from shared.config import Secret

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.alerts import DEFAULT_RULES, window_s
 from hub.api import HubHealth, create_app
-from hub.batch import DeviceEvents
+from hub.ingest.batch import DeviceEvents
 from hub.read import FleetReader
 from hub.store import Store, StorePool
 from hub.watch import AlertWatcher

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from hub.alerts import DEFAULT_RULES
 from hub.api import HubHealth, create_app
-from hub.batch import DeviceEvents
+from hub.ingest.batch import DeviceEvents
 from hub.read import FleetReader
 from hub.store import Store, StorePool
 from hub.watch import AlertWatcher

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 
 from hub.alerts import DEFAULT_RULES
 from hub.api import HubHealth, create_app
-from hub.batch import Ack, Batch, Inbound
+from hub.ingest.batch import Ack, Batch, Inbound
+from hub.ingest.validate import validate
+from hub.ingest.write import write_batch
 from hub.read import FleetReader
 from hub.retention import Retention, housekeep
 from hub.store import Store, StorePool
-from hub.validate import validate
-from hub.write import write_batch
 from tests.unit.hub.messages import metrics
 from tests.unit.hub.test_processes import info, section
 

@@ -19,9 +19,9 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from hub.batch import Ack, Batcher, Inbound
+from hub.ingest.batch import Ack, Batcher, Inbound
+from hub.ingest.validate import validate
 from hub.store import Store
-from hub.validate import validate
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 

@@ -9,10 +9,10 @@ import orjson
 import psycopg
 import pytest
 
-from hub.batch import Ack, Batcher, Inbound
+from hub.ingest.batch import Ack, Batcher, Inbound
+from hub.ingest.validate import validate
+from hub.ingest.write import write_batch
 from hub.store import Store
-from hub.validate import validate
-from hub.write import write_batch
 from shared.errors import TransientStoreError
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, metrics, metrics_bytes

@@ -21,9 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from hub.batch import Ack, Batcher, Inbound
+from hub.ingest.batch import Ack, Batcher, Inbound
+from hub.ingest.validate import validate
 from hub.store import Store
-from hub.validate import validate
 from tests.servers import PostgresServer
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hub.batch import Ack, Batcher, Inbound
+from hub.ingest.batch import Ack, Batcher, Inbound
+from hub.ingest.validate import validate
 from hub.store import Store
-from hub.validate import validate
 from tests import processes
 from tests.processes import query, wait_hub_subscribed, wait_rows
 from tests.servers import MosquittoServer, PgBouncer, PostgresServer, free_port, wait_for

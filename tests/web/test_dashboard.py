@@ -27,7 +27,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from hub.api import HttpServer, HubHealth, create_app
-from hub.batch import DeviceEvents
+from hub.ingest.batch import DeviceEvents
 from hub.processes import INSERT_SQL, process_row
 from hub.read import FleetReader
 from hub.store import Store, StorePool

@@ -1,6 +1,6 @@
 
-from hub.batch import Ack, Batcher, Inbound
-from hub.validate import validate
+from hub.ingest.batch import Ack, Batcher, Inbound
+from hub.ingest.validate import validate
 from shared.schema import metrics_columns
 from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
 

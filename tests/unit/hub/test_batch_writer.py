@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from hub.batch import Ack
-from hub.main import BatchWriter, IngestStats
+from hub.ingest import BatchWriter, IngestStats
+from hub.ingest.batch import Ack
 from shared.errors import TransientStoreError
 from tests.unit.hub.test_write import FakeStore, NoWaitEvent, batch_of
 

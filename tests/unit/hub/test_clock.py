@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from hub.clock import ClockPlacer, decide_offset, place
-from hub.validate import Accepted, Limits, Rejected, validate
+from hub.ingest.validate import Accepted, Limits, Rejected, validate
 from tests.unit.hub.messages import metrics
 
 RECEIVED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -99,7 +99,7 @@ def test_a_clock_that_jumps_within_a_session_is_quarantined_not_misfiled() -> No
 
 
 def test_the_age_adds_the_agents_wait_and_the_brokers() -> None:
-    from hub.receive import age_from_properties
+    from hub.ingest.receive import age_from_properties
     from shared.schema import AGE_EXPIRY_S
 
     # Held 1.5 s by the agent, then 120 s at the broker while the hub was away.

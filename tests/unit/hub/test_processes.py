@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from hub.batch import Ack, Batch, Inbound
+from hub.ingest.batch import Ack, Batch, Inbound
+from hub.ingest.validate import Accepted, Rejected, validate
 from hub.processes import COLUMNS as PROCESS_COLUMNS
 from hub.processes import process_row, section_from_row, section_problem
-from hub.validate import Accepted, Rejected, validate
 from shared.schema import ProcessesV1, ProcessInfo, metrics_columns
 from tests.unit.hub.messages import NOW, metrics
 

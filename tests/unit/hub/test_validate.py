@@ -5,7 +5,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from hub.validate import Accepted, Limits, Rejected, validate
+from hub.ingest.validate import Accepted, Limits, Rejected, validate
 from tests.unit.hub.messages import NOW, meta_bytes, metrics, metrics_bytes
 
 TOPIC = "fp/pi-1/metrics"

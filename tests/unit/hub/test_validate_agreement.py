@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from hub.validate import _METRICS, decode_metrics, decode_metrics_fast
+from hub.ingest.validate import _METRICS, decode_metrics, decode_metrics_fast
 from tests.unit.hub.messages import metrics
 
 

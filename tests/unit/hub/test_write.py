@@ -2,8 +2,8 @@
 
 import threading
 
-from hub.batch import Ack, Batch, Inbound, QuarantineRecord
-from hub.write import BACKOFF_MAX_S, backoff_s, write_batch
+from hub.ingest.batch import Ack, Batch, Inbound, QuarantineRecord
+from hub.ingest.write import BACKOFF_MAX_S, backoff_s, write_batch
 from shared.errors import PermanentStoreError, TransientStoreError
 from tests.unit.hub.messages import NOW
 

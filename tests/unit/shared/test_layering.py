@@ -42,7 +42,7 @@ def test_agent_and_hub_never_import_each_other():
 
 
 def test_one_module_each_imports_psutil_paho_and_psycopg():
-    assert _importers("psutil") == ["agent/collect.py"]
+    assert _importers("psutil") == ["agent/collect/portable.py"]
     assert _importers("paho") == ["shared/mqtt.py"]
     assert _importers("psycopg") == ["hub/store.py"]
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hub.batch import Batch, DeviceEvents, Inbound, QuarantineRecord
+from hub.ingest.batch import Batch, DeviceEvents, Inbound, QuarantineRecord
 from shared.errors import PermanentStoreError, TransientStoreError
 
 log = logging.getLogger(__name__)

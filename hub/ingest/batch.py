@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from hub.ingest.validate import Accepted, Rejected, Result
 from hub.processes import SECTION, process_row
-from hub.validate import Accepted, Rejected, Result
 from shared.schema import metrics_row
 
 

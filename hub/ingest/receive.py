@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from hub.batch import Ack, Inbound
+from hub.ingest.batch import Ack, Inbound
 from shared import __version__
 from shared.config import HubSettings, parse_broker_url
 from shared.mqtt import MqttConnection, Received

@@ -1,0 +1,164 @@
+"""The ingest loop: take what arrived, validate, batch; a writer thread stores and acks.
+
+    receive (paho's thread) → Inbox → run_ingest_loop: validate → batch → BatchWriter (its
+    own thread): write → ack
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hub.clock import ClockPlacer
+from hub.ingest.batch import Batch, Batcher, Inbound
+from hub.ingest.receive import Inbox, Receiver
+from hub.ingest.validate import Limits, Result, validate
+from hub.ingest.write import backoff_s, write_batch
+from hub.store import Store
+from shared.config import HubSettings
+from shared.errors import StoreError
+
+log = logging.getLogger("fleetpulse.hub")
+# How often the ingest loop takes what has arrived: adds at most this to the latency, and
+# lets a bunch of messages build up between thread switches.
+INGEST_POLL_S = 0.05
+
+
+@dataclass
+class IngestStats:
+    """Counters shown by the health endpoint and logged at stop."""
+
+    received: int = 0
+    acked: int = 0  # stored or quarantined, and acknowledged to the broker
+    stale: int = 0  # from a dropped connection; the broker redelivers them
+    stored: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    last_write_at: datetime | None = None
+
+
+class BatchWriter:
+    """Write batches in a thread of its own, then acknowledge their messages.
+
+    The ingest loop goes on validating the next batch while one is written: the database's
+    part of a write runs without the GIL. One batch waits at most while another is written,
+    so memory stays bounded; acks go out in batch order, each only after its commit.
+    """
+
+    def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
+                 stop: threading.Event) -> None:
+        self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
+        self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._gave_up = threading.Event()  # stopped while the database was away
+        self.failed = False
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch | None) -> bool:
+        """Queue a batch (None: no more); False once the writer has given up."""
+        while not self._gave_up.is_set():
+            try:
+                self._pending.put(batch, timeout=0.2)
+                return True
+            except queue.Full:
+                continue  # the previous batch still waits: the database is slow or away
+        return False
+
+    def finish(self) -> None:
+        """Write what is queued, then end the thread."""
+        self.submit(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._write_all()
+        except Exception:
+            # A bug, not the database (write_batch retries those): stop the hub, as an
+            # exception in a single-threaded hub would; the broker keeps the messages.
+            log.exception("The writer failed; stopping.")
+            self.failed = True
+            self._gave_up.set()
+            self._stop.set()
+
+    def _write_all(self) -> None:
+        while (batch := self._pending.get()) is not None:
+            started = time.monotonic()
+            outcome = write_batch(self._store, batch, self._stop)
+            if outcome is None:
+                self._gave_up.set()  # the broker keeps the messages
+                return
+            self._receiver.ack(batch.acks)
+            stats = self._stats
+            stats.acked += len(batch.acks)
+            stats.stored += outcome.inserted
+            stats.quarantined += outcome.quarantined
+            stats.batches += 1
+            stats.last_write_at = datetime.now(UTC)
+            log.debug("Stored a batch of %d messages in %.0f ms (%.2f s after it opened).",
+                      len(batch), 1000 * (time.monotonic() - started),
+                      time.monotonic() - batch.opened_at)
+
+
+def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
+                stop: threading.Event) -> Result | None:
+    """Place an unsynchronised reading (hub/clock.py), waiting while the database is away."""
+    attempt = 0
+    while True:
+        try:
+            return placer.apply(result, message.received_at, message.age_s)
+        except StoreError as exc:
+            attempt += 1
+            if attempt == 1:
+                log.error("Cannot read or record a clock offset: %s. Retrying.", exc)
+            if stop.wait(backoff_s(attempt)):
+                return None
+
+
+def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
+           stop: threading.Event, stats: IngestStats) -> None:
+    """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
+    batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
+    limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
+                    settings.retention_days)
+    prefix = settings.topic_prefix
+    writer = BatchWriter(store, receiver, stats, stop)
+    # Its own connection: only the first unsynchronised reading of a session uses it.
+    clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
+    placer = ClockPlacer(clock_store, limits)
+    try:
+        while True:
+            stopping = stop.is_set()
+            taken = inbox.take_all()
+            # Delivered over a connection that has since dropped, a message cannot be
+            # acked, and the broker sends it again over the new one: leave it.
+            bunch = [m for m in taken if not receiver.is_stale(m)]
+            stats.stale += len(taken) - len(bunch)
+            stats.received += len(bunch)  # before a submit that may wait: health counts them
+            for message in bunch:
+                placed = place_clock(placer, validate(message.topic, message.payload,
+                                                      message.received_at, prefix, limits),
+                                     message, stop)
+                if placed is None:
+                    return  # stopping while the database is away: the broker keeps it
+                result = placed
+                now = time.monotonic()
+                batcher.add(message, result, now)
+                if batcher.due(now) and not writer.submit(batcher.take()):
+                    return
+            if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0)
+                                                 is not None):
+                if not writer.submit(batcher.take()):
+                    return
+            if stopping and not len(inbox):
+                return
+            due_in = batcher.seconds_until_due(time.monotonic())
+            stop.wait(INGEST_POLL_S if due_in is None else min(due_in, INGEST_POLL_S))
+    finally:
+        writer.finish()
+        clock_store.close()
+        if writer.failed:
+            raise RuntimeError("the hub's writer thread failed (see the log above)")
