@@ -16,6 +16,7 @@ positions of the top by memory, in order.
 
 from __future__ import annotations
 
+import operator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ COPY_TYPES: tuple[str, ...] = (
 STAGE_SQL = "create temp table processes_in (like processes) on commit drop"
 COPY_SQL = f"copy processes_in ({', '.join(COLUMNS)}) from stdin (format binary)"
 MOVE_SQL = "insert into processes select * from processes_in on conflict do nothing"
+_INFO = operator.itemgetter(*INFO_FIELDS)  # a process's values in table order
 MAX_TOP_N = 1000  # the agent's process_top_n bound: positions fit a smallint
 
 
@@ -99,25 +101,24 @@ def split_section(payload: bytes) -> tuple[bytes, str] | None:
 def process_row(device_id: str, ts: datetime, session_id: str, seq: int,
                 received_at: datetime, section: ProcessesV1) -> tuple[Any, ...]:
     """Return the row of table ``processes`` for one section, in :data:`COLUMNS` order."""
-    entries: list[tuple[Any, ...]] = []
+    # itemgetter and a dict of positions: this runs for every section the hub takes in.
+    entries: list[tuple[Any, ...]] = [_INFO(info) for info in section["top_cpu"]]
     position: dict[tuple[Any, ...], int] = {}
-
-    def place(info: ProcessInfo) -> int:
-        key = tuple(info[f] for f in INFO_FIELDS)  # type: ignore[literal-required]
-        if key not in position:
+    for n, key in enumerate(entries, 1):
+        position.setdefault(key, n)
+    top_memory = []
+    for info in section["top_memory"]:
+        key = _INFO(info)
+        at = position.get(key)
+        if at is None:
             entries.append(key)
-            position[key] = len(entries)
-        return position[key]
-
-    for info in section["top_cpu"]:
-        entries.append(tuple(info[f] for f in INFO_FIELDS))  # type: ignore[literal-required]
-        position.setdefault(entries[-1], len(entries))
-    top_memory = [place(info) for info in section["top_memory"]]
+            at = position[key] = len(entries)
+        top_memory.append(at)
     arrays = [list(a) for a in zip(*entries, strict=True)] if entries else \
         [[] for _ in INFO_FIELDS]
     return (device_id, ts, session_id, seq, received_at, section["period_s"],
-            *(section[k] for k in _COUNTS),  # type: ignore[literal-required]
-            len(section["top_cpu"]), top_memory, *arrays)
+            section["count"], section["running"], section["sleeping"], section["zombie"],
+            section["other"], len(section["top_cpu"]), top_memory, *arrays)
 
 
 def _float(value: float | None) -> float | None:

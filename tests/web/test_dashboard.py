@@ -299,10 +299,21 @@ def test_device_page_shows_the_devices_alerts_and_completeness(site: Site) -> No
 
 
 def process_rows(browser: WebDriver) -> list[dict[str, str]]:
-    return [{"pid": r.get_attribute("data-pid") or "",
-             **{c: r.find_element(By.CSS_SELECTOR, f'td[data-col="{c}"]').text
-                for c in ("name", "cpu", "rss")}}
-            for r in browser.find_elements(By.CSS_SELECTOR, "#processes tbody tr")]
+    # Read in one script: the live table may be redrawn between two WebDriver calls.
+    rows: list[dict[str, str]] = browser.execute_script(
+        "return [...document.querySelectorAll('#processes tbody tr')].map(tr => ({"
+        "pid: tr.dataset.pid, name: tr.querySelector('[data-col=name]').textContent, "
+        "cpu: tr.querySelector('[data-col=cpu]').textContent, "
+        "rss: tr.querySelector('[data-col=rss]').textContent}))")
+    return rows
+
+
+# The table's pids and the shown sample's memory list by RSS (arguments[0]: 1 ascending,
+# -1 descending; ties by pid), read together.
+SHOWN_AND_BY_MEMORY = (
+    "return [[...document.querySelectorAll('#processes tbody tr')].map(tr => "
+    "Number(tr.dataset.pid)), [...state.procs.sample.top_memory].sort((a, b) => "
+    "(a.rss_bytes - b.rss_bytes) * arguments[0] || a.pid - b.pid).map(p => p.pid)]")
 
 
 def test_device_page_shows_the_top_processes_live_and_sorts_them(site: Site) -> None:
@@ -322,12 +333,12 @@ def test_device_page_shows_the_top_processes_live_and_sorts_them(site: Site) -> 
     header.click()
     wait_for(lambda: b.execute_script("return state.procs.sort.key") == "memory", 5, "by memory")
     assert header.get_attribute("aria-sort") == "descending"
-    shown = [int(r["pid"]) for r in process_rows(b)]
-    by_memory = b.execute_script("return [...state.procs.sample.top_memory]"
-                                 ".sort((a, b) => b.rss_bytes - a.rss_bytes).map(p => p.pid)")
-    assert shown == by_memory
+    shown, by_memory = b.execute_script(SHOWN_AND_BY_MEMORY, -1)
+    assert shown == by_memory and len(shown) > 1
     header.click()  # again: ascending
-    assert [int(r["pid"]) for r in process_rows(b)] == by_memory[::-1]
+    wait_for(lambda: header.get_attribute("aria-sort") == "ascending", 5, "ascending")
+    shown, ascending = b.execute_script(SHOWN_AND_BY_MEMORY, 1)
+    assert shown == ascending and ascending != by_memory
     b.execute_script("document.getElementById('processes-panel').scrollIntoView()")
     assert screenshot(b, "device-processes").stat().st_size > 10_000
 
