@@ -489,8 +489,10 @@ async function loadProcesses() {
     const query = at === null ? "" : `?at=${encodeURIComponent(at.toISOString())}`;
     const body = await api(`/api/devices/${encodeURIComponent(device)}/processes${query}`);
     if (device !== state.device || at !== state.procs.at) return;  // superseded
+    const fresh = body.sample && (!state.procs.sample || body.sample.ts !== state.procs.sample.ts);
     state.procs.sample = body.sample;
     renderProcesses();
+    if (fresh && at === null && state.range === "live") loadProcessHistory();
   } catch (err) { if (device === state.device) showError(`Cannot load the processes: ${err.message}`); }
   finally { state.procs.loading = false; }
 }
@@ -505,6 +507,48 @@ function followProcesses(d) {
   state.procs.checked = Date.now() / 1000;
   loadProcesses();
 }
+// The range's process samples as a chart: counts, and the busiest process's CPU % (of one
+// core, so it may pass 100) on its own axis. A click shows the table at that moment.
+let historyRequest = 0;
+async function loadProcessHistory() {
+  const ticket = ++historyRequest;
+  const w = state.range === "live" ? { start: "600s", end: "now" } : rangeWindow();
+  if (!w || !state.device) return;
+  try {
+    const body = await api(`/api/devices/${encodeURIComponent(state.device)}/processes/history?start=${encodeURIComponent(w.start)}&end=${encodeURIComponent(w.end)}&max_samples=500`);
+    if (ticket !== historyRequest) return;
+    const s = body.samples;
+    // A gap of more than three periods (the agent stopped, or had them off) breaks the lines.
+    let data = [[], [], [], []];
+    s.forEach((x, i) => {
+      const t = Date.parse(x.ts) / 1000;
+      if (i && t - data[0][data[0].length - 1] > 3 * Math.max(x.period_s || 10, 10)) {
+        data[0].push(t - 1); data[1].push(null); data[2].push(null); data[3].push(null);
+      }
+      data[0].push(t); data[1].push(x.count); data[2].push(x.running); data[3].push(x.top_cpu_percent);
+    });
+    data = padToWindow(data, Date.parse(body.start) / 1000, Date.parse(body.end) / 1000);
+    const node = $("#chart-processes");
+    if (state.procs.chart) state.procs.chart.destroy();
+    const figure = $("#processes-history-figure");
+    figure.classList.toggle("empty", s.length === 0);
+    figure.dataset.samples = String(s.length);
+    const chart = new uPlot({
+      width: chartWidth(node), height: 140,
+      series: [{}, { label: "processes", stroke: PALETTE[0], scale: "n" },
+        { label: "running", stroke: PALETTE[2], scale: "n" },
+        { label: "busiest CPU %", stroke: PALETTE[1], scale: "%", value: (u, v) => num(v) }],
+      scales: { x: { time: true }, n: { auto: true }, "%": { auto: true } },
+      axes: [{}, { scale: "n", size: 50 }, { scale: "%", side: 1, size: 50 }],
+    }, data, node);
+    chart.over.addEventListener("click", () => {
+      const t = chart.posToVal(chart.cursor.left, "x");
+      if (Number.isFinite(t)) showProcessesAt(new Date(t * 1000));
+    });
+    state.procs.chart = chart;
+  } catch (err) { if (ticket === historyRequest) showError(`Cannot load the process history: ${err.message}`); }
+}
+
 function showProcessesAt(at) {
   state.procs.at = at;
   state.procs.checked = 0;
@@ -549,6 +593,7 @@ function setRange(range, custom = null) {
 }
 function rangeChanged() {
   loadRange();
+  loadProcessHistory();
   updateExportLinks();
   writeRangeToUrl();
 }

@@ -348,6 +348,13 @@ def test_device_page_shows_the_processes_at_a_chosen_moment(site: Site) -> None:
     b.get(site.url + f"/#/device/{AGENT}?range=604800")
     wait_for(lambda: b.execute_script("return state.charts.cpu && state.charts.cpu.data[0]"
                                       ".length") > 10, 15, "the week's chart")
+    # The week's samples on their own chart: the one two days back and the agent's.
+    # (The page may still show the live range's chart for a moment: wait for the week's.)
+    past = (datetime.now(UTC) - PAST_SAMPLE_AGO).timestamp()
+    wait_for(lambda: b.execute_script(
+        "const c = state.procs.chart; return c && c.scales.x.min <= arguments[0] && "
+        "arguments[0] <= c.scales.x.max && c.data[1].filter(v => v !== null).length >= 2",
+        past), 15, "the week's process history chart")
     moment = datetime.now() - PAST_SAMPLE_AGO + timedelta(seconds=4)  # local, as the input
     b.execute_script("document.getElementById('processes-at').value = arguments[0];"
                      "document.getElementById('processes-show').click()",
