@@ -113,7 +113,7 @@ def used_bytes(sizes: dict[str, int]) -> int:
     but stays in the files, so the file size would keep the hub dropping data.
     """
     return (sizes["hot"] + sizes["cold_live"] + sizes["minute"] + sizes["hour"]
-            + sizes["quarantine"])
+            + sizes["quarantine"] + sizes.get("processes", 0))
 
 
 def cold_bytes_per_device_day(sizes: dict[str, int]) -> float | None:
@@ -138,6 +138,7 @@ def tier_summary(sizes: dict[str, int], budget_bytes: int) -> dict[str, object]:
     return {"hot_bytes": sizes["hot"], "cold_bytes": sizes["cold_live"],
             "cold_file_bytes": sizes["cold"], "minute_bytes": sizes["minute"],
             "hour_bytes": sizes["hour"], "quarantine_bytes": sizes["quarantine"],
+            "processes_bytes": sizes.get("processes", 0),
             "database_bytes": sizes["database"], "used_bytes": used_bytes(sizes),
             "budget_bytes": budget_bytes or None,
             "hot_readings": sizes["hot_readings"], "cold_readings": sizes["cold_readings"],

@@ -523,7 +523,8 @@ class Store:
             hot = int(row[0]) if row else 0
             sizes = {"hot": hot}
             for key, table in (("cold", cold.TABLE), ("minute", "metrics_1m"),
-                               ("hour", "metrics_1h"), ("quarantine", "quarantine")):
+                               ("hour", "metrics_1h"), ("quarantine", "quarantine"),
+                               ("processes", "processes")):
                 cur.execute("select pg_total_relation_size(%s::regclass)", (table,))
                 row = cur.fetchone()
                 sizes[key] = int(row[0]) if row else 0

@@ -212,6 +212,7 @@ function storageFacts(s) {
   const facts = [["Hot tier", `${bytes(s.hot_bytes)} (${s.hot_readings.toLocaleString()} readings)`],
     ["Cold tier", `${bytes(s.cold_bytes)} (${s.cold_readings.toLocaleString()} readings)`],
     ["Rollups", `${bytes(s.minute_bytes + s.hour_bytes)}`],
+    ["Process samples", bytes(s.processes_bytes ?? 0)],
     ["Database", bytes(s.database_bytes)]];
   if (s.cold_bytes_per_device_day) facts.push(["Per device-day", bytes(s.cold_bytes_per_device_day)]);
   if (s.budget_bytes) {
