@@ -49,6 +49,7 @@ OFFSET_S = 0.5  # scans run half a second off the per-second readings (see Proce
 # max_payload_bytes (64 KiB by default), which would lose the reading with it. Ten
 # processes per list take ~4 KB; a large process_top_n is shortened to fit (fit_section).
 MAX_SECTION_BYTES = 32 * 1024
+IDLE_WAIT_S = 60.0  # while off, the watcher looks at its stop event at least this often
 
 
 class ProcRecord(NamedTuple):
@@ -350,6 +351,10 @@ class ProcessSampler:
         self._prev: dict[Key, float] | None = None
         self._prev_at = 0.0
 
+    def reset(self) -> None:
+        """Forget the previous scan (process metrics turned off)."""
+        self._prev = None
+
     def scan(self) -> tuple[list[ProcRecord], list[float | None], float]:
         """Return every process, its CPU % since the previous scan, and that interval."""
         now = self.clock()
@@ -382,13 +387,32 @@ class ProcessWatcher:
     def __init__(self, sampler: ProcessSampler, period_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sampler = sampler
-        self.period_s = period_s
+        self.period_s = period_s  # 0: off (the thread waits for configure())
         self.clock = clock
         self.latest: ProcessesV1 | None = None
         self._unsent: ProcessesV1 | None = None  # the latest scan, until a reading takes it
         self._lock = threading.Lock()
         self.scans = 0
         self.scan_s = 0.0  # wall time of the last scan, for the debug log
+        self._wake = threading.Event()
+
+    def configure(self, period_s: float, top_n: int) -> None:
+        """Use a new period (0: off) and top-N from the next scan on (settings changed
+        remotely, agent/remote.py); safe to call from another thread."""
+        self.sampler.top_n = top_n
+        if period_s != self.period_s:
+            self.period_s = period_s
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Make :meth:`run` look at its stop event and period now."""
+        self._wake.set()
+
+    def _wait(self, stop: threading.Event, timeout_s: float) -> bool:
+        """Wait until the timeout, a new period or a wake(); return True once stopped."""
+        self._wake.wait(max(0.0, timeout_s))
+        self._wake.clear()
+        return stop.is_set()
 
     def take(self) -> ProcessesV1 | None:
         """Return the latest scan if no reading has carried it yet (called by the loop)."""
@@ -399,12 +423,31 @@ class ProcessWatcher:
     def run(self, stop: threading.Event) -> None:
         if stop.wait(OFFSET_S):
             return
-        tick = self.clock() + self.period_s
-        try:
-            self.sampler.scan()  # CPU % needs an earlier scan: the first result is full
-        except Exception:
-            log.exception("process metrics: the first scan failed")
-        while not stop.wait(max(0.0, tick - self.clock())):
+        period = 0.0  # the period the schedule below was made for; 0: not primed
+        tick = 0.0
+        while not stop.is_set():
+            if self.period_s <= 0:  # off: forget the last result and the CPU times
+                with self._lock:
+                    self.latest = self._unsent = None
+                period = 0.0
+                self.sampler.reset()
+                if self._wait(stop, IDLE_WAIT_S):
+                    return
+                continue
+            if period == 0.0:
+                period = self.period_s
+                tick = self.clock() + period
+                try:
+                    self.sampler.scan()  # CPU % needs an earlier scan: the first result is full
+                except Exception:
+                    log.exception("process metrics: the first scan failed")
+            elif self.period_s != period:  # changed remotely: from the last scan, anew
+                tick += self.period_s - period
+                period = self.period_s
+            if self.clock() < tick:
+                if self._wait(stop, tick - self.clock()):
+                    return
+                continue  # woken early: the period may have changed
             started = self.clock()
             try:
                 latest = fit_section(self.sampler.sample())
@@ -415,6 +458,6 @@ class ProcessWatcher:
             self.scans += 1
             self.scan_s = self.clock() - started
             log.debug("process scan %d took %.1f ms", self.scans, 1000 * self.scan_s)
-            tick += self.period_s
-            if self.clock() - tick > self.period_s:  # suspended: skip, do not burst
-                tick = self.clock() + self.period_s
+            tick += period
+            if self.clock() - tick > period:  # suspended: skip, do not burst
+                tick = self.clock() + period

@@ -2,6 +2,7 @@
 
     python3 -m bench.anomaly_eval                 # ~2 min of CPU on one core
     python3 -m bench.anomaly_eval --no-iforest    # skip the slowest baseline (~1 min)
+    python3 -m bench.anomaly_eval --no-autoencoder   # without PyTorch (the train extra)
 
 Reads the corpus from ../shared/datasets/nab (or $FLEETPULSE_NAB_DIR). For each detector:
 the standard, reward-low-FP and reward-low-FN scores (0 = never fires, 100 = perfect), with
@@ -12,6 +13,11 @@ swept on itself); CPU per sample on the corpus; and for the streaming detectors 
 one ``step`` for one device's 16 signals. Writes bench/results/anomaly_eval.json and
 anomaly_eval.png. Baseline in the same run: the windowed Gaussian (NAB publishes 39.6 for
 its own), random (NAB: 11.0 mean over seeds) and the null detector (0 by construction).
+
+The autoencoder (hub/detect/autoencoder.py) trains with PyTorch inside the run, per series,
+on the rows seen so far only (at rows 150, 300, ..., 4,800), and scores in numpy; its
+settings were chosen on the tune half like the candidate's. Its step cost is measured with
+untrained weights of the same shapes (cost does not depend on the values).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from bench.common import RESULTS
 from bench.nab import corpus, evaluate, score
 from bench.nab.corpus import Series
 from bench.nab.score import PROFILES, Floats
+from bench.neural_cost import random_weights
+from hub.detect.autoencoder import Autoencoder
 from hub.detect.gaussian import WindowedGaussian
 from hub.detect.novelty import Novelty
 
@@ -43,6 +51,13 @@ PUBLISHED = {  # NAB v1.1 scoreboard: standard, reward_low_FP_rate, reward_low_F
 STREAMING: dict[str, Callable[[int], Any]] = {
     "novelty (shipped candidate)": lambda k: Novelty(k),
     "windowed Gaussian": lambda k: WindowedGaussian(k, window=6400),
+}
+AUTOENCODER = "autoencoder (PyTorch-trained, numpy-scored)"
+NEURAL: dict[str, Callable[[int], Any]] = {
+    AUTOENCODER: lambda k: Autoencoder(k, refit_rows=4800),
+}
+COST: dict[str, Callable[[int], Any]] = {  # how to time a step without training
+    AUTOENCODER: lambda k: Autoencoder(k, trainer=random_weights),
 }
 RANDOM_SEEDS = 20
 
@@ -79,17 +94,19 @@ def batch(fn: Callable[[Floats], Floats], series: list[Series]) -> tuple[list[Fl
     return out, time.process_time() - t0
 
 
-def run(iforest: bool) -> dict[str, Any]:
+def run(iforest: bool, neural: bool) -> dict[str, Any]:
     series = corpus.load()
     tune, test = evaluate.split(series)
     rows: list[dict[str, Any]] = []
-    for name, make in STREAMING.items():
+    for name, make in {**STREAMING, **(NEURAL if neural else {})}.items():
+        print(f"{name} ...", flush=True)
         scores, cpu = evaluate.run_streaming(make, series)
+        timed = COST.get(name, make)
         rows.append(result(
-            name, scores, series, cpu, tune, test, step_us_16_signals=step_cost_us(make),
+            name, scores, series, cpu, tune, test, step_us_16_signals=step_cost_us(timed),
             # The hub can score one batch of readings from many devices in one call:
             # 1,000 devices x 16 signals per step, cost divided by 1,000 readings.
-            batched_us_per_reading=step_cost_us(make, k=16_000, steps=100) / 1000))
+            batched_us_per_reading=step_cost_us(timed, k=16_000, steps=100) / 1000))
     scores, cpu = batch(netdata, series)
     rows.append(result("Netdata k-means (k=2, 4 models agree)", scores, series, cpu, tune, test))
     if iforest:
@@ -150,6 +167,18 @@ def table(data: dict[str, Any]) -> str:
         f"{cand['all']['standard']['score'] - base['all']['standard']['score']:+.1f} points, "
         f"test half {cand['test']['standard']['score'] - base['test']['standard']['score']:+.1f};"
         f" CPU per sample {cand['cpu_us_per_sample'] / base['cpu_us_per_sample']:.1f}x")
+    for r in data["detectors"]:
+        if r["detector"] == AUTOENCODER:
+            def gain(other: dict[str, Any], half: str, r: dict[str, Any] = r) -> float:
+                return float(r[half]["standard"]["score"] - other[half]["standard"]["score"])
+
+            lines.append(
+                f"{r['detector']} (same run): standard {gain(base, 'all'):+.1f} points vs "
+                f"{base['detector']} (test half {gain(base, 'test'):+.1f}), "
+                f"{gain(cand, 'all'):+.1f} vs the candidate (test half "
+                f"{gain(cand, 'test'):+.1f}); CPU per sample "
+                f"{r['cpu_us_per_sample'] / base['cpu_us_per_sample']:.1f}x the Gaussian's "
+                f"(its training included)")
     groups = sorted(data["detectors"][0]["all"]["standard"]["groups"])
     lines.append("\nstandard profile per data group (corpus threshold; raw score where a "
                  "group has no windows):")
@@ -234,6 +263,8 @@ def main() -> int:
     """Run, print the table, write the JSON and the chart (``--chart-only``: redraw)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-iforest", action="store_true", help="skip the Isolation Forest")
+    ap.add_argument("--no-autoencoder", action="store_true",
+                    help="skip the autoencoder (it trains with PyTorch, the train extra)")
     ap.add_argument("--no-chart", action="store_true", help="do not draw the PNG")
     ap.add_argument("--nab-results", type=Path, metavar="DIR",
                     help="also score NAB's published result files in DIR (a NAB clone's "
@@ -248,7 +279,7 @@ def main() -> int:
         print(json.dumps(check_published(args.nab_results), indent=1))
         return 0
     t0 = time.monotonic()
-    data = run(iforest=not args.no_iforest)
+    data = run(iforest=not args.no_iforest, neural=not args.no_autoencoder)
     data["wall_s"] = time.monotonic() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "anomaly_eval.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -8,7 +8,9 @@ Charts: hub_ingest_rates.png (rate offered vs delivered), hub_ingest_latency.png
 commit p50/p99), hub_ingest_cpu.png (who used the CPU at each hub's best rate),
 hub_ingest_hubs.png (fleetpulse, minimal hub and Node-RED side by side: best sustained rate
 and CPU per message at it),
-agent_cost.png (CPU against collectd, per-call breakdown), storage.png (write paths).
+agent_cost.png (CPU against collectd, per-call breakdown), storage.png (write paths),
+forecast_eval.png (forecast error and warnings per method), neural_cost.png (the neural
+models' scoring and training CPU against their numpy baselines).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -250,6 +253,56 @@ def plot_storage(data: dict[str, Any]) -> list[Path]:
     return [_save(fig, "storage.png")]
 
 
+def plot_forecast(data: dict[str, Any]) -> list[Path]:
+    fig, axes = plt.subplots(1, len(data["series"]), figsize=(11, 4.2))
+    for ax, r in zip(np.atleast_1d(axes), data["series"], strict=True):
+        methods = r["methods"]
+        steps = sorted(int(h) for h in next(iter(methods.values()))["mae"])
+        for label, m in methods.items():
+            warned = f"{m['events_warned']}/{r['events']} warned"
+            ax.plot(steps, [m["mae"][str(h)] for h in steps], marker="o",
+                    label=f"{label}: {warned}, {m['false_warning_steps_per_day']:.1f} false/day")
+        ax.set_xlabel(f"steps ahead (1 step = {r['step_s'] / 60:.0f} min)")
+        ax.set_ylabel("mean absolute error")
+        ax.set_title(r["series"].split("/")[-1], fontsize=9)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return [_save(fig, "forecast_eval.png")]
+
+
+def plot_neural_cost(data: dict[str, Any]) -> list[Path]:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    sc = data["scoring"]
+    names = ["autoencoder", "novelty", "lstm", "damped_holt"]
+    x = np.arange(len(names))
+    for off, label in ((-0.2, "one_device"), (0.2, "batched")):
+        bars = left.bar(x + off, [sc[f"{n}_{label}_us_per_reading"] for n in names], 0.4,
+                        label={"one_device": "one device per call",
+                               "batched": "1,000 devices per call"}[label])
+        left.bar_label(bars, fmt="%.1f", fontsize=7)
+    left.axhline(20, color="red", lw=0.8, label="target 20 µs")
+    left.set_xticks(x, ["autoencoder\n(16 signals)", "novelty\n(16 signals)",
+                        "LSTM\n(3 signals)", "damped Holt\n(3 signals)"], fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel("CPU µs per reading")
+    left.legend(fontsize=7)
+    tr = data["training_cpu_s_per_device_day"]
+    bars = right.bar(list(tr), list(tr.values()), color="tab:gray")
+    right.bar_label(bars, fmt="%.2f s", fontsize=7)
+    right.axhline(1.0, color="red", lw=0.8, label="target 1 s")
+    right.set_xticks(range(len(tr)), [k.removesuffix("_s").replace("_", " ") for k in tr],
+                     fontsize=7, rotation=15)
+    right.set_ylabel("CPU s per device-day of 1 s data")
+    right.legend(fontsize=7)
+    mem = data["memory"]
+    fig.suptitle(f"Neural models: memory {mem['neural_per_device_bytes']:,} bytes per device "
+                 f"({mem['neural_1000_devices_mb']:.0f} MB per 1,000); shared 2-core VM, "
+                 "CPU noisy", fontsize=9)
+    fig.tight_layout()
+    return [_save(fig, "neural_cost.png")]
+
+
 def _save(fig: Any, name: str) -> Path:
     if name.startswith("hub_ingest"):  # room for the note under the axes
         fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.16))
@@ -269,7 +322,8 @@ def main() -> int:
                 return 1
             made += plot_hub(data, name)
     for name, fn in (("hub_ingest", plot_hub), ("agent_cost", plot_agent),
-                     ("storage", plot_storage)):
+                     ("storage", plot_storage), ("forecast_eval", plot_forecast),
+                     ("neural_cost", plot_neural_cost)):
         data = _load(name) if len(sys.argv) == 1 else None
         if data is not None:
             made += fn(data)

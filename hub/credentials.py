@@ -1,4 +1,4 @@
-"""Broker accounts of devices: ``fleetpulse-hub add-device`` / ``revoke-device``.
+"""Broker accounts: ``fleetpulse-hub add-device`` / ``revoke-device`` / ``add-admin``.
 
 A device's MQTT user name is its device id, so the broker's ACL (``mosquitto/acl``:
 ``pattern write fleetpulse/%u/metrics`` …) lets it write under its own topics only. Its
@@ -9,8 +9,13 @@ rather than calling ``mosquitto_passwd``: the hub's container has no Mosquitto, 
 password on a command line is visible to every user in ``/proc``. Tests check the format
 both ways against Mosquitto 2.0.11 (the broker accepts our hashes; we verify its own).
 
-Pure: checks, hashing (salt given), edits of the file's text, the agent's TOML. I/O at the
-end: reading and atomically replacing the file, signalling the broker to reload.
+An admin account (``add-admin NAME``) is a password line like a device's plus a ``user
+NAME`` block appended to the ACL below its admins line (:data:`ADMINS_MARKER`): it reads
+everything under the topic prefix and writes the devices' ``set`` topics (README "Settings
+changed remotely"). The ACL is the one next to the password file.
+
+Pure: checks, hashing (salt given), edits of the files' text, the agent's TOML. I/O at the
+end: reading and atomically replacing the files, signalling the broker to reload.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import HubSettings, parse_broker_url
 from shared.errors import ConfigError
-from shared.topics import is_valid_device_id
+from shared.topics import HA_DISCOVERY_PREFIX, ha_discovery_topic, is_valid_device_id, set_topic
 
 HUB_USERNAME = "fleetpulse-hub"  # the hub's account in mosquitto/acl
 DEFAULT_PASSWORD_FILE = Path("mosquitto/passwd")
@@ -44,6 +49,8 @@ PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 KEY_BYTES = 64
 PASSWORD_BYTES = 32
+ACL_FILE_NAME = "acl"  # the broker's ACL, next to its password file
+ADMINS_MARKER = "# --- admins (fleetpulse-hub add-admin) ---"  # the last line of the shipped acl
 
 
 # --- pure ---------------------------------------------------------------------------------
@@ -55,6 +62,43 @@ def check_device_id(device_id: str) -> None:
     if device_id == HUB_USERNAME:
         raise ConfigError([f"{device_id!r} is the hub's broker account, not a device; "
                            "choose another device id."])
+
+
+def admin_block(name: str, prefix: str) -> str:
+    """Return the ACL lines of an admin account (pure)."""
+    return (f"user {name}\n"
+            f"topic read {prefix}/#\n"
+            f"topic write {set_topic(prefix, '+')}\n"
+            f"topic write {set_topic(prefix, '+', '+')}\n"
+            f"topic readwrite {HA_DISCOVERY_PREFIX}/#\n")
+
+
+def acl_admins(text: str) -> list[str]:
+    """Return the admin accounts of an ACL's text: the ``user`` lines below its admins line."""
+    _, marker, admins = text.partition(ADMINS_MARKER)
+    if not marker:
+        return []
+    return [line.split(None, 1)[1].strip() for line in admins.splitlines()
+            if line.startswith("user ") and len(line.split(None, 1)) == 2]
+
+
+def add_admin_to_acl(text: str, name: str, prefix: str) -> str:
+    """Return the ACL ``text`` with an admin block for ``name`` (unchanged if it has one)."""
+    if name in acl_admins(text):
+        return text
+    if ADMINS_MARKER not in text:
+        raise ConfigError([f"the ACL has no line {ADMINS_MARKER!r} (an ACL from before admin "
+                           "accounts): copy the shipped mosquitto/acl over it first."])
+    return text.rstrip("\n") + "\n" + admin_block(name, prefix)
+
+
+def keep_admins(shipped: str, current: str) -> str:
+    """Return the ``shipped`` ACL with the admin blocks of the ``current`` one (init-deploy)."""
+    _, marker, admins = current.partition(ADMINS_MARKER)
+    if not marker or not admins.strip() or ADMINS_MARKER not in shipped:
+        return shipped
+    head = shipped.partition(ADMINS_MARKER)[0]
+    return head + ADMINS_MARKER + "\n" + admins.lstrip("\n")
 
 
 def new_password() -> str:
@@ -235,7 +279,7 @@ def read_password_file(path: Path) -> str:
         raise ConfigError([f"{path}: cannot read the password file ({exc.strerror})."]) from None
 
 
-def write_password_file(path: Path, text: str) -> None:
+def write_password_file(path: Path, text: str, what: str = "the password file") -> None:
     """Replace the file atomically, keeping its owner, group and mode (new file: 0600).
 
     Atomic, so a broker reloading at the same moment reads the old or the new file, never
@@ -249,7 +293,7 @@ def write_password_file(path: Path, text: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot write the password file ({exc.strerror})."]) \
+        raise ConfigError([f"{path}: cannot write {what} ({exc.strerror})."]) \
             from None
     try:
         with os.fdopen(fd, "w") as f:
@@ -265,8 +309,19 @@ def write_password_file(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise ConfigError([f"{path}: cannot write the password file ({exc.strerror})."]) \
+        raise ConfigError([f"{path}: cannot write {what} ({exc.strerror})."]) \
             from None
+
+
+def read_acl(password_file: Path) -> tuple[Path, str]:
+    """Return the ACL next to ``password_file`` and its text ("" when there is none)."""
+    path = password_file.parent / ACL_FILE_NAME
+    try:
+        return path, path.read_text()
+    except FileNotFoundError:
+        return path, ""
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the ACL ({exc.strerror})."]) from None
 
 
 def add_device(path: Path, device_id: str) -> str:
@@ -276,9 +331,40 @@ def add_device(path: Path, device_id: str) -> str:
     at the broker's next reload).
     """
     check_device_id(device_id)
+    acl_path, acl = read_acl(path)
+    if device_id in acl_admins(acl):
+        raise ConfigError([f"{device_id!r} is an admin account in {acl_path}, not a device; "
+                           "choose another device id."])
     password = new_password()
     text = read_password_file(path)
     write_password_file(path, set_user(text, device_id,
+                                       hash_password(password, os.urandom(SALT_BYTES))))
+    return password
+
+
+def add_admin(path: Path, name: str, prefix: str) -> str:
+    """Give admin ``name`` a new random password and its ACL block; return the password.
+
+    Refused for a device's account (its user name is in the password file but it is no
+    admin): it would gain the right to change every device's settings.
+    """
+    if not is_valid_device_id(name) or name == HUB_USERNAME:
+        raise ConfigError([f"{name[:80]!r} cannot be an admin's user name: use 1-64 letters, "
+                           "digits, '.', '_' or '-', starting with a letter or digit, and not "
+                           f"{HUB_USERNAME!r}."])
+    text = read_password_file(path)
+    acl_path, acl = read_acl(path)
+    if name in users(text) and name not in acl_admins(acl):
+        raise ConfigError([f"{name!r} is already a device's account in {path}; choose "
+                           "another admin name."])
+    if not acl:
+        raise ConfigError([f"{acl_path}: no ACL next to the password file; the broker's "
+                           "acl_file must be there (copy the shipped mosquitto/acl)."])
+    updated = add_admin_to_acl(acl, name, prefix)
+    if updated != acl:  # the ACL first: a block without an account grants nothing
+        write_password_file(acl_path, updated, "the ACL")
+    password = new_password()
+    write_password_file(path, set_user(text, name,
                                        hash_password(password, os.urandom(SALT_BYTES))))
     return password
 
@@ -335,6 +421,9 @@ def run_add_device(device_id: str, path: Path, settings: HubSettings,
              f"The device will connect to {chosen.url} ({chosen.source})."]
     if chosen.warning:
         notes.append(chosen.warning)
+    notes.append(f"The hub and admin accounts (fleetpulse-hub add-admin NAME) may change its "
+                 f"settings on {set_topic(settings.topic_prefix, device_id)}[/<setting>]; "
+                 f"it reports them on {settings.topic_prefix}/{device_id}/config.")
     notes.append(f"Sent SIGHUP to the broker (pid {reload_pid}): the account works now."
                  if reload_pid is not None else _RELOAD_HINT)
     if config.ca_file is not None:
@@ -365,9 +454,41 @@ def run_revoke_device(device_id: str, path: Path, reload_pid: int | None) -> int
     # file and disconnects those no longer in it (mosquitto_security_apply_default; seen
     # in tests/integration/test_security.py), although mosquitto.conf(5) says connected
     # clients are not affected.
+    print(f"If it announced itself to Home Assistant (ha_discovery), remove it there with "
+          f"an admin account: mosquitto_pub -u <admin> -P <password> -r -n -t "
+          f"{ha_discovery_topic(device_id)}", file=sys.stderr)
     print(f"Removed broker account {device_id!r} from {path}. "
           + (f"Sent SIGHUP to the broker (pid {reload_pid}): it disconnects the device and "
              "refuses it from now on." if reload_pid is not None else
              _RELOAD_HINT + " The broker then disconnects the device and refuses it."),
           file=sys.stderr)
+    return 0
+
+
+def run_add_admin(name: str, path: Path, settings: HubSettings, reload_pid: int | None) -> int:
+    """``fleetpulse-hub add-admin``: the account's credentials to stdout, how to use them to
+    stderr."""
+    if not name:
+        print("fleetpulse-hub add-admin needs a name (the admin's broker user name).",
+              file=sys.stderr)
+        return 2
+    try:
+        password = add_admin(path, name, settings.topic_prefix)
+        if reload_pid is not None:
+            reload_broker(reload_pid)
+    except ConfigError as exc:
+        print("Cannot add the admin: " + " ".join(exc.problems), file=sys.stderr)
+        return 1
+    sys.stdout.write(f"# broker account of admin {name} (fleetpulse-hub add-admin); keep it "
+                     "secret\n"
+                     f"username = {_toml_string(name)}\npassword = {_toml_string(password)}\n")
+    example = set_topic(settings.topic_prefix, "<device_id>", "interval_s")
+    print("\n".join([
+        f"Added admin account {name!r} to {path} and {path.parent / ACL_FILE_NAME}: it reads "
+        f"everything under {settings.topic_prefix}/ and may change any device's settings.",
+        f"Sent SIGHUP to the broker (pid {reload_pid}): the account works now."
+        if reload_pid is not None else _RELOAD_HINT,
+        f"Example (MQTT Explorer, or mosquitto_pub -u {name} ...): publish 5 on {example}; "
+        f"the device reports the result, retained, on "
+        f"{settings.topic_prefix}/<device_id>/config."]), file=sys.stderr)
     return 0

@@ -42,6 +42,7 @@ from pathlib import Path
 from hub.credentials import (
     HUB_USERNAME,
     hash_password,
+    keep_admins,
     read_password_file,
     set_user,
     verify_password,
@@ -317,6 +318,8 @@ def copy_shipped(layout: Layout, shipped: Path, name: str, mode: int, writer: Wr
         raise ConfigError([f"{source}: cannot read the shipped file ({exc.strerror})."]) \
             from exc
     target = layout.broker / name
+    if name == "acl" and target.is_file():  # admin accounts live in the ACL too
+        text = keep_admins(text, target.read_text())
     if not target.is_file() or target.read_text() != text:
         writer.write(target, text, BROKER_UID, BROKER_UID, mode, f"{name} from {source}")
 

@@ -36,7 +36,7 @@ from hub.commands import (
     run_migrate,
     status,
 )
-from hub.credentials import DEFAULT_PASSWORD_FILE
+from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_admin
 from hub.ingest import Inbox, IngestStats, Receiver, backoff_s, run_ingest_loop
 from hub.retention import ColdStats, Compactor, tier_summary
 from hub.store import Store, StorePool
@@ -255,6 +255,8 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
     "compact": lambda settings, args: compact(settings),
     "add-device": lambda settings, args: run_device_account(settings, args),
     "revoke-device": lambda settings, args: run_device_account(settings, args),
+    "add-admin": lambda settings, args: run_add_admin(args.device_id or "", args.password_file,
+                                                      settings, args.reload_pid),
 }
 
 

@@ -180,6 +180,8 @@ class AgentSettings:
                                       "(0: off)", _not_negative)
     process_top_n: int = setting(10, "Processes kept in each top list (by CPU, by memory)",
                                  _check_top_n)
+    ha_discovery: bool = setting(False, "Announce this device and its sensors to Home "
+                                 "Assistant (MQTT discovery under homeassistant/)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
 
 

@@ -21,6 +21,7 @@ Two ways to run the network side:
 from __future__ import annotations
 
 import logging
+import select
 import ssl
 import sys
 import threading
@@ -34,6 +35,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from shared.config import BrokerAddress, Secret
 
@@ -56,6 +58,7 @@ KEEPALIVE_S = 30
 # at the latest while connected (paho pings the broker from service() when idle).
 CONNECTING_SERVICE_S = 0.05
 IDLE_SERVICE_S = KEEPALIVE_S / 3
+MAX_READS_PER_SERVICE = 1000  # loop_read calls per service(): bounded, so it always returns
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class MqttConnection:
         if self._connecting():
             return  # the attempt's thread owns the client until it is done
         if client.socket() is not None:
-            client.loop_read()  # on an error paho closes the socket and calls on_disconnect
+            self._read_all()  # on an error paho closes the socket and calls on_disconnect
             if client.socket() is not None and client.want_write():
                 client.loop_write()
             if client.socket() is not None:
@@ -184,6 +187,22 @@ class MqttConnection:
             return
         if time.monotonic() >= self._next_attempt_at:
             self._start_attempt()
+
+    def _read_all(self) -> None:
+        # paho 2.2's loop_read reads at most as many packets as it has messages in flight
+        # (at least one). Between two idle wake-ups the socket can hold more (the SUBACKs
+        # and PUBACKs of a connect, settings sent to the agent): read until it is empty,
+        # or a reading's PUBACK waits a whole idle period behind them and the Outbox sends
+        # the reading again (seen with a 600 s interval: resent 10 s after each reading).
+        client = self._client
+        for _ in range(MAX_READS_PER_SERVICE):
+            client.loop_read()
+            sock = client.socket()
+            if sock is None:
+                return
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            if not pending and not select.select([sock], [], [], 0)[0]:
+                return
 
     def service_due_in(self) -> float:
         """Driven mode: seconds until :meth:`service` should run again at the latest."""
@@ -249,9 +268,21 @@ class MqttConnection:
             self._refusals_reported.add(mid)
         return mid
 
-    def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False) -> None:
-        """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO."""
-        _, mid = self._client.subscribe([(f, qos) for f in filters])
+    def subscribe(self, filters: list[str], qos: int = 1, *, optional: bool = False,
+                  no_retained: bool = False) -> None:
+        """Subscribe; an ``optional`` subscription the broker refuses is logged at INFO.
+
+        Args:
+            no_retained: MQTT v5 Retain Handling 2: the broker sends no retained message
+                at subscribe time, only messages published from then on (flagged not
+                retained, as Retain As Published is off).
+        """
+        if no_retained:
+            options = SubscribeOptions(qos=qos,
+                                       retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            _, mid = self._client.subscribe([(f, options) for f in filters])
+        else:
+            _, mid = self._client.subscribe([(f, qos) for f in filters])
         if optional and mid is not None:
             self._optional_subscriptions[int(mid)] = ", ".join(filters)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ Floats = npt.NDArray[np.float64]
 _PARAMS = "__params__"
 
 
-def dump(kind: str, params: dict[str, Any], state: dict[str, Floats]) -> bytes:
+def dump(kind: str, params: dict[str, Any], state: Mapping[str, npt.NDArray[Any]]) -> bytes:
     """Pack a model of ``kind`` (its parameters and state arrays) into bytes."""
     buf = io.BytesIO()
     header = json.dumps({"kind": kind, "params": params})

@@ -373,6 +373,31 @@ def test_process_settings_default_to_ten_seconds_and_ten_processes_and_are_check
         "FLEETPULSE_PROCESS_TOP_N: '0' must be from 1 to 1000."]
 
 
+def test_watcher_takes_a_new_period_and_top_n_without_a_restart():
+    fake = FakeScanner([[rec(1, rss=5), rec(2, rss=9)]])
+    watcher = ProcessWatcher(ProcessSampler(fake, top_n=1), period_s=0)  # off at start
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: thread.is_alive(), 5, "the thread")
+        assert watcher.scans == 0 and watcher.latest is None
+        watcher.configure(0.05, 2)  # turned on remotely: the thread wakes at once
+        wait_for(lambda: watcher.scans >= 2, 10, "scans once turned on", interval_s=0.01)
+        assert watcher.latest is not None and len(watcher.latest["top_memory"]) == 2
+        watcher.configure(0, 2)  # off again: the last result is forgotten
+        wait_for(lambda: watcher.latest is None, 10, "the result dropped", interval_s=0.01)
+        scans = watcher.scans
+        watcher.configure(3600, 2)
+        watcher.configure(3600, 1)
+        assert watcher.scans == scans and watcher.sampler.top_n == 1
+    finally:
+        stop.set()
+        watcher.wake()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
 # --- on the wire ------------------------------------------------------------------------------
 
 def test_fit_section_shortens_the_lists_until_the_section_fits():

@@ -257,3 +257,61 @@ def test_add_device_prints_the_ca_path_to_copy_for_mqtts(
     assert table["broker_ca_file"] == "/etc/fleetpulse/ca.crt"
     assert "/srv/fleetpulse/ca.crt" in err and "--ca-file" in err
     assert "WARNING" not in err
+
+
+# --- admin accounts -------------------------------------------------------------------------
+SHIPPED_ACL = (Path(__file__).parents[3] / "mosquitto" / "acl").read_text()
+
+
+def test_the_shipped_acl_ends_with_the_admins_line_and_has_no_admin() -> None:
+    assert SHIPPED_ACL.rstrip("\n").endswith(credentials.ADMINS_MARKER)
+    assert credentials.acl_admins(SHIPPED_ACL) == []
+
+
+def test_add_admin_to_acl_appends_one_block_per_admin_with_the_prefix() -> None:
+    text = credentials.add_admin_to_acl(SHIPPED_ACL, "ops", "fleet/a")
+    assert text.startswith(SHIPPED_ACL.rstrip("\n"))
+    assert text.endswith(credentials.ADMINS_MARKER + "\nuser ops\ntopic read fleet/a/#\n"
+                         "topic write fleet/a/+/set\ntopic write fleet/a/+/set/+\n"
+                         "topic readwrite homeassistant/#\n")
+    assert credentials.add_admin_to_acl(text, "ops", "fleet/a") == text
+    both = credentials.add_admin_to_acl(text, "ops2", "fleet/a")
+    assert credentials.acl_admins(both) == ["ops", "ops2"]
+    # The hub's own `user fleetpulse-hub` line is above the admins line: not an admin.
+    assert credentials.HUB_USERNAME not in credentials.acl_admins(both)
+
+
+def test_add_admin_to_an_acl_from_before_admins_says_what_to_do() -> None:
+    with pytest.raises(ConfigError, match="copy the shipped mosquitto/acl"):
+        credentials.add_admin_to_acl("user fleetpulse-hub\n", "ops", "fleetpulse")
+
+
+def test_keep_admins_carries_the_admin_blocks_into_a_new_shipped_acl() -> None:
+    current = credentials.add_admin_to_acl(SHIPPED_ACL, "ops", "fleetpulse")
+    newer = SHIPPED_ACL.replace("# fleetpulse topic access", "# fleetpulse topic access v2")
+    kept = credentials.keep_admins(newer, current)
+    assert kept.startswith("# fleetpulse topic access v2")
+    assert credentials.acl_admins(kept) == ["ops"]
+    assert credentials.keep_admins(newer, SHIPPED_ACL) == newer
+    assert credentials.keep_admins(newer, "user old\n") == newer
+
+
+def test_add_admin_writes_the_acl_then_the_account_and_refuses_devices(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    (tmp_path / "acl").write_text(SHIPPED_ACL)
+    credentials.add_device(passwd, "pi-1")
+    password = credentials.add_admin(passwd, "ops", "fleetpulse")
+    line = next(x for x in passwd.read_text().splitlines() if x.startswith("ops:"))
+    assert credentials.verify_password(password, line.split(":", 1)[1])
+    assert credentials.acl_admins((tmp_path / "acl").read_text()) == ["ops"]
+    again = credentials.add_admin(passwd, "ops", "fleetpulse")  # a new password, one block
+    assert again != password and credentials.acl_admins((tmp_path / "acl").read_text()) == ["ops"]
+    with pytest.raises(ConfigError, match="already a device's account"):
+        credentials.add_admin(passwd, "pi-1", "fleetpulse")
+    with pytest.raises(ConfigError, match="is an admin account"):
+        credentials.add_device(passwd, "ops")
+    with pytest.raises(ConfigError, match="cannot be an admin's user name"):
+        credentials.add_admin(passwd, credentials.HUB_USERNAME, "fleetpulse")
+    (tmp_path / "acl").unlink()
+    with pytest.raises(ConfigError, match="no ACL next to the password file"):
+        credentials.add_admin(passwd, "ops3", "fleetpulse")

@@ -39,3 +39,17 @@ def test_prefixes_without_wildcards():
 def test_hub_subscribes_to_every_kind_and_can_share():
     assert hub_subscriptions("fp") == ["fp/+/metrics", "fp/+/status", "fp/+/meta"]
     assert hub_subscriptions("fp", "hubs")[0] == "$share/hubs/fp/+/metrics"
+
+
+def test_set_and_config_topics_follow_the_prefix() -> None:
+    from shared.topics import config_topic, parse_set_topic, set_filters, set_topic
+
+    assert set_topic("a/b", "pi-1") == "a/b/pi-1/set"
+    assert set_topic("a/b", "pi-1", "interval_s") == "a/b/pi-1/set/interval_s"
+    assert set_filters("fp", "pi-1") == ["fp/pi-1/set", "fp/pi-1/set/+"]
+    assert config_topic("fp", "pi-1") == "fp/pi-1/config"
+    assert parse_set_topic("fp", "pi-1", "fp/pi-1/set") == (None,)
+    assert parse_set_topic("fp", "pi-1", "fp/pi-1/set/interval_s") == ("interval_s",)
+    for other in ("fp/pi-1/set/a/b", "fp/pi-2/set", "fp/pi-1/setx", "fp/pi-1/config",
+                  "gp/pi-1/set"):
+        assert parse_set_topic("fp", "pi-1", other) is None
