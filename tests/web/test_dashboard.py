@@ -346,8 +346,11 @@ def test_device_page_shows_the_top_processes_live_and_sorts_them(site: Site) -> 
 def test_device_page_shows_the_processes_at_a_chosen_moment(site: Site) -> None:
     b = site.browser
     b.get(site.url + f"/#/device/{AGENT}?range=604800")
-    wait_for(lambda: b.execute_script("return state.charts.cpu && state.charts.cpu.data[0]"
-                                      ".length") > 10, 15, "the week's chart")
+    # The week's chart, not the live one the previous page left (it is replaced, and an
+    # element of it found meanwhile would be stale).
+    wait_for(lambda: b.execute_script("const c = state.charts.cpu; return c && "
+                                      "c.scales.x.max - c.scales.x.min > 6 * 86400"), 15,
+             "the week's chart")
     # The week's samples on their own chart: the one two days back and the agent's.
     # (The page may still show the live range's chart for a moment: wait for the week's.)
     past = (datetime.now(UTC) - PAST_SAMPLE_AGO).timestamp()
