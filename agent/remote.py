@@ -20,78 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# The bounds and the check of one value are shared with the hub's API (shared/remote.py).
+from shared.remote import BOUNDS, Bound, Refused, Value, bounds_json, check_value
+
+__all__ = ["BOUNDS", "Bound", "Refused", "Value", "check_value"]  # re-exported
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "remote-settings.json"
-Value = float | int
 Source = Literal["local", "remote"]
 REFUSED_PAYLOAD_CHARS = 200  # of a refused payload, kept in the report
-
-
-@dataclass(frozen=True)
-class Bound:
-    """What a setting may be set to remotely."""
-
-    kind: type[float] | type[int]
-    low: float
-    high: float
-    zero_is_off: bool = False
-    help: str = ""
-
-    def describe(self) -> str:
-        unit = " s" if self.kind is float else ""
-        text = f"from {self.low:g}{unit} to {self.high:g}{unit}"
-        return ("0 (off) or " + text) if self.zero_is_off else text
-
-
-# Bounds (README "Settings changed remotely"). interval_s: the issue's 0.1 s to 1 h.
-# process_period_s: a scan costs a few ms per few hundred processes (agent/processes.py),
-# so more often than once a second would cost more than the readings themselves.
-# process_top_n: each process is ~200 bytes in a message; 50 x 2 lists stays ~20 KB.
-BOUNDS: dict[str, Bound] = {
-    "interval_s": Bound(float, 0.1, 3600.0, help="seconds between readings"),
-    "process_period_s": Bound(float, 1.0, 3600.0, zero_is_off=True,
-                              help="seconds between scans of the top processes"),
-    "process_top_n": Bound(int, 1, 50, help="processes in each top list"),
-}
-
-
-class Refused(Exception):
-    """A set message that changes nothing; ``reason`` says why, for the operator."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def check_value(name: str, raw: Any) -> Value | None:
-    """Return ``raw`` as the setting's type; None (back to local) for JSON null; raise Refused."""
-    bound = BOUNDS.get(name)
-    if bound is None:
-        raise Refused(f"unknown setting {name!r} (known: {', '.join(sorted(BOUNDS))})")
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise Refused(f"{name}: {json.dumps(raw)[:40]} is not a number")
-    value: Value
-    if bound.kind is int:
-        if isinstance(raw, float) and not raw.is_integer():
-            raise Refused(f"{name}: {raw!r} is not a whole number")
-        value = int(raw)
-    else:
-        value = float(raw)
-    if bound.zero_is_off and value == 0:
-        return value
-    if not bound.low <= value <= bound.high:
-        raise Refused(f"{name}: {raw!r} is out of bounds ({bound.describe()})")
-    return value
 
 
 def parse_set(setting: str | None, payload: bytes) -> dict[str, Value | None]:
@@ -191,9 +135,7 @@ def config_message(device_id: str, local: Mapping[str, Value], state: RemoteStat
         "device_id": device_id,
         "settings": values,
         "source": sources,
-        "bounds": {name: {"min": b.low, "max": b.high, "zero_is_off": b.zero_is_off,
-                          "type": "integer" if b.kind is int else "number"}
-                   for name, b in BOUNDS.items()},
+        "bounds": bounds_json(),
         "changed_at": state.changed_at,
         "last_refusal": state.last_refusal.as_json() if state.last_refusal else None,
     }

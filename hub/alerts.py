@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-Kind = Literal["above", "offline", "no_data", "duplicate"]
+Kind = Literal["above", "below", "offline", "no_data", "duplicate"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class Rule:
     metric: str  # key of Reading.values; for offline/no_data, unused
     threshold: float  # for offline/no_data: a number of the device's intervals
     duration_s: float = 0.0
-    clear: float | None = None  # close at or below this (default: the threshold)
+    clear: float | None = None  # close at or below this, "below": at or above (default: the
+    # threshold)
     enabled: bool = True
     unit: str = ""
     description: str = ""
@@ -64,6 +65,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          description="Memory nearly exhausted"),
     Rule("swap_thrashing", "above", "swap_bytes_per_s", 1.0 * MIB, 60.0, 0.5 * MIB,
          unit="B/s", description="Swapping in and out heavily"),
+    # The reading's anomaly score (hub/detect/live.py) in [0, 1): 0.5 is a surprise of 1,
+    # "clearly anomalous" by the detector's own scale (hub/detect/novelty.py).
+    Rule("anomaly", "above", "anomaly_score", 0.5, 10.0, 0.3, unit="score",
+         description="Unusual behaviour"),
+    # Forecasts (hub/detect/outlook.py): seconds until a limit; they fire before the fact.
+    Rule("memory_exhaustion_forecast", "below", "memory_exhaustion_s", 900.0, 30.0, 1800.0,
+         unit="s", description="Memory exhaustion forecast"),
+    Rule("disk_full_forecast", "below", "disk_full_s", 6 * 3600.0, 60.0, 12 * 3600.0,
+         unit="s", description="Disk full forecast"),
+    Rule("thermal_throttling_forecast", "below", "thermal_throttle_s", 600.0, 30.0, 1200.0,
+         unit="s", description="CPU throttling temperature forecast"),
     Rule("device_offline", "offline", "", 60.0, unit="intervals",
          description="Device offline"),
     Rule("no_data", "no_data", "", 10.0, unit="intervals",
@@ -72,7 +84,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          description="Two machines use one device id"),
 )
 METRICS = ("cpu_celsius", "under_voltage", "throttled", "disk_percent", "memory_percent",
-           "swap_bytes_per_s")
+           "swap_bytes_per_s", "anomaly_score")
+# What the forecasts name when their alert fires (hub/detect/outlook.py gives the seconds).
+FORECAST_LIMITS = {
+    "memory_exhaustion_s": "available memory falls to 5 % of the total",
+    "disk_full_s": "a partition is full",
+    "thermal_throttle_s": "the CPU reaches its throttling temperature",
+}
 _TUNABLE = {"threshold": float, "duration_s": float, "clear": float, "enabled": bool}
 
 
@@ -185,7 +203,19 @@ def reading_values(row: Mapping[str, Any]) -> dict[str, float | None]:
         "memory_percent": row.get("memory_percent"),
         "swap_bytes_per_s": None if all(v is None for v in swap)
         else float(sum(v for v in swap if v is not None)),
+        "anomaly_score": row.get("anomaly_score"),
     }
+
+
+def _beyond(rule: Rule, value: float | None, limit: float) -> bool:
+    """Whether ``value`` breaches ``limit``: above it, or below it for a "below" rule."""
+    if value is None:
+        return False
+    return value < limit if rule.kind == "below" else value > limit
+
+
+def _worst(rule: Rule, values: Iterable[float]) -> float:
+    return min(values) if rule.kind == "below" else max(values)
 
 
 def _above(rule: Rule, readings: Sequence[Reading], is_open: bool) -> _Firing | None:
@@ -196,7 +226,7 @@ def _above(rule: Rule, readings: Sequence[Reading], is_open: bool) -> _Firing | 
     run: list[tuple[datetime, float]] = []
     for reading in reversed(readings):
         value = reading.values.get(rule.metric)
-        if value is None or value <= limit:
+        if value is None or not _beyond(rule, value, limit):
             break
         run.append((reading.ts, value))
     if not run:
@@ -205,14 +235,16 @@ def _above(rule: Rule, readings: Sequence[Reading], is_open: bool) -> _Firing | 
     started_at = run[-1][0]
     if not is_open and (newest_ts - started_at).total_seconds() < rule.duration_s:
         return None
-    return _Firing(started_at, newest_value, max(v for _, v in run))
+    detail = ""
+    if rule.kind == "below" and rule.unit == "s":  # a forecast: say when
+        detail = (newest_ts + timedelta(seconds=newest_value)).isoformat(timespec="seconds")
+    return _Firing(started_at, newest_value, _worst(rule, (v for _, v in run)), detail)
 
 
 def _cleared_at(rule: Rule, readings: Sequence[Reading]) -> datetime:
-    """Return the time of the first reading at or below ``clear`` after the last one above."""
+    """Return the time of the first reading back within ``clear`` after the last beyond it."""
     for i in range(len(readings) - 1, -1, -1):
-        value = readings[i].values.get(rule.metric)
-        if value is not None and value > rule.clear_at:
+        if _beyond(rule, readings[i].values.get(rule.metric), rule.clear_at):
             return readings[min(i + 1, len(readings) - 1)].ts
     return readings[0].ts
 
@@ -260,6 +292,14 @@ def _device_rule(rule: Rule, device: DeviceState, now: datetime) -> _Firing | No
     return _Firing(since + timedelta(seconds=device.interval_s), gap_s, gap_s)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _message(rule: Rule, device_id: str, firing: _Firing) -> str:
     if rule.kind == "duplicate":
         return (f"{rule.description}: {device_id}: {firing.detail}. Give each machine its "
@@ -269,6 +309,13 @@ def _message(rule: Rule, device_id: str, firing: _Firing) -> str:
         return f"{rule.description}: {device_id} for {firing.value:.0f} s"
     if rule.unit == "":
         return f"{rule.description}: {device_id}"
+    if rule.metric in FORECAST_LIMITS:
+        return (f"{rule.description}: {device_id}: {FORECAST_LIMITS[rule.metric]} in about "
+                f"{_duration(firing.value)}, around {firing.detail} (forecast from the last "
+                "5 minutes)")
+    if rule.unit == "score":
+        return (f"{rule.description}: {device_id} scored up to {firing.peak:.2f} on its "
+                f"anomaly model (threshold {rule.threshold:g}, for {rule.duration_s:g} s)")
     value = f"{firing.peak / MIB:.1f} MiB/s" if rule.unit == "B/s" else \
         f"{firing.peak:.1f} {rule.unit}"
     limit = f"{rule.threshold / MIB:g} MiB/s" if rule.unit == "B/s" else \
@@ -290,7 +337,7 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
         if not rule.enabled:
             continue
         current = open_alerts.get(rule.name)
-        if rule.kind == "above":
+        if rule.kind in ("above", "below"):
             if not readings and current is not None:
                 continue  # nothing to judge by (the offline rules speak for the device)
             firing = _above(rule, readings, current is not None)
@@ -303,7 +350,9 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
                                   None, firing.value, firing.peak, rule.threshold,
                                   _message(rule, device.device_id, firing)))
         elif firing is not None and current is not None:
-            if current.peak_value is None or firing.peak > current.peak_value:
+            if current.peak_value is None or (firing.peak < current.peak_value
+                                              if rule.kind == "below"
+                                              else firing.peak > current.peak_value):
                 peak = firing.peak
                 changes.append(Change("update", device.device_id, rule.name,
                                       current.started_at, None, firing.value, peak, rule.threshold,
@@ -323,7 +372,8 @@ def duplicate_window_s(rules: Iterable[Rule]) -> float | None:
 
 def window_s(rules: Iterable[Rule]) -> float:
     """Seconds of readings :func:`evaluate` needs: the longest threshold duration, plus slack."""
-    return max([r.duration_s for r in rules if r.enabled and r.kind == "above"] + [0.0]) + 10.0
+    return max([r.duration_s for r in rules if r.enabled and r.kind in ("above", "below")]
+               + [0.0]) + 10.0
 
 
 @dataclass

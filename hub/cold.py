@@ -289,7 +289,9 @@ def history_source(columns: list[str]) -> str:
     columns need (``metrics_history()`` would unnest every array of each block).
     """
     lay = layout()
-    names = ["ts", *dict.fromkeys(c for c in columns if c != "ts")]
+    # In the table's order, as cold_select_sql gives them: UNION ALL pairs columns by position.
+    wanted = {"ts", *columns}
+    names = [c.name for c in lay.columns if c.name in wanted]
     listed = ", ".join(_q(n) for n in names)
     params = ("%(device)s::text", "%(start)s::timestamptz", "%(end)s::timestamptz")
     return (f"(select {listed} from metrics where device_id = {params[0]} and ts >= "

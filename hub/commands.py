@@ -116,6 +116,30 @@ def compact(settings: HubSettings) -> int:
     return 0
 
 
+def train(settings: HubSettings, args: argparse.Namespace) -> int:
+    """``fleetpulse-hub train``: train a device's anomaly detector (or every device's)."""
+    from hub.models import run_train  # numpy only for this command
+
+    if (args.device is None) == (not args.all):
+        print("fleetpulse-hub train needs --device ID or --all.", file=sys.stderr)
+        return 2
+    store = Store(database_url(settings), application_name="fleetpulse-hub-train")
+    try:
+        store.migrate()
+        return run_train(store, device_id=args.device, kind=settings.detect_kind,
+                         window_h=settings.train_window_h,
+                         min_readings=settings.train_min_readings, now=datetime.now(UTC),
+                         out=sys.stderr)
+    except StoreError as exc:
+        print(f"Cannot train: {exc}. Check --db / FLEETPULSE_DB.", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # e.g. detect_kind autoencoder without PyTorch
+        print(f"Cannot train: {exc}.", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
 def run_export(settings: HubSettings, args: argparse.Namespace) -> int:
     """``fleetpulse-hub export``: stream rows to a CSV or Parquet file, progress on stderr."""
     from hub.export import export_to_file, format_for_path, parse_format

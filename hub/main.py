@@ -5,6 +5,7 @@ and map each command to its function (:data:`COMMANDS`; the one-shot ones are in
     fleetpulse-hub run       subscribe, validate, store; serve the API and dashboard
     fleetpulse-hub status    print the fleet as a table, and the bytes of each storage tier
     fleetpulse-hub compact   move what is older than the hot window into the cold tier now
+    fleetpulse-hub train     train the anomaly detector of a device (--device ID) or all (--all)
     fleetpulse-hub migrate   create or upgrade the tables, then exit
     fleetpulse-hub export    write a device's or the fleet's history to CSV or Parquet
     fleetpulse-hub add-device ID      give a device a broker account; print its agent.toml
@@ -35,15 +36,20 @@ from hub.commands import (
     run_export,
     run_migrate,
     status,
+    train,
 )
 from hub.credentials import DEFAULT_PASSWORD_FILE, run_add_admin
+from hub.detect.live import LiveScorer
 from hub.ingest import Inbox, IngestStats, Receiver, backoff_s, run_ingest_loop
+from hub.models import Retrainer
 from hub.retention import ColdStats, Compactor, tier_summary
 from hub.store import Store, StorePool
+from hub.sync import SettingsDesk, SettingsSync
 from hub.watch import AlertWatcher, run_alerts_loop
 from shared import __version__
 from shared.config import HubSettings, add_setting_flags, settings_from_args
 from shared.errors import ConfigError, StoreError
+from shared.schema import metrics_columns
 
 if TYPE_CHECKING:
     from hub.api import HttpServer
@@ -97,7 +103,9 @@ def load_rules(settings: HubSettings) -> list[Rule]:
 
 def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                inbox: Inbox, stats: IngestStats,
-               rules: list[Rule], cold_stats: ColdStats | None = None) -> HttpServer:
+               rules: list[Rule], cold_stats: ColdStats | None = None,
+               settings_desk: SettingsDesk | None = None,
+               scorer: LiveScorer | None = None) -> HttpServer:
     """Serve the API and the dashboard in a thread; return the server (it has ``stop()``)."""
     from hub.api import HttpServer, HubHealth, create_app  # FastAPI only when serving
     from hub.read import FleetReader
@@ -114,15 +122,40 @@ def start_http(settings: HubSettings, pool: StorePool, receiver: Receiver,
                        "budget_dropped_readings": cold_stats.budget_dropped_readings,
                        "over_budget_bytes": cold_stats.over_budget_bytes,
                        "compaction_failures": cold_stats.failures}
+        detection: dict[str, object] | None = None
+        if scorer is not None:
+            detection = {"models": scorer.devices, "readings": scorer.stats.readings,
+                         "scored": scorer.stats.scored,
+                         "cpu_us_per_reading": scorer.stats.us_per_reading}
         return HubHealth(receiver.mqtt.connected, stats.last_write_at,
                          len(inbox) + stats.received - stats.acked, stats.received,
-                         stats.stored, stats.quarantined, storage)
+                         stats.stored, stats.quarantined, storage, detection)
 
     server = HttpServer(create_app(FleetReader(pool), streamer=pool, health=health,
-                                   token=settings.api_token, rules=rules),
+                                   token=settings.api_token, rules=rules,
+                                   settings_desk=settings_desk),
                         settings.http_host, settings.http_port)
     server.start()
     return server
+
+
+def start_detection(settings: HubSettings, url: str) -> tuple[LiveScorer, Retrainer, Store]:
+    """The live scorer with every device's newest model loaded, and the retrainer."""
+    scorer = LiveScorer([c.name for c in metrics_columns()])
+    # Its own connection: training reads a device-day of history at a time.
+    train_store = Store(url, application_name="fleetpulse-hub-train")
+    retrainer = Retrainer(train_store, lambda m: scorer.install(m.device_id, m.detector),
+                          kind=settings.detect_kind, window_h=settings.train_window_h,
+                          min_readings=settings.train_min_readings,
+                          retrain_h=settings.retrain_h,
+                          duty=settings.train_duty_percent / 100,
+                          clock=lambda: datetime.now(UTC))
+    try:
+        retrainer.load_all()  # before the first reading: a model survives a restart
+    except StoreError as exc:
+        log.error("Cannot load the anomaly models: %s. Readings are stored unscored until "
+                  "they load (retrying).", exc)
+    return scorer, retrainer, train_store
 
 
 def run(settings: HubSettings) -> int:
@@ -160,6 +193,12 @@ def run(settings: HubSettings) -> int:
     http: HttpServer | None = None
     watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
         topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
+    # Settings changed remotely: a thread and a connection of their own; the API records
+    # requests through the pool and wakes the thread (hub/sync.py).
+    sync_store = Store(store.url, application_name="fleetpulse-hub-settings")
+    sync = SettingsSync(sync_store, lambda topic, payload: receiver.mqtt.publish(
+        topic, payload, qos=1, retain=False), settings.topic_prefix, lambda: datetime.now(UTC))
+    syncing = threading.Thread(target=sync.run, name="settings", daemon=True, args=(stop,))
     retention = retention_of(settings)
     watching = threading.Thread(target=run_alerts_loop, name="alerts", daemon=True,
                                 args=(watch_store, watcher, retention, settings.alert_check_s,
@@ -173,20 +212,25 @@ def run(settings: HubSettings) -> int:
                           clock=lambda: datetime.now(UTC))
     compacting = threading.Thread(target=compactor.run, name="compact", daemon=True,
                                   args=(stop,))
+    scorer, retrainer, train_store = start_detection(settings, store.url)
+    training = threading.Thread(target=retrainer.run, name="train", daemon=True, args=(stop,))
     try:
         # Whatever can fail at start (the database above, the HTTP port here) is checked
         # before connecting to the broker: the first connect creates the persistent session,
         # which the broker would keep (and fill) for session_expiry_s after a failed start.
         if settings.http_port:
             try:
-                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats)
+                http = start_http(settings, pool, receiver, inbox, stats, rules, cold_stats,
+                                  SettingsDesk(pool, sync.wake.set), scorer)
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
         receiver.start()
         watching.start()
         compacting.start()
-        run_ingest_loop(inbox, receiver, store, settings, stop, stats)
+        syncing.start()
+        training.start()
+        run_ingest_loop(inbox, receiver, store, settings, stop, stats, scorer.score)
     finally:
         stop.set()
         if http is not None:
@@ -196,6 +240,12 @@ def run(settings: HubSettings) -> int:
             watching.join(10)
         if compacting.is_alive():
             compacting.join(10)
+        if syncing.is_alive():
+            syncing.join(10)
+        sync_store.close()
+        if training.is_alive():
+            training.join(10)
+        train_store.close()
         cold_store.close()
         pool.close()
         watch_store.close()
@@ -203,6 +253,9 @@ def run(settings: HubSettings) -> int:
         log.info("Stopped: %d messages received, %d rows stored, %d quarantined, %d left "
                  "for redelivery after a reconnect.", stats.received, stats.stored,
                  stats.quarantined, stats.stale)
+        if scorer.stats.readings:
+            log.info("Anomaly scores: %d of %d readings scored, %.1f µs of CPU per reading.",
+                     scorer.stats.scored, scorer.stats.readings, scorer.stats.us_per_reading)
     return 0
 
 
@@ -229,8 +282,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(broker/, secrets/, ca/); what exists is kept")
     deploy.add_argument("--shipped", type=Path, default=Path("mosquitto"), help="the "
                         "repository's mosquitto/ directory (default: mosquitto)")
-    export = parser.add_argument_group("export")
-    export.add_argument("--device", help="export this device only (default: the whole fleet)")
+    export = parser.add_argument_group("export / train")
+    export.add_argument("--device", help="export or train this device only (default for "
+                        "export: the whole fleet)")
+    export.add_argument("--all", action="store_true", help="train: every device")
     export.add_argument("--start", default="24h", help="ISO 8601 time or an age such as 90m, "
                         "24h, 7d (default 24h)")
     export.add_argument("--end", default="now", help="ISO 8601 time, 'now' or an age")
@@ -253,6 +308,7 @@ COMMANDS: dict[str, Callable[[HubSettings, argparse.Namespace], int]] = {
     "migrate": lambda settings, args: run_migrate(settings),
     "export": lambda settings, args: run_export(settings, args),
     "compact": lambda settings, args: compact(settings),
+    "train": train,
     "add-device": lambda settings, args: run_device_account(settings, args),
     "revoke-device": lambda settings, args: run_device_account(settings, args),
     "add-admin": lambda settings, args: run_add_admin(args.device_id or "", args.password_file,

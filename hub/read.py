@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from hub import anomalies
 from hub.columns import DISK_MAX_PERCENT
 from hub.rollup import MINUTE, ROLLUP_COLUMNS, Resolution, per_core_sql, series_sql
 
@@ -26,7 +27,7 @@ LATEST_COLUMNS = (
     "disk_max_percent", "network_bytes_sent_per_s", "network_bytes_recv_per_s",
     "throttling_raw", "throttling_under_voltage_now", "throttling_throttled_now",
     "throttling_freq_capped_now", "throttling_soft_temp_limit_now",
-    "throttling_under_voltage_occurred", "throttling_throttled_occurred")
+    "throttling_under_voltage_occurred", "throttling_throttled_occurred", "anomaly_score")
 
 _DEVICES = (
     "select d.device_id, d.hostname, d.status, d.status_since, d.first_seen, d.last_seen, "
@@ -183,6 +184,16 @@ class FleetReader:
     def check(self) -> bool:
         self._db.query("select 1")
         return True
+
+    def anomaly_rates(self, threshold: float,
+                      device_id: str | None = None) -> list[dict[str, Any]]:
+        """Each device's anomaly model state and rate over the last hour (hub/anomalies.py)."""
+        return anomalies.anomaly_rates(self._db, threshold, device_id)
+
+    def anomaly_band(self, device_id: str, start: datetime, end: datetime, step_s: float,
+                     threshold: float) -> dict[str, Any]:
+        """The anomaly rate and highest score per bucket of a range (hub/anomalies.py)."""
+        return anomalies.anomaly_band(self._db, device_id, start, end, step_s, threshold)
 
     def device_exists(self, device_id: str) -> bool:
         return bool(self._db.query("select 1 from devices where device_id = %s", (device_id,)))

@@ -430,6 +430,22 @@ class Store:
                 (ids, [orjson.dumps(events.meta[d][0]).decode() for d in ids],
                  [events.meta[d][1] for d in ids]))
 
+        if events.config:
+            cleared = sorted(d for d, (c, _) in events.config.items() if c is None)
+            kept = sorted(d for d, (c, _) in events.config.items() if c is not None)
+            if cleared:
+                cur.execute("delete from device_config where device_id = any(%s::text[])",
+                            (cleared,))
+            if kept:
+                cur.execute(
+                    "insert into device_config (device_id, config, received_at) "
+                    "select * from unnest(%s::text[], %s::jsonb[], %s::timestamptz[]) "
+                    "on conflict (device_id) do update set config = excluded.config, "
+                    "received_at = excluded.received_at "
+                    "where device_config.received_at <= excluded.received_at",
+                    (kept, [orjson.dumps(events.config[d][0]).decode() for d in kept],
+                     [events.config[d][1] for d in kept]))
+
     def clock_offset(self, device_id: str, session_id: str, offset_ms: int, reason: str,
                      decided_at: datetime) -> int:
         """Record a session's clock offset unless it has one; return the session's offset.
@@ -626,6 +642,10 @@ class StorePool:
               params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.borrow() as store:
             return store.query(text, params)
+
+    def execute(self, statements: Sequence[tuple[str, Sequence[Any] | dict[str, Any]]]) -> None:
+        with self.borrow() as store:
+            store.execute(statements)
 
     def stream(self, text: str, params: Sequence[Any] | dict[str, Any] | None = None,
                chunk_rows: int = 5000) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:

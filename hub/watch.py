@@ -33,6 +33,7 @@ from hub.alerts import (
     window_s,
 )
 from hub.columns import DISK_MAX_PERCENT
+from hub.detect.outlook import Outlook, throttle_limit
 from hub.retention import HousekeepingStore, Retention, housekeep
 from shared.errors import StoreError
 from shared.topics import alert_topic
@@ -40,7 +41,7 @@ from shared.topics import alert_topic
 log = logging.getLogger(__name__)
 
 _STATES = (
-    "select d.device_id, d.status, d.status_since, "
+    "select d.device_id, d.status, d.status_since, d.meta->>'pi_model' as pi_model, "
     # The interval the device's newest reading says it keeps (its meta may predate a
     # change of interval), else its meta's.
     "coalesce(m.interval_s, (d.meta->>'interval_s')::float8, 1.0) as interval_s, "
@@ -55,7 +56,9 @@ _READINGS = (
     "select m.device_id, m.ts, m.sensors_cpu_celsius, m.memory_percent, "
     "m.memory_swap_in_bytes_per_s, m.memory_swap_out_bytes_per_s, "
     "m.throttling_under_voltage_now, m.throttling_throttled_now, "
-    "m.throttling_freq_capped_now, m.throttling_soft_temp_limit_now, " + DISK_MAX_PERCENT + " "
+    "m.throttling_freq_capped_now, m.throttling_soft_temp_limit_now, m.anomaly_score, "
+    "m.memory_available_bytes, m.memory_total_bytes, m.disk_partitions, "
+    + DISK_MAX_PERCENT + " "
     "from devices d left join unnest(%(known_ids)s::text[], %(known_ts)s::timestamptz[]) "
     "as k(device_id, ts) on k.device_id = d.device_id "
     "join lateral (select * from metrics m where m.device_id = d.device_id "
@@ -101,6 +104,9 @@ class AlertWatcher:
         self._by_name = {r.name: r for r in rules}
         self._window_s = window_s(rules)
         self._sessions_window_s = duplicate_window_s(rules)
+        # Each device's forecasts, fed every reading this watcher reads (in memory: after a
+        # restart they speak again once a minute of readings has come in).
+        self._outlooks: dict[str, Outlook] = {}
         # Each device's readings of the last window, oldest first, kept between rounds.
         # A reading stored after newer ones of its device (replayed from an agent's spool)
         # is not read back: rules judge the live stream.
@@ -114,6 +120,8 @@ class AlertWatcher:
                 sessions.setdefault(row["device_id"], []).append(SessionSpan(
                     row["session_id"], row["hostname"], row["first_ts"], row["last_ts"]))
         for row in self._store.query(_STATES):
+            if row["device_id"] not in self._outlooks:
+                self._outlooks[row["device_id"]] = Outlook(throttle_limit(row["pi_model"]))
             fleet.devices.append(DeviceState(row["device_id"], row["status"],
                                              row["status_since"], float(row["interval_s"]),
                                              row["last_reading_received_at"],
@@ -122,12 +130,15 @@ class AlertWatcher:
         for row in self._store.query(_READINGS, {"window": self._window_s,
                                                  "known_ids": list(known),
                                                  "known_ts": list(known.values())}):
-            self._recent.setdefault(row["device_id"], []).append(
-                Reading(row["ts"], reading_values(row)))
+            values = reading_values(row)
+            outlook = self._outlooks.setdefault(row["device_id"], Outlook())
+            values.update(outlook.add(row["ts"], row))
+            self._recent.setdefault(row["device_id"], []).append(Reading(row["ts"], values))
         listed = {device.device_id for device in fleet.devices}
         for device in list(self._recent):
             if device not in listed:
                 del self._recent[device]  # removed from the devices table
+                self._outlooks.pop(device, None)
                 continue
             readings = self._recent[device]  # never empty: the newest is always kept
             oldest = readings[-1].ts - timedelta(seconds=self._window_s)

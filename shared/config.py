@@ -115,6 +115,14 @@ def _check_db_url(value: Secret | None) -> None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+DETECT_KINDS = ("novelty", "windowed_gaussian", "autoencoder")
+
+
+def _check_detect_kind(value: str) -> None:
+    if value not in DETECT_KINDS:
+        raise ValueError(f"{value!r} is not a detector: use {' or '.join(DETECT_KINDS)}")
+
+
 def _check_log_level(value: str) -> None:
     if value.upper() not in LOG_LEVELS:
         raise ValueError(f"{value!r} is not a log level: use {', '.join(LOG_LEVELS[:-1])} or "
@@ -239,6 +247,17 @@ class HubSettings:
                                             "thresholds, durations and enabled flags")
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",
                                    _positive)
+    detect_kind: str = setting("novelty", "Anomaly detector trained per device: novelty, "
+                               "windowed_gaussian or autoencoder (needs the train extra to "
+                               "train)", _check_detect_kind)
+    train_window_h: float = setting(24.0, "Hours of a device's newest history (both tiers) its "
+                                    "detector is trained on", _positive)
+    train_min_readings: int = setting(3600, "A device with fewer readings in that window gets "
+                                      "no model: it says so instead of guessing", _positive)
+    retrain_h: float = setting(24.0, "Retrain a device's detector inside the hub when its "
+                               "model is this old (0: never)", _not_negative)
+    train_duty_percent: float = setting(5.0, "Share of the time the hub's retraining may work "
+                                        "(percent)", _positive)
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", _check_log_level)
     deploy_dir: Path | None = setting(None, "Secrets made by `fleetpulse-hub init-deploy` "
                                       "(docker-compose.yml); the hub logs at start how to "

@@ -340,6 +340,11 @@ _ADDED = [
     Column("agent_ts", "timestamptz", ("agent_ts",)),
 ]
 _OPTIONAL_PATHS = {c.path for c in _ADDED}  # read with .get(): absent from older messages
+# Added by migration 0007, written by the hub: the reading's anomaly score in [0, 1), from the
+# device's detector as the reading was ingested (hub/detect/live.py); null when the device
+# had no model yet, and for readings stored before.
+ANOMALY_SCORE = Column("anomaly_score", "double precision", ())
+_HUB_ADDED = [ANOMALY_SCORE]
 
 
 def _pg_type(tp: Any) -> str:
@@ -373,7 +378,7 @@ def metrics_columns() -> list[Column]:
             continue
         for field, field_type in get_type_hints(section_type, include_extras=True).items():
             columns.append(Column(f"{section}_{field}", _pg_type(field_type), (section, field)))
-    return columns + _ADDED
+    return columns + _ADDED + _HUB_ADDED
 
 
 def metrics_row(message: MetricsV1, received_at: datetime) -> tuple[Any, ...]:
@@ -389,6 +394,8 @@ def _compile_row_getter() -> Any:
     for column in metrics_columns():
         if column is RECEIVED_AT:
             parts.append("received_at")
+        elif column is ANOMALY_SCORE:
+            parts.append("None")  # set by the live scorer, once the batch is scored
         elif column.path in _OPTIONAL_PATHS:
             parts.append(f"m.get({column.path[0]!r})")
         else:

@@ -25,8 +25,9 @@ import re
 from typing import Literal, NamedTuple
 
 DEFAULT_PREFIX = "fleetpulse"
-Kind = Literal["metrics", "status", "meta"]
-KINDS: tuple[Kind, ...] = ("metrics", "status", "meta")
+# What the hub subscribes to: config is the device's report of its remote settings.
+Kind = Literal["metrics", "status", "meta", "config"]
+KINDS: tuple[Kind, ...] = ("metrics", "status", "meta", "config")
 
 HA_DISCOVERY_PREFIX = "homeassistant"  # HA's default; mosquitto/acl names it too
 HA_STATUS_TOPIC = f"{HA_DISCOVERY_PREFIX}/status"

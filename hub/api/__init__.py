@@ -11,6 +11,9 @@
     GET /api/devices/{id}/processes/history   its process samples over a range
     GET /api/alerts                       alerts of the fleet
     GET /api/quarantine                   what was refused, summarised
+    GET /api/devices/{id}/settings        its settings: in effect, requested, their state
+    PUT /api/devices/{id}/settings        change some of its settings (sent by hub/sync.py)
+    POST /api/settings                    change the settings of listed devices, or of all
     GET /api/health                       broker, database, last write, backlog (no token)
     GET /api/stream                       Server-Sent Events: the fleet's newest values each second
     GET /api/openapi.json                 this API described
@@ -19,8 +22,9 @@
 
 One router per module: ``devices`` (fleet, devices, stream), ``series`` (series,
 completeness, export), ``alerts`` (alerts, rules), ``system`` (health, quarantine),
-``processes`` (top processes); what they share comes through ``Depends`` (``deps``),
-their output models are in ``models``.
+``settings`` (settings changed remotely, with its own models), ``processes`` (top
+processes); what they share comes through ``Depends`` (``deps``), their output models are
+in ``models``.
 
 With ``api_token`` set every ``/api`` route but health needs ``Authorization: Bearer
 <token>``; ``?token=`` is accepted too, because a browser's EventSource and download links

@@ -18,11 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from hub.alerts import Rule
-from hub.api import alerts, devices, processes, series, system
+from hub.api import alerts, anomalies, devices, processes, series, settings, system
 from hub.api.deps import ApiContext, LatestCache
 from hub.api.models import HubHealth
 from hub.api.responses import JSONResponse
 from hub.read import FleetReader, Streamer
+from hub.sync import SettingsDesk
 from hub.when import TIME_SYNTAX
 from shared.config import Secret
 from shared.errors import StoreError
@@ -50,7 +51,8 @@ async def _database_failed(request: Request, exc: Exception) -> Response:
 def create_app(reader: FleetReader, *, streamer: Streamer,
                health: Callable[[], HubHealth], token: Secret | None = None,
                rules: Sequence[Rule] = (), now: Callable[[], datetime] = lambda: datetime.now(UTC),
-               web_dir: Path | None = WEB_DIR, stream_period_s: float = STREAM_PERIOD_S) -> FastAPI:
+               web_dir: Path | None = WEB_DIR, stream_period_s: float = STREAM_PERIOD_S,
+               settings_desk: SettingsDesk | None = None) -> FastAPI:
     """Build the application; every dependency comes in (the tests pass their own)."""
     # Interactive docs at /docs with Swagger UI's files shipped in fastapi-offline (no CDN:
     # a hub on a closed network shows them too).
@@ -60,11 +62,11 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
                          description="Fleet status, history, alerts and exports of fleetpulse. "
                          f"Times (start, end) are {TIME_SYNTAX}.")
     app.state.fleetpulse = ApiContext(reader, streamer, health, token, tuple(rules), now,
-                                      LatestCache(reader, now), stream_period_s)
+                                      LatestCache(reader, now), stream_period_s, settings_desk)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StoreError, _database_failed)
     for router in (devices.router, series.router, alerts.router, system.router,
-                   processes.router):
+                   settings.router, anomalies.router, processes.router):
         app.include_router(router)
     if web_dir is not None:
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")

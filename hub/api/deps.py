@@ -22,6 +22,7 @@ from hub.alerts import Rule
 from hub.api.models import DeviceOut, HubHealth, device_out
 from hub.read import FleetReader, Streamer
 from hub.rollup import MAX_RANGE
+from hub.sync import SettingsDesk
 from hub.when import TIME_SYNTAX, parse_when
 from shared.config import Secret
 
@@ -61,6 +62,7 @@ class ApiContext:
     now: Callable[[], datetime]
     latest: LatestCache
     stream_period_s: float
+    settings: SettingsDesk | None = None  # None: no broker connection to send them
 
 
 def get_context(request: Request) -> ApiContext:

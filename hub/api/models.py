@@ -119,6 +119,8 @@ class HealthOut(BaseModel):
     # Bytes per storage tier, the budget and the device-days it leaves room for; what the
     # budget dropped (null until the compactor's first round).
     storage: dict[str, Any] | None = None
+    # Live anomaly scoring: devices with a model, readings seen and scored, CPU per reading.
+    detection: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class HubHealth:
     stored: int = 0
     quarantined: int = 0
     storage: dict[str, Any] | None = None  # bytes per tier, budget (hub/retention.py)
+    detection: dict[str, Any] | None = None  # live scoring (hub/detect/live.py)
 
 
 def device_out(row: dict[str, Any], now: datetime) -> DeviceOut:

@@ -38,5 +38,6 @@ def hub_health(context: Context) -> Response:
     body = HealthOut(status="ok" if ok else "degraded", broker_connected=hub.broker_connected,
                      database_reachable=reachable, last_write_at=hub.last_write_at,
                      backlog=hub.backlog, received=hub.received, stored=hub.stored,
-                     quarantined=hub.quarantined, storage=hub.storage)
+                     quarantined=hub.quarantined, storage=hub.storage,
+                     detection=hub.detection)
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -64,6 +64,8 @@ class DeviceEvents:
     sessions: dict[tuple[str, str], SessionEvents] = field(default_factory=dict)
     # Per (device, session): the hostname its meta names.
     session_hosts: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The device's report of its remote settings (None: cleared), hub/remote.py.
+    config: dict[str, tuple[Any, datetime]] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Batch:
                 span.add(ts, received)
         elif result.kind == "status":
             self.devices.status[device] = (result.value, received)
+        elif result.kind == "config":
+            self.devices.config[device] = (result.value, received)
         else:
             self.devices.meta[device] = (result.value, received)
             self.devices.session_hosts[(device, result.value["session_id"])] = \

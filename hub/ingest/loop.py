@@ -10,8 +10,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from hub.clock import ClockPlacer
 from hub.ingest.batch import Batch, Batcher, Inbound
@@ -41,6 +43,10 @@ class IngestStats:
     last_write_at: datetime | None = None
 
 
+# Sets the anomaly score of a batch's rows (``LiveScorer.score``), before they are written.
+Score = Callable[[list[tuple[Any, ...]]], list[tuple[Any, ...]]]
+
+
 class BatchWriter:
     """Write batches in a thread of its own, then acknowledge their messages.
 
@@ -50,8 +56,9 @@ class BatchWriter:
     """
 
     def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, score: Score | None = None) -> None:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
+        self._score = score
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._gave_up = threading.Event()  # stopped while the database was away
         self.failed = False
@@ -87,6 +94,8 @@ class BatchWriter:
     def _write_all(self) -> None:
         while (batch := self._pending.get()) is not None:
             started = time.monotonic()
+            if self._score is not None:  # once per batch: a retried write keeps its scores
+                batch.rows = self._score(batch.rows)
             outcome = write_batch(self._store, batch, self._stop)
             if outcome is None:
                 self._gave_up.set()  # the broker keeps the messages
@@ -119,13 +128,16 @@ def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
 
 
 def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
-           stop: threading.Event, stats: IngestStats) -> None:
-    """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``."""
+           stop: threading.Event, stats: IngestStats, score: Score | None = None) -> None:
+    """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``.
+
+    ``score`` sets each row's anomaly score, a batch at a time (hub/detect/live.py).
+    """
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
                     settings.retention_days)
     prefix = settings.topic_prefix
-    writer = BatchWriter(store, receiver, stats, stop)
+    writer = BatchWriter(store, receiver, stats, stop, score)
     # Its own connection: only the first unsynchronised reading of a session uses it.
     clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
     placer = ClockPlacer(clock_store, limits)

@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
 from hub.processes import SECTION, section_problem, split_section
+from hub.remote import check_config
 from shared.schema import SCHEMA_VERSION, STATUS_VALUES, Meta, MetricsV1
 from shared.topics import is_valid_device_id, parse_topic
 
@@ -140,9 +141,9 @@ def ts_problem(ts: datetime, received_at: datetime, limits: Limits) -> str | Non
 
 @dataclass(frozen=True)
 class Accepted:
-    kind: str  # "metrics", "status" or "meta"
+    kind: str  # "metrics", "status", "meta" or "config"
     device_id: str
-    value: Any  # MetricsV1 | Meta | str (status)
+    value: Any  # MetricsV1 | Meta | str (status) | ConfigV1 | None (config cleared)
     # A part of the message that was left out and goes to quarantine with this reason (a
     # bad ``processes`` section); the rest is stored.
     problem: str | None = None
@@ -215,6 +216,12 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
             return Rejected(f"status {text[:40]!r} is not one of {', '.join(STATUS_VALUES)}",
                             device_id)
         return Accepted("status", device_id, text)
+
+    if kind == "config":  # the device's report of its remote settings (hub/remote.py)
+        config = check_config(device_id, payload)
+        if isinstance(config, str):
+            return Rejected(config, device_id)
+        return Accepted("config", device_id, config)  # None: cleared
 
     if kind not in ("metrics", "meta"):
         return Rejected(f"unknown topic kind {kind[:40]!r}", device_id)

@@ -12,6 +12,8 @@ const state = {
   custom: null,         // { start: Date, end: Date } of the custom range
   live: null,           // rolling 60 s buffers on the device page
   charts: {},
+  anomalies: {},        // device id → its anomaly model's state and rate (/api/anomalies)
+  band: null,           // { t, rate, max, step_s } of the device page's range
   source: null,         // EventSource
   timers: [],
   procs: { sample: null, at: null, sort: { key: "cpu", dir: -1 }, loading: false },
@@ -20,6 +22,7 @@ window.fleetpulse = state;  // for the browser tests and curious operators
 
 const $ = (sel) => document.querySelector(sel);
 const LIVE_WINDOW_S = 60;
+const ANOMALY_THRESHOLD = 0.5;  // the anomaly rule's default threshold (hub/alerts.py)
 const CHART_HEIGHT = 180;
 
 // --- formatting ---------------------------------------------------------------------------
@@ -136,6 +139,7 @@ function sortValue(d, key) {
     case "temp": return l.sensors_cpu_celsius ?? -1;
     case "throttling": return throttling(d.latest);
     case "alerts": return d.alerts.length;
+    case "anomaly": return state.anomalies[d.device_id]?.rate ?? -1;
     case "last_seen": return d.last_seen ? -Date.parse(d.last_seen) : Infinity;
     case "state": return d.state;
     default: return d.device_id;
@@ -159,6 +163,19 @@ function bar(percent) {
   i.style.width = `${Math.max(0, Math.min(100, percent || 0))}%`;
   return el("span", { class: "bar" }, i);
 }
+// The share of the last hour's readings the device's model found unusual, or why it has none.
+function anomalyText(a) {
+  if (!a) return "–";
+  if (a.state === "too_little_history") return "too little history";
+  if (a.state !== "trained") return "no model";
+  return a.rate === null ? "–" : `${(a.rate * 100).toFixed(1)} %`;
+}
+function anomalyCell(a) {
+  const td = el("td", { class: "num", "data-col": "anomaly", text: anomalyText(a) });
+  if (a && a.message) td.title = a.message;
+  if (a && a.rate !== null && a.rate > 0.05) td.classList.add("hot");
+  return td;
+}
 function renderFleet() {
   const rows = visibleDevices().map((d) => {
     const l = d.latest || {};
@@ -174,6 +191,7 @@ function renderFleet() {
       el("td", { class: "num", "data-col": "memory" }, num(l.memory_percent), bar(l.memory_percent)),
       temp,
       el("td", { "data-col": "throttling", text: throttling(d.latest) }),
+      anomalyCell(state.anomalies[d.device_id]),
       alerts,
       el("td", { class: "num", "data-col": "last_seen", text: ago(l.ts || d.last_seen) }));
     tr.addEventListener("click", (e) => {
@@ -225,9 +243,11 @@ function storageFacts(s) {
 
 async function refreshFleetPanels() {
   try {
-    const [alerts, quarantine, health] = await Promise.all([
+    const [alerts, quarantine, health, anomalies] = await Promise.all([
       api("/api/alerts?open=true&limit=50"), api("/api/quarantine?hours=24&limit=5"),
-      fetch("/api/health").then((r) => r.json())]);
+      fetch("/api/health").then((r) => r.json()), api("/api/anomalies")]);
+    state.anomalies = Object.fromEntries(anomalies.map((a) => [a.device_id, a]));
+    renderFleet();
     $("#open-alerts").replaceChildren(...(alerts.length ? alerts.map((a) => el("li", {},
       el("a", { href: `#/device/${encodeURIComponent(a.device_id)}`, text: a.device_id }),
       ` ${a.message} `, el("span", { class: "muted", text: `since ${ago(a.started_at)}` })))
@@ -279,6 +299,7 @@ function makeChart(name, labels, data) {
     },
     axes: [{}, { size: spec.unit === "B/s" ? 80 : 50, values: axisValues }],
     legend: { live: true },
+    hooks: { draw: [drawBand] },
   };
   const chart = new uPlot(opts, data, node);
   state.charts[name] = chart;
@@ -289,6 +310,32 @@ function makeChart(name, labels, data) {
     if (Number.isFinite(t)) showProcessesAt(new Date(t * 1000));
   });
   markEmpty(name, data);
+}
+
+// The anomaly band: each bucket with unusual readings shaded red across the plot, darker
+// the larger their share; a reading scored above the threshold in the live view is a bucket
+// of its own.
+function drawBand(u) {
+  const band = state.band;
+  if (!band || !band.t.length) return;
+  const { ctx } = u;
+  const top = u.bbox.top, height = u.bbox.height;
+  ctx.save();
+  for (let i = 0; i < band.t.length; i++) {
+    if (!band.rate[i]) continue;
+    const x0 = u.valToPos(band.t[i], "x", true), x1 = u.valToPos(band.t[i] + band.step_s, "x", true);
+    ctx.fillStyle = `rgba(198, 40, 40, ${0.12 + 0.5 * Math.min(1, band.rate[i])})`;
+    ctx.fillRect(x0, top, Math.max(2, x1 - x0), height);
+  }
+  ctx.restore();
+}
+
+async function loadBand(w, stepS) {
+  const path = `/api/devices/${encodeURIComponent(state.device)}/anomalies?start=${encodeURIComponent(w.start)}&end=${encodeURIComponent(w.end)}&step_s=${stepS}`;
+  try {
+    state.band = await api(path);
+    for (const chart of Object.values(state.charts)) chart.redraw(false, false);
+  } catch (err) { state.band = null; }
 }
 
 function markEmpty(name, data) {
@@ -364,6 +411,7 @@ async function loadRange() {
     showError("");
     state.live = state.range === "live" ? { body } : null;
     drawAll(body);
+    loadBand(w, Math.max(1, body.step_s || 1));
   } catch (err) { if (ticket === rangeRequest) showError(`Cannot load the series: ${err.message}`); }
 }
 
@@ -384,6 +432,12 @@ function appendLive(device) {
     body.per_core = cores.map(() => body.t.slice(0, -1).map(() => null));
   }
   cores.forEach((v, i) => body.per_core[i].push(v));
+  if (state.band && l.anomaly_score !== null && l.anomaly_score !== undefined) {
+    const b = state.band;
+    b.t.push(t); b.rate.push(l.anomaly_score > ANOMALY_THRESHOLD ? 1 : 0); b.max.push(l.anomaly_score);
+    b.step_s = Math.max(1, b.step_s || 1);
+    while (b.t.length && b.t[0] < t - LIVE_WINDOW_S) { b.t.shift(); b.rate.shift(); b.max.shift(); }
+  }
   while (body.t.length && body.t[0] < t - LIVE_WINDOW_S) {
     body.t.shift();
     for (const entry of Object.values(body.series)) { entry.mean.shift(); entry.min.shift(); entry.max.shift(); }
@@ -432,14 +486,20 @@ function onDeviceEvent() {
 async function loadDevice() {
   const device = state.device;
   try {
-    const [d, alerts] = await Promise.all([
+    const [d, alerts, detector] = await Promise.all([
       api(`/api/devices/${encodeURIComponent(device)}`),
-      api(`/api/devices/${encodeURIComponent(device)}/alerts?limit=20`)]);
+      api(`/api/devices/${encodeURIComponent(device)}/alerts?limit=20`),
+      api(`/api/anomalies?device=${encodeURIComponent(device)}`)]);
     if (device !== state.device) return;  // the user moved on to another device
     showError("");
     $("#device-title").textContent = d.device_id;
     $("#device-facts").textContent = [d.hostname, d.pi_model, d.os].filter(Boolean).join(" · ");
     renderCurrent(d);
+    const a = detector[0];
+    const model = a && a.model ? `v${a.model.version} (${a.model.kind}), trained ${ago(a.model.trained_at)}` : (a ? a.message : "–");
+    $("#detector").replaceChildren(...[["Model", model, "detector-model"],
+      ["Unusual, last hour", anomalyText(a), "detector-rate"]].flatMap(([k, v, id]) =>
+      [el("dt", { text: k }), el("dd", { id, text: v })]));
     const c = [["Last hour", d.completeness_1h], ["Last 24 h", d.completeness_24h]];
     $("#completeness").replaceChildren(...c.flatMap(([k, v]) => [el("dt", { text: k }),
       el("dd", { text: v.ratio === null ? "–" : `${(v.ratio * 100).toFixed(1)} % (${v.stored}/${v.expected})` })]));

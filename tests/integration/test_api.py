@@ -212,7 +212,8 @@ def test_health_reports_broker_database_last_write_and_backlog(client: TestClien
     body = client.get("/api/health").json()
     assert body == {"status": "ok", "broker_connected": True, "database_reachable": True,
                     "last_write_at": "2026-11-23T12:00:00Z", "backlog": 3,
-                    "received": 10, "stored": 9, "quarantined": 1, "storage": None}
+                    "received": 10, "stored": 9, "quarantined": 1, "storage": None,
+                    "detection": None}
 
 
 def test_health_is_503_when_the_broker_is_away(store: Store, db_url: str) -> None:

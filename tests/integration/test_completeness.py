@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hub.api import HubHealth, create_app
+from hub.ingest.batch import DeviceEvents
 from hub.read import FleetReader
 from hub.store import Store, StorePool
 from tests.readings import series, write_readings
@@ -59,3 +60,28 @@ def test_a_gap_still_shows(db_url: str, client: TestClient) -> None:
     body = client.get("/api/devices/young/completeness",
                       params={"start": "2026-11-23T11:00:00Z", "end": NOW.isoformat()}).json()
     assert body["expected"] == 2400 and body["stored"] == 2340
+
+
+def test_an_interval_changed_mid_stream_keeps_completeness_right(db_url: str) -> None:
+    # 20 minutes at 1 s, then the hub sets 10 s (settings changed remotely): the agent's
+    # meta then says 10 s, but the hour still holds the 1 s readings.
+    store = Store(db_url)
+    store.migrate()
+    switch = FIRST + timedelta(minutes=20)
+    readings = series("changed", FIRST, 20 * 60) + [
+        {**r, "seq": 20 * 60 + r["seq"]} for r in series("changed", switch, 120, step_s=10.0)]
+    write_readings(store, readings, received_at=NOW)  # type: ignore[arg-type]
+    events = DeviceEvents()
+    events.meta["changed"] = ({"hostname": "changed", "interval_s": 10.0}, NOW)
+    store.write([], [], events)
+    store.close()
+    pool = StorePool(db_url, size=2)
+    app = create_app(FleetReader(pool), streamer=pool, now=lambda: NOW, web_dir=None,
+                     health=lambda: HubHealth(True, NOW, 0))
+    with TestClient(app) as c:
+        detail = c.get("/api/devices/changed").json()
+    pool.close()
+    assert detail["completeness_1h"]["stored"] == 20 * 60 + 120
+    assert detail["completeness_1h"]["expected"] == 20 * 60 + 120
+    assert detail["completeness_1h"]["ratio"] == 1.0
+    assert detail["interval_s"] == 10.0  # the device's current interval

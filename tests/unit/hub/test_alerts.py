@@ -218,3 +218,22 @@ def test_the_duplicate_alert_closes_when_one_machine_stops():
     device = sessions_state(span("bbbb2222", "pi-shed", 5, 200))
     (change,) = evaluate([rule], device, [], open_alert, T0 + timedelta(seconds=200))
     assert change.action == "close"
+
+
+def scores(values: list[float | None]) -> list[Reading]:
+    return [Reading(T0 + timedelta(seconds=i), {"anomaly_score": v})
+            for i, v in enumerate(values)]
+
+
+def test_anomaly_alert_opens_after_its_duration_and_closes_below_its_clear_level() -> None:
+    rule = by_name("anomaly")
+    assert reading_values({"anomaly_score": 0.7})["anomaly_score"] == 0.7
+    assert evaluate([rule], online(), scores([0.8] * 10), {}, T0) == []  # 9 s
+    assert evaluate([rule], online(), scores([0.8] * 5 + [None] + [0.8] * 6), {}, T0) == []
+    (change,) = evaluate([rule], online(), scores([0.1, *[0.6] * 8, 0.9, 0.7, 0.6]), {}, T0)
+    assert change.action == "open" and change.started_at == T0 + timedelta(seconds=1)
+    assert "scored up to 0.90" in change.message and "threshold 0.5" in change.message
+    opened = {"anomaly": OpenAlert("pi-1", "anomaly", T0, 0.9)}
+    assert evaluate([rule], online(), scores([0.9, 0.4]), opened, T0) == []  # above clear
+    (closed,) = evaluate([rule], online(), scores([0.9, 0.2]), opened, T0)
+    assert closed.action == "close" and closed.ended_at == T0 + timedelta(seconds=1)

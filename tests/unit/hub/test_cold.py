@@ -118,3 +118,18 @@ def test_a_block_that_does_not_read_back_stays_hot_and_holds_up_nothing(
         assert compactor.round() == 0  # nothing left but the refused one: not retried
     assert store.compacted == hours[1:] and store.hot == [("pi-1", t0)]
     assert stats.failures == 1 and caplog.text.count("Not compacting pi-1") == 1
+
+
+def test_history_source_lists_both_tiers_columns_in_the_same_order():
+    # UNION ALL pairs columns by position: asked out of the table's order, the cold rows'
+    # values must not land in another column.
+    import re
+
+    from hub.cold import history_source
+
+    sql = history_source(["memory_percent", "ts", "cpu_percent"])
+    hot = sql.split("select ", 1)[1].split(" from metrics", 1)[0]
+    hot_names = [n.strip().strip('"') for n in hot.split(",")]
+    cold_part = sql.split("union all ", 1)[1]
+    cold_names = re.findall(r' as "([a-z0-9_]+)"', cold_part.split(" from metrics_cold", 1)[0])
+    assert hot_names == cold_names == ["ts", "cpu_percent", "memory_percent"]

@@ -41,7 +41,8 @@ def test_column_names_carry_units_or_are_counts_of_named_things():
     units = {"bytes", "percent", "celsius", "mhz", "s", "count", "packets", "errors", "drops"}
     unitless = {"device_id", "session_id", "seq", "ts", "received_at", "cpu_ctx_switches",
                 "cpu_interrupts", "cpu_soft_interrupts", "cpu_syscalls", "cpu_load_1",
-                "cpu_load_5", "cpu_load_15", "throttling_raw", "agent_ts"}
+                "cpu_load_5", "cpu_load_15", "throttling_raw", "agent_ts",
+                "anomaly_score"}
     for column in metrics_columns():
         if column.pg_type in ("boolean", "jsonb") or column.name in unitless:
             continue

@@ -37,7 +37,8 @@ def test_prefixes_without_wildcards():
 
 
 def test_hub_subscribes_to_every_kind_and_can_share():
-    assert hub_subscriptions("fp") == ["fp/+/metrics", "fp/+/status", "fp/+/meta"]
+    assert hub_subscriptions("fp") == ["fp/+/metrics", "fp/+/status", "fp/+/meta",
+                                       "fp/+/config"]
     assert hub_subscriptions("fp", "hubs")[0] == "$share/hubs/fp/+/metrics"
 
 
