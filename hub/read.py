@@ -44,18 +44,67 @@ _DEVICES = (
     "{where} order by d.device_id")
 
 
-# Readings expected over [since, end): each minute with readings expects them at its mean
-# interval until the next such minute (so a silent stretch is expected at the interval
-# before it); the minute before ``since`` covers the start. (An interval that changed
-# within a minute makes that minute's mean a blend: off by about a reading per change.)
-_EXPECTED = (
-    "select sum(greatest(0, extract(epoch from least(coalesce(next, %(end)s), %(end)s) "
-    "- greatest(bucket, %(since)s))) * interval_s_count / interval_s_sum) as expected "
-    "from (select bucket, interval_s_sum, interval_s_count, "
-    "lead(bucket) over (order by bucket) as next from " + MINUTE.name + " "
-    "where device_id = %(device)s and bucket < %(end)s and bucket >= coalesce("
-    "(select max(bucket) from " + MINUTE.name + " where device_id = %(device)s "
-    "and bucket <= %(since)s), %(since)s)) b where interval_s_sum > 0")
+# The minute rollups a completeness count reads: those from the minute of ``since`` on, and
+# the one before it (whose interval applies to a silent start of the window).
+_MINUTES = (
+    "(select bucket, readings, interval_s_sum, interval_s_max from " + MINUTE.name + " "
+    "where device_id = %(device)s and bucket < %(from)s order by bucket desc limit 1) "
+    "union all (select bucket, readings, interval_s_sum, interval_s_max from " + MINUTE.name
+    + " where device_id = %(device)s and bucket >= %(from)s and bucket < %(end)s "
+    "order by bucket)")
+
+
+@dataclass(frozen=True)
+class Minute:
+    """One minute rollup's readings and the seconds they cover (each its ``interval_s``)."""
+
+    bucket: datetime
+    readings: int
+    interval_s_sum: float
+    interval_s_max: float
+
+
+def expected_readings(since: datetime, end: datetime, minutes: list[Minute],
+                      before: Minute | None = None) -> float:
+    """Return the readings due over [since, end), minute by minute at the interval of then.
+
+    Each reading covers its ``interval_s``: a minute whose readings cover less than its
+    time lacks some, due at that minute's mean interval; whole minutes without readings
+    are due at the interval the device came back with (or, at the end, had last; ``before``
+    for a window without readings). Readings are
+    stamped at one end of what they cover, so where the interval changes (1 s, then 5 s)
+    one minute's readings overrun it and a neighbour's fall short by up to one interval:
+    that overrun first cancels shortfalls no longer than one of their minute's intervals.
+    Pure.
+    """
+    excess = 0.0
+    short: list[tuple[float, float, bool]] = []  # (seconds, interval, at most one interval)
+    stored = 0
+    interval = (before.interval_s_sum / before.readings) if before and before.readings else None
+    cursor = since
+    for m in minutes:
+        lo, hi = max(m.bucket, since), min(m.bucket + timedelta(minutes=1), end)
+        if hi <= lo or not m.readings:
+            continue
+        interval = m.interval_s_sum / m.readings
+        if m.bucket > cursor:  # silent whole minutes before this one, due at the interval
+            # the device came back with (its first reading covers the one before it)
+            short.append(((m.bucket - cursor).total_seconds(), interval, False))
+        gap = (hi - lo).total_seconds() - m.interval_s_sum
+        if gap < 0:
+            excess -= gap
+        elif gap > 0:
+            short.append((gap, interval, gap <= m.interval_s_max + 1e-9))
+        stored += m.readings
+        cursor = hi
+    if cursor < end and interval:  # silent since the last minute with readings
+        short.append(((end - cursor).total_seconds(), interval, False))
+    missing = 0.0
+    for seconds, each, _ in sorted(short, key=lambda s: not s[2]):  # one-interval ones first
+        cancelled = min(seconds, excess)
+        excess -= cancelled
+        missing += (seconds - cancelled) / each
+    return stored + missing
 
 
 class Querier(Protocol):
@@ -121,10 +170,10 @@ class FleetReader:
     def completeness(self, device_id: str, start: datetime, end: datetime) -> Completeness:
         """Compare readings expected from the device's interval with those stored.
 
-        Expected minute by minute at the interval the device had then (its readings' mean
-        ``interval_s`` in that minute; a minute without readings at the last one known), so
-        a device whose interval changed (1 s, then 5 s, then 0.5 s) is neither over- nor
-        under-expected; within about a reading at each change, where a minute mixes two.
+        Expected minute by minute at the interval the device had then
+        (:func:`expected_readings`), so a device whose interval changed (1 s, then 5 s,
+        then 0.5 s) is neither over- nor under-expected, and a gap counts the readings due
+        at the interval it fell in.
         """
         rows = self._db.query(
             f"select coalesce(sum(readings), 0) as stored from {MINUTE.name} "
@@ -145,8 +194,13 @@ class FleetReader:
             since = end
         else:
             since = min(max(counted_from, first["first_reading"] or first["first"]), end)
-        expected = self._db.query(_EXPECTED, {"device": device_id, "since": since,
-                                              "end": end})[0]["expected"]
+        rows_ = self._db.query(_MINUTES, {"device": device_id, "end": end,
+                                          "from": since.replace(second=0, microsecond=0)})
+        minutes = [Minute(r["bucket"], int(r["readings"]), float(r["interval_s_sum"] or 0.0),
+                          float(r["interval_s_max"] or 0.0)) for r in rows_]
+        before = minutes.pop(0) if minutes and minutes[0].bucket < since.replace(
+            second=0, microsecond=0) else None
+        expected = expected_readings(since, end, minutes, before)
         return Completeness(since, end, round(expected or 0.0), int(rows[0]["stored"]))
 
     def alerts(self, device_id: str | None = None, open_only: bool = False,
