@@ -166,15 +166,31 @@ def components(shape: Shape) -> dict[str, dict[str, Any]]:
     return found
 
 
+def anomaly_component(alert_topic: str) -> dict[str, Any]:
+    """The hub's anomaly alert for this device, as a binary sensor.
+
+    The hub publishes an open ``anomaly`` alert retained on ``alert_topic`` (JSON) and clears
+    it with an empty retained message when it closes: any payload is ON, an empty one OFF.
+    Alerts are rare, so the entity has no ``expire_after``; it reads "unknown" until the hub
+    has opened (or closed) the device's first anomaly alert.
+    """
+    return {"p": "binary_sensor", "name": "Anomaly", "device_class": "problem",
+            "state_topic": alert_topic, "value_template": "{{ 'ON' if value else 'OFF' }}",
+            "icon": "mdi:chart-bell-curve"}
+
+
 def discovery_message(*, device_id: str, name: str, model: str | None,
                       sw_version: str | None, agent_version: str, metrics_topic: str,
                       status_topic: str, interval_s: float, shape: Shape,
-                      manufacturer: str | None = None) -> dict[str, Any]:
+                      manufacturer: str | None = None,
+                      anomaly_topic: str | None = None) -> dict[str, Any]:
     """Return the device-based discovery message (``homeassistant/device/<node>/config``).
 
     Args:
         name: the device's name in HA (the machine's host name; any text).
         model / sw_version / manufacturer: shown on HA's device page.
+        anomaly_topic: the hub's retained ``anomaly`` alert topic of this device, read by
+            an "Anomaly" binary sensor (:func:`anomaly_component`).
     """
     entity_prefix = f"fleetpulse_{slug(device_id)}"
     expire = expire_after_s(interval_s)
@@ -184,6 +200,10 @@ def discovery_message(*, device_id: str, name: str, model: str | None,
         component["default_entity_id"] = f"{component['p']}.{entity_prefix}_{key}"
         component["expire_after"] = expire
         cmps[key] = component
+    if anomaly_topic is not None:
+        cmps["anomaly"] = {**anomaly_component(anomaly_topic),
+                           "unique_id": f"fleetpulse_{device_id}_anomaly",
+                           "default_entity_id": f"binary_sensor.{entity_prefix}_anomaly"}
     device: dict[str, Any] = {"identifiers": [f"fleetpulse_{device_id}"], "name": name}
     for field, value in (("manufacturer", manufacturer), ("model", model),
                          ("sw_version", sw_version)):

@@ -50,6 +50,7 @@ from shared.mqtt import MqttConnection, Received, Will, describe_broker
 from shared.schema import STATUS_OFFLINE, STATUS_ONLINE, MetricsV1, read_capabilities
 from shared.topics import (
     HA_STATUS_TOPIC,
+    alert_topic,
     config_topic,
     ha_discovery_topic,
     hub_schema_topic,
@@ -197,7 +198,8 @@ class Agent:
             device_id=self.device_id, name=facts.hostname or self.device_id, model=model,
             manufacturer=manufacturer, sw_version=facts.os or None, agent_version=__version__,
             metrics_topic=self.outbox.topic, status_topic=self._status_topic,
-            interval_s=self.interval_s, shape=self._ha_shape)
+            interval_s=self.interval_s, shape=self._ha_shape,
+            anomaly_topic=alert_topic(self.settings.topic_prefix, self.device_id, "anomaly"))
         payload = json.dumps(discovery, separators=(",", ":")).encode()
         self._ha_mids.add(self.mqtt.publish(self._ha_topic, payload, qos=1, retain=True,
                                             reports_refusal=True))

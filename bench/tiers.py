@@ -185,7 +185,7 @@ def backend_cpu_s(pid: int) -> float:
 def candidates(conn: psycopg.Connection[Any], lay: cold.Layout, values: int) -> dict[str, float]:
     """Bytes per value of the cold blocks re-encoded other ways (same readings)."""
     floats = [p.name for p in lay.parts if p.pg_type == "double precision[]"]
-    counters = [p.name for p in lay.parts if p.pg_type == "bigint[]" and p.field is None]
+    differences = [p.name for p in lay.parts if p.delta and not p.micros]
 
     def fresh(expr: str) -> str:  # a new datum, so it is compressed afresh
         return f"array_cat({expr}, null)"
@@ -198,14 +198,15 @@ def candidates(conn: psycopg.Connection[Any], lay: cold.Layout, values: int) -> 
             if not float8 and p.name in floats:  # the shortest decimal of each double
                 expr = (f"array(select v::text::numeric from unnest({q}) with ordinality "
                         "u(v, i) order by i)")
-            elif delta and p.name in counters:
-                expr = (f"array(select v - coalesce(lag(v) over (order by i), 0) from "
-                        f"unnest({q}) with ordinality u(v, i) order by i)")
+            elif not delta and p.name in differences:  # back to the values themselves
+                expr = (f"case when '{p.name}' = any(delta) then array(select {cold.SUM}(v) "
+                        f"over (order by i) from unnest({q}) with ordinality u(v, i) "
+                        f"order by i) else {q} end")
             else:
                 expr = q
             selects.append(f"{fresh(expr)} as {q}")
         conn.execute(f"drop table if exists {name}")
-        conn.execute(f"create table {name} as select device_id, hour, readings, parts, "
+        conn.execute(f"create table {name} as select device_id, hour, readings, parts, delta, "
                      f"{', '.join(selects)} from {cold.TABLE}")
         conn.execute(f"alter table {name} add primary key (device_id, hour)")
         conn.execute(f"vacuum analyze {name}")
@@ -215,10 +216,12 @@ def candidates(conn: psycopg.Connection[Any], lay: cold.Layout, values: int) -> 
         return size / values
 
     return {
-        "chosen: float8 floats, raw counters, pglz": build("cand_a", "pglz", True, False),
-        "numeric floats, pglz": build("cand_b", "pglz", False, False),
-        "float8 floats, delta counters, pglz": build("cand_c", "pglz", True, True),
-        "float8 floats, lz4": build("cand_d", "lz4", True, False),
+        "chosen: float8 floats, counters as differences, pglz": build("cand_a", "pglz", True,
+                                                                     True),
+        "numeric floats, pglz": build("cand_b", "pglz", False, True),
+        "float8 floats, counters as they are (schema 4), pglz": build("cand_c", "pglz", True,
+                                                                     False),
+        "float8 floats, lz4": build("cand_d", "lz4", True, True),
     }
 
 
@@ -391,6 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def shifted(p: cold.Part, shift: str, fresh: bool = False) -> str:
+    """Part ``p`` of a block moved back in time by ``shift``: a block of schema 5 keeps its
+    timestamps relative to its hour (moving the hour moves them); one of schema 4 as
+    timestamptz[]. ``fresh``: a new datum, compressed afresh."""
+    q = cold._q(p.name)
+    if p.legacy and p.pg_type == "timestamptz[]":
+        return (f"case when {q} is null then null else array(select t - {shift} from "
+                f"unnest({q}) with ordinality u(t, i) order by i) end")
+    return f"array_cat({q}, null)" if fresh else q
+
+
 def copy_back(conn: psycopg.Connection[Any], lay: cold.Layout, times: int) -> None:
     """Write every cold block ``times`` more times, each set an hour-span earlier."""
     blocks = conn.execute(f"select min(hour), max(hour) from {cold.TABLE}").fetchone()
@@ -398,11 +412,9 @@ def copy_back(conn: psycopg.Connection[Any], lay: cold.Layout, times: int) -> No
     span = blocks[1] - blocks[0] + timedelta(hours=1)
     parts = ", ".join(cold._q(p.name) for p in lay.parts)
     shift = "(k * %(span)s::interval)"
-    moved = ", ".join(f"array(select t - {shift} from unnest({cold._q(p.name)}) with "
-                      "ordinality u(t, i) order by i)" if p.name in ("ts", "received_at")
-                      else f"array_cat({cold._q(p.name)}, null)" for p in lay.parts)
-    conn.execute(f"insert into {cold.TABLE} (device_id, hour, readings, parts, {parts}) "
-                 f"select device_id, hour - {shift}, readings, parts, {moved} "
+    moved = ", ".join(shifted(p, shift, fresh=True) for p in lay.parts)
+    conn.execute(f"insert into {cold.TABLE} (device_id, hour, readings, parts, delta, {parts}) "
+                 f"select device_id, hour - {shift}, readings, parts, delta, {moved} "
                  f"from {cold.TABLE}, generate_series(1, %(times)s) k where hour >= %(first)s",
                  {"span": span, "times": times, "first": blocks[0]})
 
@@ -422,11 +434,9 @@ def queries(store: Store, conn: psycopg.Connection[Any], pi: list[tuple[MetricsV
     # 24 h, its minute and hour rollups for 90 days.
     parts = ", ".join(cold._q(p.name) for p in lay.parts)
     shift = "(%(whole)s - (%(hot)s - k * interval '1 hour'))"
-    moved = ", ".join(f"array(select t - {shift} from unnest({cold._q(p.name)}) with "
-                      "ordinality u(t, i) order by i)" if p.name in ("ts", "received_at")
-                      else cold._q(p.name) for p in lay.parts)
-    conn.execute(f"insert into {cold.TABLE} (device_id, hour, readings, parts, {parts}) "
-                 "select device_id, %(hot)s - k * interval '1 hour', readings, parts, "
+    moved = ", ".join(shifted(p, shift) for p in lay.parts)
+    conn.execute(f"insert into {cold.TABLE} (device_id, hour, readings, parts, delta, {parts}) "
+                 "select device_id, %(hot)s - k * interval '1 hour', readings, parts, delta, "
                  f"{moved} from {cold.TABLE}, generate_series(1, 24) k where hour = %(whole)s",
                  {"hot": hot_start, "whole": whole})
     for rollup in ("metrics_1m", "metrics_1h"):

@@ -6,34 +6,41 @@ SQL that builds a block from hot rows, reads it back as rows and checks the two 
 
 A block (``metrics_cold``, key ``(device_id, hour)``) holds every reading of one device in
 one UTC hour, column by column, as PostgreSQL arrays that TOAST compresses (pglz). Chosen
-by measuring candidates on the real agent's readings (bench/storage.py, README):
+by measuring candidates on the real agent's readings (bench/storage.py --tiers, README):
 
-* scalar columns become one array each, in reading order (``ts``, ``seq``, counters as
+* scalar columns become one array each, in reading order (``seq``, counters as
   ``bigint[]``, flags as ``boolean[]``, text as ``text[]``: a session id repeated 3,600
-  times compresses to almost nothing);
-* ``double precision`` columns become ``double precision[]``: exact by construction, and
-  measured no larger than ``numeric[]`` of their shortest decimals (bench/storage.py
-  --tiers, candidates), which cost a text conversion per value both ways;
+  times compresses to almost nothing); ``double precision`` columns ``double precision[]``,
+  exact by construction and no larger than ``numeric[]`` of their shortest decimals;
+* ``bigint`` parts (counters, ``seq``, the records' counters) are stored as differences
+  from the element before when the part holds no null in the block (``delta`` lists them);
+  readers add them up again (``metrics_cold_sum``, a bigint running sum). A counter going
+  up by a few thousand a second needs 2-3 bytes where its value needs 5-6: ~35 % smaller;
+* ``ts`` and ``received_at`` become microseconds since the block's hour (``ts__us``,
+  ``received_at__us``), delta-coded too: 1 s apart, ~6x smaller than ``timestamptz[]``;
 * lists of numbers (per-core %) and the jsonb lists of records (partitions, disks,
-  interfaces, temperatures) become one 2-D array per record field, ``[slot][reading]``
-  (one interface's bytes over the hour sit side by side, null-padded past the reading's
-  list), plus ``<column>__n``, the list's length in each reading. jsonb numbers go to
-  ``numeric`` as they are, so ``0.0`` stays ``0.0``.
+  interfaces, temperatures) become one array per record field, slot after slot (one
+  interface's bytes over the hour side by side, null-padded past the reading's list;
+  blocks of schema 4 hold a 2-D ``[slot][reading]`` array, which reads the same), plus
+  ``<column>__n``, the list's length in each reading. jsonb numbers are ``numeric`` (``0.0``
+  stays ``0.0``), kept as integers where they fit (see ``_SCALE``).
 
-Not chosen (same bench, bench/README.md "Storage tiers"): lz4 (~16 % larger); Parquet with
-zstd in a ``bytea`` (~12 % smaller, but plain PostgreSQL cannot give its rows back); counters
-delta-encoded (~7 % smaller here, ~19 % with the lists' counters and the timestamps: the next
-step, at the price of a running sum per column when reading back).
+Not chosen (same bench, bench/README.md "Storage tiers"): lz4 (~25 % larger; pglz costs more
+CPU, but the bytes target needs it); Parquet with zstd in a ``bytea`` (plain PostgreSQL
+cannot give its rows back); numeric[] for the doubles (larger).
 
-Schema evolution: each block lists the physical columns it holds (``parts``). A column
-added to the schema later gets its array column (``ALTER TABLE … ADD COLUMN IF NOT
-EXISTS``, :func:`ensure_sql`), old blocks have none and read back null — as the hot rows
-written before the column existed do; a record field added later is left out of the
-records rebuilt from blocks that lack it.
+Schema evolution: each block lists the fields it holds (``parts``). A column added to the
+schema later gets its array column (``ALTER TABLE … ADD COLUMN IF NOT EXISTS``,
+:func:`ensure_sql`), old blocks have none and read back null — as the hot rows written
+before the column existed do; a record field added later is left out of the records
+rebuilt from blocks that lack it. Blocks of schema 4 (no ``delta``, timestamptz[] times,
+numeric[] record numbers) read back through the same functions; a late reading merged into
+one rewrites it in the current form.
 
-Lossless is checked, not assumed: the compaction's transaction rebuilds the block's rows
-with the very function readers use and compares them with the hot rows (``EXCEPT ALL``
-both ways, counts equal) before it deletes anything.
+Lossless is checked, not assumed: the compaction's transaction reads the block back with
+the readers' own SQL and compares it with the hot rows before it deletes anything (a 64-bit
+hash of every whole row, summed, on each side; the jsonb lists as the text jsonb prints:
+:func:`verify_sql`). A block that differs is rolled back and its readings stay hot.
 """
 
 from __future__ import annotations
@@ -54,6 +61,17 @@ HISTORY_FUNCTION = "metrics_history"  # (device, start, end) → setof metrics, 
 HISTORY_VIEW = "metrics_all"  # every reading of both tiers, for people's own SQL
 KEY = ("device_id", "ts", "session_id", "seq")
 _ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
+SUM = "metrics_cold_sum"  # bigint running sum (migration 0005): decodes delta-coded arrays
+# Timestamps kept as microseconds since the block's hour, delta-coded: 1 s apart, they
+# compress ~6x better than timestamptz[] (bench.storage --tiers).
+_MICROS = ("ts", "received_at")
+# A record's decimal number (jsonb numeric: the agent sends rates with up to 3 decimals) is
+# kept as the integer 4·(v·1000) + (3 − its scale) in a bigint[] ``<part>__k``, not as
+# numeric[] (which takes 8-12 bytes an element before compression): ~22 % smaller
+# (bench.storage --tiers). A block whose numbers do not fit (more decimals, or beyond
+# ±2^61/1000) keeps numeric[]: the compaction tries this first and falls back.
+_SCALE = 1000
+_MAX_NUMBERS = 600  # scaled fields × slots a block builds as columns (PostgreSQL allows 1,664)
 _ARRAY_TYPES = {"text": "text[]", "bigint": "bigint[]", "boolean": "boolean[]",
                 "timestamptz": "timestamptz[]", "double precision": "double precision[]"}
 # Record fields come from jsonb, whose numbers are numeric: kept as numeric, so the JSON
@@ -71,6 +89,10 @@ class Part:
     field: str | None = None  # the record's key (jsonb lists), or None
     field_type: str | None = None  # the record field's scalar SQL type
     count: bool = False  # the ``__n`` lengths of a list column
+    delta: bool = False  # bigint data: stored as differences when the block has no nulls in it
+    micros: bool = False  # a timestamptz column kept as bigint microseconds since the hour
+    legacy: bool = False  # read from blocks written before (schema 4), never written now
+    scaled: bool = False  # a record's decimal number as an integer, see _SCALED
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,16 @@ class Layout:
 
     def parts_of(self, source: str) -> list[Part]:
         return [p for p in self.parts if p.source == source]
+
+    @property
+    def written(self) -> list[Part]:
+        """The parts a block written now may hold (legacy ones are only read)."""
+        return [p for p in self.parts if not p.legacy]
+
+    def twin(self, p: Part) -> Part | None:
+        """The other part holding the same record field (numeric[] and scaled), if any."""
+        return next((o for o in self.parts_of(p.source) if o.field == p.field
+                     and o.field is not None and o.scaled != p.scaled and not o.count), None)
 
 
 def _scalar(tp: Any) -> Any:
@@ -125,14 +157,23 @@ def layout(columns: list[Column] | None = None) -> Layout:
             parts.append(Part(f"{column.name}__n", "integer[]", column.name, count=True))
             for key, tp in _record_fields(column):
                 parts.append(Part(f"{column.name}__{key}", _RECORD_ARRAY_TYPES[tp], column.name,
-                                  field=key, field_type=tp))
+                                  field=key, field_type=tp, delta=tp == "bigint"))
+                if tp == "double precision":
+                    parts.append(Part(f"{column.name}__{key}__k", "bigint[]", column.name,
+                                      field=key, field_type=tp, scaled=True))
         elif column.pg_type.endswith("[]"):
             element = column.pg_type[:-2]
             parts.append(Part(f"{column.name}__n", "integer[]", column.name, count=True))
             parts.append(Part(column.name, _ARRAY_TYPES[element], column.name,
-                              field_type=element))
+                              field_type=element, delta=element == "bigint"))
+        elif column.name in _MICROS:
+            parts.append(Part(column.name, _ARRAY_TYPES[column.pg_type], column.name,
+                              legacy=True))
+            parts.append(Part(f"{column.name}__us", "bigint[]", column.name, delta=True,
+                              micros=True))
         else:
-            parts.append(Part(column.name, _ARRAY_TYPES[column.pg_type], column.name))
+            parts.append(Part(column.name, _ARRAY_TYPES[column.pg_type], column.name,
+                              delta=column.pg_type == "bigint"))
     return Layout(tuple(columns), tuple(parts))
 
 
@@ -153,6 +194,10 @@ def ensure_sql(lay: Layout) -> list[str]:
     functions and view that read it; idempotent, run by the hub at start after migrating."""
     statements = [f"alter table {TABLE} add column if not exists {_q(p.name)} {p.pg_type}"
                   for p in lay.parts]
+    statements.append(f"alter table {TABLE} add column if not exists delta text[]")
+    # As in migration 0005 (a database migrated by the Supabase CLI has it already).
+    statements.append(f"create or replace aggregate {SUM}(bigint) (sfunc = int8pl, "
+                      "stype = bigint)")
     statements.append(rows_function_sql(lay))
     statements.append(history_function_sql(lay))
     names = ", ".join(_q(c.name) for c in lay.columns)
@@ -160,12 +205,34 @@ def ensure_sql(lay: Layout) -> list[str]:
         f"create or replace view {HISTORY_VIEW} with (security_invoker = true) as "
         f"select {names} from metrics union all "
         f"select {names} from {ROWS_FUNCTION}(null, '-infinity', 'infinity')")
+    # The seed format's view (migration 0001) over both tiers, its columns unchanged.
+    statements.append(SEED_VIEW_SQL)
     return statements
 
 
+SEED_VIEW_SQL = f"""create or replace view metrics_seed with (security_invoker = true) as
+select device_id, ts,
+       cpu_percent as cpu_load,
+       sensors_cpu_celsius as cpu_temp,
+       memory_percent as ram_usage_percent,
+       disk_read_bytes / 1048576.0::float8 as disk_read_mb,
+       disk_write_bytes / 1048576.0::float8 as disk_write_mb,
+       network_bytes_sent / 1048576.0::float8 as net_sent_mb,
+       network_bytes_recv / 1048576.0::float8 as net_recv_mb,
+       (throttling_throttled_now or throttling_freq_capped_now or throttling_soft_temp_limit_now)
+           as is_throttling,
+       (not sensors_battery_charging) as on_battery
+from {HISTORY_VIEW}"""
+
+
 def _list_columns(lay: Layout) -> list[Column]:
-    """Columns stored as 2-D ``[slot][reading]`` arrays: jsonb lists and number lists."""
+    """Columns stored per record field, slot after slot: jsonb lists and number lists."""
     return [c for c in lay.columns if c.pg_type == "jsonb" or c.pg_type.endswith("[]")]
+
+
+def list_names(lay: Layout) -> list[str]:
+    """The list columns, in the order :func:`slots_sql` gives their longest lists."""
+    return [c.name for c in _list_columns(lay)]
 
 
 def _unnested(lay: Layout) -> list[Part]:
@@ -174,56 +241,114 @@ def _unnested(lay: Layout) -> list[Part]:
         p.field is None and not lay_type(lay, p.source).endswith("[]"))]
 
 
-def _lists_sql(lay: Layout, column: Column) -> str:
+def _decoded(p: Part, ref: str, window: str) -> str:
+    """The value of element ``ref`` of part ``p``: a running sum when the block lists the
+    part as delta-coded (``b.delta``, null in blocks of schema 4; see :func:`_delta_flags`)."""
+    if not p.delta:
+        return ref
+    flag = f"a.{_q('delta__' + p.name)}"
+    # The window is computed whatever the CASE picks: it sums nothing for raw values
+    # (a sum of raw counters could leave bigint's range).
+    return (f"case when {flag} then {SUM}(case when {flag} then {ref} end) over ({window}) "
+            f"else {ref} end")
+
+
+def _delta_flags(parts: list[Part]) -> list[str]:
+    """Per block, whether each delta-capable part is delta-coded: looked up once (``b.delta``
+    is compressed in the row; read per element it cost ~0.5 s a block)."""
+    return [f"coalesce('{p.name}' = any(b.delta), false) as {_q('delta__' + p.name)}"
+            for p in parts if p.delta]
+
+
+def _json_key_order(parts: list[Part]) -> list[Part]:
+    """Fields in the order jsonb prints an object's keys: shorter first, then bytewise."""
+    return sorted(parts, key=lambda p: (len((p.field or "").encode()), (p.field or "").encode()))
+
+
+def _lists_sql(lay: Layout, column: Column, canonical: bool = False) -> str:
     """A subquery giving (i, v): the list ``column`` of each reading ``i`` of block ``b``.
 
-    Each 2-D part is unnested once (a subscript would decompress the whole array again
-    for every element); element o of a [slot][reading] array is slot (o-1)/N + 1 of
-    reading (o-1)%N + 1.
+    Each part is unnested once (a subscript would decompress the whole array again for
+    every element); element o holds slot (o-1)/N + 1 of reading (o-1)%N + 1, whether the
+    block stored it as a [slot][reading] array (schema 4) or flat, slot after slot.
+
+    ``canonical``: jsonb lists as the text jsonb itself prints (keys in jsonb's order,
+    ``", "`` and ``": "``), not parsed: compaction compares it with the hot rows' text.
     """
     parts = [p for p in lay.parts_of(column.name) if not p.count]
     names = [f"f{j}" for j in range(len(parts))]
     rows_from = ", ".join(f"unnest(b.{_q(p.name)})" for p in parts)
+    # A delta-coded list runs on from one slot to the next: one running sum over it all.
+    window = "order by x.o"
+    values = ", ".join(f"{_decoded(p, 'x.' + n, window)} as {n}"
+                       for p, n in zip(parts, names, strict=True))
     if column.pg_type == "jsonb":
         # The reading's list is written as JSON text and parsed once: ~5x faster than
         # jsonb_build_object per record (measured), and numeric's text keeps its scale.
+        named = dict(zip([p.name for p in parts], names, strict=True))
         fields = []
-        for p, n in zip(parts, names, strict=True):
+        plain = [p for p in parts if not p.scaled]
+        for p in (_json_key_order(plain) if canonical else plain):
+            n = named[p.name]
             text = f"to_json(x.{n})::text" if p.field_type == "text" else f"x.{n}::text"
-            fields.append(f"'\"{p.field}\":' || coalesce({text}, 'null')")
-        record = "'{' || " + " || ',' || ".join(fields) + " || '}'"
-        absent = f"a.{_q('absent__' + column.name)}"
-        listed = f"('[' || string_agg({record}, ',' order by x.o) || ']')::jsonb"
-        # Keys a block lacks (a field added later) are taken out of each record.
-        value = (f"case when cardinality({absent}) = 0 then {listed} else (select "
-                 f"jsonb_agg(e - {absent} order by k) from jsonb_array_elements({listed}) "
-                 "with ordinality as j(e, k)) end")
+            twin = lay.twin(p)
+            if twin is not None:  # whichever of the two the block holds
+                k = f"x.{named[twin.name]}"
+                text = (f"coalesce({text}, round(({k} >> 2) * {1 / _SCALE}, "
+                        f"3 - ({k} & 3)::integer)::text)")
+            fields.append(f"'\"{p.field}\":{' ' if canonical else ''}' || "
+                          f"coalesce({text}, 'null')")
+        sep = "', '" if canonical else "','"
+        record = "'{' || " + f" || {sep} || ".join(fields) + " || '}'"
+        listed = f"'[' || string_agg({record}, {sep} order by x.o) || ']'"
+        if canonical:
+            value = listed
+        else:
+            listed = f"({listed})::jsonb"
+            absent = f"a.{_q('absent__' + column.name)}"
+            # Keys a block lacks (a field added later) are taken out of each record.
+            value = (f"case when cardinality({absent}) = 0 then {listed} else (select "
+                     f"jsonb_agg(e - {absent} order by k) from jsonb_array_elements({listed}) "
+                     "with ordinality as j(e, k)) end")
     else:
         value = "array_agg(x.f0 order by x.o)"
     # Padding is a slot with every field null: a real record always has its name (and a
     # per-core value is never null), and compaction checks the block reads back exactly.
-    return (f"(select mod(x.o - 1, b.readings) + 1 as i, {value} as v "
-            f"from rows from ({rows_from}) with ordinality as x({', '.join(names)}, o) "
+    return (f"(select x.i, {value} as v from (select mod(x.o - 1, b.readings) + 1 as i, x.o, "
+            f"{values} from rows from ({rows_from}) with ordinality as "
+            f"x({', '.join(names)}, o)) x "
             f"where num_nonnulls({', '.join('x.' + n for n in names)}) > 0 group by 1)")
 
 
+def _scalar_value(lay: Layout, column: Column, alias: str) -> str:
+    """A scalar column from the decoded parts in ``alias``: timestamps kept as
+    microseconds since the hour are turned back (a block of schema 4 has them as is)."""
+    if any(p.micros for p in lay.parts_of(column.name)):
+        return (f"coalesce({alias}.{_q(column.name)}, b.hour + "
+                f"{alias}.{_q(column.name + '__us')}::float8 * interval '1 microsecond')")
+    return f"{alias}.{_q(column.name)}"
+
+
 def _decode(lay: Layout, column: Column) -> str:
-    """The SQL expression giving ``column`` of reading ``u.i`` of block ``b``."""
+    """The SQL expression giving ``column`` of reading ``r.i`` of block ``b``."""
     if column.name == "device_id":
         return "b.device_id"
     if column in _list_columns(lay):
-        empty = "'[]'::jsonb" if column.pg_type == "jsonb" else f"'{{}}'::{column.pg_type}"
+        empty = ("'[]'" if column.pg_type == "jsonb"
+                 else f"'{{}}'::{column.pg_type}")
         # A block older than the column has no lengths for it: null, as in the hot rows.
         return (f"case when b.{_q(column.name + '__n')} is null then null "
                 f"else coalesce(r.{_q('l__' + column.name)}, {empty}) end")
-    return f"r.{_q(column.name)}"
+    return _scalar_value(lay, column, "r")
 
 
-def cold_select_sql(lay: Layout, columns: list[str], device: str, start: str, end: str) -> str:
+def cold_select_sql(lay: Layout, columns: list[str], device: str, start: str, end: str,
+                    canonical: bool = False) -> str:
     """A SELECT of ``columns`` of the cold readings of ``device`` (null: all) in [start, end).
 
     Only the arrays those columns need are opened: a series of three columns reads three
-    arrays (and ``ts``) of each block, not a hundred.
+    arrays (and ``ts``) of each block, not a hundred. ``canonical``: jsonb lists as the
+    text jsonb prints (see :func:`_lists_sql`), for compaction's check.
     """
     wanted = [c for c in lay.columns if c.name in columns]
     lists = [c for c in _list_columns(lay) if c in wanted]
@@ -232,26 +357,35 @@ def cold_select_sql(lay: Layout, columns: list[str], device: str, start: str, en
     names = [p.name for p in unnested]
     rows_from = ", ".join(f"unnest(b.{_q(n)})" for n in names)
     aliases = ", ".join(_q(n) for n in names)
-    selects = ", ".join(f"{_decode(lay, c)} as {_q(c.name)}" for c in wanted)
-    joins = "".join(f" left join {_lists_sql(lay, c)} {_q('l__' + c.name)} "
-                    f"on {_q('l__' + c.name)}.i = u.i" for c in lists)
+    decoded = ", ".join(f"{_decoded(p, 'u.' + _q(p.name), 'order by u.i')} as {_q(p.name)}"
+                        for p in unnested)
+    selects = ", ".join(
+        f"{_decode(lay, c)}{'::jsonb' if c.pg_type == 'jsonb' and not canonical else ''} "
+        f"as {_q(c.name)}" for c in wanted)
+    joins = "".join(f" left join {_lists_sql(lay, c, canonical)} {_q('l__' + c.name)} "
+                    f"on {_q('l__' + c.name)}.i = d.i" for c in lists)
     list_values = "".join(f", {_q('l__' + c.name)}.v as {_q('l__' + c.name)}" for c in lists)
     # Record keys a block lacks (a field added to the schema after it was written): once
     # per block, then removed from every record rebuilt from it.
     absent = []
     for column in lists:
-        if column.pg_type != "jsonb":
+        if column.pg_type != "jsonb" or canonical:
             continue
-        fields = [p.field for p in lay.parts_of(column.name) if not p.count]
+        fields = dict.fromkeys(p.field for p in lay.parts_of(column.name) if not p.count)
         listed = ", ".join(f"'{f}'" for f in fields)
         absent.append(f"array(select f from unnest(array[{listed}]::text[]) f where "
                       f"'{column.name}__' || f <> all(b.parts)) as {_q('absent__' + column.name)}")
+    listed_parts = [p for c in lists for p in lay.parts_of(c.name) if not p.count]
+    absent += _delta_flags(unnested + listed_parts)
+    ts = _scalar_value(lay, next(c for c in lay.columns if c.name == "ts"), "d")
     return (
         f"select {selects} "
-        f"from {TABLE} b cross join lateral (select {', '.join(absent) or '1 as none'}) a "
-        f"cross join lateral (select u.*{list_values} from rows from ({rows_from}) with "
-        f"ordinality as u({aliases}, i){joins} "
-        f"where u.ts >= {start} and u.ts < {end}) r "
+        f"from {TABLE} b cross join lateral (select {', '.join(absent) or '1 as none'} "
+        # OFFSET 0: computed once per block, not pulled up into every element's expression.
+        "offset 0) a "
+        f"cross join lateral (select d.*{list_values} from (select {decoded}, u.i from "
+        f"rows from ({rows_from}) with ordinality as u({aliases}, i)) d{joins} "
+        f"where {ts} >= {start} and {ts} < {end}) r "
         f"where ({device} is null or b.device_id = {device}) "
         f"and b.hour > {start} - interval '1 hour' and b.hour < {end}")
 
@@ -261,7 +395,8 @@ def rows_function_sql(lay: Layout) -> str:
 
     ``device`` null means every device. Only blocks overlapping [start, end) are opened.
     Scalars and list lengths are unnested side by side (ROWS FROM zips them; a column
-    missing from an old block gives nulls); lists are regrouped per reading and joined.
+    missing from an old block gives nulls), delta-coded ones summed back; lists are
+    regrouped per reading and joined.
     """
     body = cold_select_sql(lay, [c.name for c in lay.columns], "p_device", "p_start", "p_end")
     return (
@@ -299,82 +434,155 @@ def history_source(columns: list[str]) -> str:
             f"{cold_select_sql(lay, names, *params)}) m")
 
 
+def cold_keys_sql(staging: str) -> str:
+    """The keys (device_id, ts, session_id, seq) held by the cold blocks of the device-hours
+    of ``staging``'s rows older than the newest cold hour: each block decoded once, then
+    probed by every incoming row (a redelivery of a reading already compacted)."""
+    lay = layout()
+    hours = (f"select distinct s.device_id, date_bin('1 hour', s.ts, {_ORIGIN}) as hour "
+             f"from {staging} s where s.ts < coalesce((select max(hour) + interval '1 hour' "
+             f"from {TABLE}), '-infinity')")
+    keys = cold_select_sql(lay, list(KEY), "t.device_id", "t.hour",
+                           "t.hour + interval '1 hour'")
+    return f"select c.* from ({hours}) t cross join lateral ({keys}) c"
+
+
 # --- compaction -------------------------------------------------------------------------------
 
 def lay_type(lay: Layout, column: str) -> str:
     return next(c.pg_type for c in lay.columns if c.name == column)
 
 
-def _scalar_encode(lay: Layout, p: Part) -> str:
-    """The aggregate building scalar or length part ``p`` from the rows ``r``."""
-    column = f"r.{_q(p.source)}"
+def slots_sql(lay: Layout, source: str) -> str:
+    """The longest list of each list column in ``source`` (the slots a block gives it)."""
+    longest = ", ".join(
+        f"coalesce(max(jsonb_array_length({_q(c.name)})), 0)" if c.pg_type == "jsonb"
+        else f"coalesce(max(cardinality({_q(c.name)})), 0)" for c in _list_columns(lay))
+    return f"select {longest} from {source}"
+
+
+def _items(column: Column) -> str:
+    return _q("x__" + column.name)
+
+
+def _elements(lay: Layout, p: Part, slots: dict[str, int]) -> list[str]:
+    """Part ``p``'s value in row ``r``: one expression per slot of a list (slot after
+    slot), else one. A reading with fewer records gives nulls past its list (padding), as
+    does a key its record lacks."""
+    column = next(c for c in lay.columns if c.name == p.source)
+    value = f"r.{_q(p.source)}"
     if p.count:
-        length = (f"jsonb_array_length({column})" if lay_type(lay, p.source) == "jsonb"
-                  else f"coalesce(cardinality({column}), 0)")
-        return f"array_agg({length})"
-    # No ORDER BY per aggregate (one sort each): they all read ``r`` in one pass, sorted.
-    return f"array_agg({column})"
-
-
-def _list_ctes(lay: Layout, column: Column) -> tuple[list[str], list[str]]:
-    """CTEs turning the list ``column`` of every reading into one 2-D array per field.
-
-    Each reading's list is parsed once (``jsonb_to_recordset``: jsonb numbers go to
-    ``numeric`` unchanged), then every slot gets a value for every reading (null past the
-    reading's list) so the [slot][reading] arrays are rectangular, as PostgreSQL needs.
-    Returns (CTEs, the expression of each of the column's data parts, in part order).
-    """
-    parts = [p for p in lay.parts_of(column.name) if not p.count]
-    tag = column.name
-    items, slots = _q("e__" + tag), _q("s__" + tag)
-    if column.pg_type == "jsonb":
-        # jsonb → numeric/bigint/boolean directly (no text round trip; a JSON null is
-        # made SQL null first, as the casts refuse it): ~3x faster than jsonb_to_recordset.
-        def value(p: Part) -> str:
-            key = f"x.e -> '{p.field}'"
-            if p.field_type == "text":
-                return f"x.e ->> '{p.field}'"
+        return [f"jsonb_array_length({value})" if column.pg_type == "jsonb"
+                else f"coalesce(cardinality({value}), 0)"]
+    if p.micros:
+        return [f"r.{_q('us__' + p.source)}"]
+    if column not in _list_columns(lay):
+        return [value]
+    elements = []
+    for k in range(1, slots[column.name] + 1):
+        if column.pg_type != "jsonb":
+            elements.append(f"{value}[{k}]")
+        elif p.field_type == "text":
+            elements.append(f"r.{_items(column)}[{k}] ->> '{p.field}'")
+        else:
+            # jsonb → numeric/bigint/boolean directly (no text round trip; a JSON null is
+            # made SQL null first, as the casts refuse it).
             target = "numeric" if p.field_type == "double precision" else p.field_type
-            return f"nullif({key}, 'null')::{target}"
-        fields = [_q(p.field or "") for p in parts]
-        picks = ", ".join(f"{value(p)} as {f}" for p, f in zip(parts, fields, strict=True))
-        expand = (f"{items} as (select r.o__i, x.o__k, {picks} from r cross join lateral "
-                  f"jsonb_array_elements(r.{_q(column.name)}) with ordinality as x(e, o__k))")
-    else:
-        fields = ["v"]
-        expand = (f"{items} as (select r.o__i, x.v, x.o__k from r cross join "
-                  f"lateral unnest(r.{_q(column.name)}) with ordinality as x(v, o__k))")
-    aggs = ", ".join(f"array_agg(e.{f} order by r.o__i) as a{j}" for j, f in enumerate(fields))
-    grid = (f"{slots} as (select k.o__k, {aggs} from r cross join generate_series(1, "
-            f"(select coalesce(max(o__k), 0) from {items})) as k(o__k) left join {items} e "
-            "on e.o__i = r.o__i and e.o__k = k.o__k group by k.o__k)")
-    exprs = [f"(select coalesce(array_agg(a{j} order by o__k), '{{}}') from {slots})"
-             for j in range(len(fields))]
-    return [expand, grid], exprs
+            value = f"nullif(r.{_items(column)}[{k}] -> '{p.field}', 'null')::{target}"
+            if p.scaled:  # more decimals round here: the check refuses, numeric[] is used
+                number = f"r.{_number(p, k)}"  # the numeric, extracted once in ``r``
+                value = f"({number} * {_SCALE})::bigint * 4 + (3 - scale({number}))"
+            elements.append(value)
+    return elements
 
 
-def insert_block_sql(lay: Layout, source: str) -> str:
+def _number(p: Part, slot: int) -> str:
+    return _q(f"n__{p.name}__{slot}")
+
+
+def _numbers(lay: Layout, slots: dict[str, int]) -> list[str]:
+    """Columns of ``r``: each scaled record field of each slot as numeric (used twice)."""
+    out = []
+    for p in lay.written:
+        if p.scaled:
+            column = next(c for c in lay.columns if c.name == p.source)
+            out += [f"nullif({_items(column)}[{k}] -> '{p.field}', 'null')::numeric as "
+                    f"{_number(p, k)}" for k in range(1, slots[p.source] + 1)]
+    return out
+
+
+def _concat(aggregates: list[str], pg_type: str) -> str:
+    return " || ".join(aggregates) if aggregates else f"'{{}}'::{pg_type}"
+
+
+def _no_nulls(p: Part) -> str:
+    return f"array_position(a.{_q(p.name)}, null) is null"
+
+
+def _differences(parts: list[Part]) -> str:
+    """A subquery over the aggregates ``a``: each of ``parts`` as differences from the
+    element before (the first from 0), all in one pass (each array zipped with itself one
+    place later; one scan for every part is cheaper than one each, and than ``lag()``)."""
+    if not parts:
+        return "(select) d"
+    rows_from = ", ".join(f"unnest(a.{_q(p.name)}), unnest(array_prepend(0::bigint, "
+                          f"a.{_q(p.name)}))" for p in parts)
+    names = ", ".join(f"v{j}, w{j}" for j in range(len(parts)))
+    aggs = ", ".join(f"coalesce(array_agg(x.v{j} - x.w{j}) filter (where x.v{j} is not null), "
+                     f"'{{}}') as {_q(p.name)}" for j, p in enumerate(parts))
+    return f"(select {aggs} from rows from ({rows_from}) as x({names})) d"
+
+
+def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
+                     scaled: bool = True) -> str:
     """Insert one block built from ``source`` (metrics rows of one device-hour).
 
-    Parameters: ``%(device)s``, ``%(hour)s``. Inserts nothing when ``source`` is empty.
+    ``slots``: the longest list of each list column (:func:`slots_sql`). Parameters:
+    ``%(device)s``, ``%(hour)s``. Inserts nothing when ``source`` is empty.
+
+    One pass over the rows in reading order: each reading's jsonb lists are split into
+    their records once (a jsonb[]), then every part is one ``array_agg`` per slot, the
+    slots concatenated. A delta-capable part holding no null is then kept as differences
+    (the reader's running sum gives the values back; a list's slots run on as one
+    sequence). Timestamps become microseconds since the hour first. ``scaled``: records'
+    decimal numbers as integers (see ``_SCALE``), else as numeric[].
     """
     names = ", ".join(_q(c.name) for c in lay.columns)
-    ctes = [f"r as materialized (select {names}, row_number() over (order by ts, session_id, "
-            f"seq) as o__i from {source})"]
-    expr: dict[str, str] = {}
-    for column in _list_columns(lay):
-        more, exprs = _list_ctes(lay, column)
-        ctes += more
-        data = [p for p in lay.parts_of(column.name) if not p.count]
-        expr.update({p.name: e for p, e in zip(data, exprs, strict=True)})
-    aggs = ", ".join(expr.get(p.name) or _scalar_encode(lay, p) for p in lay.parts)
-    parts = "array[" + ", ".join(f"'{p.name}'" for p in lay.parts) + "]::text[]"
-    targets = ", ".join(_q(p.name) for p in lay.parts)
-    return (f"with {', '.join(ctes)} "
-            f"insert into {TABLE} (device_id, hour, readings, parts, {targets}) "
-            f"select %(device)s, %(hour)s, count(*), {parts}, {aggs} "
-            "from (select * from r order by o__i) r "
-            "having count(*) > 0")
+    items = "".join(f", array(select jsonb_array_elements({_q(c.name)})) as {_items(c)}"
+                    for c in _list_columns(lay) if c.pg_type == "jsonb")
+    micros = "".join(
+        f", (extract(epoch from {_q(p.source)} - %(hour)s::timestamptz) * 1000000)::bigint "
+        f"as {_q('us__' + p.source)}" for p in lay.written if p.micros)
+    numbers = _numbers(lay, slots) if scaled else []
+    if len(numbers) > _MAX_NUMBERS:  # hundreds of interfaces: numeric[], no extra columns
+        scaled, numbers = False, []
+    written = [p for p in lay.written if p.scaled == scaled or lay.twin(p) is None]
+    aggs = ", ".join(
+        _concat([f"array_agg({e})" for e in _elements(lay, p, slots)], p.pg_type)
+        + f" as {_q(p.name)}" for p in written)
+    # A part holding a null is kept as it is (a running sum cannot skip one).
+    finals = ", ".join(f"case when {_no_nulls(p)} then d.{_q(p.name)} else a.{_q(p.name)} end"
+                       if p.delta else f"a.{_q(p.name)}" for p in written)
+    delta = ", ".join(f"case when {_no_nulls(p)} then '{p.name}' end"
+                      for p in written if p.delta)
+    # A scaled field is listed by its plain name too: the readers look for it there.
+    listed = [p.name for p in written] + [t.name for p in written if p.scaled
+                                          for t in [lay.twin(p)] if t is not None]
+    parts = "array[" + ", ".join(f"'{n}'" for n in listed) + "]::text[]"
+    targets = ", ".join(_q(p.name) for p in written)
+    # The CTE is filled in reading order and its scan reads it back in that order: every
+    # aggregate sees the readings sorted without a sort of its own (and the check after
+    # it would refuse the block if not).
+    extracted = "".join(f", {n}" for n in numbers)
+    return (f"with r0 as materialized (select {names}{items}{micros} from {source} "
+            "order by ts, session_id, seq), "
+            # OFFSET 0: each number extracted once per row, not once per use.
+            f"r as (select r0.*{extracted} from r0 offset 0), "
+            f"a as (select count(*) as n, {aggs} from r) "
+            f"insert into {TABLE} (device_id, hour, readings, parts, delta, {targets}) "
+            f"select %(device)s, %(hour)s, a.n, {parts}, "
+            f"array_remove(array[{delta}]::text[], null), {finals} from a cross join lateral "
+            f"{_differences([p for p in written if p.delta])} where a.n > 0")
 
 
 def hot_rows_sql(lay: Layout) -> str:
@@ -385,14 +593,26 @@ def hot_rows_sql(lay: Layout) -> str:
 
 
 def verify_sql(lay: Layout, expected: str) -> str:
-    """Count rows that differ between ``expected`` and the block read back (0 = lossless)."""
-    names = ", ".join(_q(c.name) for c in lay.columns)
-    # Each side once (materialized): the read-back is most of compaction's cost.
-    return (f"with d as materialized (select {names} from {ROWS_FUNCTION}(%(device)s, "
-            f"%(hour)s, %(end)s)), w as materialized (select {names} from {expected}) "
-            "select (select count(*) from (select * from w except all select * from d) a) + "
-            "(select count(*) from (select * from d except all select * from w) b) as differ, "
-            "(select count(*) from d) as decoded")
+    """Compare the block read back with the rows it was built from: (differ, readings).
+
+    Each side is one pass giving its row count and the sum of a 64-bit hash of every
+    whole row (``hash_record_extended``: each column by its type's own hash, so a wrong
+    value, a null for a value or a value moved to another reading changes it). The jsonb
+    lists are compared as the text jsonb prints them: the block's side is the very text
+    the reader parses, so equal text means the reader gives back the same jsonb (and
+    ``0.0`` stays ``0.0``). Replaces ``EXCEPT ALL`` of whole rows both ways, which sorted
+    both sides and cost more than building the block.
+    """
+    columns = [c.name for c in lay.columns]
+    hot = ", ".join(f"{_q(c.name)}::text" if c.pg_type == "jsonb" else _q(c.name)
+                    for c in lay.columns)
+    block = cold_select_sql(lay, columns, "%(device)s::text", "%(hour)s::timestamptz",
+                            "%(end)s::timestamptz", canonical=True)
+    return (f"select (w.n, w.h) is distinct from (d.n, d.h) as differ, d.n as decoded from "
+            f"(select count(*) as n, sum(hash_record_extended(w.*, 0)::numeric) as h from "
+            f"(select {hot} from {expected}) w) w, "
+            f"(select count(*) as n, sum(hash_record_extended(d.*, 0)::numeric) as h from "
+            f"({block}) d) d")
 
 
 def candidates_sql() -> str:

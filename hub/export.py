@@ -34,6 +34,7 @@ import pyarrow as pa  # no type stubs: see the mypy override in pyproject.toml
 import pyarrow.parquet as pq
 from typing_extensions import is_typeddict
 
+from hub import cold
 from shared.schema import Column, MetricsV1, metrics_columns
 
 Format = Literal["csv", "parquet"]
@@ -52,7 +53,14 @@ def export_sql(device: bool) -> str:
     Parameters: ``%(device)s`` (when ``device``), ``%(start)s``, ``%(end)s``.
     """
     names = ", ".join(c.name for c in COLUMNS)
-    return (f"select {names} from {_source(device)} order by device_id, ts, session_id, seq")
+    if device:
+        return f"select {names} from {_source(True)} order by device_id, ts, session_id, seq"
+    # The fleet: device after device, each sorted on its own, so rows stream from the first
+    # device on instead of after a sort of every device's rows of both tiers. Every device
+    # with readings is in devices (the hot tier's writes) or has cold blocks.
+    return (f"select m.* from (select device_id from devices union select device_id from "
+            f"{cold.TABLE} order by 1) d cross join lateral (select {names} from "
+            "metrics_history(d.device_id, %(start)s, %(end)s) order by ts, session_id, seq) m")
 
 
 def _source(device: bool) -> str:

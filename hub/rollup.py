@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from hub.cold import history_source
+from hub.cold import cold_keys_sql, history_source
 from shared.schema import metrics_columns
 
 # The main per-second columns that get a minute and an hour summary.
@@ -130,19 +130,40 @@ def insert_with_rollups_sql(staging: str) -> str:
     columns = ", ".join(c.name for c in metrics_columns())
     returning = ", ".join(["device_id", "ts", *dict.fromkeys(ROLLUP_COLUMNS)])
     # A reading already moved to the cold tier (hub/cold.py) is a redelivery too. Only
-    # readings older than the newest cold hour are looked up (one index probe each); live
-    # ones skip the check.
-    in_cold = ("s.ts < coalesce((select max(hour) + interval '1 hour' from metrics_cold), "
-               "'-infinity') and exists "
-               "(select 1 from metrics_cold c, "
-               "unnest(c.ts, c.session_id, c.seq) as k(ts, sid, seq) "
-               f"where c.device_id = s.device_id and c.hour = date_bin('1 hour', s.ts, {_ORIGIN}) "
-               "and k.ts = s.ts and k.sid = s.session_id and k.seq = s.seq)")
-    parts = [f"ins as (insert into metrics ({columns}) select {columns} from {staging} s "
-             f"where not ({in_cold}) on conflict do nothing returning {returning})"]
+    # readings older than the newest cold hour are looked up; each cold block they fall in
+    # is decoded once (live readings skip the check).
+    parts = [f"k as materialized ({cold_keys_sql(staging)})",
+             f"ins as (insert into metrics ({columns}) select {columns} from {staging} s "
+             "where not exists (select 1 from k where k.device_id = s.device_id and "
+             "k.ts = s.ts and k.session_id = s.session_id and k.seq = s.seq) "
+             f"on conflict do nothing returning {returning})"]
     for i, table in enumerate(ROLLUP_TABLES):
         parts.append(f"r{i} as ({_rollup_insert(table, 'ins')})")
     return "with " + ", ".join(parts) + " select count(*) from ins"
+
+
+def subtract_rollups_sql(source: str) -> str:
+    """Return one statement taking the rows of ``source`` out of the rollups again.
+
+    For readings counted twice: a redelivery inserted hot in the instant its first copy was
+    compacted (its insert waited for the compaction's delete, then found no conflict), which
+    the next compaction finds in both tiers. Counts and sums go back (a sum to within the
+    last bit of a double); min and max stay, as the copy held the same values.
+    """
+    parts = [f"s as materialized (select * from {source})"]
+    for i, table in enumerate(ROLLUP_TABLES):
+        selects = ["device_id", f"date_bin('{table.step_s} seconds', ts, {_ORIGIN}) as bucket",
+                   "count(*) as readings"]
+        sets = ["readings = r.readings - d.readings"]
+        for column in ROLLUP_COLUMNS:
+            selects += [f"sum({column}) as {column}_sum", f"count({column}) as {column}_count"]
+            sets += [f"{column}_sum = case when r.{column}_count = d.{column}_count then null "
+                     f"else r.{column}_sum - coalesce(d.{column}_sum, 0) end",
+                     f"{column}_count = r.{column}_count - d.{column}_count"]
+        parts.append(f"u{i} as (update {table.name} r set {', '.join(sets)} from (select "
+                     f"{', '.join(selects)} from s group by 1, 2) d where r.device_id = "
+                     "d.device_id and r.bucket = d.bucket)")
+    return "with " + ", ".join(parts) + " select count(*) from s"
 
 
 def create_rollup_table_sql(table: RollupTable) -> str:

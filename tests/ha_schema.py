@@ -153,8 +153,12 @@ _JINJA = jinja2.Environment(undefined=jinja2.Undefined, autoescape=False)
 
 def render(template: str, payload: bytes) -> str:
     """Render a value_template as HA does for a message: value, value_json."""
+    try:
+        value_json = json.loads(payload)
+    except ValueError:  # HA leaves value_json undefined when the payload is not JSON
+        value_json = jinja2.Undefined(name="value_json")
     return _JINJA.from_string(template).render(value=payload.decode(),
-                                               value_json=json.loads(payload)).strip()
+                                               value_json=value_json).strip()
 
 
 def is_state(platform: str, text: str) -> bool:

@@ -66,14 +66,20 @@ def test_discovery_is_valid_points_at_real_readings_and_follows_ha_and_the_inter
         assert payloads(home_assistant, "fleetpulse/dev-ha/status")[-1] == b"online"
         reading = payloads(home_assistant, "fleetpulse/dev-ha/metrics")[-1]
         numbers = 0
-        for key, component in message["cmps"].items():
+        # Every entity reads the metrics topic but one: the hub's anomaly alert (retained
+        # JSON while open, an empty retained message when it closes; no alert here: OFF).
+        entities = dict(message["cmps"])
+        anomaly = entities.pop("anomaly")
+        assert anomaly["state_topic"] == "fleetpulse/dev-ha/alert/anomaly"
+        assert ha_schema.render(anomaly["value_template"], b"") == "OFF"
+        for key, component in entities.items():
             assert component.get("state_topic", message["state_topic"]) == \
                 "fleetpulse/dev-ha/metrics"
             text = ha_schema.render(component["value_template"], reading)
             assert ha_schema.is_state(component["p"], text), (key, text)
             numbers += text != "None"
         assert numbers >= 8  # CPU, memory, disks, rates, interval: real values here
-        assert {c["expire_after"] for c in message["cmps"].values()} == {expire_after_s(1)}
+        assert {c["expire_after"] for c in entities.values()} == {expire_after_s(1)}
         # Retained: a client that subscribes later (HA after a restart) gets it too.
         # Another account: the broker makes the user name the client id, so a second
         # "homeassistant" connection would take over the first one.

@@ -18,7 +18,8 @@ from agent.discovery import (
     shape_of,
     slug,
 )
-from shared.topics import ha_discovery_topic, ha_node_id
+from hub.alerts import Change, alert_payload
+from shared.topics import alert_topic, ha_discovery_topic, ha_node_id
 from tests import ha_schema
 from tests.readings import partition, reading
 
@@ -168,3 +169,23 @@ def test_the_schema_checker_catches_what_ha_refuses() -> None:
     assert len(found) == 7, found  # object_id: unknown and deprecated
     assert any("drops the entity" in p for p in found)
     assert ha_schema.problems("homeassistant/device/pi.1/config", b"{}") != []
+
+
+def test_the_hubs_anomaly_alert_is_a_problem_sensor_on_its_retained_alert_topic() -> None:
+    payload = pi_reading()
+    message = discovery_message(
+        device_id="pi-1", name="kitchen", model=None, sw_version=None, agent_version="0.1.0",
+        metrics_topic="fp/pi-1/metrics", status_topic="fp/pi-1/status", interval_s=1.0,
+        shape=shape_of(json.loads(payload)), anomaly_topic=alert_topic("fp", "pi-1", "anomaly"))
+    assert ha_schema.problems(ha_discovery_topic("pi-1"), json.dumps(message).encode()) == []
+    anomaly = message["cmps"]["anomaly"]
+    assert anomaly["p"] == "binary_sensor" and anomaly["device_class"] == "problem"
+    assert anomaly["state_topic"] == "fp/pi-1/alert/anomaly"
+    assert "expire_after" not in anomaly  # alerts are rare: no silence means unavailable
+    assert anomaly["unique_id"] == "fleetpulse_pi-1_anomaly"
+    # What the hub publishes there: the open alert's JSON, then an empty retained message.
+    opened = orjson.dumps(alert_payload(Change(
+        "open", "pi-1", "anomaly", datetime(2026, 11, 30, tzinfo=UTC), None, 0.8, 0.9, 0.5,
+        "unusual readings"), None))
+    assert ha_schema.render(anomaly["value_template"], opened) == "ON"
+    assert ha_schema.render(anomaly["value_template"], b"") == "OFF"

@@ -2,8 +2,8 @@
 
 The app runs with the agent's real Collector on a fake platform (tests/unit/agent/
 fake_psutil.py: no sensors unless a test gives some) and a fake process scanner, so what
-it shows is known. Snapshot tests (pytest-textual-snapshot) are not used: it pins syrupy
-4, which wants pytest < 9; the tests assert on the widgets' content instead.
+it shows is known. The whole screen is compared with SVG snapshots in
+test_top_snapshots.py; these tests assert on the widgets' content.
 """
 
 from __future__ import annotations

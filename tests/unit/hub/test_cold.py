@@ -133,3 +133,32 @@ def test_history_source_lists_both_tiers_columns_in_the_same_order():
     cold_part = sql.split("union all ", 1)[1]
     cold_names = re.findall(r' as "([a-z0-9_]+)"', cold_part.split(" from metrics_cold", 1)[0])
     assert hot_names == cold_names == ["ts", "cpu_percent", "memory_percent"]
+
+
+def test_counters_timestamps_and_record_numbers_have_their_compact_parts() -> None:
+    lay = cold.layout()
+    # Timestamps: microseconds since the hour (delta-coded) now; timestamptz[] only read.
+    assert lay.part("ts__us").delta and lay.part("ts__us").micros
+    assert lay.part("ts").legacy and lay.part("ts") not in lay.written
+    # Counters, also inside records, may be kept as differences; doubles and text not.
+    assert lay.part("cpu_ctx_switches").delta
+    assert lay.part("network_per_interface__bytes_sent").delta
+    assert not lay.part("cpu_percent").delta and not lay.part("session_id").delta
+    # A record's decimal number has a numeric[] part and its integer twin.
+    plain, scaled = lay.part("disk_partitions__percent"), lay.part("disk_partitions__percent__k")
+    assert scaled.scaled and scaled.pg_type == "bigint[]" and lay.twin(plain) == scaled
+    assert lay.twin(scaled) == plain and lay.twin(lay.part("cpu_percent")) is None
+
+
+def test_a_block_is_written_with_integers_or_numeric_never_both() -> None:
+    lay = cold.layout()
+    slots = dict.fromkeys(cold.list_names(lay), 2)
+    scaled = cold.insert_block_sql(lay, "src", slots, scaled=True)
+    plain = cold.insert_block_sql(lay, "src", slots, scaled=False)
+    targets = [sql.split("insert into metrics_cold (")[1].split(")")[0] for sql in (scaled, plain)]
+    assert '"disk_partitions__percent__k"' in targets[0]
+    assert '"disk_partitions__percent",' not in targets[0]
+    assert '"disk_partitions__percent__k"' not in targets[1]
+    assert '"disk_partitions__percent",' in targets[1]
+    # Either way the block lists the field under its plain name (readers look for it there).
+    assert "'disk_partitions__percent'" in scaled and "'disk_partitions__percent'" in plain

@@ -1,0 +1,281 @@
+"""Evaluate the anomaly detectors and the threshold rules on a recorded fault run.
+
+Reads a file written by ``bench/fault_run.py`` (the real agent at 1 s: a quiet period, then
+labelled injected faults) and replays it reading by reading, as the hub would see it:
+
+- the quiet period is cut in three: the first half trains each detector, the next quarter
+  sets each detector's alert threshold (the smallest that opens no alert there), the last
+  quarter and everything after it is the evaluation, never seen while training or tuning;
+- an alert is the hub's rule (hub/alerts.py ``evaluate``): the score above the threshold for
+  ``--duration-s`` of consecutive readings opens it, below ``clear`` closes it;
+- the hub's threshold rules (hub/alerts.py ``DEFAULT_RULES``) run on the same readings.
+
+Reported per detector and per fault kind: recall (an alert opened inside the fault's label
+window), detection delay (alert opened − fault start), precision (alerts that overlap a label
+window / all alerts in the evaluation span), and false alerts per device-hour of the quiet
+evaluation data. Memory and disk forecasts (hub/detect/outlook.py) are judged on the leak and
+flood faults: how long before the fault's own peak they warned.
+
+    python3 -m bench.fault_eval                          # bench/data/faults.jsonl.xz
+    python3 -m bench.fault_eval --data /tmp/faults-short.jsonl.xz --label fault_eval_trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.anomaly_baselines import isolation_forest, netdata
+from bench.common import progress, table, write_result
+from hub.alerts import (
+    DEFAULT_RULES,
+    DeviceState,
+    OpenAlert,
+    Reading,
+    Rule,
+    evaluate,
+    reading_values,
+)
+from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
+from hub.detect.gaussian import WindowedGaussian
+from hub.detect.model import Floats
+from hub.detect.train import TooLittleHistory, train
+from hub.ingest.validate import decode_metrics
+from shared.schema import metrics_columns, metrics_row
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT / "bench" / "data" / "faults.jsonl.xz"
+
+
+@dataclass(frozen=True)
+class Recording:
+    header: dict[str, Any]
+    ts: list[datetime]
+    rows: list[dict[str, Any]]  # stored columns by name, as the hub would store them
+
+    @property
+    def labels(self) -> list[tuple[str, datetime, datetime]]:
+        tail = timedelta(seconds=float(self.header.get("tail_s", 30.0)))
+        return [(lab["kind"], datetime.fromisoformat(lab["start"]),
+                 datetime.fromisoformat(lab["end"]) + tail) for lab in self.header["labels"]]
+
+
+def load(path: Path) -> Recording:
+    """Read a fault run: header line, then one agent message a line (decoded as the hub does)."""
+    names = [c.name for c in metrics_columns()]
+    with lzma.open(path, "rb") as f:
+        header = json.loads(f.readline())
+        rows, stamps = [], []
+        for line in f:
+            message = decode_metrics(line)
+            row = dict(zip(names, metrics_row(message, message["ts"]), strict=True))
+            rows.append(row)
+            stamps.append(message["ts"])
+    order = sorted(range(len(rows)), key=lambda i: stamps[i])
+    return Recording(header, [stamps[i] for i in order], [rows[i] for i in order])
+
+
+@dataclass(frozen=True)
+class Alert:
+    opened: datetime
+    started: datetime
+    closed: datetime | None
+
+
+def alerts_of(ts: Sequence[datetime], values: Sequence[float | None], rule: Rule,
+              start: int) -> list[Alert]:
+    """Replay the hub's rule over one metric from reading ``start`` on; return its alerts."""
+    device = DeviceState("bench", "online", None, 1.0, None)
+    window = timedelta(seconds=rule.duration_s + 10.0)
+    out: list[Alert] = []
+    current: OpenAlert | None = None
+    readings: list[Reading] = []
+    first = 0
+    for i in range(start, len(ts)):
+        readings.append(Reading(ts[i], {rule.metric: values[i]}))
+        while readings[first].ts < ts[i] - window:
+            first += 1
+        opened = {rule.name: current} if current else {}
+        for change in evaluate([rule], device, readings[first:], opened, ts[i]):
+            if change.action == "open":
+                current = OpenAlert("bench", rule.name, change.started_at, change.peak_value)
+                out.append(Alert(ts[i], change.started_at, None))
+            elif change.action == "close":
+                current = None
+                out[-1] = Alert(out[-1].opened, out[-1].started, change.ended_at)
+        if first > 4096:
+            readings, first = readings[first:], 0
+    return out
+
+
+def score_rule(name: str, threshold: float, duration_s: float) -> Rule:
+    return Rule(name, "above", "score", threshold, duration_s, 0.6 * threshold)
+
+
+def calibrate(ts: Sequence[datetime], scores: Floats, lo: int, hi: int,
+              duration_s: float) -> float:
+    """The smallest threshold at which the rule opens no alert on readings ``lo:hi``.
+
+    With a duration, that is the largest value the score held for ``duration_s`` there: the
+    largest over windows of the smallest score inside each window.
+    """
+    span = max(1, round(duration_s) + 1)
+    part = np.nan_to_num(scores[lo:hi])
+    if len(part) < span:
+        return float(part.max(initial=0.0)) * 1.0001 + 1e-9
+    held = np.lib.stride_tricks.sliding_window_view(part, span).min(axis=1)
+    return float(held.max()) * 1.0001 + 1e-9
+
+
+@dataclass
+class Judged:
+    recall: dict[str, bool]
+    delay_s: dict[str, float | None]
+    true_alerts: int
+    false_alerts: int
+    quiet_hours: float
+
+
+def judge(rec: Recording, alerts: list[Alert], start: int) -> Judged:
+    """Compare alerts with the label windows, from reading ``start`` on."""
+    labels = rec.labels
+    recall: dict[str, bool] = {}
+    delay: dict[str, float | None] = {}
+    for kind, begin, end in labels:
+        inside = [a for a in alerts if begin <= a.opened < end]
+        recall[kind] = bool(inside)
+        delay[kind] = (inside[0].opened - begin).total_seconds() if inside else None
+
+    def in_label(a: Alert) -> bool:
+        closed = a.closed or a.opened
+        return any(a.opened < end and closed >= begin for _, begin, end in labels)
+
+    true = sum(1 for a in alerts if in_label(a))
+    quiet = [t for t in rec.ts[start:] if not any(b <= t < e for _, b, e in labels)]
+    return Judged(recall, delay, true, len(alerts) - true, len(quiet) / 3600.0)
+
+
+def _max_over_streams(scores: Floats) -> Floats:
+    out: Floats = np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def stream_scores(name: str, x: Floats, fit_end: int) -> Floats:
+    """One score per reading (the largest over the signals) from detector ``name``."""
+    n, k = x.shape
+    if name in ("novelty", "windowed_gaussian"):
+        if name == "novelty":
+            model = train(x[:fit_end], "novelty", min_readings=min(fit_end, 600))
+            if isinstance(model, TooLittleHistory):
+                raise SystemExit(f"novelty: {model.message}")
+        else:
+            model = WindowedGaussian(k=k)
+            for row in x[:fit_end]:
+                model.step(row)
+        out = np.zeros((n, k))
+        for i in range(fit_end, n):
+            out[i] = model.step(x[i])
+        return _max_over_streams(out)
+    per_stream: Callable[[Floats], Floats] = {
+        "netdata_kmeans": lambda v: netdata(v, first=min(150, fit_end)),
+        "isolation_forest": lambda v: isolation_forest(v, first=min(150, fit_end)),
+    }[name]
+    cols = []
+    for j in range(k):
+        v = x[:, j]
+        if np.isnan(v).all() or np.nanstd(v[:fit_end]) == 0.0:
+            continue  # a signal this machine does not have, or one that never moves
+        cols.append(per_stream(np.nan_to_num(v, nan=float(np.nanmean(v)))))
+    scores = np.stack(cols, axis=1) if cols else np.zeros((n, 1))
+    scores[:fit_end] = 0.0
+    return _max_over_streams(scores)
+
+
+DETECTORS = ("novelty", "windowed_gaussian", "netdata_kmeans", "isolation_forest")
+
+
+def run(rec: Recording, duration_s: float, detectors: Sequence[str]) -> dict[str, Any]:
+    t0 = rec.ts[0]
+    quiet_end = next((i for i, t in enumerate(rec.ts) if rec.labels and t >= rec.labels[0][1]),
+                     len(rec.ts))
+    quiet_s = float(rec.header.get("quiet_s", 0.0))
+    q_end = next((i for i, t in enumerate(rec.ts) if (t - t0).total_seconds() >= quiet_s),
+                 quiet_end)
+    fit_end, cal_end = q_end // 2, (3 * q_end) // 4
+    x = signal_rows([[row[c] for c in SOURCE_COLUMNS] for row in rec.rows])
+    results: dict[str, Any] = {}
+    for name in detectors:
+        progress(f"{name}: scoring {len(rec.ts):,} readings")
+        began = time.process_time()
+        scores = stream_scores(name, x, fit_end)
+        cpu = time.process_time() - began
+        threshold = calibrate(rec.ts, scores, fit_end, cal_end, duration_s)
+        alerts = alerts_of(rec.ts, list(scores), score_rule(name, threshold, duration_s),
+                           cal_end)
+        results[name] = {"threshold": threshold, "cpu_s": cpu,
+                         **vars(judge(rec, alerts, cal_end))}
+    # The hub's own threshold rules, on the readings' stored values, same span.
+    values = [reading_values(row) for row in rec.rows]
+    rule_alerts: list[Alert] = []
+    for rule in DEFAULT_RULES:
+        if rule.kind == "above" and rule.enabled:
+            rule_alerts += alerts_of(rec.ts, [v.get(rule.metric) for v in values], rule,
+                                     cal_end)
+    rule_alerts.sort(key=lambda a: a.opened)
+    results["threshold_rules"] = {"threshold": None, "cpu_s": 0.0,
+                                  **vars(judge(rec, rule_alerts, cal_end))}
+    return {"readings": len(rec.ts), "signals": list(SIGNALS),
+            "split": {"fit": fit_end, "calibrate": cal_end - fit_end,
+                      "evaluate": len(rec.ts) - cal_end},
+            "duration_s": duration_s, "labels": rec.header["labels"],
+            "machine": rec.header.get("machine"), "results": results}
+
+
+def report(data: dict[str, Any]) -> str:
+    kinds = [lab["kind"] for lab in data["labels"]]
+    headers = ["detector", *kinds, "recall", "median delay s", "precision", "false/dev-h"]
+    rows = []
+    for name, r in data["results"].items():
+        found = [r["recall"][k] for k in kinds]
+        delays = sorted(d for d in r["delay_s"].values() if d is not None)
+        total = r["true_alerts"] + r["false_alerts"]
+        rows.append([name, *[f"{r['delay_s'][k]:.0f}s" if r["recall"][k] else "—"
+                             for k in kinds],
+                     f"{sum(found)}/{len(found)}",
+                     f"{np.median(delays):.0f}" if delays else "—",
+                     f"{r['true_alerts'] / total:.2f}" if total else "—",
+                     f"{r['false_alerts'] / r['quiet_hours']:.1f}" if r["quiet_hours"] else "—"])
+    return table(headers, rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--duration-s", type=float, default=10.0,
+                        help="the alert rule's duration (the hub's anomaly rule: 10 s)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS))
+    parser.add_argument("--label", default="fault_eval")
+    args = parser.parse_args()
+    if not args.data.exists():
+        raise SystemExit(f"{args.data} does not exist: record one with python3 -m "
+                         "bench.fault_run")
+    rec = load(args.data)
+    data = run(rec, args.duration_s, [d for d in args.detectors.split(",") if d])
+    data["data"] = str(args.data)
+    text = report(data)
+    print(text)
+    write_result(args.label, data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

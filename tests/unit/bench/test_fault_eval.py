@@ -1,0 +1,56 @@
+"""The fault-run evaluation: the hub's alert rule replayed, thresholds, judging against labels."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from bench import fault_eval as fe
+
+T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+
+
+def _ts(n: int) -> list[datetime]:
+    return [T0 + timedelta(seconds=i) for i in range(n)]
+
+
+def test_rule_opens_after_its_duration_and_closes_below_clear():
+    values = [0.0] * 20 + [1.0] * 15 + [0.0] * 10
+    alerts = fe.alerts_of(_ts(45), values, fe.score_rule("s", 0.5, 10.0), 0)
+    assert len(alerts) == 1
+    assert alerts[0].started == T0 + timedelta(seconds=20)
+    assert alerts[0].opened == T0 + timedelta(seconds=30)  # held 10 s
+    assert alerts[0].closed is not None
+
+
+def test_a_spike_shorter_than_the_duration_opens_nothing():
+    values = [0.0] * 20 + [1.0] * 5 + [0.0] * 20
+    assert fe.alerts_of(_ts(45), values, fe.score_rule("s", 0.5, 10.0), 0) == []
+
+
+def test_calibrated_threshold_opens_no_alert_on_its_own_span_but_a_lower_one_does():
+    rng = np.random.default_rng(1)
+    scores = rng.random(600)
+    scores[300:320] += 2.0  # a sustained bump inside the calibration span
+    ts = _ts(600)
+    threshold = fe.calibrate(ts, scores, 0, 600, 10.0)
+    assert fe.alerts_of(ts, list(scores), fe.score_rule("s", threshold, 10.0), 0) == []
+    lower = fe.score_rule("s", threshold * 0.9, 10.0)
+    assert fe.alerts_of(ts, list(scores), lower, 0)
+
+
+def test_judge_counts_recall_delay_and_false_alerts_against_label_windows():
+    ts = _ts(7200)
+    header = {"tail_s": 30.0, "labels": [
+        {"kind": "cpu_spin", "start": (T0 + timedelta(seconds=3600)).isoformat(),
+         "end": (T0 + timedelta(seconds=3660)).isoformat()},
+        {"kind": "fork_storm", "start": (T0 + timedelta(seconds=5000)).isoformat(),
+         "end": (T0 + timedelta(seconds=5060)).isoformat()}]}
+    rec = fe.Recording(header, ts, [{}] * len(ts))
+    alerts = [fe.Alert(T0 + timedelta(seconds=3608), T0 + timedelta(seconds=3598), None),
+              fe.Alert(T0 + timedelta(seconds=100), T0 + timedelta(seconds=90),
+                       T0 + timedelta(seconds=120))]
+    judged = fe.judge(rec, alerts, 0)
+    assert judged.recall == {"cpu_spin": True, "fork_storm": False}
+    assert judged.delay_s == {"cpu_spin": 8.0, "fork_storm": None}
+    assert (judged.true_alerts, judged.false_alerts) == (1, 1)
+    assert 1.9 < judged.quiet_hours < 2.0  # the two label windows (90 s each) left out
