@@ -160,6 +160,13 @@ def subtract_rollups_sql(source: str) -> str:
             sets += [f"{column}_sum = case when r.{column}_count = d.{column}_count then null "
                      f"else r.{column}_sum - coalesce(d.{column}_sum, 0) end",
                      f"{column}_count = r.{column}_count - d.{column}_count"]
+        for column in WEIGHTED_COLUMNS:  # rows from before the weights keep them null
+            selects += [f"sum({column} * interval_s) as {column}_wsum",
+                        f"coalesce(sum(interval_s) filter (where {column} is not null), 0) "
+                        f"as {column}_wtime"]
+            sets += [f"{column}_wsum = case when r.{column}_count = d.{column}_count then null "
+                     f"else r.{column}_wsum - coalesce(d.{column}_wsum, 0) end",
+                     f"{column}_wtime = r.{column}_wtime - d.{column}_wtime"]
         parts.append(f"u{i} as (update {table.name} r set {', '.join(sets)} from (select "
                      f"{', '.join(selects)} from s group by 1, 2) d where r.device_id = "
                      "d.device_id and r.bucket = d.bucket)")
