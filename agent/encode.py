@@ -21,6 +21,7 @@ from shared.schema import (
     Meta,
     MetricsV1,
     Network,
+    ProcessesV1,
     Sensors,
     Temperature,
 )
@@ -206,12 +207,14 @@ def _sensors(cur: Sample) -> Sensors:
 def build_metrics(prev: Sample | None, cur: Sample, *, device_id: str, session_id: str,
                   seq: int, epoch_s: float, interval_s: float,
                   hub_reads: frozenset[str] = frozenset(),
-                  clock_synced: bool | None = None) -> MetricsV1:
+                  clock_synced: bool | None = None,
+                  processes: ProcessesV1 | None = None) -> MetricsV1:
     """Build one reading from the current sample and the one before it (None at start).
 
     Args:
         hub_reads: the optional fields the hub says it reads (its capability message);
             the others are left out, so a hub that predates them accepts the reading.
+        processes: a process scan not sent yet (agent/processes.py), or None.
     """
     dt = cur.monotonic_s - prev.monotonic_s if prev else 0.0
     message: MetricsV1 = {
@@ -223,6 +226,8 @@ def build_metrics(prev: Sample | None, cur: Sample, *, device_id: str, session_i
     }
     if "clock_synced" in hub_reads:
         message["clock_synced"] = clock_synced
+    if processes is not None and "processes" in hub_reads:
+        message["processes"] = processes
     return message
 
 

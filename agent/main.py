@@ -321,7 +321,8 @@ class Agent:
         message = build_metrics(self._prev, sample, device_id=self.device_id,
                                 session_id=self.session_id, seq=self._seq,
                                 epoch_s=epoch_s, interval_s=self.interval_s,
-                                hub_reads=self.hub_reads, clock_synced=self._clock_synced)
+                                hub_reads=self.hub_reads, clock_synced=self._clock_synced,
+                                processes=self.processes.take() if self.processes else None)
         self._prev = sample
         self._last_message = message
         return encode(message)

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+import orjson
+
 from shared.schema import ProcessesV1, ProcessInfo
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ _SLEEPING = frozenset({"sleeping", "disk-sleep", "idle"})
 COMM_MAX = 15  # the kernel keeps the first 15 bytes of a name (TASK_COMM_LEN - 1)
 KEEP_OPEN = 256  # stat files kept open, far under the usual 1024 open-file limit
 OFFSET_S = 0.5  # scans run half a second off the per-second readings (see ProcessWatcher)
+# The most a process section may add to a reading: the hub quarantines a message over its
+# max_payload_bytes (64 KiB by default), which would lose the reading with it. Ten
+# processes per list take ~4 KB; a large process_top_n is shortened to fit (fit_section).
+MAX_SECTION_BYTES = 32 * 1024
 IDLE_WAIT_S = 60.0  # while off, the watcher looks at its stop event at least this often
 
 
@@ -197,6 +203,17 @@ def build_processes(records: Sequence[ProcRecord], cpus: Sequence[float | None],
             "running": counts["running"], "sleeping": counts["sleeping"],
             "zombie": counts["zombie"], "other": counts["other"],
             "top_cpu": infos(cpu_idx), "top_memory": infos(mem_idx)}
+
+
+def fit_section(section: ProcessesV1, max_bytes: int = MAX_SECTION_BYTES) -> ProcessesV1:
+    """Return the section, its top lists shortened (least busy dropped) to fit ``max_bytes``."""
+    while (len(orjson.dumps(section)) > max_bytes
+           and (section["top_cpu"] or section["top_memory"])):
+        keep = max(len(section["top_cpu"]), len(section["top_memory"])) * 3 // 4
+        section = section.copy()
+        section["top_cpu"] = section["top_cpu"][:keep]
+        section["top_memory"] = section["top_memory"][:keep]
+    return section
 
 
 def _read(path: str, size: int = 4096) -> bytes:
@@ -373,6 +390,8 @@ class ProcessWatcher:
         self.period_s = period_s  # 0: off (the thread waits for configure())
         self.clock = clock
         self.latest: ProcessesV1 | None = None
+        self._unsent: ProcessesV1 | None = None  # the latest scan, until a reading takes it
+        self._lock = threading.Lock()
         self.scans = 0
         self.scan_s = 0.0  # wall time of the last scan, for the debug log
         self._wake = threading.Event()
@@ -395,6 +414,12 @@ class ProcessWatcher:
         self._wake.clear()
         return stop.is_set()
 
+    def take(self) -> ProcessesV1 | None:
+        """Return the latest scan if no reading has carried it yet (called by the loop)."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, None
+        return unsent
+
     def run(self, stop: threading.Event) -> None:
         if stop.wait(OFFSET_S):
             return
@@ -402,7 +427,9 @@ class ProcessWatcher:
         tick = 0.0
         while not stop.is_set():
             if self.period_s <= 0:  # off: forget the last result and the CPU times
-                self.latest, period = None, 0.0
+                with self._lock:
+                    self.latest = self._unsent = None
+                period = 0.0
                 self.sampler.reset()
                 if self._wait(stop, IDLE_WAIT_S):
                     return
@@ -423,7 +450,9 @@ class ProcessWatcher:
                 continue  # woken early: the period may have changed
             started = self.clock()
             try:
-                self.latest = self.sampler.sample()
+                latest = fit_section(self.sampler.sample())
+                with self._lock:
+                    self.latest = self._unsent = latest
             except Exception:
                 log.exception("process metrics: a scan failed; trying again next period")
             self.scans += 1

@@ -22,7 +22,9 @@ collector step timed as the agent makes them, once a second (cold caches), and b
     python3 -m bench.agent_cost --processes     # also the agent with process metrics off
 
 The agent runs with its default settings: process metrics on, every 10 s. With
-``--processes`` a second agent runs beside it with ``--process-period-s 0`` (off), and the
+``--processes`` the broker holds a hub's capability message (retained, as a hub of this code
+publishes it), so the agent sends its process samples (the section ``processes`` of one
+reading in ten); a second agent runs beside it with ``--process-period-s 0`` (off), and the
 breakdown times the per-second reading with and without a process watcher thread running
 (p50 / p99 at 1 Hz), and one process scan: /proc read directly vs psutil's process_iter.
 
@@ -151,6 +153,7 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     sys.path.insert(0, str(ROOT))
     from shared.config import parse_broker_url
     from shared.mqtt import MqttConnection, Received
+    from shared.topics import hub_schema_topic
     from tests.servers import MosquittoServer, wait_for
 
     tmp = Path(tempfile.mkdtemp(prefix="fleetpulse-agent-cost-"))
@@ -177,6 +180,12 @@ def measure_window(warmup_s: float, window_s: float, with_collectd: bool,
     sub.start()
     try:
         wait_for(lambda: sub.connected, 10, "the subscriber to connect")
+        if processes_off:
+            # What a hub of this code says it reads (retained), so the agents put their
+            # process samples on the wire, as they do beside a real hub.
+            from shared.schema import hub_capabilities
+            sub.publish(hub_schema_topic(AGENT_TOPIC), orjson.dumps(hub_capabilities("bench")),
+                        qos=1, retain=True)
         agents = {"agent": (ROOT, "bench-agent", False)}
         extra_args = {"agent_processes_off": ["--process-period-s", "0"]}
         if processes_off:
@@ -600,7 +609,8 @@ def main() -> int:
         print(f"agent with process metrics on (every 10 s, the default) vs off, same run: "
               f"{a['cpu']['schedstat_percent']:.3f} % vs {o['cpu']['schedstat_percent']:.3f} % "
               f"({a['cpu']['schedstat_percent'] / max(o['cpu']['schedstat_percent'], 1e-9):.2f}"
-              f"×); RSS {a['rss_steady_mb']:.1f} vs {o['rss_steady_mb']:.1f} MB")
+              f"×); RSS {a['rss_steady_mb']:.1f} vs {o['rss_steady_mb']:.1f} MB; payload "
+              f"{a['payload_bytes_per_s']:.0f} vs {o['payload_bytes_per_s']:.0f} B/s")
     print_breakdown(calls)
     if effect is not None:
         print_processes_effect(effect)

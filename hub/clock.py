@@ -119,4 +119,4 @@ class ClockPlacer:
         if problem is not None:
             return Rejected(f"clock not synchronised and its reading cannot be placed: "
                             f"{problem}", result.device_id)
-        return Accepted(result.kind, result.device_id, placed)
+        return Accepted(result.kind, result.device_id, placed, result.problem)

@@ -69,6 +69,7 @@ def retention_of(settings: HubSettings) -> Retention:
     return Retention(settings.retention_days, settings.rollup_minute_days,
                      settings.rollup_hour_days, hot_window_h=settings.hot_window_h,
                      quarantine_days=settings.quarantine_days,
+                     process_days=settings.process_days,
                      budget_bytes=settings.storage_budget_bytes)
 
 

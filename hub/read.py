@@ -32,7 +32,7 @@ LATEST_COLUMNS = (
 _DEVICES = (
     "select d.device_id, d.hostname, d.status, d.status_since, d.first_seen, d.last_seen, "
     "d.last_received_at, d.meta->>'pi_model' as pi_model, d.meta->>'os' as os, "
-    "coalesce((d.meta->>'interval_s')::float8, m.interval_s) as device_interval_s, "
+    "coalesce(m.interval_s, (d.meta->>'interval_s')::float8) as device_interval_s, "
     + ", ".join(f"m.{c}" for c in LATEST_COLUMNS) + ", "
     "coalesce(a.rules, '{}') as alerts "
     # Bounded by devices.last_seen so that only the newest day partitions are searched.
@@ -42,6 +42,69 @@ _DEVICES = (
     "left join lateral (select array_agg(rule order by rule) as rules from alerts "
     "where alerts.device_id = d.device_id and ended_at is null) a on true "
     "{where} order by d.device_id")
+
+
+# The minute rollups a completeness count reads: those from the minute of ``since`` on, and
+# the one before it (whose interval applies to a silent start of the window).
+_MINUTES = (
+    "(select bucket, readings, interval_s_sum, interval_s_max from " + MINUTE.name + " "
+    "where device_id = %(device)s and bucket < %(from)s order by bucket desc limit 1) "
+    "union all (select bucket, readings, interval_s_sum, interval_s_max from " + MINUTE.name
+    + " where device_id = %(device)s and bucket >= %(from)s and bucket < %(end)s "
+    "order by bucket)")
+
+
+@dataclass(frozen=True)
+class Minute:
+    """One minute rollup's readings and the seconds they cover (each its ``interval_s``)."""
+
+    bucket: datetime
+    readings: int
+    interval_s_sum: float
+    interval_s_max: float
+
+
+def expected_readings(since: datetime, end: datetime, minutes: list[Minute],
+                      before: Minute | None = None) -> float:
+    """Return the readings due over [since, end), minute by minute at the interval of then.
+
+    Each reading covers its ``interval_s``: a minute whose readings cover less than its
+    time lacks some, due at that minute's mean interval; whole minutes without readings
+    are due at the interval the device came back with (or, at the end, had last; ``before``
+    for a window without readings). Readings are
+    stamped at one end of what they cover, so where the interval changes (1 s, then 5 s)
+    one minute's readings overrun it and a neighbour's fall short by up to one interval:
+    that overrun first cancels shortfalls no longer than one of their minute's intervals.
+    Pure.
+    """
+    excess = 0.0
+    short: list[tuple[float, float, bool]] = []  # (seconds, interval, at most one interval)
+    stored = 0
+    interval = (before.interval_s_sum / before.readings) if before and before.readings else None
+    cursor = since
+    for m in minutes:
+        lo, hi = max(m.bucket, since), min(m.bucket + timedelta(minutes=1), end)
+        if hi <= lo or not m.readings:
+            continue
+        interval = m.interval_s_sum / m.readings
+        if m.bucket > cursor:  # silent whole minutes before this one, due at the interval
+            # the device came back with (its first reading covers the one before it)
+            short.append(((m.bucket - cursor).total_seconds(), interval, False))
+        gap = (hi - lo).total_seconds() - m.interval_s_sum
+        if gap < 0:
+            excess -= gap
+        elif gap > 0:
+            short.append((gap, interval, gap <= m.interval_s_max + 1e-9))
+        stored += m.readings
+        cursor = hi
+    if cursor < end and interval:  # silent since the last minute with readings
+        short.append(((end - cursor).total_seconds(), interval, False))
+    missing = 0.0
+    for seconds, each, _ in sorted(short, key=lambda s: not s[2]):  # one-interval ones first
+        cancelled = min(seconds, excess)
+        excess -= cancelled
+        missing += (seconds - cancelled) / each
+    return stored + missing
 
 
 class Querier(Protocol):
@@ -65,19 +128,16 @@ class Completeness:
         return None if self.expected <= 0 else min(1.0, self.stored / self.expected)
 
 
-def completeness(start: datetime, end: datetime, stored: int,
-                 interval_s: float | None) -> Completeness:
-    """Readings expected over [start, end) at ``interval_s`` against those stored."""
-    span = max(0.0, (end - start).total_seconds())
-    expected = 0 if not interval_s else round(span / interval_s)
-    return Completeness(start, end, expected, stored)
-
-
 class FleetReader:
     """Queries of the read side; each method is one or two round trips."""
 
     def __init__(self, db: Querier) -> None:
         self._db = db
+
+    @property
+    def db(self) -> Querier:
+        """The connection(s) it reads through, for readers of other tables."""
+        return self._db
 
     def devices(self, device_id: str | None = None) -> list[dict[str, Any]]:
         """Every device (or one) with its status, newest reading and open alert rules."""
@@ -108,10 +168,15 @@ class FleetReader:
         return {"t": times, "series": series, "per_core": per_core}
 
     def completeness(self, device_id: str, start: datetime, end: datetime) -> Completeness:
-        """Compare readings expected from the device's interval with those stored."""
+        """Compare readings expected from the device's interval with those stored.
+
+        Expected minute by minute at the interval the device had then
+        (:func:`expected_readings`), so a device whose interval changed (1 s, then 5 s,
+        then 0.5 s) is neither over- nor under-expected, and a gap counts the readings due
+        at the interval it fell in.
+        """
         rows = self._db.query(
-            f"select coalesce(sum(readings), 0) as stored, sum(interval_s_sum) / "
-            f"nullif(sum(interval_s_count), 0) as interval_s from {MINUTE.name} "
+            f"select coalesce(sum(readings), 0) as stored from {MINUTE.name} "
             "where device_id = %(device)s and bucket >= %(start)s and bucket < %(end)s",
             {"device": device_id, "start": start, "end": end})
         # Nothing is expected before the device's first stored reading: its own time, not
@@ -119,9 +184,7 @@ class FleetReader:
         first = self._db.query(
             f"select f.bucket as first, (select min(m.ts) from metrics m "
             "where m.device_id = %(device)s and m.ts >= f.bucket "
-            "and m.ts < f.bucket + interval '1 minute') as first_reading, "
-            "(select (meta->>'interval_s')::float8 from devices "
-            "where device_id = %(device)s) as interval_s "
+            "and m.ts < f.bucket + interval '1 minute') as first_reading "
             f"from (select min(bucket) as bucket from {MINUTE.name} "
             "where device_id = %(device)s) f", {"device": device_id})[0]
         # Stored counts whole minutes from the first one starting at or after ``start``;
@@ -130,12 +193,15 @@ class FleetReader:
         if first["first"] is None:
             since = end
         else:
-            since = max(counted_from, first["first_reading"] or first["first"])
-        # The stored readings' own mean interval: right when the interval changed within
-        # the window (settings changed remotely), where the device's current one (its meta)
-        # would expect too few or too many; the meta's only when nothing is stored.
-        interval = rows[0]["interval_s"] or first["interval_s"]
-        return completeness(min(since, end), end, int(rows[0]["stored"]), interval)
+            since = min(max(counted_from, first["first_reading"] or first["first"]), end)
+        rows_ = self._db.query(_MINUTES, {"device": device_id, "end": end,
+                                          "from": since.replace(second=0, microsecond=0)})
+        minutes = [Minute(r["bucket"], int(r["readings"]), float(r["interval_s_sum"] or 0.0),
+                          float(r["interval_s_max"] or 0.0)) for r in rows_]
+        before = minutes.pop(0) if minutes and minutes[0].bucket < since.replace(
+            second=0, microsecond=0) else None
+        expected = expected_readings(since, end, minutes, before)
+        return Completeness(since, end, round(expected or 0.0), int(rows[0]["stored"]))
 
     def alerts(self, device_id: str | None = None, open_only: bool = False,
                limit: int = 100) -> list[dict[str, Any]]:

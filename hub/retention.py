@@ -59,6 +59,7 @@ class Retention:
     hour_days: int
     hot_window_h: float = 48.0
     quarantine_days: int = 30
+    process_days: int = 7  # the top processes (table processes), one row per scan
     budget_bytes: int = 0  # 0: none
 
 
@@ -86,17 +87,20 @@ def housekeep(store: HousekeepingStore, retention: Retention, now: datetime) -> 
     alerts = store.delete_older("alerts", "ended_at", now - timedelta(days=retention.hour_days))
     quarantine = store.delete_older("quarantine", "received_at",
                                     now - timedelta(days=retention.quarantine_days))
+    process_rows = store.delete_older("processes", "ts",
+                                      now - timedelta(days=retention.process_days))
     # Agent sessions are kept as long as the hour rollups they explain; a clock offset as
     # long as its session's per-second rows.
     sessions = store.delete_older("device_sessions", "last_received_at",
                                   now - timedelta(days=retention.hour_days))
     store.delete_older("clock_offsets", "decided_at",
                        now - timedelta(days=retention.metrics_days + 1))
-    if dropped or minute or hour or alerts or cold_hours or quarantine or sessions:
+    if dropped or minute or hour or alerts or cold_hours or quarantine or sessions or \
+            process_rows:
         log.info("Retention: dropped %d day partitions (%s), %d cold device-hours, %d minute "
                  "and %d hour rollup rows, %d closed alerts, %d quarantined messages, %d agent "
-                 "sessions.", len(dropped), ", ".join(dropped) or "none", cold_hours, minute,
-                 hour, alerts, quarantine, sessions)
+                 "sessions, %d process samples.", len(dropped), ", ".join(dropped) or "none",
+                 cold_hours, minute, hour, alerts, quarantine, sessions, process_rows)
     return HousekeepingResult(dropped, minute, hour, alerts, cold_hours, quarantine)
 
 
@@ -109,7 +113,7 @@ def used_bytes(sizes: dict[str, int]) -> int:
     but stays in the files, so the file size would keep the hub dropping data.
     """
     return (sizes["hot"] + sizes["cold_live"] + sizes["minute"] + sizes["hour"]
-            + sizes["quarantine"])
+            + sizes["quarantine"] + sizes.get("processes", 0))
 
 
 def cold_bytes_per_device_day(sizes: dict[str, int]) -> float | None:
@@ -134,6 +138,7 @@ def tier_summary(sizes: dict[str, int], budget_bytes: int) -> dict[str, object]:
     return {"hot_bytes": sizes["hot"], "cold_bytes": sizes["cold_live"],
             "cold_file_bytes": sizes["cold"], "minute_bytes": sizes["minute"],
             "hour_bytes": sizes["hour"], "quarantine_bytes": sizes["quarantine"],
+            "processes_bytes": sizes.get("processes", 0),
             "database_bytes": sizes["database"], "used_bytes": used_bytes(sizes),
             "budget_bytes": budget_bytes or None,
             "hot_readings": sizes["hot_readings"], "cold_readings": sizes["cold_readings"],

@@ -32,6 +32,13 @@ ROLLUP_COLUMNS: tuple[str, ...] = (
     "network_bytes_recv_per_s",
 )
 AGGREGATES = ("sum", "count", "min", "max")
+# Means over time weigh each reading by the seconds it covers (its interval_s), so a device
+# whose interval changes mid-bucket (1 s → 0.5 s) is not over-counted where it samples
+# faster: ``<c>_wsum`` = Σ value × interval_s, ``<c>_wtime`` = Σ interval_s of the readings
+# that have a value (0, never null, in rows written since migration 0006; null marks an
+# older row, whose readings are weighed by that row's mean interval).
+WEIGHTED_COLUMNS: tuple[str, ...] = tuple(c for c in ROLLUP_COLUMNS if c != "interval_s")
+WEIGHTS = ("wsum", "wtime")
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,25 @@ def rollup_column_types() -> dict[str, str]:
     for column in ROLLUP_COLUMNS:
         for agg in AGGREGATES:
             types[f"{column}_{agg}"] = "bigint" if agg == "count" else "double precision"
+    for column in WEIGHTED_COLUMNS:  # added by migration 0006, so last
+        for weight in WEIGHTS:
+            types[f"{column}_{weight}"] = "double precision"
     return types
+
+
+def _row_mean_interval(row: str) -> str:
+    return f"{row}interval_s_sum / nullif({row}interval_s_count, 0)"
+
+
+def weighted_parts(column: str, row: str = "") -> tuple[str, str]:
+    """Return the SQL of a rollup row's Σ value × interval and Σ interval for ``column``.
+
+    Rows from before the weights existed (null ``_wtime``) count each reading at the row's
+    mean interval. ``row`` prefixes the column names (e.g. ``"r."``).
+    """
+    mean = _row_mean_interval(row)
+    return (f"coalesce({row}{column}_wsum, {row}{column}_sum * {mean})",
+            f"coalesce({row}{column}_wtime, {row}{column}_count * {mean})")
 
 
 def _merge(column: str, agg: str) -> str:
@@ -69,13 +94,26 @@ def _merge(column: str, agg: str) -> str:
     return f"{name} = coalesce(r.{name} + excluded.{name}, r.{name}, excluded.{name})"
 
 
+def _merge_weight(column: str, weight: str) -> str:
+    name = f"{column}_{weight}"
+    old = weighted_parts(column, "r.")[WEIGHTS.index(weight)]
+    if weight == "wtime":
+        return f"{name} = coalesce({old}, 0) + excluded.{name}"
+    return f"{name} = coalesce({old} + excluded.{name}, {old}, excluded.{name})"
+
+
 def _rollup_insert(table: RollupTable, source: str) -> str:
     names = ["device_id", "bucket", *rollup_column_types()]
     selects = ["device_id", f"date_bin('{table.step_s} seconds', ts, {_ORIGIN})", "count(*)"]
     for column in ROLLUP_COLUMNS:
         selects += [f"sum({column})", f"count({column})", f"min({column})", f"max({column})"]
+    for column in WEIGHTED_COLUMNS:
+        selects += [f"sum({column} * interval_s)",
+                    f"coalesce(sum(interval_s) filter (where {column} is not null), 0)"]
     merges = ["readings = r.readings + excluded.readings"]
     merges += [_merge(column, agg) for column in ROLLUP_COLUMNS for agg in AGGREGATES]
+    # After the plain sums: SET expressions read the row as it was, whatever their order.
+    merges += [_merge_weight(column, w) for column in WEIGHTED_COLUMNS for w in WEIGHTS]
     return (f"insert into {table.name} as r ({', '.join(names)}) "
             f"select {', '.join(selects)} from {source} group by 1, 2 "
             f"on conflict (device_id, bucket) do update set {', '.join(merges)}")
@@ -122,6 +160,13 @@ def subtract_rollups_sql(source: str) -> str:
             sets += [f"{column}_sum = case when r.{column}_count = d.{column}_count then null "
                      f"else r.{column}_sum - coalesce(d.{column}_sum, 0) end",
                      f"{column}_count = r.{column}_count - d.{column}_count"]
+        for column in WEIGHTED_COLUMNS:  # rows from before the weights keep them null
+            selects += [f"sum({column} * interval_s) as {column}_wsum",
+                        f"coalesce(sum(interval_s) filter (where {column} is not null), 0) "
+                        f"as {column}_wtime"]
+            sets += [f"{column}_wsum = case when r.{column}_count = d.{column}_count then null "
+                     f"else r.{column}_wsum - coalesce(d.{column}_wsum, 0) end",
+                     f"{column}_wtime = r.{column}_wtime - d.{column}_wtime"]
         parts.append(f"u{i} as (update {table.name} r set {', '.join(sets)} from (select "
                      f"{', '.join(selects)} from s group by 1, 2) d where r.device_id = "
                      "d.device_id and r.bucket = d.bucket)")
@@ -206,14 +251,17 @@ def series_sql(resolution: Resolution, columns: tuple[str, ...]) -> str:
     selects = []
     if resolution.source == "raw":
         for c in columns:
-            selects += [f"avg({c}) as {c}_mean", f"min({c}) as {c}_min",
-                        f"max({c}) as {c}_max"]
+            # Weighed by the seconds each reading covers (see WEIGHTED_COLUMNS).
+            selects += [f"sum({c} * interval_s) / nullif(sum(interval_s) filter "
+                        f"(where {c} is not null), 0) as {c}_mean",
+                        f"min({c}) as {c}_min", f"max({c}) as {c}_max"]
         # Both tiers (hub/cold.py): per-second readings older than the hot window are in
         # the cold tier.
         return (f"select {bucket.format(ts='ts')} as t, {', '.join(selects)} "
-                f"from {history_source(['ts', *columns])} group by 1 order by 1")
+                f"from {history_source(['ts', 'interval_s', *columns])} group by 1 order by 1")
     for c in columns:
-        selects += [f"sum({c}_sum) / nullif(sum({c}_count), 0) as {c}_mean",
+        wsum, wtime = weighted_parts(c)
+        selects += [f"sum({wsum}) / nullif(sum({wtime}), 0) as {c}_mean",
                     f"min({c}_min) as {c}_min", f"max({c}_max) as {c}_max"]
     return (f"select {bucket.format(ts='bucket')} as t, {', '.join(selects)} "
             f"from {resolution.table} where device_id = %(device)s "
@@ -224,6 +272,7 @@ def per_core_sql(resolution: Resolution) -> str:
     """Return the query of the per-core CPU means per bucket (per-second data only)."""
     bucket = f"date_bin('{resolution.step_s} seconds', ts, {_ORIGIN})"
     return ("select t, array_agg(v order by i) as cores from (select " + bucket +
-            f" as t, u.i, avg(u.v) as v from {history_source(['cpu_per_core_percent'])}, "
+            " as t, u.i, sum(u.v * m.interval_s) / nullif(sum(m.interval_s), 0) as v from "
+            f"{history_source(['interval_s', 'cpu_per_core_percent'])}, "
             "unnest(m.cpu_per_core_percent) with ordinality as u(v, i) "
             "group by 1, 2) cores group by t order by t")

@@ -28,7 +28,7 @@ from psycopg import postgres, pq, sql
 from psycopg.adapt import Dumper
 from psycopg.types.json import set_json_dumps
 
-from hub import cold
+from hub import cold, processes
 from hub.ingest.batch import DeviceEvents, QuarantineRecord
 from hub.read import FleetReader
 from hub.rollup import (
@@ -457,7 +457,12 @@ class Store:
         inserted, safe = 0, False
         with self._transaction() as cur:
             if rows:
-                inserted, safe = self._insert_readings(cur, rows)
+                width = len(COLUMNS)  # a reading's processes row rides at its end (batch.py)
+                readings = [row if len(row) == width else row[:width] for row in rows]
+                inserted, safe = self._insert_readings(cur, readings)
+                sections = [row[width] for row in rows if len(row) > width]
+                if sections:
+                    self._insert_processes(cur, sections)
             if quarantine:
                 self._insert_quarantine(cur, quarantine)
             self._update_devices(cur, devices)
@@ -510,6 +515,15 @@ class Store:
         cur.execute(_INSERT_WITH_ROLLUPS)
         counted = cur.fetchone()
         return (int(counted[0]) if counted else 0), True
+
+    @staticmethod
+    def _insert_processes(cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        cur.execute(processes.STAGE_SQL.encode())  # constant SQL of ours
+        with cur.copy(processes.COPY_SQL.encode()) as copy:
+            copy.set_types(list(processes.COPY_TYPES))
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(processes.MOVE_SQL.encode())
 
     def _insert_quarantine(self, cur: psycopg.Cursor[Any],
                            records: Sequence[QuarantineRecord]) -> None:
@@ -715,7 +729,8 @@ class Store:
             hot = int(row[0]) if row else 0
             sizes = {"hot": hot}
             for key, table in (("cold", cold.TABLE), ("minute", "metrics_1m"),
-                               ("hour", "metrics_1h"), ("quarantine", "quarantine")):
+                               ("hour", "metrics_1h"), ("quarantine", "quarantine"),
+                               ("processes", "processes")):
                 cur.execute("select pg_total_relation_size(%s::regclass)", (table,))
                 row = cur.fetchone()
                 sizes[key] = int(row[0]) if row else 0

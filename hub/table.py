@@ -81,6 +81,7 @@ def format_tiers(summary: dict[str, object]) -> str:
         f"rollups (minute, hour)         {_size(summary['minute_bytes'])}, "
         f"{_size(summary['hour_bytes'])}",
         f"quarantine                     {_size(summary['quarantine_bytes'])}",
+        f"process samples                {_size(summary.get('processes_bytes', 0))}",
         f"database (files)               {_size(summary['database_bytes'])}",
         "budget                         " + (
             f"{_size(summary['used_bytes'])} used of {_size(summary['budget_bytes'])}"

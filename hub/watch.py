@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 _STATES = (
     "select d.device_id, d.status, d.status_since, d.meta->>'pi_model' as pi_model, "
-    "coalesce((d.meta->>'interval_s')::float8, m.interval_s, 1.0) as interval_s, "
+    # The interval the device's newest reading says it keeps (its meta may predate a
+    # change of interval), else its meta's.
+    "coalesce(m.interval_s, (d.meta->>'interval_s')::float8, 1.0) as interval_s, "
     "m.received_at as last_reading_received_at from devices d "
     "left join lateral (select interval_s, received_at from metrics m "
     "where m.device_id = d.device_id and m.ts <= d.last_seen "

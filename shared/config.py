@@ -244,6 +244,8 @@ class HubSettings:
     rollup_hour_days: int = setting(730, "Days of per-hour rollups (and closed alerts) kept",
                                     _positive)
     quarantine_days: int = setting(30, "Days of quarantined messages kept", _positive)
+    process_days: int = setting(7, "Days of top-process samples kept (table `processes`)",
+                                _positive)
     alert_rules_file: Path | None = setting(None, "TOML file overriding the alert rules' "
                                             "thresholds, durations and enabled flags")
     alert_check_s: float = setting(5.0, "Seconds between evaluations of the alert rules",

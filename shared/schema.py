@@ -170,6 +170,42 @@ class Throttling(TypedDict):
     soft_temp_limit_occurred: bool | None
 
 
+class ProcessInfo(TypedDict):
+    """One process of a top-N list (see :class:`ProcessesV1`)."""
+
+    pid: Annotated[int, Ge(0), Le(2**32 - 1)]
+    name: Annotated[str, MaxLen(256)]
+    user: Annotated[str, MaxLen(256)] | None  # None: the uid has no name here
+    # Of ONE core, as top, htop and psutil count: a process busy on 4 cores shows 400.
+    cpu_percent: CorePercent | None  # None in the first period: no earlier reading yet
+    rss_bytes: Counter
+    memory_percent: Percent | None
+    threads: Annotated[int, Ge(0), Le(2**32 - 1)] | None
+    status: Annotated[str, MaxLen(32)]  # psutil's names: running, sleeping, disk-sleep…
+    # Bytes the process made the storage layer read / write since it started (Linux
+    # /proc/<pid>/io read_bytes / write_bytes); None where the platform or permissions
+    # do not give them (another user's process, for an agent not run as root).
+    io_read_bytes: Counter | None
+    io_write_bytes: Counter | None
+
+
+class ProcessesV1(TypedDict):
+    """The busiest processes and a count by state, taken every ``process_period_s``.
+
+    Sent as the optional section ``processes`` of the reading that follows a scan (one
+    reading in ``process_period_s / interval_s``), only to a hub that lists it.
+    """
+
+    period_s: Seconds  # seconds the CPU percentages were measured over
+    count: Annotated[int, Ge(0), Le(2**32 - 1)]
+    running: Annotated[int, Ge(0), Le(2**32 - 1)]
+    sleeping: Annotated[int, Ge(0), Le(2**32 - 1)]  # S, D (disk sleep) and I (idle), as top
+    zombie: Annotated[int, Ge(0), Le(2**32 - 1)]
+    other: Annotated[int, Ge(0), Le(2**32 - 1)]  # stopped, tracing, dead, …
+    top_cpu: Annotated[list[ProcessInfo], MaxLen(1024)]
+    top_memory: Annotated[list[ProcessInfo], MaxLen(1024)]
+
+
 class MetricsV1(TypedDict):
     """One reading of one device: published on ``<prefix>/<device_id>/metrics``."""
 
@@ -189,6 +225,9 @@ class MetricsV1(TypedDict):
     # Whether the agent's clock was synchronised (NTP) when it stamped ``ts``; null where
     # the platform cannot tell. The hub places unsynchronised readings (hub/clock.py).
     clock_synced: NotRequired[bool | None]
+    # The top processes, in the first reading after each process scan (agent/processes.py);
+    # absent from the others. The hub stores it apart (table ``processes``, migration 0006).
+    processes: NotRequired[ProcessesV1]
 
 
 # The optional fields of MetricsV1, in declaration order: what a hub may say it reads.
@@ -261,42 +300,6 @@ class Meta(TypedDict):
     session_id: Annotated[str, MinLen(1), MaxLen(64)]
     spool_readings: Counter
     spool_dropped: Counter
-
-
-class ProcessInfo(TypedDict):
-    """One process of a top-N list (see :class:`ProcessesV1`)."""
-
-    pid: Annotated[int, Ge(0), Le(2**32 - 1)]
-    name: Annotated[str, MaxLen(256)]
-    user: Annotated[str, MaxLen(256)] | None  # None: the uid has no name here
-    # Of ONE core, as top, htop and psutil count: a process busy on 4 cores shows 400.
-    cpu_percent: CorePercent | None  # None in the first period: no earlier reading yet
-    rss_bytes: Counter
-    memory_percent: Percent | None
-    threads: Annotated[int, Ge(0), Le(2**32 - 1)] | None
-    status: Annotated[str, MaxLen(32)]  # psutil's names: running, sleeping, disk-sleep…
-    # Bytes the process made the storage layer read / write since it started (Linux
-    # /proc/<pid>/io read_bytes / write_bytes); None where the platform or permissions
-    # do not give them (another user's process, for an agent not run as root).
-    io_read_bytes: Counter | None
-    io_write_bytes: Counter | None
-
-
-class ProcessesV1(TypedDict):
-    """The busiest processes and a count by state, taken every ``process_period_s``.
-
-    Not in :class:`MetricsV1` yet: the message gets it as an optional (NotRequired)
-    section once the hub announces that it reads it (see the versioning rule).
-    """
-
-    period_s: Seconds  # seconds the CPU percentages were measured over
-    count: Annotated[int, Ge(0), Le(2**32 - 1)]
-    running: Annotated[int, Ge(0), Le(2**32 - 1)]
-    sleeping: Annotated[int, Ge(0), Le(2**32 - 1)]  # S, D (disk sleep) and I (idle), as top
-    zombie: Annotated[int, Ge(0), Le(2**32 - 1)]
-    other: Annotated[int, Ge(0), Le(2**32 - 1)]  # stopped, tracing, dead, …
-    top_cpu: Annotated[list[ProcessInfo], MaxLen(1024)]
-    top_memory: Annotated[list[ProcessInfo], MaxLen(1024)]
 
 
 STATUS_ONLINE = "online"

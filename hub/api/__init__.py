@@ -7,6 +7,8 @@
     GET /api/devices/{id}/completeness    readings expected vs stored over a range
     GET /api/devices/{id}/alerts          its alerts, open first
     GET /api/devices/{id}/export          its history as CSV or Parquet (streamed)
+    GET /api/devices/{id}/processes       its top processes now or at a time
+    GET /api/devices/{id}/processes/history   its process samples over a range
     GET /api/alerts                       alerts of the fleet
     GET /api/quarantine                   what was refused, summarised
     GET /api/devices/{id}/settings        its settings: in effect, requested, their state
@@ -20,8 +22,9 @@
 
 One router per module: ``devices`` (fleet, devices, stream), ``series`` (series,
 completeness, export), ``alerts`` (alerts, rules), ``system`` (health, quarantine),
-``settings`` (settings changed remotely, with its own models); what they share comes through
-``Depends`` (``deps``), their output models are in ``models``.
+``settings`` (settings changed remotely, with its own models), ``processes`` (top
+processes); what they share comes through ``Depends`` (``deps``), their output models are
+in ``models``.
 
 With ``api_token`` set every ``/api`` route but health needs ``Authorization: Bearer
 <token>``; ``?token=`` is accepted too, because a browser's EventSource and download links

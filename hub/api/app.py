@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from hub.alerts import Rule
-from hub.api import alerts, anomalies, devices, series, settings, system
+from hub.api import alerts, anomalies, devices, processes, series, settings, system
 from hub.api.deps import ApiContext, LatestCache
 from hub.api.models import HubHealth
 from hub.api.responses import JSONResponse
@@ -66,7 +66,7 @@ def create_app(reader: FleetReader, *, streamer: Streamer,
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StoreError, _database_failed)
     for router in (devices.router, series.router, alerts.router, system.router,
-                   settings.router, anomalies.router):
+                   settings.router, anomalies.router, processes.router):
         app.include_router(router)
     if web_dir is not None:
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")

@@ -113,7 +113,8 @@ Auth = Depends(authorise)
 When = Annotated[str | None, Query(description=f"{TIME_SYNTAX}; an age counts back from now")]
 
 
-def _when(text: str, name: str, now: datetime) -> datetime:
+def parse_time(text: str, name: str, now: datetime) -> datetime:
+    """Parse one time of the API's syntax; 422 naming the parameter when it is wrong."""
     try:
         return parse_when(text, now)
     except ValueError as exc:
@@ -123,8 +124,8 @@ def _when(text: str, name: str, now: datetime) -> datetime:
 def time_range(start: str | None, end: str | None, now: datetime,
                limit: timedelta = MAX_RANGE) -> tuple[datetime, datetime]:
     """Parse ``start``/``end`` (default: the hour up to now); 422 when the range is wrong."""
-    end_ = _when(end, "end", now) if end is not None else now
-    start_ = _when(start, "start", now) if start is not None else end_ - DEFAULT_RANGE
+    end_ = parse_time(end, "end", now) if end is not None else now
+    start_ = parse_time(start, "start", now) if start is not None else end_ - DEFAULT_RANGE
     if end_ <= start_:
         raise HTTPException(422, f"end ({end_.isoformat()}) must be after start "
                                  f"({start_.isoformat()})")

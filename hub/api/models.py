@@ -173,3 +173,61 @@ def rule_out(rule: Rule) -> RuleOut:
     return RuleOut(name=rule.name, kind=rule.kind, threshold=rule.threshold, clear=rule.clear_at,
                    duration_s=rule.duration_s, enabled=rule.enabled, unit=rule.unit,
                    description=rule.description)
+
+
+# --- top processes (routes in hub/api/processes.py) --------------------------------------
+
+class ProcessOut(BaseModel):
+    pid: int
+    name: str
+    user: str | None
+    cpu_percent: float | None  # of one core, as top counts it
+    rss_bytes: int
+    memory_percent: float | None
+    threads: int | None
+    status: str
+    io_read_bytes: int | None
+    io_write_bytes: int | None
+
+
+class ProcessSample(BaseModel):
+    ts: datetime
+    session_id: str
+    seq: int
+    period_s: float
+    count: int
+    running: int
+    sleeping: int
+    zombie: int
+    other: int
+    top_cpu: list[ProcessOut]
+    top_memory: list[ProcessOut]
+
+
+class ProcessesAt(BaseModel):
+    device_id: str
+    at: datetime
+    sample: ProcessSample | None  # None: no sample in the 5 minutes up to ``at``
+
+
+class ProcessSummary(BaseModel):
+    ts: datetime
+    session_id: str
+    seq: int
+    period_s: float | None
+    count: int
+    running: int
+    sleeping: int
+    zombie: int
+    other: int
+    top_cpu_name: str | None
+    top_cpu_percent: float | None
+    top_memory_name: str | None
+    top_memory_rss_bytes: int | None
+
+
+class ProcessHistory(BaseModel):
+    device_id: str
+    start: datetime
+    end: datetime
+    samples: list[ProcessSummary]

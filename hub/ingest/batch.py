@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from hub.ingest.validate import Accepted, Rejected, Result
+from hub.processes import SECTION, process_row
 from shared.schema import metrics_row
 
 
@@ -89,8 +90,19 @@ class Batch:
             return
         assert isinstance(result, Accepted)
         device, received = result.device_id, message.received_at
+        if result.problem is not None:
+            self.quarantine.append(QuarantineRecord(received, message.topic, device,
+                                                    result.problem, message.payload))
         if result.kind == "metrics":
-            self.rows.append(metrics_row(result.value, received))
+            row = metrics_row(result.value, received)
+            section = result.value.get(SECTION)
+            if section is not None:
+                # The processes row rides at the end of its reading's row, so the two are
+                # stored, split off or quarantined together (hub/store.py, hub/write.py).
+                value = result.value
+                row = (*row, process_row(device, value["ts"], value["session_id"],
+                                         value["seq"], received, section))
+            self.rows.append(row)
             self.row_sources.append(message)
             ts = result.value["ts"]
             seen = self.devices.seen.get(device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
@@ -24,6 +24,7 @@ from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
+from hub.processes import SECTION, section_problem, split_section
 from hub.remote import check_config
 from shared.schema import SCHEMA_VERSION, STATUS_VALUES, Meta, MetricsV1
 from shared.topics import is_valid_device_id, parse_topic
@@ -143,6 +144,9 @@ class Accepted:
     kind: str  # "metrics", "status", "meta" or "config"
     device_id: str
     value: Any  # MetricsV1 | Meta | str (status) | ConfigV1 | None (config cleared)
+    # A part of the message that was left out and goes to quarantine with this reason (a
+    # bad ``processes`` section); the rest is stored.
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,12 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
         value: Any = (decode_metrics(payload) if kind == "metrics"
                       else _validate_reference(_META, payload))
     except ValidationError as exc:
+        split = split_section(payload) if kind == "metrics" else None
+        if split is not None:
+            # Only the optional section is wrong: keep the reading, quarantine the section.
+            result = validate(topic, split[0], received_at, prefix, limits)
+            if isinstance(result, Accepted):
+                return replace(result, problem=_section_refused(split[1]))
         return Rejected(_why_invalid(payload, exc), device_id)
     except _NotVersion as exc:
         return Rejected(str(exc), device_id)
@@ -232,6 +242,12 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
     if value["device_id"] != device_id:
         return Rejected(f"device id {value['device_id']!r} in the payload does not match "
                         f"{device_id!r} in the topic", device_id)
+    problem = None
+    if kind == "metrics" and SECTION in value:
+        problem = section_problem(value[SECTION])
+        if problem is not None:
+            del value[SECTION]
+            problem = _section_refused(problem)
     if kind == "metrics":
         ts = value["ts"]
         if ts.tzinfo is None or ts.utcoffset() is None:
@@ -240,8 +256,12 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
         if value.get("clock_synced") is False:
             # Stamped by a clock the agent knows is not synchronised: hub/clock.py places
             # it by the hub's clock and checks the result, whatever the stamp says.
-            return Accepted(kind, device_id, value)
-        problem = ts_problem(ts, received_at, limits)
-        if problem is not None:
-            return Rejected(problem, device_id)
-    return Accepted(kind, device_id, value)
+            return Accepted(kind, device_id, value, problem)
+        stamp = ts_problem(ts, received_at, limits)
+        if stamp is not None:
+            return Rejected(stamp, device_id)
+    return Accepted(kind, device_id, value, problem)
+
+
+def _section_refused(why: str) -> str:
+    return f"{SECTION} section left out (the reading is stored without it): {why}"

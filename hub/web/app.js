@@ -16,6 +16,7 @@ const state = {
   band: null,           // { t, rate, max, step_s } of the device page's range
   source: null,         // EventSource
   timers: [],
+  procs: { sample: null, at: null, sort: { key: "cpu", dir: -1 }, loading: false },
 };
 window.fleetpulse = state;  // for the browser tests and curious operators
 
@@ -229,6 +230,7 @@ function storageFacts(s) {
   const facts = [["Hot tier", `${bytes(s.hot_bytes)} (${s.hot_readings.toLocaleString()} readings)`],
     ["Cold tier", `${bytes(s.cold_bytes)} (${s.cold_readings.toLocaleString()} readings)`],
     ["Rollups", `${bytes(s.minute_bytes + s.hour_bytes)}`],
+    ["Process samples", bytes(s.processes_bytes ?? 0)],
     ["Database", bytes(s.database_bytes)]];
   if (s.cold_bytes_per_device_day) facts.push(["Per device-day", bytes(s.cold_bytes_per_device_day)]);
   if (s.budget_bytes) {
@@ -299,8 +301,14 @@ function makeChart(name, labels, data) {
     legend: { live: true },
     hooks: { draw: [drawBand] },
   };
-  state.charts[name] = new uPlot(opts, data, node);
-  state.charts[name].labels = labels;
+  const chart = new uPlot(opts, data, node);
+  state.charts[name] = chart;
+  chart.labels = labels;
+  // A click on a chart shows the top processes at that moment.
+  chart.over.addEventListener("click", () => {
+    const t = chart.posToVal(chart.cursor.left, "x");
+    if (Number.isFinite(t)) showProcessesAt(new Date(t * 1000));
+  });
   markEmpty(name, data);
 }
 
@@ -472,6 +480,7 @@ function onDeviceEvent() {
   if (!d) return;
   renderCurrent(d);
   if (state.range === "live") appendLive(d);
+  followProcesses(d);
 }
 
 async function loadDevice() {
@@ -501,9 +510,132 @@ async function loadDevice() {
   } catch (err) { if (device === state.device) showError(`Cannot load ${device}: ${err.message}`); }
 }
 
+// --- top processes: live (following the stream) or at a chosen moment ----------------------
+function bytesShort(v) { return v === null || v === undefined ? "–" : bytes(v); }
+function sortedProcesses() {
+  const { sample, sort } = state.procs;
+  if (!sample) return [];
+  const list = sort.key === "memory" ? sample.top_memory : sample.top_cpu;
+  const value = (p) => (sort.key === "memory" ? p.rss_bytes : p.cpu_percent ?? -1);
+  return [...list].sort((a, b) => (value(a) - value(b)) * sort.dir || a.pid - b.pid);
+}
+function renderProcesses() {
+  const { sample, at } = state.procs;
+  const none = $("#processes-none");
+  $("#processes-live").setAttribute("aria-pressed", String(at === null));
+  $("#processes-when").textContent = sample
+    ? `${at === null ? "live, " : ""}sampled ${new Date(sample.ts).toLocaleString()} over ${num(sample.period_s)} s`
+    : "";
+  $("#processes-counts").textContent = sample
+    ? `${sample.count} processes: ${sample.running} running, ${sample.sleeping} sleeping, ${sample.zombie} zombie, ${sample.other} other`
+    : "";
+  none.hidden = Boolean(sample);
+  none.textContent = at === null
+    ? "No process samples yet (the agent sends them every process_period_s once the hub reads them)."
+    : `No process sample in the 5 minutes up to ${at.toLocaleString()}.`;
+  const rows = sortedProcesses().map((p) => el("tr", { "data-pid": String(p.pid) },
+    el("td", { class: "num", text: String(p.pid) }), el("td", { "data-col": "name", text: p.name }),
+    el("td", { text: p.user ?? "–" }), el("td", { class: "num", "data-col": "cpu", text: num(p.cpu_percent) }),
+    el("td", { class: "num", "data-col": "rss", text: bytesShort(p.rss_bytes) }),
+    el("td", { class: "num", text: num(p.memory_percent) }),
+    el("td", { class: "num", text: p.threads ?? "–" }), el("td", { text: p.status }),
+    el("td", { class: "num", text: bytesShort(p.io_read_bytes) }),
+    el("td", { class: "num", text: bytesShort(p.io_write_bytes) })));
+  $("#processes tbody").replaceChildren(...rows);
+}
+async function loadProcesses() {
+  const device = state.device, at = state.procs.at;
+  state.procs.loading = true;
+  try {
+    const query = at === null ? "" : `?at=${encodeURIComponent(at.toISOString())}`;
+    const body = await api(`/api/devices/${encodeURIComponent(device)}/processes${query}`);
+    if (device !== state.device || at !== state.procs.at) return;  // superseded
+    const fresh = body.sample && (!state.procs.sample || body.sample.ts !== state.procs.sample.ts);
+    state.procs.sample = body.sample;
+    renderProcesses();
+    if (fresh && at === null && state.range === "live") loadProcessHistory();
+  } catch (err) { if (device === state.device) showError(`Cannot load the processes: ${err.message}`); }
+  finally { state.procs.loading = false; }
+}
+// Live: each stream event says how new the device's readings are; a sample is due once its
+// period has passed since the one shown (or none is shown yet).
+function followProcesses(d) {
+  const { sample, at, loading } = state.procs;
+  if (at !== null || loading || !d.latest) return;
+  const shownAt = sample ? Date.parse(sample.ts) / 1000 + sample.period_s : 0;
+  const last = state.procs.checked || 0;
+  if (Date.parse(d.latest.ts) / 1000 < shownAt || Date.now() / 1000 - last < 2) return;
+  state.procs.checked = Date.now() / 1000;
+  loadProcesses();
+}
+// The range's process samples as a chart: counts, and the busiest process's CPU % (of one
+// core, so it may pass 100) on its own axis. A click shows the table at that moment.
+let historyRequest = 0;
+async function loadProcessHistory() {
+  const ticket = ++historyRequest;
+  const w = state.range === "live" ? { start: "600s", end: "now" } : rangeWindow();
+  if (!w || !state.device) return;
+  try {
+    const body = await api(`/api/devices/${encodeURIComponent(state.device)}/processes/history?start=${encodeURIComponent(w.start)}&end=${encodeURIComponent(w.end)}&max_samples=500`);
+    if (ticket !== historyRequest) return;
+    const s = body.samples;
+    // A gap of more than three periods (the agent stopped, or had them off) breaks the lines.
+    let data = [[], [], [], []];
+    s.forEach((x, i) => {
+      const t = Date.parse(x.ts) / 1000;
+      if (i && t - data[0][data[0].length - 1] > 3 * Math.max(x.period_s || 10, 10)) {
+        data[0].push(t - 1); data[1].push(null); data[2].push(null); data[3].push(null);
+      }
+      data[0].push(t); data[1].push(x.count); data[2].push(x.running); data[3].push(x.top_cpu_percent);
+    });
+    data = padToWindow(data, Date.parse(body.start) / 1000, Date.parse(body.end) / 1000);
+    const node = $("#chart-processes");
+    if (state.procs.chart) state.procs.chart.destroy();
+    const figure = $("#processes-history-figure");
+    figure.classList.toggle("empty", s.length === 0);
+    figure.dataset.samples = String(s.length);
+    const chart = new uPlot({
+      width: chartWidth(node), height: 140,
+      series: [{}, { label: "processes", stroke: PALETTE[0], scale: "n" },
+        { label: "running", stroke: PALETTE[2], scale: "n" },
+        { label: "busiest CPU %", stroke: PALETTE[1], scale: "%", value: (u, v) => num(v) }],
+      scales: { x: { time: true }, n: { auto: true }, "%": { auto: true } },
+      axes: [{}, { scale: "n", size: 50 }, { scale: "%", side: 1, size: 50 }],
+    }, data, node);
+    chart.over.addEventListener("click", () => {
+      const t = chart.posToVal(chart.cursor.left, "x");
+      if (Number.isFinite(t)) showProcessesAt(new Date(t * 1000));
+    });
+    state.procs.chart = chart;
+  } catch (err) { if (ticket === historyRequest) showError(`Cannot load the process history: ${err.message}`); }
+}
+
+function showProcessesAt(at) {
+  state.procs.at = at;
+  state.procs.checked = 0;
+  if (at) $("#processes-at").value = toLocalInput(at, true);
+  if (state.device) loadProcesses();
+}
+for (const th of document.querySelectorAll("#processes th[data-sort]")) {
+  th.addEventListener("click", () => {
+    const key = th.dataset.sort, sort = state.procs.sort;
+    state.procs.sort = { key, dir: sort.key === key ? -sort.dir : -1 };
+    for (const other of document.querySelectorAll("#processes th")) other.removeAttribute("aria-sort");
+    th.setAttribute("aria-sort", state.procs.sort.dir === 1 ? "ascending" : "descending");
+    renderProcesses();
+  });
+}
+$("#processes-show").addEventListener("click", () => {
+  const at = new Date($("#processes-at").value);
+  if (!isNaN(at)) showProcessesAt(at);
+});
+$("#processes-live").addEventListener("click", () => showProcessesAt(null));
+
 const RANGES = ["live", "3600", "86400", "604800", "2592000", "7776000", "custom"];
 // <input type="datetime-local"> holds local time without a zone.
-function toLocalInput(x) { return new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, 16); }
+function toLocalInput(x, seconds = false) {
+  return new Date(x.getTime() - x.getTimezoneOffset() * 60000).toISOString().slice(0, seconds ? 19 : 16);
+}
 
 function setRange(range, custom = null) {
   state.range = RANGES.includes(range) ? range : "live";
@@ -522,6 +654,7 @@ function setRange(range, custom = null) {
 }
 function rangeChanged() {
   loadRange();
+  loadProcessHistory();
   updateExportLinks();
   writeRangeToUrl();
 }
@@ -573,6 +706,8 @@ function route() {
     $("#device-view").hidden = false;
     document.title = `${state.device} · fleetpulse`;
     loadDevice();
+    state.procs.sample = null;
+    showProcessesAt(null);
     const { range, custom } = rangeFromUrl(match[2]);
     state.custom = null;
     setRange(range, custom);

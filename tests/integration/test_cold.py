@@ -196,10 +196,11 @@ def test_a_redelivery_racing_compaction_is_dropped_and_uncounted_at_the_next_mer
     assert stats.duplicates_dropped == 3
     assert history(store) == before  # the block's copy kept, once
     after = rollups(store)
-    assert [{k: v for k, v in row.items() if not k.endswith("_sum")} for row in after] == [
-        {k: v for k, v in row.items() if not k.endswith("_sum")} for row in counted]
+    sums = ("_sum", "_wsum")  # the weighted sums too (Σ value × interval_s)
+    assert [{k: v for k, v in row.items() if not k.endswith(sums)} for row in after] == [
+        {k: v for k, v in row.items() if not k.endswith(sums)} for row in counted]
     for row, old in zip(after, counted, strict=True):  # sums to within a double's last bits
-        for key in (k for k in row if k.endswith("_sum")):
+        for key in (k for k in row if k.endswith(sums)):
             assert row[key] == pytest.approx(old[key], rel=1e-12, abs=1e-9)
 
 

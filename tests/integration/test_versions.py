@@ -117,7 +117,7 @@ def test_new_agent_started_before_a_new_hub_sends_clock_synced_once_the_hub_says
         wait_for(lambda: SCHEMA_TOPIC in reader.topics(), 10, "the retained capabilities")
         reader.stop()
         capability = orjson.loads(dict(reader.messages)[SCHEMA_TOPIC])
-        assert capability["metrics_optional_fields"] == ["clock_synced"]
+        assert capability["metrics_optional_fields"] == ["clock_synced", "processes"]
         assert capability["metrics_versions"] == [1]
     finally:
         agent.stop()
@@ -135,7 +135,7 @@ def test_new_agent_started_before_a_new_hub_sends_clock_synced_once_the_hub_says
     assert "capability" not in hub_log and "Traceback" not in hub_log
     assert "Traceback" not in agent.log() and "ERROR" not in agent.log()
     # Kept for the next start, so its first readings (before it connects) carry the field.
-    assert (tmp_path / "agent-pi-new" / "hub-reads").read_text() == "clock_synced\n"
+    assert (tmp_path / "agent-pi-new" / "hub-reads").read_text() == "clock_synced\nprocesses\n"
 
 
 def test_with_an_acl_from_before_the_capability_message_everything_is_version_1(

@@ -22,11 +22,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from hub.api import HttpServer, HubHealth, create_app
 from hub.ingest.batch import DeviceEvents
+from hub.processes import INSERT_SQL, process_row
 from hub.read import FleetReader
 from hub.store import Store, StorePool
 from shared.config import Secret
@@ -37,6 +39,8 @@ from tests.servers import MosquittoServer, PostgresServer, free_port, wait_for
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 AGENT = "web-1"
+# A process sample two days back, for the history view (the agent sends the live ones).
+PAST_SAMPLE_AGO = timedelta(days=2, minutes=7, seconds=30)
 
 
 @dataclass
@@ -92,6 +96,14 @@ def _seed(db_url: str, now: datetime) -> None:
                                   "interval_s": 1.0}, now)
     events.status["pi-kitchen"] = ("offline", now - timedelta(seconds=30))
     store.write([], [], events)
+    backup = {"pid": 4242, "name": "nightly-backup", "user": "root", "cpu_percent": 88.5,
+              "rss_bytes": 3 * 2**30, "memory_percent": 40.0, "threads": 4, "status": "running",
+              "io_read_bytes": 2**40, "io_write_bytes": 0}
+    past = now - PAST_SAMPLE_AGO
+    store.execute([(INSERT_SQL, process_row(
+        AGENT, past, "s-past", 1, past,
+        {"period_s": 10.0, "count": 1, "running": 1, "sleeping": 0, "zombie": 0, "other": 0,
+         "top_cpu": [backup], "top_memory": [backup]}))])
     store.close()
 
 
@@ -108,7 +120,7 @@ def site(postgres: PostgresServer, broker: MosquittoServer) -> Iterator[Site]:
                              alert_check_s="1", compact_duty_percent="100")
     hub = processes.Process(["-m", "hub.main", "run"], env, workdir / "hub.log").start()
     agent = processes.agent(workdir, broker_url=broker.url, prefix=prefix, device_id=AGENT,
-                            interval_s="1")
+                            interval_s="1", process_period_s="2")
     browser = None
     try:
         processes.wait_hub_subscribed(hub)
@@ -284,6 +296,95 @@ def test_device_page_shows_the_devices_alerts_and_completeness(site: Site) -> No
     assert b.find_element(By.ID, "current-throttling").text == "under-voltage, throttled"
     assert b.find_element(By.ID, "device-facts").text.startswith("kitchen")
     assert screenshot(b, "device-alerts").stat().st_size > 10_000
+
+
+def process_rows(browser: WebDriver) -> list[dict[str, str]]:
+    # Read in one script: the live table may be redrawn between two WebDriver calls.
+    rows: list[dict[str, str]] = browser.execute_script(
+        "return [...document.querySelectorAll('#processes tbody tr')].map(tr => ({"
+        "pid: tr.dataset.pid, name: tr.querySelector('[data-col=name]').textContent, "
+        "cpu: tr.querySelector('[data-col=cpu]').textContent, "
+        "rss: tr.querySelector('[data-col=rss]').textContent}))")
+    return rows
+
+
+# The table's pids and the shown sample's memory list by RSS (arguments[0]: 1 ascending,
+# -1 descending; ties by pid), read together.
+SHOWN_AND_BY_MEMORY = (
+    "return [[...document.querySelectorAll('#processes tbody tr')].map(tr => "
+    "Number(tr.dataset.pid)), [...state.procs.sample.top_memory].sort((a, b) => "
+    "(a.rss_bytes - b.rss_bytes) * arguments[0] || a.pid - b.pid).map(p => p.pid)]")
+
+
+def test_device_page_shows_the_top_processes_live_and_sorts_them(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + f"/#/device/{AGENT}")
+    wait_for(lambda: len(process_rows(b)) > 0, 30, "the agent's top processes in the table")
+    counts = b.find_element(By.ID, "processes-counts").text
+    assert " processes: " in counts and " running, " in counts, counts
+    assert b.find_element(By.ID, "processes-when").text.startswith("live, sampled ")
+    # The agent scans every 2 s here: the table follows the stream to newer samples.
+    first = b.execute_script("return state.procs.sample.ts")
+    wait_for(lambda: b.execute_script("return state.procs.sample.ts") != first, 20,
+             "a newer process sample on the page")
+    cpu = [float(r["cpu"]) for r in process_rows(b) if r["cpu"] != "–"]
+    assert cpu == sorted(cpu, reverse=True), cpu
+    header = b.find_element(By.CSS_SELECTOR, '#processes th[data-sort="memory"]')
+    header.click()
+    wait_for(lambda: b.execute_script("return state.procs.sort.key") == "memory", 5, "by memory")
+    assert header.get_attribute("aria-sort") == "descending"
+    shown, by_memory = b.execute_script(SHOWN_AND_BY_MEMORY, -1)
+    assert shown == by_memory and len(shown) > 1
+    header.click()  # again: ascending
+    wait_for(lambda: header.get_attribute("aria-sort") == "ascending", 5, "ascending")
+    shown, ascending = b.execute_script(SHOWN_AND_BY_MEMORY, 1)
+    assert shown == ascending and ascending != by_memory
+    b.execute_script("document.getElementById('processes-panel').scrollIntoView()")
+    assert screenshot(b, "device-processes").stat().st_size > 10_000
+
+
+def test_device_page_shows_the_processes_at_a_chosen_moment(site: Site) -> None:
+    b = site.browser
+    b.get(site.url + f"/#/device/{AGENT}?range=604800")
+    # The week's chart, not the live one the previous page left (it is replaced, and an
+    # element of it found meanwhile would be stale).
+    wait_for(lambda: b.execute_script("const c = state.charts.cpu; return c && "
+                                      "c.scales.x.max - c.scales.x.min > 6 * 86400"), 15,
+             "the week's chart")
+    # The week's samples on their own chart: the one two days back and the agent's.
+    # (The page may still show the live range's chart for a moment: wait for the week's.)
+    past = (datetime.now(UTC) - PAST_SAMPLE_AGO).timestamp()
+    wait_for(lambda: b.execute_script(
+        "const c = state.procs.chart; return c && c.scales.x.min <= arguments[0] && "
+        "arguments[0] <= c.scales.x.max && c.data[1].filter(v => v !== null).length >= 2",
+        past), 15, "the week's process history chart")
+    moment = datetime.now() - PAST_SAMPLE_AGO + timedelta(seconds=4)  # local, as the input
+    b.execute_script("document.getElementById('processes-at').value = arguments[0];"
+                     "document.getElementById('processes-show').click()",
+                     moment.strftime("%Y-%m-%dT%H:%M:%S"))
+    wait_for(lambda: [r["name"] for r in process_rows(b)] == ["nightly-backup"], 15,
+             "the sample two days back")
+    row = process_rows(b)[0]
+    assert row["cpu"] == "88.5" and row["rss"] == "3.0 GB"
+    assert b.find_element(By.ID, "processes-live").get_attribute("aria-pressed") == "false"
+    assert not b.find_element(By.ID, "processes-when").text.startswith("live")
+    b.execute_script("document.getElementById('processes-panel').scrollIntoView()")
+    assert screenshot(b, "device-processes-at").stat().st_size > 10_000
+    # A moment with no sample says so; a click on the chart picks the moment under the cursor.
+    over = b.find_element(By.CSS_SELECTOR, "#chart-cpu .u-over")
+    ActionChains(b).move_to_element_with_offset(over, 0, 0).click().perform()  # its middle
+    wait_for(lambda: b.execute_script("return state.procs.at && state.procs.at.getTime()")
+             not in (None, int(moment.timestamp() * 1000)), 10, "the moment clicked")
+    picked = b.execute_script("return state.procs.at.getTime()") / 1000
+    low, high = b.execute_script("const x = state.charts.cpu.scales.x; return [x.min, x.max]")
+    assert abs(picked - (low + high) / 2) < 0.05 * (high - low), (picked, low, high)
+    wait_for(lambda: b.find_element(By.ID, "processes-none").is_displayed(), 10,
+             "no sample at that moment")
+    assert "No process sample in the 5 minutes up to" in b.find_element(
+        By.ID, "processes-none").text
+    b.find_element(By.ID, "processes-live").click()
+    wait_for(lambda: b.find_element(By.ID, "processes-when").text.startswith("live"), 15,
+             "back to live")
 
 
 def test_unknown_device_page_says_so(site: Site) -> None:

@@ -32,9 +32,9 @@ def test_a_field_the_hub_reads_is_sent_even_when_null() -> None:
     assert reading(hub_reads=frozenset({"clock_synced"}))["clock_synced"] is None
 
 
-def test_the_hubs_capability_message_lists_clock_synced() -> None:
+def test_the_hubs_capability_message_lists_clock_synced_and_processes() -> None:
     payload = orjson.dumps(hub_capabilities("9.9"))
-    assert read_capabilities(payload) == frozenset({"clock_synced"})
+    assert read_capabilities(payload) == frozenset({"clock_synced", "processes"})
 
 
 def test_unreadable_or_foreign_capabilities_mean_version_1_only() -> None:

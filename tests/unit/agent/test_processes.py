@@ -396,3 +396,40 @@ def test_watcher_takes_a_new_period_and_top_n_without_a_restart():
         watcher.wake()
         thread.join(5)
     assert not thread.is_alive()
+
+
+# --- on the wire ------------------------------------------------------------------------------
+
+def test_fit_section_shortens_the_lists_until_the_section_fits():
+    from agent.processes import fit_section
+
+    procs = [process_info(rec(pid, cpu_s=1.0, rss=pid, name="x" * 200), 1.0, 10**9)
+             for pid in range(300)]
+    big = build_processes([], [], ([], []), None, 10.0, {})
+    big["top_cpu"], big["top_memory"] = procs, procs[::-1]
+    import orjson
+    assert len(orjson.dumps(big)) > 32 * 1024
+    fitted = fit_section(big)
+    assert len(orjson.dumps(fitted)) <= 32 * 1024
+    assert 0 < len(fitted["top_cpu"]) < 300 and fitted["top_cpu"] == procs[:len(fitted["top_cpu"])]
+    small = build_processes([], [], ([], []), None, 10.0, {})
+    assert fit_section(small) is small
+
+
+def test_a_scan_is_sent_once_and_only_to_a_hub_that_reads_processes():
+    from agent.encode import build_metrics
+    from tests.unit.hub.messages import BASE
+
+    scanner = SimpleNamespace(scan=lambda: [], io=lambda pid: (None, None))
+    watcher = ProcessWatcher(ProcessSampler(scanner), 10.0)
+    assert watcher.take() is None
+    scan = build_processes([], [], ([], []), None, 10.0, {})
+    watcher._unsent = scan
+    assert watcher.take() is scan and watcher.take() is None
+
+    def reading(hub_reads: frozenset[str]) -> dict[str, Any]:
+        return dict(build_metrics(BASE, BASE, device_id="d", session_id="s", seq=1, epoch_s=0.0,
+                                  interval_s=1.0, hub_reads=hub_reads, processes=scan))
+    assert "processes" not in reading(frozenset())
+    assert "processes" not in reading(frozenset({"clock_synced"}))
+    assert reading(frozenset({"processes"}))["processes"] is scan
