@@ -73,8 +73,8 @@ def columns() -> list[FlatColumn]:
     """
     flat = [FlatColumn("v", "smallint", ("v",), False)]
     for c in metrics_columns():
-        if c is RECEIVED_AT:
-            continue  # set by fleetpulse's hub; nothing in the message
+        if c is RECEIVED_AT or not c.path:
+            continue  # set by fleetpulse's hub (received_at, anomaly_score): not in the message
         is_list = c.pg_type == "jsonb" or c.pg_type.endswith("[]")
         flat.append(FlatColumn(c.name, "jsonb" if is_list else c.pg_type, c.path, is_list))
     return flat
