@@ -216,6 +216,41 @@ def run_device_account(settings: HubSettings, args: argparse.Namespace) -> int:
         print(f"fleetpulse-hub {args.command} needs a device id.", file=sys.stderr)
         return 2
     if args.command == "add-device":
-        return run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
+        code = run_add_device(args.device_id, args.password_file, settings, args.reload_pid,
                               explicit_url=args.broker_url is not None)
-    return run_revoke_device(args.device_id, args.password_file, args.reload_pid)
+        if code == 0:
+            record_revocation(settings, args.device_id, revoked=False)
+        return code
+    code = run_revoke_device(args.device_id, args.password_file, args.reload_pid)
+    if code == 0 and record_revocation(settings, args.device_id, revoked=True):
+        print(f"The hub removes what {args.device_id!r} announced to Home Assistant, if "
+              "anything, within a few seconds while it runs (no need for the command above).",
+              file=sys.stderr)
+    return code
+
+
+_REVOKE = ("insert into device_revocations (device_id, revoked_at) values (%(d)s, now()) "
+           "on conflict (device_id) do update set revoked_at = now(), cleared_at = null")
+_UNREVOKE = "delete from device_revocations where device_id = %(d)s"
+
+
+def record_revocation(settings: HubSettings, device_id: str, revoked: bool) -> bool:
+    """Tell the hub's database that a device was revoked (or added again); False when there
+    is no database to tell (the account commands also work with the broker alone)."""
+    from hub.embedded import cluster_exists
+
+    if settings.db is None and not cluster_exists(settings.data_dir):
+        return False
+    store = None
+    try:
+        store = Store(database_url(settings), application_name="fleetpulse-hub-accounts")
+        store.execute([(_REVOKE if revoked else _UNREVOKE, {"d": device_id})])
+        return True
+    except StoreError as exc:
+        if revoked:
+            print(f"Could not tell the hub's database ({exc}); remove the device from Home "
+                  "Assistant by hand as said above.", file=sys.stderr)
+        return False
+    finally:
+        if store is not None:
+            store.close()

@@ -204,7 +204,8 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
     # requests through the pool and wakes the thread (hub/sync.py).
     sync_store = Store(store.url, application_name="fleetpulse-hub-settings")
     sync = SettingsSync(sync_store, lambda topic, payload: receiver.mqtt.publish(
-        topic, payload, qos=1, retain=False), settings.topic_prefix, lambda: datetime.now(UTC))
+        topic, payload, qos=1, retain=False), settings.topic_prefix, lambda: datetime.now(UTC),
+        lambda topic, payload: receiver.mqtt.publish(topic, payload, qos=1, retain=True))
     syncing = threading.Thread(target=sync.run, name="settings", daemon=True, args=(stop,))
     retention = retention_of(settings)
     watching = threading.Thread(target=run_alerts_loop, name="alerts", daemon=True,

@@ -6,7 +6,10 @@ writer with the rest of a batch). :class:`SettingsSync` is the hub's ``settings`
 each round (every :data:`SYNC_CHECK_S`, or at once when the API records a request) it
 judges every pending request against the device's latest report, records ``applied`` or
 ``refused``, and sends what is due on ``<prefix>/<id>/set/<setting>`` (QoS 1, not
-retained: a set is an order, not a state) through the receiver's MQTT connection.
+retained: a set is an order, not a state) through the receiver's MQTT connection. The same
+round removes the Home Assistant discovery of devices revoked since (``device_revocations``,
+recorded by ``fleetpulse-hub revoke-device``): an empty retained message on the device's
+discovery topic, which HA takes as "delete this device".
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Protocol
 from hub.remote import Request, judge, payload_of, should_send
 from shared.errors import StoreError
 from shared.remote import ConfigV1
-from shared.topics import set_topic
+from shared.topics import ha_discovery_topic, set_topic
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ _REFUSED = ("update device_settings set state = 'refused', refused_at = %(now)s,
 _SENT = ("update device_settings set sent_at = %(now)s, send_count = %(count)s, "
          "refusal_seen = %(seen)s where device_id = %(device_id)s and setting = %(setting)s "
          "and requested_at = %(requested_at)s")
+_REVOKED = "select device_id from device_revocations where cleared_at is null order by device_id"
+_CLEARED = ("update device_revocations set cleared_at = %(now)s where device_id = %(device_id)s "
+            "and cleared_at is null")
 _REQUEST = (
     "insert into device_settings (device_id, setting, value, requested_at, requested_by, "
     "state) select d, %(setting)s, %(value)s, %(now)s, %(by)s, 'pending' "
@@ -55,7 +61,7 @@ class Querier(Protocol):
     def execute(self, statements: Sequence[tuple[str, Any]]) -> None: ...
 
 
-Publish = Callable[[str, bytes], object]  # topic, payload: QoS 1, not retained
+Publish = Callable[[str, bytes], object]  # topic, payload (QoS 1; retained or not: the caller)
 
 
 def _request(row: dict[str, Any]) -> Request:
@@ -100,9 +106,11 @@ class SettingsSync:
     """One round at a time (:meth:`check`); :meth:`run` is the hub's ``settings`` thread."""
 
     def __init__(self, store: Querier, publish: Publish, prefix: str,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime],
+                 publish_retained: Publish | None = None) -> None:
         self._store = store
         self._publish = publish
+        self._publish_retained = publish_retained
         self._prefix = prefix
         self._clock = clock
         self.wake = threading.Event()
@@ -110,6 +118,7 @@ class SettingsSync:
     def check(self) -> int:
         """Judge and send what is pending; return how many sets were sent."""
         now = self._clock()
+        self.clear_revoked(now)
         rows = self._store.query(_PENDING)
         sent = 0
         for row in rows:
@@ -138,6 +147,18 @@ class SettingsSync:
                                      "seen": refusal["at"] if refusal else None})
                 sent += 1
         return sent
+
+    def clear_revoked(self, now: datetime) -> int:
+        """Remove the HA discovery of each device revoked since; return how many."""
+        if self._publish_retained is None:
+            return 0
+        rows = self._store.query(_REVOKED)
+        for row in rows:
+            device_id = row["device_id"]
+            self._publish_retained(ha_discovery_topic(device_id), b"")
+            self._record(_CLEARED, {"device_id": device_id, "now": now})
+            log.info("%s was revoked: removed what it announced to Home Assistant.", device_id)
+        return len(rows)
 
     def _record(self, statement: str, params: dict[str, Any]) -> None:
         self._store.execute([(statement, params)])

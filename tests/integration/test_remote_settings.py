@@ -19,8 +19,15 @@ from typing import Any
 
 import pytest
 
+from shared.topics import ha_discovery_topic
 from tests import processes
-from tests.integration.test_security import HUB_PASSWORD, HUB_USERNAME, Client, ShippedBroker
+from tests.integration.test_security import (
+    HUB_PASSWORD,
+    HUB_USERNAME,
+    Client,
+    ShippedBroker,
+    hub_cli,
+)
 from tests.integration.test_security import new_device as new_account
 from tests.integration.test_settings import add_admin
 from tests.integration.test_versions import start_broker
@@ -253,3 +260,48 @@ def test_an_agent_with_narrower_bounds_is_refused_by_the_api_or_refuses_the_hub(
         assert done["reported"] == 12
     finally:
         older.stop()
+
+
+def test_revoking_a_device_removes_its_home_assistant_discovery(fleet: Fleet) -> None:
+    device = "pi-ha-gone"
+    config = ha_discovery_topic(device)
+    agent = processes.agent(fleet.workdir, broker_url=f"mqtt://127.0.0.1:{fleet.broker.port}",
+                            prefix="fleetpulse", device_id=device, broker_username=device,
+                            broker_password=new_account(fleet.broker, device),
+                            interval_s="0.5", ha_discovery="true").start()
+    observer = Client(fleet.broker.port, "ops", "ops", fleet.admin_password).connect()
+    try:
+        observer.subscribe(config)
+        wait_for(lambda: any(t == config and p for t, p in observer.messages), 30,
+                 "the device's discovery message")
+        result = hub_cli("revoke-device", device, "--password-file",
+                         str(fleet.broker.password_file), "--reload-pid", str(fleet.broker.pid),
+                         "--db", fleet.db_url)
+        assert result.returncode == 0, result.stderr
+        assert "The hub removes what 'pi-ha-gone' announced" in result.stderr
+        # The running hub sends the empty retained message HA takes as "delete the device".
+        wait_for(lambda: any(t == config and p == b"" for t, p in observer.messages), 30,
+                 "the hub to remove the discovery")
+        assert processes.query(fleet.db_url, "select cleared_at is not null from "
+                               "device_revocations where device_id = %s", (device,)) == [(True,)]
+        agent.kill()  # refused by the broker from now on: it can announce nothing again
+        late = Client(fleet.broker.port, "ops-late", "ops", fleet.admin_password).connect()
+        try:
+            late.subscribe(config)
+            wait_for(lambda: bool(late.granted), 10, "the late subscription")
+            # A retained message would come right after the SUBACK: none comes within 1 s.
+            assert not wait_until_any(late, config, 1.0)
+        finally:
+            late.stop()
+    finally:
+        observer.stop()
+        agent.kill()
+
+
+def wait_until_any(client: Client, topic: str, timeout_s: float) -> bool:
+    """Whether a message on ``topic`` arrives within ``timeout_s`` (here: should not)."""
+    try:
+        wait_for(lambda: any(t == topic for t, _ in client.messages), timeout_s, topic)
+    except AssertionError:
+        return False
+    return True
