@@ -344,13 +344,16 @@ def test_proc_scanner_agrees_with_psutil_on_this_process():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 def test_a_process_that_exits_leaves_the_scan_and_its_file_is_closed():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # The child lives until its stdin closes: no sleep, and it cannot outlive the test.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
     try:
         scanner = ProcScanner()
         assert child.pid in {r.pid for r in scanner.scan()}
         assert str(child.pid) in scanner._fds
     finally:
-        child.kill()
+        assert child.stdin is not None
+        child.stdin.close()
         child.wait(10)
     assert child.pid not in {r.pid for r in scanner.scan()}
     assert str(child.pid) not in scanner._fds
