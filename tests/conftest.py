@@ -8,10 +8,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.servers import MosquittoServer, PostgresServer
+
+if TYPE_CHECKING:
+    from hub.store import Store
 
 _counter = itertools.count()
 
@@ -66,6 +70,17 @@ def postgres(work_root: Path) -> Iterator[PostgresServer]:
 def db_url(postgres: PostgresServer) -> str:
     """A new empty database on the session's PostgreSQL."""
     return postgres.create_database(f"t_{next(_counter)}")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A migrated, empty database behind the hub's Store."""
+    from hub.store import Store
+
+    s = Store(db_url)
+    s.migrate()
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@ and the band of a range (both tiers)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from fastapi.testclient import TestClient
 
 from hub.alerts import DEFAULT_RULES
@@ -20,14 +18,6 @@ from tests.readings import series
 
 # Minute-aligned, so the band's 60 s buckets split the readings where the test expects.
 T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def _write_scored(store: Store, device: str, scores: list[float | None]) -> None:

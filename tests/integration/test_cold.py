@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,6 @@ from tests.servers import wait_for
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "device_id, ts, session_id, seq"
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def noisy(device: str, start: datetime, count: int, step_s: float, seed: int,

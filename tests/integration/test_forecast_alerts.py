@@ -4,11 +4,9 @@ warming towards its 60 °C soft limit opens ``thermal_throttling_forecast``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 
 from hub.alerts import DEFAULT_RULES
 from hub.store import Store
@@ -18,14 +16,6 @@ from tests.readings import series, write_readings
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 GIB = 2 ** 30
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def _rounds(store: Store, watcher: AlertWatcher, readings: list, every: int = 10) -> list:

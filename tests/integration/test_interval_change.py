@@ -9,7 +9,6 @@ number of readings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -58,14 +57,6 @@ def weighted(readings: list[MetricsV1], step_s: int) -> dict[datetime, float]:
         acc[0] += r["cpu"]["percent"] * r["interval_s"]  # type: ignore[operator]
         acc[1] += r["interval_s"]
     return {b: s / t for b, (s, t) in sums.items()}
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def api(db_url: str, now: datetime) -> TestClient:

@@ -4,11 +4,9 @@ said, retrained by the hub's Retrainer when due, loaded again as a restarted hub
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pytest
 
 from hub.detect.features import SOURCE_COLUMNS, signal_rows
 from hub.detect.live import LiveScorer
@@ -27,14 +25,6 @@ from shared.schema import metrics_columns
 from tests.readings import partition, series, write_readings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def _history(store: Store, device: str, count: int, start: datetime) -> None:

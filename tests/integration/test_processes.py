@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
 from fastapi.testclient import TestClient
 
 from hub.alerts import DEFAULT_RULES
@@ -44,14 +42,6 @@ def store_messages(store: Store, messages: list[Inbound]) -> None:
 
 def count(store: Store, table: str) -> int:
     return int(store.query(f"select count(*) as n from {table}")[0]["n"])
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_samples_are_stored_once_even_when_redelivered(store: Store) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -16,14 +15,6 @@ from shared.schema import MetricsV1
 from tests.readings import reading, series, write_readings
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def minute_row(store: Store, device: str, bucket: datetime) -> dict[str, object]:
