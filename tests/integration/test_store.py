@@ -14,7 +14,7 @@ from hub.ingest.validate import validate
 from hub.ingest.write import write_batch
 from hub.store import Store
 from shared.errors import TransientStoreError
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, wait_for
 from tests.unit.hub.messages import NOW, metrics, metrics_bytes
 
 
@@ -129,8 +129,14 @@ def test_store_reconnects_after_the_server_restarts(private_dir):
         store = Store(server.url)
         store.migrate()
         server.kill()
-        with pytest.raises(TransientStoreError):
-            store.check()
+
+        def refused() -> bool:
+            try:
+                store.check()
+            except TransientStoreError:
+                return True
+            return False  # a backend of the killed postmaster may answer for a moment
+        wait_for(refused, 10, "the store to find the server gone")
         server.start()
         store.check()  # a new connection, no error
         store.close()
