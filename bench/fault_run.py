@@ -2,7 +2,8 @@
 
 The real agent (``python -m agent.main run``, every 1 s) publishes to a private Mosquitto; a
 ``mosquitto_sub`` stores every reading. After ``--quiet-s`` seconds of the machine as it is,
-each fault runs for ``--fault-s`` seconds with ``--gap-s`` seconds of calm before it:
+each fault runs for ``--fault-s`` seconds with ``--gap-s`` seconds of calm before it, and
+``--after-s`` quiet seconds close the run:
 
     cpu_spin      one core spun at 100 % (stress-ng --cpu 1, pinned to core 0)
     memory_leak   a process growing by equal steps to ``--leak-fraction`` of available RAM
@@ -17,7 +18,7 @@ the first line is a header (machine, settings, labels), then one agent message a
 small enough to commit (about 0.6 MB an hour of readings) and is read by
 ``bench/fault_eval.py``; unit tests can use it without injecting anything.
 
-    python3 -m bench.fault_run                       # 1 h quiet, then the six faults (~80 min)
+    python3 -m bench.fault_run                # 1 h quiet, six faults, 20 min quiet (~105 min)
     python3 -m bench.fault_run --quiet-s 600 --out /tmp/faults-short.jsonl.xz   # a trial
 
 Needs mosquitto, mosquitto-clients and stress-ng (apt-get install). Run it on a machine doing
@@ -167,6 +168,10 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             start, end = inject(kind, args.fault_s, args.leak_fraction, work)
             labels.append({"kind": kind, "start": start, "end": end})
         time.sleep(args.gap_s)
+        after_end = time.monotonic() + args.after_s
+        while (left := after_end - time.monotonic()) > 0:
+            progress(f"quiet after the faults: {left:5.0f} s left")
+            time.sleep(min(30.0, left))
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
@@ -178,6 +183,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
               "ended": datetime.now(UTC).isoformat(), "machine": machine(),
               "device_id": DEVICE, "interval_s": 1.0, "quiet_s": args.quiet_s,
               "fault_s": args.fault_s, "gap_s": args.gap_s, "tail_s": args.tail_s,
+              "after_s": args.after_s,
               "leak_fraction": args.leak_fraction, "labels": labels}
     with lzma.open(args.out, "wb", preset=9) as out:
         out.write(json.dumps(header).encode() + b"\n")
@@ -194,6 +200,8 @@ def main() -> int:
     parser.add_argument("--gap-s", type=float, default=180.0)
     parser.add_argument("--tail-s", type=float, default=30.0,
                         help="seconds after a fault's end still in its label window")
+    parser.add_argument("--after-s", type=float, default=1200.0,
+                        help="quiet seconds recorded after the last fault (judged as quiet)")
     parser.add_argument("--leak-fraction", type=float, default=0.5)
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
