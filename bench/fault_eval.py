@@ -3,9 +3,13 @@
 Reads a file written by ``bench/fault_run.py`` (the real agent at 1 s: a quiet period, then
 labelled injected faults) and replays it reading by reading, as the hub would see it:
 
-- the quiet period is cut in three: the first half trains each detector, the next quarter
-  sets each detector's alert threshold (the smallest that opens no alert there), the last
-  quarter and everything after it is the evaluation, never seen while training or tuning;
+- the quiet period is cut in three: the first ``--fit-s`` seconds (25 min) train each
+  detector, the next ``--calibrate-s`` (10 min) set each detector's alert threshold (the
+  smallest that opens no alert there), the rest of it and everything after it (faults, the
+  calm between them and the quiet tail) is the evaluation, never seen while training or
+  tuning (a short trial run falls back to halves and quarters of its quiet period);
+- the shipped detector is judged twice: with that calibrated threshold, and with the hub's
+  own ``anomaly`` rule as shipped (score above 0.5 for 10 s, closing below 0.3);
 - an alert is the hub's rule (hub/alerts.py ``evaluate``): the score above the threshold for
   ``--duration-s`` of consecutive readings opens it, below ``clear`` closes it;
 - the hub's threshold rules (hub/alerts.py ``DEFAULT_RULES``) run on the same readings.
@@ -203,14 +207,29 @@ def stream_scores(name: str, x: Floats, fit_end: int) -> Floats:
 DETECTORS = ("novelty", "windowed_gaussian", "netdata_kmeans", "isolation_forest")
 
 
-def run(rec: Recording, duration_s: float, detectors: Sequence[str]) -> dict[str, Any]:
+def split(ts: Sequence[datetime], quiet_end: int, fit_s: float,
+          calibrate_s: float) -> tuple[int, int]:
+    """Return where fitting and calibration end: after ``fit_s`` and ``calibrate_s`` seconds of
+    the quiet readings ``ts[:quiet_end]``, or at its half and three quarters when it is too short
+    to leave 10 minutes of quiet readings to the evaluation."""
+    quiet_s = (ts[quiet_end - 1] - ts[0]).total_seconds() if quiet_end else 0.0
+    if quiet_s < fit_s + calibrate_s + 600.0:
+        return quiet_end // 2, (3 * quiet_end) // 4
+    def after(seconds: float) -> int:
+        return next(i for i, t in enumerate(ts) if (t - ts[0]).total_seconds() >= seconds)
+
+    return after(fit_s), after(fit_s + calibrate_s)
+
+
+def run(rec: Recording, duration_s: float, detectors: Sequence[str], fit_s: float = 1500.0,
+        calibrate_s: float = 600.0) -> dict[str, Any]:
     t0 = rec.ts[0]
     quiet_end = next((i for i, t in enumerate(rec.ts) if rec.labels and t >= rec.labels[0][1]),
                      len(rec.ts))
     quiet_s = float(rec.header.get("quiet_s", 0.0))
     q_end = next((i for i, t in enumerate(rec.ts) if (t - t0).total_seconds() >= quiet_s),
                  quiet_end)
-    fit_end, cal_end = q_end // 2, (3 * q_end) // 4
+    fit_end, cal_end = split(rec.ts, q_end, fit_s, calibrate_s)
     x = signal_rows([[row[c] for c in SOURCE_COLUMNS] for row in rec.rows])
     results: dict[str, Any] = {}
     for name in detectors:
@@ -223,6 +242,13 @@ def run(rec: Recording, duration_s: float, detectors: Sequence[str]) -> dict[str
                            cal_end)
         results[name] = {"threshold": threshold, "cpu_s": cpu,
                          **vars(judge(rec, alerts, cal_end))}
+        if name == "novelty":  # as the hub ships it: its own rule, no calibration
+            shipped = next(r for r in DEFAULT_RULES if r.name == "anomaly")
+            alerts = alerts_of(rec.ts, list(scores), Rule(
+                "anomaly", "above", "score", shipped.threshold, shipped.duration_s,
+                shipped.clear), cal_end)
+            results["novelty (hub rule)"] = {"threshold": shipped.threshold, "cpu_s": cpu,
+                                             **vars(judge(rec, alerts, cal_end))}
     # The hub's own threshold rules, on the readings' stored values, same span.
     values = [reading_values(row) for row in rec.rows]
     rule_alerts: list[Alert] = []
@@ -262,6 +288,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--duration-s", type=float, default=10.0,
                         help="the alert rule's duration (the hub's anomaly rule: 10 s)")
+    parser.add_argument("--fit-s", type=float, default=1500.0,
+                        help="quiet seconds that train the detectors")
+    parser.add_argument("--calibrate-s", type=float, default=600.0,
+                        help="quiet seconds after those that set each detector's threshold")
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--label", default="fault_eval")
     args = parser.parse_args()
@@ -269,7 +299,8 @@ def main() -> int:
         raise SystemExit(f"{args.data} does not exist: record one with python3 -m "
                          "bench.fault_run")
     rec = load(args.data)
-    data = run(rec, args.duration_s, [d for d in args.detectors.split(",") if d])
+    data = run(rec, args.duration_s, [d for d in args.detectors.split(",") if d], args.fit_s,
+               args.calibrate_s)
     data["data"] = str(args.data)
     text = report(data)
     print(text)

@@ -54,3 +54,9 @@ def test_judge_counts_recall_delay_and_false_alerts_against_label_windows():
     assert judged.delay_s == {"cpu_spin": 8.0, "fork_storm": None}
     assert (judged.true_alerts, judged.false_alerts) == (1, 1)
     assert 1.9 < judged.quiet_hours < 2.0  # the two label windows (90 s each) left out
+
+
+def test_split_takes_seconds_of_a_long_quiet_period_and_halves_of_a_short_one():
+    ts = _ts(4000)
+    assert fe.split(ts, 3600, 1500.0, 600.0) == (1500, 2100)
+    assert fe.split(ts, 600, 1500.0, 600.0) == (300, 450)
