@@ -50,8 +50,10 @@ from hub.alerts import (
     reading_values,
 )
 from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
+from hub.detect.forecast import DampedHolt, Linear, Persistence
 from hub.detect.gaussian import WindowedGaussian
 from hub.detect.model import Floats
+from hub.detect.outlook import WINDOW, Forecaster, Series, partition_percent
 from hub.detect.train import TooLittleHistory, train
 from hub.ingest.validate import decode_metrics
 from shared.schema import metrics_columns, metrics_row
@@ -259,11 +261,123 @@ def run(rec: Recording, duration_s: float, detectors: Sequence[str], fit_s: floa
     rule_alerts.sort(key=lambda a: a.opened)
     results["threshold_rules"] = {"threshold": None, "cpu_s": 0.0,
                                   **vars(judge(rec, rule_alerts, cal_end))}
-    return {"readings": len(rec.ts), "signals": list(SIGNALS),
+    forecasts = judge_forecasts(rec)
+    return {"readings": len(rec.ts), "signals": list(SIGNALS), "forecasts": forecasts,
             "split": {"fit": fit_end, "calibrate": cal_end - fit_end,
                       "evaluate": len(rec.ts) - cal_end},
             "duration_s": duration_s, "labels": rec.header["labels"],
             "machine": rec.header.get("machine"), "results": results}
+
+
+# The forecasts on the slow runs (bench/fault_run.py RAMPS): each method, fed the run's
+# readings as the hub feeds its own, warns through the hub's forecast rule of that kind.
+FORECASTERS: dict[str, Callable[[], Forecaster]] = {
+    "linear (shipped)": lambda: Linear(k=1, window=WINDOW),
+    "damped_holt": lambda: DampedHolt(k=1),
+    "persistence": lambda: Persistence(k=1),
+}
+RAMP_RULES = {"memory_ramp": "memory_exhaustion_forecast", "disk_ramp": "disk_full_forecast"}
+RAMP_LEAD_S = 300.0  # readings before a run that the forecasts see first (their window)
+RAMP_SHARE = 0.95  # the threshold: this share of the way from the run's start to its extreme
+
+
+def ramp_values(kind: str, rows: Sequence[dict[str, Any]]) -> list[float | None]:
+    """Per reading, what the run moves: memory available in %, or the use in % of the
+    partition whose use grew the most over ``rows``."""
+    if kind == "memory_ramp":
+        return [None if not r["memory_total_bytes"] or r["memory_available_bytes"] is None
+                else 100.0 * r["memory_available_bytes"] / r["memory_total_bytes"] for r in rows]
+    by_mount: dict[str, list[float | None]] = {}
+    for i, r in enumerate(rows):
+        for part in r["disk_partitions"] or []:
+            series = by_mount.setdefault(str(part.get("mountpoint")), [None] * len(rows))
+            series[i] = partition_percent(part)
+    if not by_mount:
+        return [None] * len(rows)
+
+    def growth(series: list[float | None]) -> float:
+        known = [v for v in series if v is not None]
+        return max(known) - known[0] if known else 0.0
+
+    return max(by_mount.values(), key=growth)
+
+
+def judge_ramp(kind: str, ts: Sequence[datetime], values: Sequence[float | None],
+               begin: datetime, end: datetime, method: str) -> dict[str, Any]:
+    """When ``method`` warned of the run's threshold, how long before the crossing, and how far
+    its predicted time of crossing was from the real one."""
+    before = [v for t, v in zip(ts, values, strict=True)
+              if begin - timedelta(seconds=60) <= t < begin and v is not None]
+    during = [(t, v) for t, v in zip(ts, values, strict=True) if begin <= t < end and v is not None]
+    out: dict[str, Any] = {"kind": kind, "method": method, "begin": begin.isoformat()}
+    if not before or not during:
+        return {**out, "error": "no readings around the run"}
+    falling = kind == "memory_ramp"
+    base = float(np.median(before))
+    extreme = min(v for _, v in during) if falling else max(v for _, v in during)
+    threshold = base + RAMP_SHARE * (extreme - base)
+    crossing = next(t for t, v in during if (v <= threshold if falling else v >= threshold))
+    series = Series(threshold, falling=falling, model=FORECASTERS[method]())
+    span = [(t, v) for t, v in zip(ts, values, strict=True)
+            if begin - timedelta(seconds=RAMP_LEAD_S) <= t < end]
+    etas: list[float | None] = []
+    for t, v in span:
+        if v is not None:
+            series.add(t.timestamp(), v)
+        etas.append(series.eta_s)
+    rule = next(r for r in DEFAULT_RULES if r.name == RAMP_RULES[kind])
+    alerts = alerts_of([t for t, _ in span], etas, rule, 0)
+    early = [a for a in alerts if a.opened < begin]  # warned of a run not yet started
+    warned = next((a.opened for a in alerts if a.opened >= begin), None)
+    errors = [((t + timedelta(seconds=e)) - crossing).total_seconds()
+              for (t, _), e in zip(span, etas, strict=True)
+              if e is not None and begin <= t < crossing]
+    at_warning = next((((t + timedelta(seconds=e)) - crossing).total_seconds()
+                       for (t, _), e in zip(span, etas, strict=True)
+                       if e is not None and warned is not None and t == warned), None)
+    return {**out, "base": base, "extreme": extreme, "threshold": threshold,
+            "crossing_s": (crossing - begin).total_seconds(),
+            "warned_s": None if warned is None else (warned - begin).total_seconds(),
+            "lead_s": None if warned is None or warned > crossing
+            else (crossing - warned).total_seconds(),
+            "early_warnings": len(early),
+            "error_at_warning_s": at_warning,
+            "median_abs_error_s": float(np.median(np.abs(errors))) if errors else None}
+
+
+def judge_forecasts(rec: Recording) -> list[dict[str, Any]]:
+    """Every method on every slow run of the recording (none: an empty list)."""
+    out = []
+    for label in rec.header["labels"]:
+        if label["kind"] not in RAMP_RULES:
+            continue
+        begin, end = datetime.fromisoformat(label["start"]), datetime.fromisoformat(label["end"])
+        values = ramp_values(label["kind"], [r for r, t in zip(rec.rows, rec.ts, strict=True)
+                                             if begin - timedelta(seconds=RAMP_LEAD_S) <= t < end])
+        window = [t for t in rec.ts if begin - timedelta(seconds=RAMP_LEAD_S) <= t < end]
+        for method in FORECASTERS:
+            out.append(judge_ramp(label["kind"], window, values, begin, end, method))
+    return out
+
+
+def forecast_report(runs: list[dict[str, Any]]) -> str:
+    headers = ["method", "kind", "runs", "warned ≥ 60 s ahead", "median lead s",
+               "median |error| s", "early warnings"]
+    rows = []
+    for method in FORECASTERS:
+        for kind in RAMP_RULES:
+            mine = [r for r in runs if r["method"] == method and r["kind"] == kind
+                    and "error" not in r]
+            if not mine:
+                continue
+            leads = [r["lead_s"] for r in mine if r["lead_s"] is not None]
+            errs = [r["median_abs_error_s"] for r in mine if r["median_abs_error_s"] is not None]
+            rows.append([method, kind, len(mine),
+                         f"{sum(1 for v in leads if v >= 60.0)}/{len(mine)}",
+                         f"{np.median(leads):.0f}" if leads else "—",
+                         f"{np.median(errs):.0f}" if errs else "—",
+                         sum(r["early_warnings"] for r in mine)])
+    return table(headers, rows)
 
 
 def report(data: dict[str, Any]) -> str:
@@ -303,6 +417,9 @@ def main() -> int:
                args.calibrate_s)
     data["data"] = str(args.data)
     text = report(data)
+    if data["forecasts"]:
+        text += "\n\nForecasts on the slow runs (threshold: 95 % of the way to the run's extreme)\n"
+        text += forecast_report(data["forecasts"])
     print(text)
     write_result(args.label, data)
     return 0

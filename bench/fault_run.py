@@ -21,6 +21,13 @@ small enough to commit (about 0.6 MB an hour of readings) and is read by
     python3 -m bench.fault_run                # 1 h quiet, six faults, 20 min quiet (~105 min)
     python3 -m bench.fault_run --quiet-s 600 --out /tmp/faults-short.jsonl.xz   # a trial
 
+For the forecasts, slow runs (``memory_ramp``: the leak over four minutes; ``disk_ramp``: 4 GB
+written at a steady rate over four minutes), judged by bench/fault_eval.py too:
+
+    python3 -m bench.fault_run --quiet-s 300 --fault-s 300 --gap-s 60 --after-s 0 \
+        --faults memory_ramp,disk_ramp,memory_ramp,disk_ramp,memory_ramp,disk_ramp \
+        --out bench/data/ramps.jsonl.xz
+
 Needs mosquitto, mosquitto-clients and stress-ng (apt-get install). Run it on a machine doing
 nothing else: what else runs is part of the "quiet" data.
 """
@@ -50,6 +57,10 @@ DEFAULT_OUT = ROOT / "bench" / "data" / "faults.jsonl.xz"
 PREFIX = "faultrun"
 DEVICE = "fault-vm"
 FAULTS = ("cpu_spin", "memory_leak", "disk_flood", "net_flood", "fork_storm", "cpu_and_leak")
+# Slow runs for the forecasts (not in the default sequence): the memory leak, and a file
+# written at a steady rate, each over 0.8 of ``--fault-s`` and then held until its end.
+RAMPS = ("memory_ramp", "disk_ramp")
+FILL_NAME = "fill.bin"
 
 # A child process that leaks: grows by equal steps until it holds ``fraction`` of the RAM that
 # was available when it started, over ``seconds``, touching every page, then holds it.
@@ -78,6 +89,24 @@ while True:
     out.sendto(data, ('127.0.0.1', port))
 """
 
+# A child that fills the disk at a steady rate: ``total`` bytes over ``seconds``, written in
+# chunks and synced, so that the partition's used bytes grow in a line; then it holds.
+_FILL = """
+import os, sys, time
+path, total, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+chunk = 8 * 1024 * 1024
+chunks = max(1, total // chunk)
+data = os.urandom(chunk)
+began = time.monotonic()
+with open(path, 'wb') as f:
+    for i in range(chunks):
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        time.sleep(max(0.0, began + (i + 1) * seconds / chunks - time.monotonic()))
+time.sleep(3600)
+"""
+
 
 def _stress_ng() -> str:
     binary = shutil.which("stress-ng")
@@ -92,9 +121,14 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fault_commands(kind: str, seconds: float, leak_fraction: float,
-                   scratch: Path) -> list[list[str]]:
+def fault_commands(kind: str, seconds: float, leak_fraction: float, scratch: Path,
+                   fill_bytes: int = 4 * 10 ** 9) -> list[list[str]]:
     """Return the command lines that inject one fault kind for ``seconds``."""
+    if kind == "memory_ramp":
+        return [[sys.executable, "-c", _LEAK, str(leak_fraction), str(seconds * 0.8)]]
+    if kind == "disk_ramp":
+        return [[sys.executable, "-c", _FILL, str(scratch / FILL_NAME), str(fill_bytes),
+                 str(seconds * 0.8)]]
     stress = _stress_ng()
     timeout = f"{int(seconds)}s"
     spin = [stress, "--cpu", "1", "--cpu-load", "100", "--taskset", "0", "--timeout", timeout,
@@ -116,12 +150,13 @@ def fault_commands(kind: str, seconds: float, leak_fraction: float,
     raise ValueError(f"unknown fault {kind!r} (known: {', '.join(FAULTS)})")
 
 
-def inject(kind: str, seconds: float, leak_fraction: float, scratch: Path) -> tuple[str, str]:
+def inject(kind: str, seconds: float, leak_fraction: float, scratch: Path,
+           fill_bytes: int = 4 * 10 ** 9) -> tuple[str, str]:
     """Run one fault for ``seconds``; return its start and end as ISO UTC times."""
     start = datetime.now(UTC)
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-             for cmd in fault_commands(kind, seconds, leak_fraction, scratch)]
+             for cmd in fault_commands(kind, seconds, leak_fraction, scratch, fill_bytes)]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.5)
@@ -129,6 +164,7 @@ def inject(kind: str, seconds: float, leak_fraction: float, scratch: Path) -> tu
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+    (scratch / FILL_NAME).unlink(missing_ok=True)
     return start.isoformat(), datetime.now(UTC).isoformat()
 
 
@@ -141,9 +177,11 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     """Run the agent, the quiet period and the faults; return the header (labels included)."""
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     for kind in faults:
-        if kind not in FAULTS:
-            raise SystemExit(f"unknown fault {kind!r}: use some of {', '.join(FAULTS)}")
+        if kind not in FAULTS + RAMPS:
+            raise SystemExit(f"unknown fault {kind!r}: use some of {', '.join(FAULTS + RAMPS)}")
     work = Path(tempfile.mkdtemp(prefix="fleetpulse-faults-"))
+    if "disk_ramp" in faults and shutil.disk_usage(work).free < 3 * args.fill_bytes:
+        raise SystemExit(f"{work} has less than 3 × --fill-bytes free: lower --fill-bytes")
     broker = MosquittoServer(work / "broker", persistence=False).start()
     readings = work / "readings.jsonl"
     sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q",
@@ -165,7 +203,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
         for i, kind in enumerate(faults, 1):
             time.sleep(args.gap_s)
             progress(f"fault {i}/{len(faults)}: {kind} for {args.fault_s:g} s")
-            start, end = inject(kind, args.fault_s, args.leak_fraction, work)
+            start, end = inject(kind, args.fault_s, args.leak_fraction, work, args.fill_bytes)
             labels.append({"kind": kind, "start": start, "end": end})
         time.sleep(args.gap_s)
         after_end = time.monotonic() + args.after_s
@@ -183,7 +221,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
               "ended": datetime.now(UTC).isoformat(), "machine": machine(),
               "device_id": DEVICE, "interval_s": 1.0, "quiet_s": args.quiet_s,
               "fault_s": args.fault_s, "gap_s": args.gap_s, "tail_s": args.tail_s,
-              "after_s": args.after_s,
+              "after_s": args.after_s, "fill_bytes": args.fill_bytes,
               "leak_fraction": args.leak_fraction, "labels": labels}
     with lzma.open(args.out, "wb", preset=9) as out:
         out.write(json.dumps(header).encode() + b"\n")
@@ -203,7 +241,10 @@ def main() -> int:
     parser.add_argument("--after-s", type=float, default=1200.0,
                         help="quiet seconds recorded after the last fault (judged as quiet)")
     parser.add_argument("--leak-fraction", type=float, default=0.5)
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--fill-bytes", type=int, default=4 * 10 ** 9,
+                        help="what a disk_ramp writes (default 4 GB)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma-separated, in order; also {', '.join(RAMPS)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     header = record(args)

@@ -57,7 +57,9 @@ _READINGS = (
     "m.memory_swap_in_bytes_per_s, m.memory_swap_out_bytes_per_s, "
     "m.throttling_under_voltage_now, m.throttling_throttled_now, "
     "m.throttling_freq_capped_now, m.throttling_soft_temp_limit_now, m.anomaly_score, "
-    "m.memory_available_bytes, m.memory_total_bytes, m.disk_partitions, "
+    # As text: hub/detect/outlook.py parses one reading's partitions per 10 s step.
+    "m.memory_available_bytes, m.memory_total_bytes, "
+    "m.disk_partitions::text as disk_partitions, "
     + DISK_MAX_PERCENT + " "
     "from devices d left join unnest(%(known_ids)s::text[], %(known_ts)s::timestamptz[]) "
     "as k(device_id, ts) on k.device_id = d.device_id "
@@ -104,7 +106,7 @@ class AlertWatcher:
         self._by_name = {r.name: r for r in rules}
         self._window_s = window_s(rules)
         self._sessions_window_s = duplicate_window_s(rules)
-        # Each device's forecasts, fed every reading this watcher reads (in memory: after a
+        # Each device's forecasts, fed the readings this watcher reads (in memory: after a
         # restart they speak again once a minute of readings has come in).
         self._outlooks: dict[str, Outlook] = {}
         # Each device's readings of the last window, oldest first, kept between rounds.

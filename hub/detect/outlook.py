@@ -24,11 +24,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
 from hub.detect.forecast import Linear, steps_to_threshold
+from hub.detect.model import Floats
 
 STEP_S = 10.0
 WINDOW = 30  # steps: five minutes
@@ -46,15 +48,32 @@ def throttle_limit(pi_model: str | None) -> float:
     return THROTTLE_CELSIUS
 
 
+class Forecaster(Protocol):
+    """What a series needs of a forecaster (hub/detect/forecast.py, one stream)."""
+
+    phi: float
+
+    def step(self, x: Floats) -> None: ...
+
+    @property
+    def level(self) -> Floats: ...
+
+    @property
+    def trend(self) -> Floats: ...
+
+
 @dataclass
-class _Series:
-    """One signal averaged per step, the line through its last steps, and the time until the
-    line reaches ``target`` (computed once per step: readings in between cost an addition)."""
+class Series:
+    """One signal averaged per step, a forecaster fed those averages, and the time until its
+    forecast reaches ``target`` (computed once per step: readings in between cost an
+    addition). The hub's forecaster is the line through the last :data:`WINDOW` steps;
+    bench/fault_eval.py passes the others."""
 
     target: float
     falling: bool = False  # heading down towards the target (memory) rather than up
-    line: Linear = field(default_factory=lambda: Linear(k=1, window=WINDOW))
+    model: Forecaster = field(default_factory=lambda: Linear(k=1, window=WINDOW))
     step_at: float | None = None  # start of the open step (seconds)
+    steps: int = 0  # steps closed so far
     total: float = 0.0
     count: int = 0
     eta_s: float | None = None
@@ -64,7 +83,8 @@ class _Series:
             self.step_at = t_s
         elif t_s >= self.step_at + STEP_S:
             if self.count:
-                self.line.step(np.array([self.total / self.count]))
+                self.model.step(np.array([self.total / self.count]))
+                self.steps += 1
                 self.eta_s = self._eta_s()
             self.step_at += STEP_S * math.floor((t_s - self.step_at) / STEP_S)
             self.total, self.count = 0.0, 0
@@ -72,18 +92,31 @@ class _Series:
         self.count += 1
 
     def _eta_s(self) -> float | None:
-        """Seconds until the line reaches the target (0 once past it)."""
-        if self.line.count < MIN_STEPS:
+        """Seconds until the forecast reaches the target (0 once past it)."""
+        if self.steps < MIN_STEPS:
             return None
-        level = float(self.line.level[0])
+        level = float(self.model.level[0])
         if (level <= self.target) if self.falling else (level >= self.target):
             return 0.0
-        steps = float(steps_to_threshold(self.line.level, self.line.trend, self.target)[0])
+        steps = float(steps_to_threshold(self.model.level, self.model.trend, self.target,
+                                         self.model.phi)[0])
         return steps * STEP_S if math.isfinite(steps) else None
 
 
 def _partitions(value: Any) -> Sequence[Mapping[str, Any]]:
+    if isinstance(value, (str, bytes)):  # the stored jsonb as text: parsed only when used
+        value = orjson.loads(value)
     return value if isinstance(value, list) else []
+
+
+def partition_percent(partition: Mapping[str, Any]) -> float | None:
+    """A partition's use in %, from its bytes where it has them (the reading's ``percent``
+    is rounded to 0.1, as psutil's: 250 MB on a 250 GB disk)."""
+    used, free = partition.get("used_bytes"), partition.get("free_bytes")
+    if isinstance(used, int) and isinstance(free, int) and used + free > 0:
+        return 100.0 * used / (used + free)
+    percent = partition.get("percent")
+    return None if percent is None else float(percent)
 
 
 @dataclass
@@ -91,19 +124,21 @@ class Outlook:
     """One device's forecasts, fed its readings in time order."""
 
     throttle_celsius: float = THROTTLE_CELSIUS
-    memory: _Series = field(default_factory=lambda: _Series(MEMORY_FLOOR_PERCENT, falling=True))
-    temperature: _Series = field(init=False)
-    disks: dict[str, _Series] = field(default_factory=dict)
+    memory: Series = field(default_factory=lambda: Series(MEMORY_FLOOR_PERCENT, falling=True))
+    temperature: Series = field(init=False)
+    disks: dict[str, Series] = field(default_factory=dict)
+    disk_step_at: float | None = None  # when the partitions were last taken
 
     def __post_init__(self) -> None:
-        self.temperature = _Series(self.throttle_celsius)
+        self.temperature = Series(self.throttle_celsius)
 
     def add(self, ts: datetime, reading: Mapping[str, Any]) -> dict[str, float | None]:
         """Take one reading; return the time to each limit (see :data:`FORECASTS`).
 
         ``reading`` holds ``memory_available_bytes``, ``memory_total_bytes``,
-        ``sensors_cpu_celsius`` and ``disk_partitions`` (records with ``mountpoint`` and
-        ``percent``), any of them None.
+        ``sensors_cpu_celsius`` and ``disk_partitions`` (a list of records with
+        ``mountpoint`` and ``used_bytes`` and ``free_bytes`` or ``percent``, or that list as
+        JSON text), any of them None.
         """
         t = ts.timestamp()
         available, total = reading.get("memory_available_bytes"), reading.get(
@@ -113,20 +148,27 @@ class Outlook:
         celsius = reading.get("sensors_cpu_celsius")
         if celsius is not None:
             self.temperature.add(t, float(celsius))
-        seen = set()
-        for partition in _partitions(reading.get("disk_partitions")):
-            name, percent = partition.get("mountpoint"), partition.get("percent")
-            if name is None or percent is None:
-                continue
-            seen.add(name)
-            series = self.disks.get(str(name))
-            if series is None:
-                series = self.disks[str(name)] = _Series(100.0)
-            series.add(t, float(percent))
-        if len(seen) < len(self.disks):  # unmounted: its forecast would go stale
-            for gone in set(self.disks) - seen:
-                del self.disks[gone]
+        if self.disk_step_at is None or t >= self.disk_step_at + STEP_S:
+            # Partitions fill slowly: one reading per step feeds their lines, and the other
+            # readings' partition lists are never parsed (the alert watcher reads them as
+            # JSON text, so a busy hub does not decode every reading's list).
+            self.disk_step_at = t
+            self._add_partitions(t, reading.get("disk_partitions"))
         disk = [s.eta_s for s in self.disks.values() if s.eta_s is not None]
         return {"memory_exhaustion_s": self.memory.eta_s,
                 "disk_full_s": min(disk) if disk else None,
                 "thermal_throttle_s": self.temperature.eta_s}
+
+    def _add_partitions(self, t: float, value: Any) -> None:
+        seen = set()
+        for partition in _partitions(value):
+            name, percent = partition.get("mountpoint"), partition_percent(partition)
+            if name is None or percent is None:
+                continue
+            seen.add(str(name))
+            series = self.disks.get(str(name))
+            if series is None:
+                series = self.disks[str(name)] = Series(100.0)
+            series.add(t, percent)
+        for gone in set(self.disks) - seen:  # unmounted: its forecast would go stale
+            del self.disks[gone]

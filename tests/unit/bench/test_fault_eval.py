@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from bench import fault_eval as fe
 
@@ -60,3 +61,35 @@ def test_split_takes_seconds_of_a_long_quiet_period_and_halves_of_a_short_one():
     ts = _ts(4000)
     assert fe.split(ts, 3600, 1500.0, 600.0) == (1500, 2100)
     assert fe.split(ts, 600, 1500.0, 600.0) == (300, 450)
+
+
+def _ramp(falling: bool) -> tuple[list[datetime], list[float]]:
+    # Flat for 400 s, then 0.1 a second for 240 s, then flat for 60 s.
+    sign = -1.0 if falling else 1.0
+    values = [50.0] * 400 + [50.0 + sign * 0.1 * i for i in range(1, 241)] + [
+        50.0 + sign * 24.0] * 60
+    return _ts(len(values)), values
+
+
+def test_the_shipped_forecast_warns_a_minute_ahead_of_a_steady_leak_and_persistence_never():
+    ts, values = _ramp(falling=True)
+    begin, end = ts[400], ts[699]
+    linear = fe.judge_ramp("memory_ramp", ts, values, begin, end, "linear (shipped)")
+    assert linear["crossing_s"] == pytest.approx(227.0, abs=1.0)  # 95 % of the way: 22.8
+    assert linear["lead_s"] is not None and linear["lead_s"] >= 60.0
+    assert linear["early_warnings"] == 0
+    assert linear["error_at_warning_s"] is not None
+    persistence = fe.judge_ramp("memory_ramp", ts, values, begin, end, "persistence")
+    assert persistence["lead_s"] is None
+
+
+def test_a_disk_run_is_judged_on_the_partition_that_filled():
+    ts, values = _ramp(falling=False)
+    rows = [{"disk_partitions": [
+        {"mountpoint": "/boot", "used_bytes": 10, "free_bytes": 90, "percent": 10.0},
+        {"mountpoint": "/", "used_bytes": round(v * 1000), "free_bytes": round((100 - v) * 1000),
+         "percent": round(v, 1)}]} for v in values]
+    picked = fe.ramp_values("disk_ramp", rows)
+    assert picked[0] == 50.0 and picked[-1] == 74.0
+    judged = fe.judge_ramp("disk_ramp", ts, picked, ts[400], ts[699], "linear (shipped)")
+    assert judged["lead_s"] is not None and judged["lead_s"] >= 60.0

@@ -82,3 +82,55 @@ def test_memory_forecast_alert_fires_before_the_fact_and_says_when():
     assert "available memory falls to 5 % of the total in about 13 min" in change.message
     assert when in change.message
     assert change.peak_value == etas[-1]  # the soonest
+
+
+def test_partitions_as_json_text_forecast_as_the_list_does_and_bytes_beat_rounded_percent():
+    import orjson
+
+    def at(i):
+        return {"disk_partitions": [{"mountpoint": "/", "percent": 50.0 + i * 0.01}]}
+
+    as_list = feed(Outlook(), 300, at)["disk_full_s"]
+    as_text = feed(Outlook(), 300, lambda i: {"disk_partitions": orjson.dumps(at(i)[
+        "disk_partitions"]).decode()})["disk_full_s"]
+    assert as_list is not None and as_text == as_list
+    # 1 GB a second onto a 1 TB disk: the rounded percent moves by 0.1 every 100 s, the bytes
+    # every second; both forecast the disk full in about (1 TB - used) / 1 GB/s.
+    tb, gb = 10 ** 12, 10 ** 9
+
+    def filling(i):
+        used = 500 * gb + i * gb
+        return {"disk_partitions": [{"mountpoint": "/", "used_bytes": used,
+                                     "free_bytes": tb - used,
+                                     "percent": round(100 * used / tb, 1)}]}
+
+    eta = feed(Outlook(), 300, filling)["disk_full_s"]
+    assert eta == pytest.approx((tb - 500 * gb - 299 * gb) / gb, abs=2 * STEP_S)
+
+
+def test_a_partition_that_disappears_loses_its_forecast():
+    def at(i):
+        parts = [{"mountpoint": "/", "percent": 50.0}]
+        if i < 200:
+            parts.append({"mountpoint": "/media/usb", "percent": 50.0 + i * 0.1})
+        return {"disk_partitions": parts}
+
+    outlook = Outlook()
+    etas = [outlook.add(T0 + timedelta(seconds=i), at(i))["disk_full_s"] for i in range(300)]
+    assert etas[150] is not None  # /media/usb filling
+    assert etas[-1] is None  # gone, and / stays flat
+    assert set(outlook.disks) == {"/"}
+
+
+def test_a_series_forecasts_with_any_forecaster_and_persistence_never_warns_ahead():
+    from hub.detect.forecast import DampedHolt, Persistence
+    from hub.detect.outlook import Series
+
+    etas = {}
+    for name, model in (("holt", DampedHolt(k=1)), ("persistence", Persistence(k=1))):
+        series = Series(70.0, model=model)
+        for i in range(300):
+            series.add(float(i), 50.0 + 0.05 * i)  # reaches 70 at i = 400
+        etas[name] = series.eta_s
+    assert etas["holt"] is not None and etas["holt"] > 0
+    assert etas["persistence"] is None
