@@ -78,6 +78,7 @@ class HttpServer:
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         self.host, self.port = host, port
+        self._app = app
         self._server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=2))
@@ -113,6 +114,9 @@ class HttpServer:
         log.info("Dashboard and API on http://%s:%d/.", self.host, self.port)
 
     def stop(self) -> None:
+        context = getattr(self._app.state, "fleetpulse", None)
+        if isinstance(context, ApiContext):
+            context.stopping.set()  # event streams end within a period (see devices.stream)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(5)

@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, cast
 
@@ -63,6 +63,9 @@ class ApiContext:
     latest: LatestCache
     stream_period_s: float
     settings: SettingsDesk | None = None  # None: no broker connection to send them
+    # Set when the server stops: open event streams end themselves, before uvicorn's
+    # graceful period is over and it cancels them (which logged a traceback).
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def get_context(request: Request) -> ApiContext:

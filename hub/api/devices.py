@@ -59,7 +59,7 @@ async def stream(request: Request, context: Context,
 
     async def events() -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
-        while not await request.is_disconnected():
+        while not context.stopping.is_set() and not await request.is_disconnected():
             try:
                 rows = await anyio.to_thread.run_sync(context.latest.get)
                 chosen = [d.model_dump() for d in rows if device is None or d.device_id == device]

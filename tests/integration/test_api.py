@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -315,6 +316,35 @@ def test_stream_sends_the_fleet_every_period(store: Store, db_url: str) -> None:
         pool.close()
     assert all('"device_id":"pi-1"' in e and '"pi-2"' not in e for e in events)
     assert '"summary":{"devices":2' in events[0]
+
+
+def test_stopping_the_server_ends_open_streams_without_an_error(
+        store: Store, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    pool = StorePool(db_url, size=2)
+    app = create_app(FleetReader(pool), streamer=pool, health=lambda: HEALTHY,
+                     now=lambda: NOW, stream_period_s=0.2)
+    server = HttpServer(app, "127.0.0.1", free_port())
+    # uvicorn's loggers do not propagate to the root logger that caplog listens on.
+    uvicorn_log = logging.getLogger("uvicorn")
+    uvicorn_log.addHandler(caplog.handler)
+    server.start()
+    events = 0
+    try:
+        with httpx.stream("GET", f"http://127.0.0.1:{server.port}/api/stream",
+                          timeout=10) as response:
+            for line in response.iter_lines():  # ends when the server closes the stream
+                if line.startswith("data: "):
+                    events += 1
+                    if events == 2:
+                        server.stop()
+    finally:
+        server.stop()
+        pool.close()
+        uvicorn_log.removeHandler(caplog.handler)
+    assert 2 <= events <= 4  # the stream ended within a period or two of the stop
+    problems = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")
+                or r.exc_info]
+    assert not problems, [r.getMessage() for r in problems]
 
 
 def test_http_server_reports_a_port_in_use(store: Store, db_url: str) -> None:
