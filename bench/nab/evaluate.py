@@ -55,18 +55,31 @@ def split(series: Sequence[Series]) -> tuple[list[int], list[int]]:
 
 
 def evaluate(scores: Sequence[Floats], series: Sequence[Series],
-             subset: Sequence[int] | None = None) -> dict[str, Any]:
-    """Score a detector's outputs per profile: one corpus threshold, total and per group."""
+             subset: Sequence[int] | None = None,
+             clear_ratio: float | None = None) -> dict[str, Any]:
+    """Score a detector's outputs per profile: one corpus threshold, total and per group.
+
+    With ``clear_ratio``, a detection is an alert opening of the hub's rule (no duration;
+    closing below ``clear_ratio`` × the threshold: :func:`score.openings`), not every row at
+    or above the threshold.
+    """
     idx = list(range(len(series))) if subset is None else list(subset)
     ws = [score.weights(series[i].labels) for i in idx]
     ss = [np.asarray(scores[i], dtype=np.float64) for i in idx]
     n_windows = sum(w.n_windows for w in ws)
     out: dict[str, Any] = {}
     for p in PROFILES:
-        best = score.sweep(ss, ws, p)
+        if clear_ratio is None:
+            best = score.sweep(ss, ws, p)
+        else:
+            best = score.sweep_openings(ss, ws, p, clear_ratio)
         groups: dict[str, dict[str, Any]] = {}
         for i, s, w in zip(idx, ss, ws, strict=True):
-            c = score.score_series(s, w, best.threshold, p)
+            if clear_ratio is None:
+                c = score.score_series(s, w, best.threshold, p)
+            else:
+                fired = score.openings(s, best.threshold, clear_ratio * best.threshold)
+                c = score.score_series(fired, w, 0.5, p)
             g = groups.setdefault(series[i].group, {"raw": 0.0, "windows": 0, "detected": 0,
                                                     "false_positives": 0})
             g["raw"] += c.raw

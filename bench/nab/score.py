@@ -226,6 +226,38 @@ def sweep(
                  raw=float(candidates[best_i]))
 
 
+def openings(scores: Floats, threshold: float, clear: float) -> Floats:
+    """1.0 at each row where an alert opens, else 0.0: the hub's rule with no duration.
+
+    An alert opens when the score reaches ``threshold`` while none is open, and closes when
+    the score falls below ``clear`` (≤ ``threshold``); rows in between open nothing new.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    event = np.where(s >= threshold, 1, np.where(s < clear, 0, -1))  # -1: keeps the state
+    last = np.maximum.accumulate(np.where(event >= 0, np.arange(len(s)), -1))
+    state = np.where(last >= 0, event[np.maximum(last, 0)], 0)
+    opened = (state == 1) & (np.r_[0, state[:-1]] == 0)
+    return opened.astype(np.float64)
+
+
+def sweep_openings(scores: Sequence[Floats], ws: Sequence[RowWeights], profile: Profile,
+                   clear_ratio: float, candidates: int = 300) -> Sweep:
+    """Like :func:`sweep`, with a detection being an alert opening (:func:`openings`, clearing
+    at ``clear_ratio`` × the threshold): the raw score at each of ``candidates`` thresholds
+    (quantiles of the scores above their median, and the largest scores), best kept."""
+    every = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores])
+    top = np.unique(every)[-50:]
+    grid = np.unique(np.r_[np.quantile(every, np.linspace(0.5, 1.0, candidates)), top])
+    base = -profile.fn_weight * sum(w.n_windows for w in ws)
+    best = Sweep(threshold=math.nextafter(float(every.max()), math.inf), raw=float(base))
+    for t in grid[::-1]:  # from the highest: among equal raw scores the highest wins
+        raw = sum(score_series(openings(x, t, clear_ratio * t), w, 0.5, profile).raw
+                  for x, w in zip(scores, ws, strict=True))
+        if raw > best.raw:
+            best = Sweep(threshold=float(t), raw=raw)
+    return best
+
+
 def null_raw(n_windows: int, profile: Profile) -> float:
     """Return the raw score of a detector that never fires."""
     return -profile.fn_weight * n_windows

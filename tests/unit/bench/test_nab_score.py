@@ -127,3 +127,24 @@ def test_sweep_equals_the_best_of_every_threshold(levels, profile):
     total = sum(score.score_series(s, w, found.threshold, profile).raw
                 for s, w in zip(scores, ws, strict=True))
     assert total == pytest.approx(found.raw)
+
+
+def test_an_alert_opens_once_per_episode_and_again_only_after_it_clears():
+    s = np.array([0.1, 0.6, 0.7, 0.4, 0.6, 0.2, 0.55, 0.1])
+    # 0.4 is above the clear level (0.3): still open, so 0.6 after it opens nothing new;
+    # 0.2 closes it and 0.55 opens a second alert.
+    assert list(score.openings(s, 0.5, 0.3)) == [0, 1, 0, 0, 0, 0, 1, 0]
+    # Clearing at the threshold itself: every rise through it is an opening.
+    assert list(score.openings(s, 0.5, 0.5)) == [0, 1, 0, 0, 1, 0, 1, 0]
+
+
+def test_one_detection_per_alert_forgives_a_long_false_episode():
+    # A window at 40-49 detected at its first row, and a false episode of 20 rows at 70-89.
+    s = np.zeros(100)
+    s[40] = s[70:90] = 0.9
+    w = score.weights(ONE)
+    per_row = score.sweep([s], [w], STANDARD)
+    per_alert = score.sweep_openings([s], [w], STANDARD, 0.6)
+    assert per_alert.raw > per_row.raw
+    expected = score.score_series(_fires(100, [40, 70]), w, 0.5, STANDARD).raw
+    assert per_alert.raw == pytest.approx(expected)
