@@ -231,6 +231,10 @@ def run_device_account(settings: HubSettings, args: argparse.Namespace) -> int:
 
 _REVOKE = ("insert into device_revocations (device_id, revoked_at) values (%(d)s, now()) "
            "on conflict (device_id) do update set revoked_at = now(), cleared_at = null")
+# A revoked device can no longer connect: settings asked of it would wait for ever, and its
+# last settings report is stale. Added again, it reports its settings when it connects.
+_FORGET_SETTINGS = ("delete from device_settings where device_id = %(d)s",
+                    "delete from device_config where device_id = %(d)s")
 _UNREVOKE = "delete from device_revocations where device_id = %(d)s"
 
 
@@ -244,7 +248,8 @@ def record_revocation(settings: HubSettings, device_id: str, revoked: bool) -> b
     store = None
     try:
         store = Store(database_url(settings), application_name="fleetpulse-hub-accounts")
-        store.execute([(_REVOKE if revoked else _UNREVOKE, {"d": device_id})])
+        statements = [_REVOKE, *_FORGET_SETTINGS] if revoked else [_UNREVOKE]
+        store.execute([(text, {"d": device_id}) for text in statements])
         return True
     except StoreError as exc:
         if revoked:

@@ -274,6 +274,11 @@ def test_revoking_a_device_removes_its_home_assistant_discovery(fleet: Fleet) ->
         observer.subscribe(config)
         wait_for(lambda: any(t == config and p for t, p in observer.messages), 30,
                  "the device's discovery message")
+        wait_for(lambda: fleet.settings(device)["supported"], 30, "the device's config report")
+        status, body = fleet.call("PUT", f"/api/devices/{device}/settings",
+                                  {"process_top_n": 12})
+        assert status == 200, body
+        fleet.wait_setting(device, "process_top_n", "applied", lambda s: s["state"] == "applied")
         result = hub_cli("revoke-device", device, "--password-file",
                          str(fleet.broker.password_file), "--reload-pid", str(fleet.broker.pid),
                          "--db", fleet.db_url)
@@ -284,6 +289,10 @@ def test_revoking_a_device_removes_its_home_assistant_discovery(fleet: Fleet) ->
                  "the hub to remove the discovery")
         assert processes.query(fleet.db_url, "select cleared_at is not null from "
                                "device_revocations where device_id = %s", (device,)) == [(True,)]
+        # Its settings requests and its last report went with it.
+        assert processes.query(fleet.db_url, "select (select count(*) from device_settings "
+                               "where device_id = %s), (select count(*) from device_config "
+                               "where device_id = %s)", (device, device)) == [(0, 0)]
         agent.kill()  # refused by the broker from now on: it can announce nothing again
         late = Client(fleet.broker.port, "ops-late", "ops", fleet.admin_password).connect()
         try:
