@@ -15,7 +15,8 @@ labelled injected faults) and replays it reading by reading, as the hub would se
 - the hub's threshold rules (hub/alerts.py ``DEFAULT_RULES``) run on the same readings.
 
 Reported per detector and per fault kind: recall (an alert opened inside the fault's label
-window), detection delay (alert opened − fault start), precision (alerts that overlap a label
+window), detection delay (alert opened − fault start; with the rule's duration in it) and
+when the crossing the alert dates from began (``began``), precision (alerts that overlap a label
 window / all alerts in the evaluation span), and false alerts per device-hour of the quiet
 evaluation data. Memory and disk forecasts (hub/detect/outlook.py) are judged on the leak and
 flood faults: how long before the fault's own peak they warned.
@@ -145,7 +146,8 @@ def calibrate(ts: Sequence[datetime], scores: Floats, lo: int, hi: int,
 @dataclass
 class Judged:
     recall: dict[str, bool]
-    delay_s: dict[str, float | None]
+    delay_s: dict[str, float | None]  # fault start → alert opened (what an operator sees)
+    began_s: dict[str, float | None]  # fault start → the score's crossing the alert dates
     true_alerts: int
     false_alerts: int
     quiet_hours: float
@@ -156,10 +158,12 @@ def judge(rec: Recording, alerts: list[Alert], start: int) -> Judged:
     labels = rec.labels
     recall: dict[str, bool] = {}
     delay: dict[str, float | None] = {}
+    began: dict[str, float | None] = {}
     for kind, begin, end in labels:
         inside = [a for a in alerts if begin <= a.opened < end]
         recall[kind] = bool(inside)
         delay[kind] = (inside[0].opened - begin).total_seconds() if inside else None
+        began[kind] = (inside[0].started - begin).total_seconds() if inside else None
 
     def in_label(a: Alert) -> bool:
         closed = a.closed or a.opened
@@ -167,7 +171,7 @@ def judge(rec: Recording, alerts: list[Alert], start: int) -> Judged:
 
     true = sum(1 for a in alerts if in_label(a))
     quiet = [t for t in rec.ts[start:] if not any(b <= t < e for _, b, e in labels)]
-    return Judged(recall, delay, true, len(alerts) - true, len(quiet) / 3600.0)
+    return Judged(recall, delay, began, true, len(alerts) - true, len(quiet) / 3600.0)
 
 
 def _max_over_streams(scores: Floats) -> Floats:
@@ -382,16 +386,19 @@ def forecast_report(runs: list[dict[str, Any]]) -> str:
 
 def report(data: dict[str, Any]) -> str:
     kinds = [lab["kind"] for lab in data["labels"]]
-    headers = ["detector", *kinds, "recall", "median delay s", "precision", "false/dev-h"]
+    headers = ["detector", *kinds, "recall", "median delay s", "began s", "precision",
+               "false/dev-h"]
     rows = []
     for name, r in data["results"].items():
         found = [r["recall"][k] for k in kinds]
         delays = sorted(d for d in r["delay_s"].values() if d is not None)
+        began = sorted(d for d in r["began_s"].values() if d is not None)
         total = r["true_alerts"] + r["false_alerts"]
         rows.append([name, *[f"{r['delay_s'][k]:.0f}s" if r["recall"][k] else "—"
                              for k in kinds],
                      f"{sum(found)}/{len(found)}",
                      f"{np.median(delays):.0f}" if delays else "—",
+                     f"{np.median(began):.0f}" if began else "—",
                      f"{r['true_alerts'] / total:.2f}" if total else "—",
                      f"{r['false_alerts'] / r['quiet_hours']:.1f}" if r["quiet_hours"] else "—"])
     return table(headers, rows)

@@ -53,6 +53,7 @@ def test_judge_counts_recall_delay_and_false_alerts_against_label_windows():
     judged = fe.judge(rec, alerts, 0)
     assert judged.recall == {"cpu_spin": True, "fork_storm": False}
     assert judged.delay_s == {"cpu_spin": 8.0, "fork_storm": None}
+    assert judged.began_s == {"cpu_spin": -2.0, "fork_storm": None}  # the crossing it dates
     assert (judged.true_alerts, judged.false_alerts) == (1, 1)
     assert 1.9 < judged.quiet_hours < 2.0  # the two label windows (90 s each) left out
 
