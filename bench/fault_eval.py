@@ -32,7 +32,7 @@ import json
 import lzma
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -282,6 +282,12 @@ FORECASTERS: dict[str, Callable[[], Forecaster]] = {
 }
 RAMP_RULES = {"memory_ramp": "memory_exhaustion_forecast", "disk_ramp": "disk_full_forecast"}
 RAMP_LEAD_S = 300.0  # readings before a run that the forecasts see first (their window)
+# The hub warns of exhausted memory 15 min ahead and of a full disk 6 h ahead. A slow run
+# fills its 4 GB within minutes, far faster than a disk fills in use, and its threshold is
+# a few % above where it starts: both kinds are judged with the memory rule's 15-minute
+# horizon (each rule's own duration kept); with 6 h, any write elsewhere before a run would
+# count as a warning of it.
+RAMP_HORIZON_S = 900.0
 RAMP_SHARE = 0.95  # the threshold: this share of the way from the run's start to its extreme
 
 
@@ -329,7 +335,8 @@ def judge_ramp(kind: str, ts: Sequence[datetime], values: Sequence[float | None]
         if v is not None:
             series.add(t.timestamp(), v)
         etas.append(series.eta_s)
-    rule = next(r for r in DEFAULT_RULES if r.name == RAMP_RULES[kind])
+    hub_rule = next(r for r in DEFAULT_RULES if r.name == RAMP_RULES[kind])
+    rule = replace(hub_rule, threshold=RAMP_HORIZON_S, clear=2 * RAMP_HORIZON_S)
     alerts = alerts_of([t for t, _ in span], etas, rule, 0)
     early = [a for a in alerts if a.opened < begin]  # warned of a run not yet started
     warned = next((a.opened for a in alerts if a.opened >= begin), None)
