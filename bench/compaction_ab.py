@@ -9,6 +9,7 @@ on a fresh copy of one database, and reports the medians and their ratio. CPU is
 compacting process's own (hub) plus its PostgreSQL backend's (``/proc/<pid>/schedstat``).
 
     python3 -m bench.compaction_ab --baseline-rev 6d14e29 --rounds 8
+    python3 -m bench.compaction_ab --baseline-rev HEAD --rounds 2 --stages   # where it goes
 
 Writes bench/results/compaction_ab.json.
 """
@@ -60,6 +61,61 @@ print(json.dumps({"hub": time.process_time() - own, "pg": backend() - pg,
 store.close()
 """
 
+# One round of this tree with its PostgreSQL backend's CPU split by statement: each execute
+# and each commit is timed on the backend's schedstat (what the statement cost the server),
+# named by what it is (see STAGES).
+STAGES_ROUND = """
+import json, os, sys, time
+sys.path.insert(0, os.getcwd())
+from collections import defaultdict
+from datetime import datetime, UTC
+import psycopg
+from hub import cold
+from hub.store import Store
+STAGES = json.loads(sys.argv[2])
+store = Store(sys.argv[1])
+store.migrate()
+lay = cold.layout()
+pid = store.query("select pg_backend_pid() as p")[0]["p"]
+def backend():
+    return int(open(f"/proc/{pid}/schedstat").read().split()[0]) / 1e9
+spent = defaultdict(float)
+def stage(sql):
+    text = (sql.decode() if isinstance(sql, bytes) else str(sql)).lstrip().lower()
+    return next((name for name, prefix in STAGES if text.startswith(prefix)), "other")
+execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
+def timed_execute(self, query, *args, **kwargs):
+    before = backend()
+    try:
+        return execute(self, query, *args, **kwargs)
+    finally:
+        spent[stage(query)] += backend() - before
+def timed_commit(self):
+    before = backend()
+    try:
+        return commit(self)
+    finally:
+        spent["commit (WAL flush)"] += backend() - before
+psycopg.Cursor.execute, psycopg.Connection.commit = timed_execute, timed_commit
+hours = store.cold_candidates(datetime(2100, 1, 1, tzinfo=UTC), 1000)
+own, pg = time.process_time(), backend()
+spent.clear()
+for device, hour, _ in hours:
+    store.compact_hour(lay, device, hour)
+print(json.dumps({"hub": time.process_time() - own, "pg": backend() - pg,
+                  "readings": sum(n for _, _, n in hours), "stages": spent}))
+store.close()
+"""
+# What each statement of Store.compact_hour starts with, in the order they are tried.
+STAGES = [("build and insert the block (TOAST compression included)", "with r0 as"),
+          ("check: block read back and hot rows, hashed", "select (w.n, w.h)"),
+          ("delete the hot rows", "delete from metrics"),
+          ("longest lists (slots)", "select coalesce(max"),
+          ("savepoints, locks, settings", "savepoint"),
+          ("savepoints, locks, settings", "rollback to"),
+          ("savepoints, locks, settings", "set "),
+          ("savepoints, locks, settings", "select pg_advisory")]
+
 
 def one_round(tree: Path, url: str) -> dict[str, float]:
     done = subprocess.run([sys.executable, "-c", ONE_ROUND, url], cwd=tree,
@@ -75,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-rev", required=True, help="git revision to compare with")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--recording", type=Path, default=tiers.RECORDING)
+    parser.add_argument("--stages", action="store_true",
+                        help="also one round of this tree with PostgreSQL's CPU per statement")
     args = parser.parse_args(argv)
     info = machine()
     workdir = Path(tempfile.mkdtemp(prefix="fleetpulse-compaction-ab-"))
@@ -92,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = PostgresServer(workdir / "pg").init().start()
     trees = {"baseline": baseline, "this tree": ROOT}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    staged: dict[str, Any] = {}
     try:
         template = pg.create_database("readings")
         store = Store(template)
@@ -110,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                     runs[label].append(one_round(tree, pg.url_for("round")))
                 progress(f"round {i + 1}/{args.rounds}: " + ", ".join(
                     f"{label} {cpu_per_day(r[-1]):.1f} s" for label, r in runs.items()))
+            if args.stages:
+                conn.execute("drop database if exists round")
+                conn.execute(f'create database round template "{name}"')
+                staged = stage_round(ROOT, pg.url_for("round"))
     finally:
         pg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -130,9 +193,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:10s} {m:6.1f} s = {100 * m * 100 / DAY_S:.2f} % of a core per 100 "
               "devices")
     print(f"  ratio      {result['ratio']:.2f}× (baseline {args.baseline_rev})")
+    if args.stages:
+        per_day = {name: cpu / staged["readings"] * DAY_S
+                   for name, cpu in staged["stages"].items()}
+        result["stages_cpu_s_per_device_day"] = {
+            "hub": staged["hub"] / staged["readings"] * DAY_S, **per_day}
+        print("\nWhere one round's CPU goes (this tree), s per device-day:")
+        print(f"  {'the hub process (Python, psycopg)':58s} "
+              f"{result['stages_cpu_s_per_device_day']['hub']:6.2f}")
+        for name, cpu in sorted(per_day.items(), key=lambda kv: -kv[1]):
+            print(f"  {'PostgreSQL: ' + name:58s} {cpu:6.2f}")
     path = write_result("compaction_ab", result)
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
+
+
+def stage_round(tree: Path, url: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", STAGES_ROUND, url, json.dumps(STAGES)],
+                          cwd=tree, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise SystemExit(f"compaction stages in {tree} failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def cpu_per_day(run: dict[str, float]) -> float:
