@@ -39,32 +39,10 @@ from tests.servers import PostgresServer
 
 DAY_S = 86400
 # Run in a subprocess whose working directory is the tree to measure, so ``hub`` is that
-# tree's. Prints the CPU seconds (hub, PostgreSQL) and the readings compacted.
+# tree's. Prints the CPU seconds (hub, PostgreSQL) and the readings compacted. Given a list
+# of stages (argv[2], see STAGES), also PostgreSQL's CPU split by statement: each execute
+# and each commit timed on the backend's schedstat, named by what the statement starts with.
 ONE_ROUND = """
-import json, os, sys, time
-sys.path.insert(0, os.getcwd())
-from datetime import datetime, UTC
-from hub import cold
-from hub.store import Store
-store = Store(sys.argv[1])
-store.migrate()
-lay = cold.layout()
-pid = store.query("select pg_backend_pid() as p")[0]["p"]
-def backend():
-    return int(open(f"/proc/{pid}/schedstat").read().split()[0]) / 1e9
-hours = store.cold_candidates(datetime(2100, 1, 1, tzinfo=UTC), 1000)
-own, pg = time.process_time(), backend()
-for device, hour, _ in hours:
-    store.compact_hour(lay, device, hour)
-print(json.dumps({"hub": time.process_time() - own, "pg": backend() - pg,
-                  "readings": sum(n for _, _, n in hours)}))
-store.close()
-"""
-
-# One round of this tree with its PostgreSQL backend's CPU split by statement: each execute
-# and each commit is timed on the backend's schedstat (what the statement cost the server),
-# named by what it is (see STAGES).
-STAGES_ROUND = """
 import json, os, sys, time
 sys.path.insert(0, os.getcwd())
 from collections import defaultdict
@@ -72,7 +50,6 @@ from datetime import datetime, UTC
 import psycopg
 from hub import cold
 from hub.store import Store
-STAGES = json.loads(sys.argv[2])
 store = Store(sys.argv[1])
 store.migrate()
 lay = cold.layout()
@@ -80,23 +57,25 @@ pid = store.query("select pg_backend_pid() as p")[0]["p"]
 def backend():
     return int(open(f"/proc/{pid}/schedstat").read().split()[0]) / 1e9
 spent = defaultdict(float)
-def stage(sql):
-    text = (sql.decode() if isinstance(sql, bytes) else str(sql)).lstrip().lower()
-    return next((name for name, prefix in STAGES if text.startswith(prefix)), "other")
-execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
-def timed_execute(self, query, *args, **kwargs):
-    before = backend()
-    try:
-        return execute(self, query, *args, **kwargs)
-    finally:
-        spent[stage(query)] += backend() - before
-def timed_commit(self):
-    before = backend()
-    try:
-        return commit(self)
-    finally:
-        spent["commit (WAL flush)"] += backend() - before
-psycopg.Cursor.execute, psycopg.Connection.commit = timed_execute, timed_commit
+if len(sys.argv) > 2:
+    STAGES = json.loads(sys.argv[2])
+    def stage(sql):
+        text = (sql.decode() if isinstance(sql, bytes) else str(sql)).lstrip().lower()
+        return next((name for name, prefix in STAGES if text.startswith(prefix)), "other")
+    execute, commit = psycopg.Cursor.execute, psycopg.Connection.commit
+    def timed_execute(self, query, *args, **kwargs):
+        before = backend()
+        try:
+            return execute(self, query, *args, **kwargs)
+        finally:
+            spent[stage(query)] += backend() - before
+    def timed_commit(self):
+        before = backend()
+        try:
+            return commit(self)
+        finally:
+            spent["commit (WAL flush)"] += backend() - before
+    psycopg.Cursor.execute, psycopg.Connection.commit = timed_execute, timed_commit
 hours = store.cold_candidates(datetime(2100, 1, 1, tzinfo=UTC), 1000)
 own, pg = time.process_time(), backend()
 spent.clear()
@@ -117,12 +96,13 @@ STAGES = [("build and insert the block (TOAST compression included)", "with r0 a
           ("savepoints, locks, settings", "select pg_advisory")]
 
 
-def one_round(tree: Path, url: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", ONE_ROUND, url], cwd=tree,
+def one_round(tree: Path, url: str, stages: bool = False) -> dict[str, Any]:
+    extra = [json.dumps(STAGES)] if stages else []
+    done = subprocess.run([sys.executable, "-c", ONE_ROUND, url, *extra], cwd=tree,
                           capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise SystemExit(f"compaction in {tree} failed:\n{done.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
@@ -149,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         [m for _, m in pairs]), strict=True)], "pi-rec")
     pg = PostgresServer(workdir / "pg").init().start()
     trees = {"baseline": baseline, "this tree": ROOT}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     staged: dict[str, Any] = {}
     try:
         template = pg.create_database("readings")
@@ -172,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.stages:
                 conn.execute("drop database if exists round")
                 conn.execute(f'create database round template "{name}"')
-                staged = stage_round(ROOT, pg.url_for("round"))
+                staged = one_round(ROOT, pg.url_for("round"), stages=True)
     finally:
         pg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -208,16 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def stage_round(tree: Path, url: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", STAGES_ROUND, url, json.dumps(STAGES)],
-                          cwd=tree, capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        raise SystemExit(f"compaction stages in {tree} failed:\n{done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
-
-
-def cpu_per_day(run: dict[str, float]) -> float:
+def cpu_per_day(run: dict[str, Any]) -> float:
     return (run["hub"] + run["pg"]) / run["readings"] * DAY_S
 
 
