@@ -11,12 +11,17 @@ compacting process's own (hub) plus its PostgreSQL backend's (``/proc/<pid>/sche
     python3 -m bench.compaction_ab --baseline-rev 6d14e29 --rounds 8
     python3 -m bench.compaction_ab --baseline-rev HEAD --rounds 2 --stages   # where it goes
 
+The rounds of this tree compact without reading the blocks back (``check=False``); one more
+round reads every block back, and the hub's figure adds that cost for one block in
+``cold_check_every``.
+
 Writes bench/results/compaction_ab.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -35,6 +40,7 @@ import psycopg
 
 from bench import tiers
 from hub.store import Store
+from shared.config import HubSettings
 from tests.servers import PostgresServer
 
 DAY_S = 86400
@@ -43,7 +49,7 @@ DAY_S = 86400
 # of stages (argv[2], see STAGES), also PostgreSQL's CPU split by statement: each execute
 # and each commit timed on the backend's schedstat, named by what the statement starts with.
 ONE_ROUND = """
-import json, os, sys, time
+import inspect, json, os, sys, time
 sys.path.insert(0, os.getcwd())
 from collections import defaultdict
 from datetime import datetime, UTC
@@ -57,8 +63,8 @@ pid = store.query("select pg_backend_pid() as p")[0]["p"]
 def backend():
     return int(open(f"/proc/{pid}/schedstat").read().split()[0]) / 1e9
 spent = defaultdict(float)
-if len(sys.argv) > 2:
-    STAGES = json.loads(sys.argv[2])
+STAGES, CHECK = json.loads(sys.argv[2])
+if STAGES:
     def stage(sql):
         text = (sql.decode() if isinstance(sql, bytes) else str(sql)).lstrip().lower()
         return next((name for name, prefix in STAGES if text.startswith(prefix)), "other")
@@ -80,7 +86,10 @@ hours = store.cold_candidates(datetime(2100, 1, 1, tzinfo=UTC), 1000)
 own, pg = time.process_time(), backend()
 spent.clear()
 for device, hour, _ in hours:
-    store.compact_hour(lay, device, hour)
+    if "check" in inspect.signature(store.compact_hour).parameters:
+        store.compact_hour(lay, device, hour, check=CHECK)
+    else:  # a revision before the read-back was sampled: every block is read back
+        store.compact_hour(lay, device, hour)
 print(json.dumps({"hub": time.process_time() - own, "pg": backend() - pg,
                   "readings": sum(n for _, _, n in hours), "stages": spent}))
 store.close()
@@ -96,9 +105,11 @@ STAGES = [("build and insert the block (TOAST compression included)", "with r0 a
           ("savepoints, locks, settings", "select pg_advisory")]
 
 
-def one_round(tree: Path, url: str, stages: bool = False) -> dict[str, Any]:
-    extra = [json.dumps(STAGES)] if stages else []
-    done = subprocess.run([sys.executable, "-c", ONE_ROUND, url, *extra], cwd=tree,
+def one_round(tree: Path, url: str, stages: bool = False, check: bool = False) -> dict[str, Any]:
+    """Compact every device-hour with ``tree``'s code; ``check``: read every block back
+    (the hub does for the first block of a run and one in ``cold_check_every`` others)."""
+    argument = json.dumps([STAGES if stages else None, check])
+    done = subprocess.run([sys.executable, "-c", ONE_ROUND, url, argument], cwd=tree,
                           capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise SystemExit(f"compaction in {tree} failed:\n{done.stderr[-2000:]}")
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = PostgresServer(workdir / "pg").init().start()
     trees = {"baseline": baseline, "this tree": ROOT}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    staged: dict[str, Any] = {}
+    staged: dict[bool, Any] = {}
     try:
         template = pg.create_database("readings")
         store = Store(template)
@@ -149,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                     runs[label].append(one_round(tree, pg.url_for("round")))
                 progress(f"round {i + 1}/{args.rounds}: " + ", ".join(
                     f"{label} {cpu_per_day(r[-1]):.1f} s" for label, r in runs.items()))
-            if args.stages:
+            # The read-back's cost: one round of this tree reading every block back.
+            for check in (True, False) if args.stages else (True,):
                 conn.execute("drop database if exists round")
                 conn.execute(f'create database round template "{name}"')
-                staged = one_round(ROOT, pg.url_for("round"), stages=True)
+                staged[check] = one_round(ROOT, pg.url_for("round"), args.stages, check)
     finally:
         pg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -167,20 +179,35 @@ def main(argv: list[str] | None = None) -> int:
             label: 100 * m * 100 / DAY_S for label, m in medians.items()},
         "ratio": medians["this tree"] / medians["baseline"],
     }
+    # The hub reads back the first block of a run and one in cold_check_every of the
+    # others: per device-day, what this tree costs unchecked plus that share of the check.
+    every = next(f.default for f in dataclasses.fields(HubSettings) if f.name == "cold_check_every")
+    check_s = cpu_per_day(staged[True]) - statistics.median(
+        cpu_per_day(r) for r in runs["this tree"])
+    result["every_block_read_back_cpu_s_per_device_day"] = cpu_per_day(staged[True])
+    result["cold_check_every"] = every
+    result["hub_default_cpu_s_per_device_day"] = medians["this tree"] + check_s / every
     print(f"\nCompaction CPU per device-day (hub + PostgreSQL), median of {args.rounds} "
           f"alternating rounds; {describe_machine(info)}")
     for label, m in medians.items():
         print(f"  {label:10s} {m:6.1f} s = {100 * m * 100 / DAY_S:.2f} % of a core per 100 "
               "devices")
     print(f"  ratio      {result['ratio']:.2f}× (baseline {args.baseline_rev})")
-    if args.stages:
-        per_day = {name: cpu / staged["readings"] * DAY_S
-                   for name, cpu in staged["stages"].items()}
-        result["stages_cpu_s_per_device_day"] = {
-            "hub": staged["hub"] / staged["readings"] * DAY_S, **per_day}
-        print("\nWhere one round's CPU goes (this tree), s per device-day:")
+    print(f"  this tree reading every block back: {cpu_per_day(staged[True]):.1f} s; as the "
+          f"hub runs it (one block in {every} read back): "
+          f"{result['hub_default_cpu_s_per_device_day']:.1f} s = "
+          f"{100 * result['hub_default_cpu_s_per_device_day'] * 100 / DAY_S:.2f} % of a core "
+          "per 100 devices")
+    for check, label in ((True, "every block read back"), (False, "unchecked")):
+        if not args.stages:
+            break
+        run = staged[check]
+        per_day = {name: cpu / run["readings"] * DAY_S for name, cpu in run["stages"].items()}
+        result.setdefault("stages_cpu_s_per_device_day", {})[label] = {
+            "hub": run["hub"] / run["readings"] * DAY_S, **per_day}
+        print(f"\nWhere one round's CPU goes (this tree, {label}), s per device-day:")
         print(f"  {'the hub process (Python, psycopg)':58s} "
-              f"{result['stages_cpu_s_per_device_day']['hub']:6.2f}")
+              f"{run['hub'] / run['readings'] * DAY_S:6.2f}")
         for name, cpu in sorted(per_day.items(), key=lambda kv: -kv[1]):
             print(f"  {'PostgreSQL: ' + name:58s} {cpu:6.2f}")
     path = write_result("compaction_ab", result)

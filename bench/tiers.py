@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             p = per[device]
             p["hot_bytes_per_device_day"] = p["hot_bytes_per_reading"] * DAY_S
             p["cold_bytes_per_device_day"] = p["cold_bytes_per_reading"] * DAY_S
-            # One device reporting for 30 days at the defaults: 48 h hot, 28 days cold,
+            # One device reporting for 30 days: 48, 24 (the default) or 12 h hot, the rest cold,
             # 30 days of minute and hour rollups; per day.
             for hot_days in (2, 1, 0.5):
                 p[f"whole_db_bytes_per_device_day_30d_hot_{hot_days:g}d"] = (
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     + (30 - hot_days) * p["cold_bytes_per_device_day"]
                     + 30 * (p["minute_bytes_per_device_day"]
                             + p["hour_bytes_per_device_day"])) / 30
-            p["whole_db_bytes_per_device_day_30d"] = p["whole_db_bytes_per_device_day_30d_hot_2d"]
+            p["whole_db_bytes_per_device_day_30d"] = p["whole_db_bytes_per_device_day_30d_hot_1d"]
             # Today's format: 30 days of rows, and the same rollups.
             p["baseline_whole_db_bytes_per_device_day_30d"] = (
                 p["hot_bytes_per_device_day"] + p["minute_bytes_per_device_day"]
@@ -493,17 +493,19 @@ def report(result: dict[str, Any], info: dict[str, Any]) -> None:
     print(table(["device", "readings", "values/reading", "hot B/value (baseline)",
                  "cold B/value", "× smaller", "hot MB/dev-day", "cold MB/dev-day",
                  "rollups MB/dev-day", "whole DB MB/dev-day (30 d)",
-                 "compaction % core /100 dev"], rows))
+                 "compaction % core /100 dev, every block read back"], rows))
     for device, p in result["per_device"].items():
         print(f"{device}: candidates, bytes per value (whole relation or file): " + ", ".join(
             f"{k} {v:.3f}" for k, v in p["candidates"].items()))
         print(f"{device}: whole database per device-day over 30 days: hot window 48 h "
               f"{p['whole_db_bytes_per_device_day_30d_hot_2d'] / 1e6:.1f} MB, 24 h "
-              f"{p['whole_db_bytes_per_device_day_30d_hot_1d'] / 1e6:.1f} MB, 12 h "
+              f"{p['whole_db_bytes_per_device_day_30d_hot_1d'] / 1e6:.1f} MB (the default), 12 h "
               f"{p['whole_db_bytes_per_device_day_30d_hot_0.5d'] / 1e6:.1f} MB; today's format "
               f"{p['baseline_whole_db_bytes_per_device_day_30d'] / 1e6:.1f} MB")
-        print(f"{device}: compaction CPU per device-day {p['compaction_cpu_s_per_device_day']:.1f}"
-              f" s (hub {p['compaction_hub_cpu_s_per_device_day']:.1f}, PostgreSQL "
+        print(f"{device}: compaction CPU per device-day, every block read back (the hub reads "
+              "one in cold_check_every back; bench.compaction_ab gives that figure) "
+              f"{p['compaction_cpu_s_per_device_day']:.1f} s "
+              f"(hub {p['compaction_hub_cpu_s_per_device_day']:.1f}, PostgreSQL "
               f"{p['compaction_pg_cpu_s_per_device_day']:.1f}); rollups after load "
               f"{p['minute_file_bytes_after_load']:,} / {p['hour_file_bytes_after_load']:,} B, "
               f"live {p['minute_live_bytes']:,} / {p['hour_live_bytes']:,} B")

@@ -500,14 +500,16 @@ def _number(p: Part, slot: int) -> str:
     return _q(f"n__{p.name}__{slot}")
 
 
-def _numbers(lay: Layout, slots: dict[str, int]) -> list[str]:
-    """Columns of ``r``: each scaled record field of each slot as numeric (used twice)."""
-    out = []
+def _numbers(lay: Layout, slots: dict[str, int]) -> dict[str, str]:
+    """Columns of ``r`` (name → expression): each scaled record field of each slot as
+    numeric (used twice)."""
+    out = {}
     for p in lay.written:
         if p.scaled:
             column = next(c for c in lay.columns if c.name == p.source)
-            out += [f"nullif({_items(column)}[{k}] -> '{p.field}', 'null')::numeric as "
-                    f"{_number(p, k)}" for k in range(1, slots[p.source] + 1)]
+            for k in range(1, slots[p.source] + 1):
+                out[_number(p, k)] = (f"nullif({_items(column)}[{k}] -> '{p.field}', "
+                                      "'null')::numeric")
     return out
 
 
@@ -546,6 +548,10 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
     (the reader's running sum gives the values back; a list's slots run on as one
     sequence). Timestamps become microseconds since the hour first. ``scaled``: records'
     decimal numbers as integers (see ``_SCALE``), else as numeric[].
+
+    Returns one row: (readings in ``source``, readings the block holds or null when it
+    was not written, whether the readings span more than one agent session). A scaled
+    block is not written when a number has more than 3 decimals.
     """
     names = ", ".join(_q(c.name) for c in lay.columns)
     items = "".join(f", array(select jsonb_array_elements({_q(c.name)})) as {_items(c)}"
@@ -553,9 +559,9 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
     micros = "".join(
         f", (extract(epoch from {_q(p.source)} - %(hour)s::timestamptz) * 1000000)::bigint "
         f"as {_q('us__' + p.source)}" for p in lay.written if p.micros)
-    numbers = _numbers(lay, slots) if scaled else []
+    numbers = _numbers(lay, slots) if scaled else {}
     if len(numbers) > _MAX_NUMBERS:  # hundreds of interfaces: numeric[], no extra columns
-        scaled, numbers = False, []
+        scaled, numbers = False, {}
     written = [p for p in lay.written if p.scaled == scaled or lay.twin(p) is None]
     aggs = ", ".join(
         _concat([f"array_agg({e})" for e in _elements(lay, p, slots)], p.pg_type)
@@ -573,16 +579,23 @@ def insert_block_sql(lay: Layout, source: str, slots: dict[str, int],
     # The CTE is filled in reading order and its scan reads it back in that order: every
     # aggregate sees the readings sorted without a sort of its own (and the check after
     # it would refuse the block if not).
-    extracted = "".join(f", {n}" for n in numbers)
+    extracted = "".join(f", {e} as {n}" for n, e in numbers.items())
+    # The most decimals any scaled number has: over 3 the integers cannot hold it exactly,
+    # and the block is not written (the caller builds it again with numeric[]).
+    decimals = (f"max(greatest({', '.join(f'scale({n})' for n in numbers)}))"
+                if numbers else "0")
     return (f"with r0 as materialized (select {names}{items}{micros} from {source} "
             "order by ts, session_id, seq), "
             # OFFSET 0: each number extracted once per row, not once per use.
             f"r as (select r0.*{extracted} from r0 offset 0), "
-            f"a as (select count(*) as n, {aggs} from r) "
-            f"insert into {TABLE} (device_id, hour, readings, parts, delta, {targets}) "
+            f"a as (select count(*) as n, {decimals} as decimals, "
+            f"min(session_id) is distinct from max(session_id) as restarted, {aggs} from r), "
+            f"w as (insert into {TABLE} (device_id, hour, readings, parts, delta, {targets}) "
             f"select %(device)s, %(hour)s, a.n, {parts}, "
             f"array_remove(array[{delta}]::text[], null), {finals} from a cross join lateral "
-            f"{_differences([p for p in written if p.delta])} where a.n > 0")
+            f"{_differences([p for p in written if p.delta])} where a.n > 0 and "
+            f"coalesce(a.decimals, 0) <= 3 returning readings) "
+            "select a.n, (select readings from w), a.restarted from a")
 
 
 def hot_rows_sql(lay: Layout) -> str:

@@ -99,7 +99,8 @@ def compact(settings: HubSettings) -> int:
     """``fleetpulse-hub compact``: compact everything older than the hot window, now."""
     store = Store(database_url(settings), application_name="fleetpulse-hub-compact")
     stats = ColdStats()
-    compactor = Compactor(store, retention_of(settings), stats, clock=lambda: datetime.now(UTC))
+    compactor = Compactor(store, retention_of(settings), stats,
+                          check_every=settings.cold_check_every, clock=lambda: datetime.now(UTC))
     try:
         store.migrate()
         started = time.monotonic()

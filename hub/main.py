@@ -217,6 +217,7 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
     cold_stats = ColdStats()
     compactor = Compactor(cold_store, retention, cold_stats,
                           duty=settings.compact_duty_percent / 100,
+                          check_every=settings.cold_check_every,
                           clock=lambda: datetime.now(UTC))
     compacting = threading.Thread(target=compactor.run, name="compact", daemon=True,
                                   args=(stop,))

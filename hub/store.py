@@ -635,14 +635,19 @@ class Store:
             cur.execute(cold.candidates_sql().encode(), {"before": before, "limit": limit})
             return [(row[0], row[1], int(row[2])) for row in cur.fetchall()]
 
-    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime) -> Compacted:
+    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime,
+                     check: bool = True) -> Compacted:
         """Move one device-hour's hot rows into its cold block, in one transaction.
 
         A block already there (a late reading arrived after the hour was compacted) is
         read back, merged with the hot rows (a hot row whose key the block holds is a
-        redelivery: the block's copy stays) and written again. The block is read back
-        through ``metrics_cold_rows`` and compared with what it must hold before the hot
-        rows are deleted; any difference rolls everything back (PermanentStoreError).
+        redelivery: the block's copy stays) and written again.
+
+        ``check``: the block is read back through ``metrics_cold_rows`` and compared with
+        what it must hold before the hot rows are deleted; any difference rolls everything
+        back (PermanentStoreError). A merged block and an hour holding more than one agent
+        session are always checked. Every block is checked for what the encoding cannot
+        hold (numbers of more than 3 decimals go to numeric[]) and for its reading count.
         REPEATABLE READ: the delete removes exactly the rows the block was built from; a
         reading inserted meanwhile stays hot for the next round.
         """
@@ -688,35 +693,50 @@ class Store:
             assert longest is not None
             slots = dict(zip(cold.list_names(lay), (int(n) for n in longest), strict=True))
             # Records' decimal numbers as integers first; a block whose numbers do not fit
-            # (the check refuses it, or the integer overflows) is built with numeric[].
+            # (more than 3 decimals, an integer overflow, or a check that refuses it) is
+            # built with numeric[].
+            differ = False
             for scaled in (True, False):
                 cur.execute("savepoint block")
                 try:
                     cur.execute(cold.insert_block_sql(lay, source, slots, scaled).encode(),
                                 params)
+                    built = cur.fetchone()
+                    assert built is not None
+                    readings, written, restarted = built
+                    if written is None and readings and scaled:
+                        cur.execute("rollback to savepoint block")
+                        continue
                     encoded = time.perf_counter()
-                    cur.execute(cold.verify_sql(lay, source).encode(), params)
-                    checked = cur.fetchone()
+                    # A merged block, and an hour in which the agent restarted (perhaps as
+                    # a newer version), are always read back in full; others when asked.
+                    if check or restarted or existing is not None:
+                        cur.execute(cold.verify_sql(lay, source).encode(), params)
+                        checked = cur.fetchone()
+                        assert checked is not None
+                        differ = bool(checked[0])
                 except psycopg.errors.NumericValueOutOfRange:
                     if not scaled:
                         raise
-                    checked = None
-                assert checked is not None or scaled
-                if checked is not None and not (checked[0] and scaled):
+                    cur.execute("rollback to savepoint block")
+                    continue
+                if not (differ and scaled):
                     break
                 cur.execute("rollback to savepoint block")
-            log.debug("cold block %s %s: encoded in %.3f s, verified in %.3f s", device_id,
+            log.debug("cold block %s %s: encoded in %.3f s, checked in %.3f s", device_id,
                       hour, encoded - began, time.perf_counter() - encoded)
-            assert checked is not None
-            if checked[0]:
+            if differ:
                 raise PermanentStoreError(
                     f"the cold block of {device_id} at {hour.isoformat()} does not read back "
-                    f"as the readings it was built from ({checked[1]} read back): not "
-                    "compacted")
+                    "as the readings it was built from: not compacted")
             cur.execute("delete from metrics where device_id = %(device)s "
                         "and ts >= %(hour)s and ts < %(end)s", params)
             moved = cur.rowcount
-        return Compacted(device_id, hour, moved, int(checked[1]), duplicates)
+            if existing is None and moved != (written or 0):
+                raise PermanentStoreError(
+                    f"the cold block of {device_id} at {hour.isoformat()} holds {written} "
+                    f"readings for {moved} hot rows: not compacted")
+        return Compacted(device_id, hour, moved, int(written or 0), duplicates)
 
     def tier_sizes(self) -> dict[str, int]:
         """Bytes on disk of each tier (hot, cold, rollups, quarantine, other, database)."""

@@ -230,7 +230,7 @@ class HubSettings:
     http_host: str = setting("127.0.0.1", "Address of the HTTP API and dashboard")
     http_port: int = setting(8080, "Port of the HTTP API and dashboard (0: no HTTP)")
     api_token: Secret | None = setting(None, "Bearer token required to read the API")
-    hot_window_h: float = setting(48.0, "Hours of per-second readings kept one row each; older "
+    hot_window_h: float = setting(24.0, "Hours of per-second readings kept one row each; older "
                                   "ones are compacted into the cold tier (one row per "
                                   "device-hour)", _positive)
     retention_days: int = setting(30, "Days of per-second history kept (hot and cold tiers)",
@@ -240,6 +240,9 @@ class HubSettings:
                                         _not_negative)
     compact_duty_percent: float = setting(10.0, "Share of the time the hub's compaction may "
                                           "work while catching up (percent)", _positive)
+    cold_check_every: int = setting(24, "Cold blocks read back in full: the first of each "
+                                    "run and one in this many of the others, at random "
+                                    "(1: every block)", _positive)
     rollup_minute_days: int = setting(90, "Days of per-minute rollups kept", _positive)
     rollup_hour_days: int = setting(730, "Days of per-hour rollups (and closed alerts) kept",
                                     _positive)

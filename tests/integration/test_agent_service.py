@@ -421,6 +421,8 @@ SANDBOX = r"""
 set -e
 state=$1; shift
 mount --bind "$state" "$state"
+# The test's Python where the service user can reach it (a home of mode 0700 holds it here).
+[ -z "${PY_PREFIX:-}" ] || mount --bind "$PY_PREFIX" "$PY_VIEW"
 awk '{print $2}' /proc/self/mounts | sort -u | while read -r m; do
   case "$m" in /proc|/proc/*|/dev|/dev/*|/sys|/sys/*|"$state") continue;; esac
   mount -o remount,bind,ro "$m" 2>/dev/null || true
@@ -448,15 +450,26 @@ def _once(private_dir: Path, name: str, sandbox: dict[str, str] | None
           ) -> subprocess.CompletedProcess[str]:
     state = private_dir / name
     state.mkdir()
-    args = [sys.executable, "-m", "agent.main", "once", "--device-id", "sandboxed",
-            "--state-dir", str(state)]
+    python = sys.executable
+    args = ["-m", "agent.main", "once", "--device-id", "sandboxed", "--state-dir", str(state)]
     env = base_env()
     if sandbox is not None:
         os.chown(state, 65534, 65534)
+        prefix = Path(sys.base_prefix)
+        if not all(d.stat().st_mode & 0o001 for d in (prefix, *prefix.parents)):
+            # The service user cannot reach this Python: the sandbox shows it elsewhere,
+            # with its own libpython (else the loader takes the system's, and its paths).
+            view = private_dir / "python"
+            view.mkdir(exist_ok=True)
+            python = str(view / Path(sys.executable).relative_to(prefix))
+            sandbox = sandbox | {"PY_PREFIX": str(prefix), "PY_VIEW": str(view),
+                                 "LD_LIBRARY_PATH": str(view / "lib")}
         (private_dir / "sandbox.sh").write_text(SANDBOX)
         args = ["unshare", "--mount", "--propagation", "private", "sh",
-                str(private_dir / "sandbox.sh"), str(state), *args]
+                str(private_dir / "sandbox.sh"), str(state), python, *args]
         env |= sandbox
+    else:
+        args = [python, *args]
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 

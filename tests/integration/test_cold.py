@@ -23,6 +23,7 @@ from hub.read import FleetReader
 from hub.retention import ColdStats, Compactor, Retention, enforce_budget, used_bytes
 from hub.rollup import ROLLUP_TABLES, _rollup_insert, choose_resolution
 from hub.store import Store
+from shared.errors import PermanentStoreError
 from shared.schema import MAX_COUNTER, MetricsV1
 from tests.readings import partition, reading, write_readings
 from tests.servers import wait_for
@@ -403,6 +404,72 @@ def test_record_numbers_that_do_not_fit_an_integer_stay_numeric(store: Store) ->
                            "network_per_interface__bytes_sent_per_s__k as k from metrics_cold")
     assert block["k"] is None and [str(v) for v in block["plain"]] == [
         "0.0", "12.5", "7966.253", "0.12345", "100000000000000000"]
+    assert history(store) == before
+
+
+def test_unchecked_blocks_still_keep_numbers_of_many_decimals(store: Store) -> None:
+    # Without the read-back, the block itself must notice that 5 decimals do not fit.
+    fields = ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "errors_in",
+              "errors_out", "drops_in", "drops_out")
+    interface = {"name": "eth0", **{f: 0 for f in fields}, **{f"{f}_per_s": 0.0 for f in fields}}
+    readings = noisy("pi-1", T0, 20, 1.0, seed=3)
+    readings[7]["network"]["per_interface"] = [{**interface, "bytes_sent_per_s": 0.12345}]
+    put(store, readings)
+    before = everything(store)
+    result = store.compact_hour(cold.layout(), "pi-1", cold.hour_of(T0), check=False)
+    assert result.moved == 20 and result.readings == 20
+    (block,) = store.query("select network_per_interface__bytes_sent_per_s__k as k "
+                           "from metrics_cold")
+    assert block["k"] is None
+    assert history(store) == before
+
+
+def corrupt_blocks(store: Store, change: str) -> None:
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(f"create function corrupt() returns trigger language plpgsql as $$ "
+                     f"begin {change}; return new; end $$")
+        conn.execute("create trigger corrupt before insert on metrics_cold for each row "
+                     "execute function corrupt()")
+
+
+def test_a_block_whose_count_is_wrong_is_refused_even_unchecked(store: Store) -> None:
+    put(store, noisy("pi-1", T0, 30, 1.0, seed=4))
+    before = everything(store)
+    corrupt_blocks(store, "new.readings := new.readings - 1")
+    with pytest.raises(PermanentStoreError, match="holds 29 readings for 30 hot rows"):
+        store.compact_hour(cold.layout(), "pi-1", cold.hour_of(T0), check=False)
+    assert count(store, "metrics_cold") == 0 and everything(store) == before
+
+
+def test_an_hour_with_an_agent_restart_is_always_read_back(store: Store) -> None:
+    put(store, noisy("pi-1", T0, 30, 1.0, seed=5)
+        + noisy("pi-1", T0 + timedelta(minutes=5), 30, 1.0, seed=6, session="s2"))
+    corrupt_blocks(store, "new.cpu_load_1[7] := new.cpu_load_1[7] + 1e-12")
+    with pytest.raises(PermanentStoreError, match="does not read back"):
+        store.compact_hour(cold.layout(), "pi-1", cold.hour_of(T0), check=False)
+    assert count(store, "metrics_cold") == 0 and count(store, "metrics") == 60
+
+
+def test_the_compactor_reads_back_the_first_block_and_a_sample(store: Store,
+                                                               monkeypatch: Any) -> None:
+    for hour in range(6):
+        put(store, noisy("pi-1", T0 + timedelta(hours=hour), 10, 1.0, seed=hour,
+                         first_seq=1 + 10 * hour))
+    before = everything(store)
+    asked: list[bool] = []
+    compact = store.compact_hour
+
+    def spy(lay: cold.Layout, device: str, hour: datetime, check: bool = True) -> Any:
+        asked.append(check)
+        return compact(lay, device, hour, check)
+
+    monkeypatch.setattr(store, "compact_hour", spy)
+    compactor = Compactor(store, Retention(30, 90, 730, hot_window_h=48), ColdStats(),
+                          check_every=1000, clock=lambda: T0 + timedelta(days=3))
+    while compactor.round():
+        pass
+    assert asked[0] is True and len(asked) == 6
+    assert asked.count(True) < 6  # 1 in 1000 of the 5 others: all 5 drawn ≈ 1e-15
     assert history(store) == before
 
 

@@ -117,7 +117,8 @@ def site(postgres: PostgresServer, broker: MosquittoServer) -> Iterator[Site]:
     env = processes.base_env(broker_url=broker.url, db=db_url, topic_prefix=prefix,
                              client_id=f"{prefix}-hub", http_port=str(port),
                              data_dir=str(workdir / "hub"), batch_max_age_s="0.2",
-                             alert_check_s="1", compact_duty_percent="100")
+                             alert_check_s="1", compact_duty_percent="100",
+                             hot_window_h="48")
     hub = processes.Process(["-m", "hub.main", "run"], env, workdir / "hub.log").start()
     agent = processes.agent(workdir, broker_url=broker.url, prefix=prefix, device_id=AGENT,
                             interval_s="1", process_period_s="2")

@@ -91,7 +91,8 @@ class FakeColdStore:
     def cold_candidates(self, before: datetime, limit: int) -> list[tuple[str, datetime, int]]:
         return [(d, h, 1) for d, h in self.hot if h < before][:limit]
 
-    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime) -> object:
+    def compact_hour(self, lay: cold.Layout, device_id: str, hour: datetime,
+                     check: bool = True) -> object:
         if (device_id, hour) == self.refusing:
             raise PermanentStoreError("the cold block does not read back")
         self.hot.remove((device_id, hour))
