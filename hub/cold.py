@@ -37,10 +37,14 @@ rebuilt from blocks that lack it. Blocks of schema 4 (no ``delta``, timestamptz[
 numeric[] record numbers) read back through the same functions; a late reading merged into
 one rewrites it in the current form.
 
-Lossless is checked, not assumed: the compaction's transaction reads the block back with
-the readers' own SQL and compares it with the hot rows before it deletes anything (a 64-bit
-hash of every whole row, summed, on each side; the jsonb lists as the text jsonb prints:
-:func:`verify_sql`). A block that differs is rolled back and its readings stay hot.
+Lossless is checked, not assumed. Every block's transaction checks its reading count against
+the hot rows it deletes, and the build itself refuses the integer form for numbers of more
+than 3 decimals. On a sample of blocks (``Store.compact_hour``'s ``check``: the first of a
+run, one in ``cold_check_every``, every merged block and every hour with an agent restart)
+it also reads the block back with the readers' own SQL and compares it with the hot rows
+before it deletes anything (a 64-bit hash of every whole row, summed, on each side; the
+jsonb lists as the text jsonb prints: :func:`verify_sql`): that read-back costs about 70 %
+of the build. A block that differs is rolled back and its readings stay hot.
 """
 
 from __future__ import annotations
