@@ -456,7 +456,8 @@ def _once(private_dir: Path, name: str, sandbox: dict[str, str] | None
     if sandbox is not None:
         os.chown(state, 65534, 65534)
         prefix = Path(sys.base_prefix)
-        if not all(d.stat().st_mode & 0o001 for d in (prefix, *prefix.parents)):
+        if Path(sys.executable).is_relative_to(prefix) and not all(
+                d.stat().st_mode & 0o001 for d in (prefix, *prefix.parents)):
             # The service user cannot reach this Python: the sandbox shows it elsewhere,
             # with its own libpython (else the loader takes the system's, and its paths).
             view = private_dir / "python"
