@@ -21,7 +21,6 @@ Writes bench/results/compaction_ab.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -45,9 +44,10 @@ from tests.servers import PostgresServer
 
 DAY_S = 86400
 # Run in a subprocess whose working directory is the tree to measure, so ``hub`` is that
-# tree's. Prints the CPU seconds (hub, PostgreSQL) and the readings compacted. Given a list
-# of stages (argv[2], see STAGES), also PostgreSQL's CPU split by statement: each execute
-# and each commit timed on the backend's schedstat, named by what the statement starts with.
+# tree's. Prints the CPU seconds (hub, PostgreSQL) and the readings compacted. argv[2] is
+# [stages, check]: given a list of stages (see STAGES), also PostgreSQL's CPU split by
+# statement (each execute and each commit timed on the backend's schedstat, named by what the
+# statement starts with); check: every block read back (where the tree can choose).
 ONE_ROUND = """
 import inspect, json, os, sys, time
 sys.path.insert(0, os.getcwd())
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     # The hub reads back the first block of a run and one in cold_check_every of the
     # others: per device-day, what this tree costs unchecked plus that share of the check.
-    every = next(f.default for f in dataclasses.fields(HubSettings) if f.name == "cold_check_every")
+    every = HubSettings().cold_check_every
     check_s = cpu_per_day(staged[True]) - statistics.median(
         cpu_per_day(r) for r in runs["this tree"])
     result["every_block_read_back_cpu_s_per_device_day"] = cpu_per_day(staged[True])
