@@ -474,9 +474,10 @@ def profile(bench: Bench, rate: int, seconds: int) -> dict[str, Any]:
 STAGES = {  # function names (py-spy frames "name (file:line)") → a stage of the hub
     "alert watcher (hub/watch.py, hub/alerts.py)": ("hub/watch.py", "hub/alerts.py"),
     "housekeeping (hub/retention.py)": ("hub/retention.py",),
-    # Before paho: our on_message and the acks run inside paho's frames.
+    # Before the session: the inbox and the acks run inside the session's frames.
     "receive → inbox, acks (hub/ingest/receive.py)": ("hub/ingest/receive.py",),
-    "paho network loop (MQTT parsing, acks)": ("paho/mqtt/client.py",),
+    "MQTT session (hub/ingest/session.py, asyncio, mqtt5)": ("hub/ingest/session.py",
+                                                             "asyncio/"),
     "validate (msgspec; pydantic for refusals)": ("hub/ingest/validate.py",),
     "batch + metrics_row": ("hub/ingest/batch.py", "<metrics_row>", "shared/schema.py"),
     "write (psycopg COPY, SQL)": ("hub/store.py", "hub/ingest/write.py", "psycopg/"),

@@ -9,10 +9,11 @@ fresh process; the clients alternate for ``--rounds`` rounds on one Mosquitto.
 
 Baseline in the same run: paho-mqtt 2.2 (the hub's client, ``manual_ack``). Against it: a
 plain asyncio Protocol with the ``mqtt5`` codec (Rust; PUBLISH parsed by ``mqtt5.read``,
-PUBACK built by it), skipped with one line when not installed (not a dependency of
-fleetpulse). gmqtt 0.8 was tried too: with ``clean_session`` off and
-``optimistic_acknowledgement`` off its subscriber received nothing of the stored session
-within 120 s here, so it is left out.
+PUBACK built by it), skipped with one line when not installed; and the hub's own session
+(hub/ingest/session.py, built on that codec: its thread, its callback per read, acks handed
+over with ``call_soon_threadsafe`` as the hub's writer hands them). gmqtt 0.8 was tried
+too: with ``clean_session`` off and ``optimistic_acknowledgement`` off its subscriber
+received nothing of the stored session within 120 s here, so it is left out.
 
     python3 -m bench.mqtt_receive [--messages 20000] [--rounds 3]
 """
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,7 +36,7 @@ from bench.hub_ingest import template
 from tests.servers import MosquittoServer
 
 TOPIC = "bench/dev-1/metrics"
-CLIENTS = {"paho": "paho.mqtt", "mqtt5": "mqtt5"}
+CLIENTS = {"paho": "paho.mqtt", "mqtt5": "mqtt5", "session": "mqtt5"}
 
 # --- the subscribers, each run as ``python -m bench.mqtt_receive --client NAME ...`` -------
 
@@ -134,7 +136,39 @@ def _mqtt5(port: int, client_id: str, count: int, subscribe_only: bool) -> float
     return asyncio.run(run())
 
 
-SUBSCRIBERS = {"paho": _paho, "mqtt5": _mqtt5}
+def _session(port: int, client_id: str, count: int, subscribe_only: bool) -> float:
+    import threading
+
+    from hub.ingest.session import BrokerSession
+    from shared.config import parse_broker_url
+
+    session = BrokerSession(client_id, parse_broker_url(f"mqtt://127.0.0.1:{port}"),
+                            session_expiry_s=3600, receive_maximum=1000)
+    done = threading.Event()
+    state = {"n": 0, "start": 0.0, "end": 0.0}
+
+    def on_messages(packets: list[Any], generation: int) -> None:
+        if state["n"] == 0:
+            state["start"] = time.process_time()
+        session.ack([(p.packet_id, int(p.qos), generation) for p in packets])
+        state["n"] += len(packets)
+        if state["n"] >= count:
+            state["end"] = time.process_time()
+            done.set()
+
+    session.on_messages = on_messages
+    if subscribe_only:
+        session.on_connected = lambda: session.subscribe(["bench/+/metrics"], qos=1)
+        session.start()
+        time.sleep(1)  # the SUBACK (a bench, not a test)
+    else:
+        session.start()
+        done.wait(120)
+    session.stop()
+    return 0.0 if subscribe_only else (state["end"] - state["start"]) / max(1, count - 1)
+
+
+SUBSCRIBERS = {"paho": _paho, "mqtt5": _mqtt5, "session": _session}
 
 # --- the driver -------------------------------------------------------------------------------
 

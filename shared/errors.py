@@ -9,8 +9,9 @@
 Two failures are not exceptions, on purpose. A message that fails validation is a value,
 ``hub.ingest.validate.Rejected`` with its reason, which goes to quarantine: raising per bad message
 would cost the hot path and make quarantine a side exit. A broker that refuses us or cannot
-be reached is retried by ``shared.mqtt.MqttConnection`` in paho's thread, which logs one line
-saying what to check: there is no caller to raise to, and the broker may come back.
+be reached is retried by the MQTT client (``hub.ingest.session``, ``shared.mqtt`` for the
+agent), which logs one line saying what to check: there is no caller to raise to, and the
+broker may come back.
 """
 
 from __future__ import annotations

@@ -85,6 +85,23 @@ def describe_broker(address: BrokerAddress) -> str:
     return f"{'mqtts' if address.tls else 'mqtt'}://{address.host}:{address.port}"
 
 
+def log_connect_failure(logger: logging.Logger, address: BrokerAddress,
+                        error: BaseException | None) -> None:
+    """Log one line on why a connection attempt failed and what to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        # Retrying will not help until an operator fixes the CA or the host name.
+        logger.error("Broker %s presented a TLS certificate this client does not trust "
+                     "(%s). Check broker_ca_file and that the host name in the URL is "
+                     "in the certificate; retrying every %d-%d s.",
+                     describe_broker(address), error.verify_message,
+                     RECONNECT_MIN_S, RECONNECT_MAX_S)
+    else:
+        detail = error.strerror if isinstance(error, OSError) else None
+        reason = f" ({detail or error or 'timed out'})" if error is not None else ""
+        logger.warning("Broker %s is unreachable%s; retrying every %d-%d s.",
+                       describe_broker(address), reason, RECONNECT_MIN_S, RECONNECT_MAX_S)
+
+
 class MqttConnection:
     """One MQTT v5 client: paho's network loop in a background thread, or driven by
     the caller through :meth:`service` (``network_thread=False``)."""
@@ -331,19 +348,7 @@ class MqttConnection:
 
     def _log_connect_failure(self, error: BaseException | None) -> None:
         if not self._outage_logged:
-            if isinstance(error, ssl.SSLCertVerificationError):
-                # Retrying will not help until an operator fixes the CA or the host name.
-                log.error("Broker %s presented a TLS certificate this client does not trust "
-                          "(%s). Check broker_ca_file and that the host name in the URL is "
-                          "in the certificate; retrying every %d-%d s.",
-                          describe_broker(self.address), error.verify_message,
-                          RECONNECT_MIN_S, RECONNECT_MAX_S)
-            else:
-                detail = error.strerror if isinstance(error, OSError) else None
-                reason = f" ({detail or error})" if error is not None else ""
-                log.warning("Broker %s is unreachable%s; retrying every %d-%d s.",
-                            describe_broker(self.address), reason, RECONNECT_MIN_S,
-                            RECONNECT_MAX_S)
+            log_connect_failure(log, self.address, error)
             self._outage_logged = True
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,

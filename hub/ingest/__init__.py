@@ -1,6 +1,6 @@
 """Ingest: receive → validate → batch → write, run by :func:`run_ingest_loop`.
 
-The stages are modules of their own (``receive`` subscribes through paho, ``validate`` and
+The stages are modules of their own (``receive`` subscribes through ``session``, ``validate`` and
 ``batch`` are pure, ``write`` maps the database's errors); the hub's ``main`` needs only
 what this package exports.
 """

@@ -1,7 +1,7 @@
 """The ingest loop: take what arrived, validate, batch; a writer thread stores and acks.
 
-    receive (paho's thread) → Inbox → run_ingest_loop: validate → batch → BatchWriter (its
-    own thread): write → ack
+    receive (the MQTT session's thread) → Inbox → run_ingest_loop: validate → batch →
+    BatchWriter (its own thread): write → ack
 """
 
 from __future__ import annotations

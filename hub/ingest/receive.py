@@ -1,25 +1,26 @@
 """Take messages off the broker: a persistent MQTT v5 session, acknowledged after commit.
 
-The broker keeps the hub's session (fixed client id, ``clean_start=False``, a session
-expiry) so messages published while the hub is down wait for it. Messages are acked
-manually, only once the batch holding them is committed; Receive Maximum bounds how many
-unacknowledged messages the broker sends at once, which is also the hub's memory bound:
-when the database is away and that many are waiting, the broker holds the rest.
+The broker keeps the hub's session (hub/ingest/session.py) so messages published while
+the hub is down wait for it. Messages are acked only once the batch holding them is
+committed; Receive Maximum bounds how many unacknowledged messages the broker sends at
+once, which is also the hub's memory bound: when the database is away and that many are
+waiting, the broker holds the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+import mqtt5
 import orjson
 
 from hub.ingest.batch import Ack, Inbound
+from hub.ingest.session import BrokerSession
 from shared import __version__
 from shared.config import HubSettings, parse_broker_url
-from shared.mqtt import MqttConnection, Received
 from shared.schema import AGE_EXPIRY_S, AGE_PROPERTY, hub_capabilities
 from shared.topics import hub_schema_topic, hub_subscriptions
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 RECEIVE_MAXIMUM_LIMIT = 65535  # the field is two bytes (MQTT 5.0, 3.1.2.11.3)
 
 
-def age_from_properties(properties: tuple[tuple[str, str], ...],
+def age_from_properties(properties: Sequence[tuple[str, str]],
                         expiry_s: int | None) -> float | None:
     """Return how long a reading waited since it was taken, in seconds; None if not told.
 
@@ -62,9 +63,9 @@ class Inbox:
         self._lock = threading.Lock()
         self._items: list[Inbound] = []
 
-    def put(self, message: Inbound) -> None:
+    def put(self, messages: list[Inbound]) -> None:
         with self._lock:
-            self._items.append(message)
+            self._items += messages
 
     def take_all(self) -> list[Inbound]:
         with self._lock:
@@ -81,15 +82,13 @@ class Receiver:
     def __init__(self, settings: HubSettings, inbox: Inbox) -> None:
         self._inbox = inbox
         self._filters = hub_subscriptions(settings.topic_prefix, settings.share_group)
-        self.mqtt = MqttConnection(
+        self.mqtt = BrokerSession(
             settings.client_id, parse_broker_url(settings.broker_url),
             username=settings.broker_username, password=settings.broker_password,
-            ca_file=settings.broker_ca_file,
-            persistent_session_s=settings.session_expiry_s,
-            receive_maximum=min(settings.max_pending, RECEIVE_MAXIMUM_LIMIT),
-            manual_ack=True)
+            ca_file=settings.broker_ca_file, session_expiry_s=settings.session_expiry_s,
+            receive_maximum=min(settings.max_pending, RECEIVE_MAXIMUM_LIMIT))
         self.mqtt.on_connected = self._subscribe
-        self.mqtt.on_message = self._take
+        self.mqtt.on_messages = self._take
         self.mqtt.on_published = self._published
         self._schema_topic = hub_schema_topic(settings.topic_prefix)
         self._schema_mid: int | None = None
@@ -118,11 +117,13 @@ class Receiver:
                         self._schema_topic, self._schema_topic)
             self._schema_refused_logged = True
 
-    def _take(self, message: Received) -> None:
-        self._inbox.put(Inbound(message.topic, message.payload, datetime.now(UTC),
-                                Ack(message.mid, message.qos, message.generation),
-                                age_from_properties(message.user_properties,
-                                                    message.expiry_s)))
+    def _take(self, packets: list[mqtt5.PublishPacket], generation: int) -> None:
+        # One read of the socket: its messages arrived together.
+        now = datetime.now(UTC)
+        self._inbox.put([
+            Inbound(p.topic, p.payload, now, Ack(p.packet_id or 0, int(p.qos), generation),
+                    age_from_properties(p.user_properties, p.message_expiry_interval))
+            for p in packets])
 
     def is_stale(self, message: Inbound) -> bool:
         """Tell whether a message came over a connection that has since been replaced."""
@@ -130,5 +131,4 @@ class Receiver:
 
     def ack(self, tokens: Iterable[Ack]) -> None:
         """Acknowledge stored messages, in the order they arrived (MQTT 5.0, 4.6)."""
-        for token in tokens:
-            self.mqtt.ack(token.mid, token.qos, token.generation)
+        self.mqtt.ack(tokens)
