@@ -341,10 +341,8 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
             if not readings and current is not None:
                 continue  # nothing to judge by (the offline rules speak for the device)
             firing = _above(rule, readings, current is not None)
-            ended_at = _cleared_at(rule, readings) if readings else now
         else:
             firing = _device_rule(rule, device, now)
-            ended_at = now
         if firing is not None and current is None:
             changes.append(Change("open", device.device_id, rule.name, firing.started_at,
                                   None, firing.value, firing.peak, rule.threshold,
@@ -359,6 +357,9 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
                                       _message(rule, device.device_id,
                                                dataclasses.replace(firing, peak=peak))))
         elif firing is None and current is not None:
+            # Found only when closing: the scan goes back over the whole window.
+            ended_at = (_cleared_at(rule, readings) if readings
+                        and rule.kind in ("above", "below") else now)
             changes.append(Change("close", device.device_id, rule.name, current.started_at,
                                   ended_at, None, current.peak_value, rule.threshold, ""))
     return changes

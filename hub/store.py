@@ -546,7 +546,9 @@ class Store:
                 "on conflict (device_id) do update set "
                 "last_seen = greatest(devices.last_seen, excluded.last_seen), "
                 "last_received_at = greatest(devices.last_received_at, excluded.last_received_at)",
-                (ids, [events.seen[d][0] for d in ids], [events.seen[d][1] for d in ids]))
+                # Encoded by hand: psycopg's list dumper was a fifth of the writer's time.
+                (text_array(ids), timestamptz_array([events.seen[d][0] for d in ids]),
+                 timestamptz_array([events.seen[d][1] for d in ids])))
         if events.sessions:
             keys = sorted(events.sessions)
             spans = [events.sessions[k] for k in keys]
@@ -559,9 +561,11 @@ class Store:
                 "last_ts = greatest(device_sessions.last_ts, excluded.last_ts), "
                 "last_received_at = greatest(device_sessions.last_received_at, "
                 "excluded.last_received_at)",
-                ([k[0] for k in keys], [k[1] for k in keys], [s.first_ts for s in spans],
-                 [s.last_ts for s in spans], [s.first_received_at for s in spans],
-                 [s.last_received_at for s in spans]))
+                (text_array([k[0] for k in keys]), text_array([k[1] for k in keys]),
+                 timestamptz_array([s.first_ts for s in spans]),
+                 timestamptz_array([s.last_ts for s in spans]),
+                 timestamptz_array([s.first_received_at for s in spans]),
+                 timestamptz_array([s.last_received_at for s in spans])))
         if events.session_hosts:
             keys = sorted(events.session_hosts)
             cur.execute(

@@ -133,7 +133,9 @@ class AlertWatcher:
                                                  "known_ids": list(known),
                                                  "known_ts": list(known.values())}):
             values = reading_values(row)
-            outlook = self._outlooks.setdefault(row["device_id"], Outlook())
+            outlook = self._outlooks.get(row["device_id"])
+            if outlook is None:  # not setdefault: an Outlook is costly to build
+                outlook = self._outlooks[row["device_id"]] = Outlook()
             values.update(outlook.add(row["ts"], row))
             self._recent.setdefault(row["device_id"], []).append(Reading(row["ts"], values))
         listed = {device.device_id for device in fleet.devices}
