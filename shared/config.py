@@ -220,6 +220,8 @@ class HubSettings:
     batch_max_rows: int = setting(5000, "Write a batch when it holds this many messages",
                                   _positive)
     batch_max_age_s: float = setting(0.5, "… or when its oldest message is this old", _positive)
+    batch_early_rows: int = setting(1000, "… or, while the writer is idle, when it holds this "
+                                    "many (a busy writer lets the batch grow)", _positive)
     max_pending: int = setting(50000, "Messages held in memory while the database is away; "
                                "beyond this the hub stops taking messages", _positive)
     max_payload_bytes: int = setting(64 * 1024, "Larger messages are quarantined", _positive)

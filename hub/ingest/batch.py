@@ -126,10 +126,18 @@ class Batch:
 
 @dataclass
 class Batcher:
-    """Hold the open batch; say when it is due (``max_rows`` reached or ``max_age_s`` old)."""
+    """Hold the open batch; say when it is due: ``max_rows`` reached, ``max_age_s`` old,
+    or, when the writer has nothing to do, ``early_rows`` reached.
+
+    So under load a batch waits for a busy writer, growing meanwhile, rather than for the
+    clock: the sooner the writer is free, the sooner a reading is stored. A hub with few
+    readings still commits every ``max_age_s`` at most (each commit is a write to the
+    disk, an SD card on a Pi), and one with many at most once per ``early_rows``.
+    """
 
     max_rows: int
     max_age_s: float
+    early_rows: int | None = None
     _batch: Batch | None = None
 
     def add(self, message: Inbound, result: Result, now: float) -> None:
@@ -137,10 +145,14 @@ class Batcher:
             self._batch = Batch(opened_at=now)
         self._batch.add(message, result)
 
-    def due(self, now: float) -> bool:
+    def due(self, now: float, writer_idle: bool = False) -> bool:
         batch = self._batch
-        return batch is not None and (len(batch) >= self.max_rows
-                                      or now - batch.opened_at >= self.max_age_s)
+        if batch is None:
+            return False
+        rows = self.early_rows if writer_idle and self.early_rows is not None else \
+            self.max_rows
+        return len(batch) >= min(rows, self.max_rows) or \
+            now - batch.opened_at >= self.max_age_s
 
     def seconds_until_due(self, now: float) -> float | None:
         """Seconds until the open batch is due by age; None when there is no batch."""

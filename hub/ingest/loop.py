@@ -60,6 +60,8 @@ class BatchWriter:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
         self._score = score
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        # Batches handed over, and batches written: each counted by one thread only.
+        self._submitted = self._written = 0
         self._gave_up = threading.Event()  # stopped while the database was away
         self.failed = False
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
@@ -70,10 +72,16 @@ class BatchWriter:
         while not self._gave_up.is_set():
             try:
                 self._pending.put(batch, timeout=0.2)
+                if batch is not None:
+                    self._submitted += 1
                 return True
             except queue.Full:
                 continue  # the previous batch still waits: the database is slow or away
         return False
+
+    def idle(self) -> bool:
+        """Nothing being written and nothing waiting: a batch handed over now goes at once."""
+        return self._written >= self._submitted
 
     def finish(self) -> None:
         """Write what is queued, then end the thread."""
@@ -107,6 +115,7 @@ class BatchWriter:
             stats.quarantined += outcome.quarantined
             stats.batches += 1
             stats.last_write_at = datetime.now(UTC)
+            self._written += 1
             log.debug("Stored a batch of %d messages in %.0f ms (%.2f s after it opened).",
                       len(batch), 1000 * (time.monotonic() - started),
                       time.monotonic() - batch.opened_at)
@@ -133,7 +142,8 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: Hu
 
     ``score`` sets each row's anomaly score, a batch at a time (hub/detect/live.py).
     """
-    batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s)
+    batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s,
+                      settings.batch_early_rows)
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
                     settings.retention_days)
     prefix = settings.topic_prefix
@@ -161,8 +171,8 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: Hu
                 batcher.add(message, result, now)
                 if batcher.due(now) and not writer.submit(batcher.take()):
                     return
-            if batcher.due(time.monotonic()) or (stopping and batcher.seconds_until_due(0)
-                                                 is not None):
+            if batcher.due(time.monotonic(), writer.idle()) or (
+                    stopping and batcher.seconds_until_due(0) is not None):
                 if not writer.submit(batcher.take()):
                     return
             if stopping and not len(inbox):

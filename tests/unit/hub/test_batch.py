@@ -27,6 +27,19 @@ def test_batch_is_due_by_size_or_by_age():
     assert not by_age.due(now=10.4) and by_age.due(now=10.5)
 
 
+def test_an_idle_writer_takes_a_batch_once_it_holds_early_rows_a_busy_one_lets_it_grow():
+    batcher = Batcher(max_rows=5, max_age_s=0.5, early_rows=2)
+    add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(seq=1), 1), now=0)
+    assert not batcher.due(now=0.1, writer_idle=True)  # one row: wait, as a quiet hub does
+    add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(seq=2), 2), now=0.1)
+    assert batcher.due(now=0.1, writer_idle=True)
+    assert not batcher.due(now=0.1, writer_idle=False)  # busy: it grows to max_rows or age
+    assert batcher.due(now=0.5, writer_idle=False)
+    for seq in range(3, 6):
+        add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(seq=seq), seq), now=0.2)
+    assert batcher.due(now=0.2, writer_idle=False)
+
+
 def test_batch_sorts_messages_into_rows_quarantine_and_device_events():
     batcher = Batcher(max_rows=100, max_age_s=1)
     add(batcher, inbound("fp/pi-1/metrics", metrics_bytes(seq=1), 1), 0)

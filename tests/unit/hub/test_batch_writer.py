@@ -9,6 +9,7 @@ import pytest
 from hub.ingest import BatchWriter, IngestStats
 from hub.ingest.batch import Ack
 from shared.errors import TransientStoreError
+from tests.servers import wait_for
 from tests.unit.hub.test_write import FakeStore, NoWaitEvent, batch_of
 
 
@@ -36,6 +37,26 @@ def test_batches_are_written_in_order_and_acked_after_their_write() -> None:
     assert receiver.rows_stored_at_ack == [3, 4, 6]  # each ack after its batch was stored
     assert (stats.acked, stats.stored, stats.batches) == (6, 6, 3)
     assert stats.last_write_at is not None and not writer.failed
+
+
+def test_the_writer_is_idle_only_with_nothing_to_write() -> None:
+    release = threading.Event()
+
+    class SlowStore(FakeStore):
+        def write(self, *args: object, **kwargs: object) -> object:
+            release.wait(10)
+            return super().write(*args, **kwargs)  # type: ignore[arg-type]
+
+    store = SlowStore()
+    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
+                         threading.Event())
+    assert writer.idle()
+    writer.submit(batch_of(2))
+    assert not writer.idle()  # queued or being written
+    release.set()
+    wait_for(writer.idle, 10, "the writer to finish the batch")
+    writer.finish()
+    assert len(store.rows) == 2
 
 
 def test_stopped_while_the_database_is_away_nothing_is_acked_and_submit_says_so() -> None:
