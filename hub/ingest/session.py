@@ -142,7 +142,7 @@ class BrokerSession:
     def __init__(self, client_id: str, address: BrokerAddress, *,
                  username: str | None = None, password: Secret | None = None,
                  ca_file: Path | None = None, session_expiry_s: int = 0,
-                 receive_maximum: int = PACKET_ID_LIMIT) -> None:
+                 receive_maximum: int = PACKET_ID_LIMIT, keepalive_s: int = KEEPALIVE_S) -> None:
         self.address = address
         user = username or address.username
         secret = password or address.password
@@ -152,7 +152,7 @@ class BrokerSession:
             # Without a session expiry an MQTT v5 session ends at disconnect, and the
             # broker would forget the messages queued for us while we are away.
             clean_start=not session_expiry_s, session_expiry_interval=session_expiry_s,
-            keep_alive=KEEPALIVE_S, receive_max=receive_maximum).write()
+            keep_alive=keepalive_s, receive_max=receive_maximum).write()
         self._ssl: ssl.SSLContext | None = None
         if address.tls:  # verifies the certificate and that it names the host
             self._ssl = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
@@ -173,7 +173,7 @@ class BrokerSession:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None  # ends a wait between connection attempts
         self._conn: _Connection | None = None  # the session's thread only
-        self._keepalive_s = KEEPALIVE_S
+        self._keepalive_s = self._asked_keepalive_s = keepalive_s
         # Packet ids and publishes: shared with the threads that publish.
         self._lock = threading.Lock()
         self._last_id = 0
@@ -238,28 +238,36 @@ class BrokerSession:
             CONNECT_TIMEOUT_S)
         self._conn = conn
         conn.write(self._connect_packet)
-        timer = loop.call_later(CONNECT_TIMEOUT_S, self._check_alive, conn)
+        self._check_alive(conn, time.monotonic())
         try:
             await closed
         finally:
-            timer.cancel()
             self._conn = None
         if not conn.accepted and conn.disconnect_reason is None and not self._stopping:
             raise ConnectionError("closed before the broker answered")
         return conn.accepted
 
-    def _check_alive(self, conn: _Connection) -> None:
-        """Timer: no CONNACK in time, or the broker silent for 1.5 keepalives: drop."""
-        assert self._loop is not None
-        now = time.monotonic()
+    def _check_alive(self, conn: _Connection, opened_at: float) -> None:
+        """Timer, every quarter keepalive: no CONNACK within CONNECT_TIMEOUT_S, or the
+        broker silent for 1.5 keepalives (a network gone without a reset): drop the
+        connection; nothing written for half a keepalive: ping."""
         if conn.transport is None:
-            return
-        if not conn.accepted or now - conn.read_at > 1.5 * self._keepalive_s:
+            return  # closed
+        now = time.monotonic()
+        if not conn.accepted:
+            if now - opened_at >= CONNECT_TIMEOUT_S:
+                conn.transport.abort()
+                return
+        elif now - conn.read_at > 1.5 * self._keepalive_s:
+            log.warning("Broker %s has been silent for %.0f s; reconnecting.",
+                        describe_broker(self.address), now - conn.read_at)
+            self._outage_logged = True  # the one line of this outage
             conn.transport.abort()
             return
-        if now - conn.written_at >= self._keepalive_s / 2:
+        elif now - conn.written_at >= self._keepalive_s / 2:
             conn.write(mqtt5.PingReqPacket().write())
-        self._loop.call_later(self._keepalive_s / 4, self._check_alive, conn)
+        assert self._loop is not None
+        self._loop.call_later(self._keepalive_s / 4, self._check_alive, conn, opened_at)
 
     def _close(self) -> None:
         conn = self._conn
@@ -388,7 +396,7 @@ class BrokerSession:
             return  # the broker closes the connection
         conn.accepted = True
         self._generation += 1
-        self._keepalive_s = packet.server_keep_alive or KEEPALIVE_S
+        self._keepalive_s = packet.server_keep_alive or self._asked_keepalive_s
         with self._lock:
             self._send_quota = packet.receive_max
             # Unacknowledged publishes go again first, flagged duplicate (MQTT 5.0, 4.4).
@@ -403,8 +411,6 @@ class BrokerSession:
             log.info("Connected to broker %s.", describe_broker(self.address))
         self._outage_logged = False
         self._connected.set()
-        assert self._loop is not None
-        self._loop.call_later(self._keepalive_s / 4, self._check_alive, conn)
         self.on_connected()
         self._send_queued()
 

@@ -5,6 +5,8 @@ publishes kept across an outage."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -183,6 +185,29 @@ def test_a_publish_made_while_the_broker_is_down_arrives_once_it_is_back(
                  "both retained alerts")
     finally:
         reader.stop()
+
+
+def test_pings_keep_an_idle_session_and_a_silent_broker_is_left_for_a_new_connection(
+        broker: MosquittoServer, caplog: pytest.LogCaptureFixture) -> None:
+    session = BrokerSession(f"hub-{uuid.uuid4().hex[:8]}", parse_broker_url(broker.url),
+                            session_expiry_s=60, keepalive_s=2)
+    session.start()
+    assert broker.process is not None
+    try:
+        assert session.wait_connected(10)
+        # Idle for twice the 3 s after which the broker drops a client that sends nothing.
+        with pytest.raises(AssertionError):
+            wait_for(lambda: not session.connected or session.generation != 1, 6, "a drop")
+        # The broker stops answering (as behind a network gone without a reset).
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not session.connected, 10, "the session to give up on it")
+            assert "has been silent" in caplog.text
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        wait_for(lambda: session.connected and session.generation == 2, 20, "a new connection")
+    finally:
+        session.stop()
 
 
 def test_an_unreachable_broker_is_one_log_line_and_a_stop_does_not_hang(
