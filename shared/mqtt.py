@@ -97,7 +97,7 @@ def log_connect_failure(logger: logging.Logger, address: BrokerAddress,
                      RECONNECT_MIN_S, RECONNECT_MAX_S)
     else:
         detail = error.strerror if isinstance(error, OSError) else None
-        reason = f" ({detail or error or 'timed out'})" if error is not None else ""
+        reason = f" ({detail or str(error) or 'timed out'})" if error is not None else ""
         logger.warning("Broker %s is unreachable%s; retrying every %d-%d s.",
                        describe_broker(address), reason, RECONNECT_MIN_S, RECONNECT_MAX_S)
 
