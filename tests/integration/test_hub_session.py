@@ -56,6 +56,11 @@ def broker(private_dir: Path) -> Iterator[MosquittoServer]:
     server.stop()
 
 
+def tokens(messages: list[tuple[str, bytes, int, int, int]]) -> list[tuple[int, int, int]]:
+    """What acking these messages takes: (packet id, qos, generation) each."""
+    return [(m[2], m[3], m[4]) for m in messages]
+
+
 def session_for(broker: MosquittoServer, client_id: str, receive_maximum: int = 1000
                 ) -> BrokerSession:
     return BrokerSession(client_id, parse_broker_url(broker.url), session_expiry_s=3600,
@@ -105,7 +110,7 @@ def test_unacked_messages_come_again_after_a_restart_and_acked_ones_do_not(
         wait_for(lambda: len(seen.payloads()) == 10, 15, "ten messages")
         first = seen.take()
         assert {m[4] for m in first} == {1}  # all by the first connection
-        session.ack([(m[2], m[3], m[4]) for m in first[:6]])  # the first six are "stored"
+        session.ack(tokens(first[:6]))  # the first six are "stored"
     finally:  # the acks handed over are written before the goodbye
         session.stop()
     assert not session.connected
@@ -119,7 +124,7 @@ def test_unacked_messages_come_again_after_a_restart_and_acked_ones_do_not(
         wait_for(lambda: len(seen_again.payloads()) >= 4, 15, "the four unacked messages")
         assert sorted(seen_again.payloads()) == [b"m6", b"m7", b"m8", b"m9"]
         redelivered = seen_again.take()
-        again.ack([(m[2], m[3], m[4]) for m in redelivered])
+        again.ack(tokens(redelivered))
     finally:
         again.stop()
 
@@ -137,7 +142,7 @@ def test_receive_maximum_bounds_what_waits_unacked_and_acks_of_a_dead_connection
         with pytest.raises(AssertionError):
             wait_for(lambda: len(seen.payloads()) > 5, 1.5, "more than five")
         first = seen.take()
-        session.ack([(m[2], m[3], m[4]) for m in first[:2]])
+        session.ack(tokens(first[:2]))
         # (Mosquitto 2.0.11 then sends all it holds, not just two: measured here.)
         wait_for(lambda: len(seen.payloads()) == 7, 15, "the rest after two acks")
         held = first[2:] + seen.take()  # ten unacked, of generation 1
@@ -148,15 +153,15 @@ def test_receive_maximum_bounds_what_waits_unacked_and_acks_of_a_dead_connection
         broker.stop()
         broker.start()
         wait_for(lambda: session.generation == 2 and session.connected, 30, "a reconnect")
-        session.ack([(m[2], m[3], m[4]) for m in held])  # stale: dropped
+        session.ack(tokens(held))  # stale: dropped
         wait_for(lambda: len(seen.payloads()) >= 5, 15, "five redelivered")
         redelivered = seen.take()
-        session.ack([(m[2], m[3], m[4]) for m in redelivered])
+        session.ack(tokens(redelivered))
         wait_for(lambda: len(redelivered) + len(seen.payloads()) == 10, 15, "all ten again")
         redelivered += seen.take()
         assert {m[4] for m in redelivered} == {2}
         assert [m[1] for m in redelivered] == [m[1] for m in held]
-        session.ack([(m[2], m[3], m[4]) for m in redelivered[5:]])
+        session.ack(tokens(redelivered[5:]))
     finally:
         session.stop()
 
