@@ -53,12 +53,13 @@ _RECORD = (
     "on conflict (device_id) do update set outcome = excluded.outcome, "
     "message = excluded.message, history_rows = excluded.history_rows, "
     "attempted_at = excluded.attempted_at")
-# Devices to (re)train: no model, or one older than the retraining age; a device whose last
-# attempt found too little history waits ``retry`` before the next.
+# Devices to (re)train: no model over today's signals (an older hub's models are not used),
+# or one older than the retraining age; a device whose last attempt found too little history
+# waits ``retry`` before the next.
 _DUE = (
     "select d.device_id from devices d "
     "left join (select device_id, max(trained_at) as trained_at from detector_models "
-    "group by 1) m on m.device_id = d.device_id "
+    "where signals = %(signals)s::text[] group by 1) m on m.device_id = d.device_id "
     "left join detector_training t on t.device_id = d.device_id "
     "where d.last_seen is not null "
     "and (m.trained_at is null or m.trained_at < %(now)s - %(age)s) "
@@ -186,9 +187,10 @@ def train_device(db: ModelDb, device_id: str, *, kind: str, window_h: float,
 
 
 def devices_due(db: ModelDb, now: datetime, retrain_h: float, retry_s: float) -> list[str]:
-    """Devices without a model, or with one older than ``retrain_h``, oldest model first."""
+    """Devices without a usable model, or with one older than ``retrain_h``, oldest first."""
     return [row["device_id"] for row in db.query(_DUE, {
-        "now": now, "age": timedelta(hours=retrain_h), "retry": timedelta(seconds=retry_s)})]
+        "now": now, "age": timedelta(hours=retrain_h), "retry": timedelta(seconds=retry_s),
+        "signals": list(SIGNALS)})]
 
 
 def training_states(db: ModelDb) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,7 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     "disk_read_bytes_per_s", "disk_write_bytes_per_s",
     "network_bytes_sent_per_s", "network_bytes_recv_per_s",
     "sensors_cpu_celsius", "sensors_temperatures",
-    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s",
+    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s", "cpu_soft_interrupts_per_s",
 )
 # The detector's input streams, in order (stored with each model: a model trained on another
 # list is not used).
@@ -35,7 +35,7 @@ SIGNALS: tuple[str, ...] = (
     "disk_read_bytes_per_s", "disk_write_bytes_per_s",
     "network_bytes_sent_per_s", "network_bytes_recv_per_s",
     "cpu_celsius", "max_temperature_celsius",
-    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s",
+    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s", "cpu_soft_interrupts_per_s",
 )
 # The same signals computed by PostgreSQL from the stored columns, for training: a device-day
 # then reaches the hub as 86,400 rows of plain numbers instead of arrays and JSON to decode
@@ -50,7 +50,7 @@ SIGNAL_SQL: tuple[str, ...] = (
     "network_bytes_sent_per_s", "network_bytes_recv_per_s",
     "sensors_cpu_celsius",
     "(select max((t->>'celsius')::float8) from jsonb_array_elements(sensors_temperatures) t)",
-    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s",
+    "cpu_ctx_switches_per_s", "cpu_interrupts_per_s", "cpu_soft_interrupts_per_s",
 )
 NAN = math.nan
 
@@ -67,14 +67,14 @@ def signal_values(raw: Sequence[Any]) -> list[float]:
     temperature is the largest of the reading's sensor list.
     """
     (cpu, cores, load, available, swap_used, swap_in, swap_out, disk_read, disk_write,
-     net_sent, net_recv, cpu_celsius, temperatures, ctx, interrupts) = raw
+     net_sent, net_recv, cpu_celsius, temperatures, ctx, interrupts, soft_interrupts) = raw
     spread = float(max(cores) - min(cores)) if cores else NAN
     hottest = max((float(t["celsius"]) for t in temperatures), default=NAN) \
         if temperatures else NAN
     return [_number(cpu), spread, _number(load), _number(available), _number(swap_used),
             _number(swap_in), _number(swap_out), _number(disk_read), _number(disk_write),
             _number(net_sent), _number(net_recv), _number(cpu_celsius), hottest,
-            _number(ctx), _number(interrupts)]
+            _number(ctx), _number(interrupts), _number(soft_interrupts)]
 
 
 def signal_rows(raws: Iterable[Sequence[Any]]) -> Floats:

@@ -122,3 +122,9 @@ def test_retrainer_trains_what_is_due_and_a_restarted_hub_scores_with_the_stored
     # A model trained elsewhere (fleetpulse-hub train) is picked up.
     train_device(store, "a", kind="novelty", window_h=30, min_readings=100, now=clock[0])
     assert again.pick_up() == 1 and again.versions == {"a": 3}
+    # A model an older hub trained over other signals is not used, and its device is due now
+    # (not only once the model is older than retrain_h).
+    store.execute([("update detector_models set signals = signals[1:15] where device_id = 'a'",
+                    None)])
+    assert latest_models(store, ["a"]) == []
+    assert retrainer.round() == 1 and installed[-1].version == 4
