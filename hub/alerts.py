@@ -67,7 +67,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          unit="B/s", description="Swapping in and out heavily"),
     # The reading's anomaly score (hub/detect/live.py) in [0, 1): 0.5 is a surprise of 1,
     # "clearly anomalous" by the detector's own scale (hub/detect/novelty.py).
-    Rule("anomaly", "above", "anomaly_score", 0.5, 10.0, 0.3, unit="score",
+    Rule("anomaly", "above", "anomaly_score", 0.5, 7.0, 0.3, unit="score",
          description="Unusual behaviour"),
     # Forecasts (hub/detect/outlook.py): seconds until a limit; they fire before the fact.
     Rule("memory_exhaustion_forecast", "below", "memory_exhaustion_s", 900.0, 30.0, 1800.0,

@@ -21,7 +21,7 @@ within a minute: the step makes both a question of minutes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -36,6 +36,9 @@ STEP_S = 10.0
 WINDOW = 30  # steps: five minutes
 MIN_STEPS = 6  # a minute of steps before a forecast speaks
 MEMORY_FLOOR_PERCENT = 5.0
+# Space freed on a partition (files deleted) in one step, in points of its size, that restarts
+# its line: the fill before the deletion is no longer the trend.
+DISK_RESTART_POINTS = 0.5
 THROTTLE_CELSIUS = 80.0  # Raspberry Pi: progressive throttling from 80 °C to 85 °C
 PI3B_PLUS_SOFT_LIMIT_CELSIUS = 60.0
 FORECASTS = ("memory_exhaustion_s", "disk_full_s", "thermal_throttle_s")
@@ -71,25 +74,41 @@ class Series:
 
     target: float
     falling: bool = False  # heading down towards the target (memory) rather than up
-    model: Forecaster = field(default_factory=lambda: Linear(k=1, window=WINDOW))
+    # A step back from the target by more than this restarts the line from the new level
+    # (None: never): a line through a deletion says nothing of the fill that follows it.
+    restart_back: float | None = None
+    make_model: Callable[[], Forecaster] = lambda: Linear(k=1, window=WINDOW)
+    model: Forecaster = field(init=False)
     step_at: float | None = None  # start of the open step (seconds)
-    steps: int = 0  # steps closed so far
+    steps: int = 0  # steps closed since the start (or the last restart)
+    last_step: float | None = None  # the last closed step's mean
     total: float = 0.0
     count: int = 0
     eta_s: float | None = None
+
+    def __post_init__(self) -> None:
+        self.model = self.make_model()
 
     def add(self, t_s: float, value: float) -> None:
         if self.step_at is None:
             self.step_at = t_s
         elif t_s >= self.step_at + STEP_S:
             if self.count:
-                self.model.step(np.array([self.total / self.count]))
-                self.steps += 1
-                self.eta_s = self._eta_s()
+                self._close_step(self.total / self.count)
             self.step_at += STEP_S * math.floor((t_s - self.step_at) / STEP_S)
             self.total, self.count = 0.0, 0
         self.total += value
         self.count += 1
+
+    def _close_step(self, mean: float) -> None:
+        back = (mean - self.last_step) * (1.0 if self.falling else -1.0) \
+            if self.last_step is not None else 0.0
+        if self.restart_back is not None and back > self.restart_back:
+            self.model, self.steps = self.make_model(), 0
+        self.last_step = mean
+        self.model.step(np.array([mean]))
+        self.steps += 1
+        self.eta_s = self._eta_s()
 
     def _eta_s(self) -> float | None:
         """Seconds until the forecast reaches the target (0 once past it)."""
@@ -168,7 +187,8 @@ class Outlook:
             seen.add(str(name))
             series = self.disks.get(str(name))
             if series is None:
-                series = self.disks[str(name)] = Series(100.0)
+                series = self.disks[str(name)] = Series(100.0,
+                                                        restart_back=DISK_RESTART_POINTS)
             series.add(t, percent)
         for gone in set(self.disks) - seen:  # unmounted: its forecast would go stale
             del self.disks[gone]

@@ -227,10 +227,13 @@ def scores(values: list[float | None]) -> list[Reading]:
 
 def test_anomaly_alert_opens_after_its_duration_and_closes_below_its_clear_level() -> None:
     rule = by_name("anomaly")
+    d = int(rule.duration_s)
     assert reading_values({"anomaly_score": 0.7})["anomaly_score"] == 0.7
-    assert evaluate([rule], online(), scores([0.8] * 10), {}, T0) == []  # 9 s
-    assert evaluate([rule], online(), scores([0.8] * 5 + [None] + [0.8] * 6), {}, T0) == []
-    (change,) = evaluate([rule], online(), scores([0.1, *[0.6] * 8, 0.9, 0.7, 0.6]), {}, T0)
+    assert evaluate([rule], online(), scores([0.8] * d), {}, T0) == []  # d - 1 seconds
+    assert evaluate([rule], online(), scores([0.8] * (d // 2) + [None] + [0.8] * (d - d // 2)),
+                    {}, T0) == []
+    (change,) = evaluate([rule], online(), scores([0.1, *[0.6] * (d - 2), 0.9, 0.7, 0.6]), {},
+                         T0)
     assert change.action == "open" and change.started_at == T0 + timedelta(seconds=1)
     assert "scored up to 0.90" in change.message and "threshold 0.5" in change.message
     opened = {"anomaly": OpenAlert("pi-1", "anomaly", T0, 0.9)}

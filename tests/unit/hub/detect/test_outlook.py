@@ -122,13 +122,34 @@ def test_a_partition_that_disappears_loses_its_forecast():
     assert set(outlook.disks) == {"/"}
 
 
+def test_space_freed_on_a_partition_restarts_its_line_from_the_new_level():
+    # Filling at 0.01 points a second; at 300 s, 3 points are deleted; the fill goes on.
+    def at(i):
+        return {"disk_partitions": [{"mountpoint": "/", "percent": 60.0 + 0.01 * i
+                                     - (3.0 if i >= 300 else 0.0)}]}
+
+    outlook = Outlook()
+    etas = [outlook.add(T0 + timedelta(seconds=i), at(i))["disk_full_s"] for i in range(500)]
+    assert etas[299] is not None
+    assert None in etas[300:340]  # a new line needs MIN_STEPS of its own
+    # The line through the fill alone: (100 - 57 - 0.01 i) / 0.01 s to go; a line across
+    # the deletion would be flattened by it (or point away from the limit).
+    assert etas[-1] == pytest.approx((100 - 57 - 0.01 * 499) / 0.01, abs=2 * STEP_S)
+    # A small step back (under DISK_RESTART_POINTS) keeps the line.
+    kept = Outlook()
+    feed(kept, 300, lambda i: {"disk_partitions": [{"mountpoint": "/", "percent": 60.0 + 0.01 * i
+                                                     - (0.2 if i >= 200 else 0.0)}]})
+    assert kept.disks["/"].steps >= 28
+
+
 def test_a_series_forecasts_with_any_forecaster_and_persistence_never_warns_ahead():
     from hub.detect.forecast import DampedHolt, Persistence
     from hub.detect.outlook import Series
 
     etas = {}
-    for name, model in (("holt", DampedHolt(k=1)), ("persistence", Persistence(k=1))):
-        series = Series(70.0, model=model)
+    for name, model in (("holt", lambda: DampedHolt(k=1)),
+                        ("persistence", lambda: Persistence(k=1))):
+        series = Series(70.0, make_model=model)
         for i in range(300):
             series.add(float(i), 50.0 + 0.05 * i)  # reaches 70 at i = 400
         etas[name] = series.eta_s
