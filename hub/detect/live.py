@@ -55,22 +55,27 @@ class _Stack:
         self.slots: dict[str, int] = {}
         self.detector: Novelty | None = None
 
-    def put(self, device_id: str, detector: Novelty) -> None:
+    def put(self, models: Sequence[tuple[str, Novelty]]) -> None:
+        """Install ``(device_id, detector)`` pairs: a device already here gets its slice
+        overwritten, new ones are appended in one concatenation (a hub starting with a
+        thousand models must not copy the growing stack a thousand times)."""
         s = len(SIGNALS)
-        slot = self.slots.get(device_id)
-        if self.detector is None:
-            self.detector = Novelty(k=s, **self.params)
-            self.detector.state = {n: a.copy() for n, a in detector.state.items()}
-            self.slots[device_id] = 0
-            return
-        state = self.detector.state
-        if slot is not None:  # a newer model of a device already here: overwrite its slice
+        added: list[Novelty] = []
+        for device_id, detector in models:  # device ids are unique in one call
+            slot = self.slots.get(device_id)
+            if slot is None:
+                self.slots[device_id] = len(self.slots)
+                added.append(detector)
+                continue
+            assert self.detector is not None
             for name, array in detector.state.items():
-                state[name][slot * s:(slot + 1) * s] = array
+                self.detector.state[name][slot * s:(slot + 1) * s] = array
+        if not added:
             return
-        self.slots[device_id] = len(self.slots)
+        parts = ([self.detector.state] if self.detector is not None else []) + [
+            d.state for d in added]
         grown = Novelty(k=len(self.slots) * s, **self.params)
-        grown.state = {n: np.concatenate([state[n], detector.state[n]]) for n in state}
+        grown.state = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
         self.detector = grown
 
     def step(self, slots: Sequence[int], x: Floats) -> Floats:
@@ -120,6 +125,7 @@ class LiveScorer:
     def _take_incoming(self) -> None:
         with self._lock:
             incoming, self._incoming = self._incoming, {}
+        stacked: list[tuple[str, Novelty]] = []
         for device_id, detector in incoming.items():
             if isinstance(detector, Novelty) and detector.k == len(SIGNALS):
                 params = _novelty_params(detector)
@@ -127,13 +133,16 @@ class LiveScorer:
                     self._stack = _Stack(params)
                 if self._stack.params == params:
                     self._single.pop(device_id, None)
-                    self._stack.put(device_id, detector)
+                    stacked.append((device_id, detector))
                     continue
             if self._stack is not None and device_id in self._stack.slots:
                 # Moving off the stack would leave a hole; a device changes detector kind
                 # only when the settings change, which a restart applies.
                 continue
             self._single[device_id] = detector
+        if stacked:
+            assert self._stack is not None
+            self._stack.put(stacked)
 
     @property
     def devices(self) -> int:

@@ -143,8 +143,12 @@ def test_a_newer_model_replaces_the_devices_state_and_leaves_the_others_alone():
     newer = train(_quiet(9) * 3, "novelty", 200)
     own_a = load_detector("novelty", newer.to_bytes())
     scorer.install("a", newer)
-    (row_a, row_b) = scorer.score(_rows(["a", "b"], [30.0, 30.0])[1])
+    third = train(_quiet(5), "novelty", 200)  # a new device in the same round of installs
+    own_c = load_detector("novelty", third.to_bytes())
+    scorer.install("c", third)
+    (row_a, row_b, row_c) = scorer.score(_rows(["a", "b", "c"], [30.0, 30.0, 30.0])[1])
     x = np.array(signal_values(_raw(cpu=30.0)))
     assert row_a[score_at] == pytest.approx(own_a.step(x).max(), rel=1e-9)
     assert row_b[score_at] == pytest.approx(own_b.step(x).max(), rel=1e-9)
-    assert scorer.devices == 2
+    assert row_c[score_at] == pytest.approx(own_c.step(x).max(), rel=1e-9)
+    assert scorer.devices == 3
