@@ -184,6 +184,50 @@ def known_hub(kind: str) -> bool:
     return kind in ("fleetpulse", "minimal", "nodered") or _WORKERS.fullmatch(kind) is not None
 
 
+# --- detectors ------------------------------------------------------------------------------
+
+def install_models(url: str, devices: int) -> dict[str, Any]:
+    """Give every simulated device a trained detector, as a hub whose fleet has history has
+    (one ``novelty`` model trained on the real agent's recording, stored once per device):
+    the hub loads them at start and scores every reading, as in the field."""
+    from datetime import UTC, datetime
+
+    from bench.detect_cost import recorded_rows
+    from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
+    from hub.detect.train import TooLittleHistory, params_of, train
+    from shared.schema import metrics_columns
+
+    at = {c.name: i for i, c in enumerate(metrics_columns())}
+    rows = recorded_rows()
+    model = train(signal_rows([tuple(r[at[c]] for c in SOURCE_COLUMNS) for r in rows]),
+                  "novelty", 1000)
+    assert not isinstance(model, TooLittleHistory)
+    now = datetime.now(UTC)
+    record = (model.KIND, json.dumps(params_of(model)), list(SIGNALS), now, now, now,
+              len(rows), 0.0, model.to_bytes())
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("truncate detector_models")
+        cur.executemany(
+            "insert into detector_models (device_id, version, kind, params, signals, "
+            "trained_at, history_start, history_end, history_rows, train_cpu_s, state) "
+            "values (%s, 1, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)",
+            [(f"{PREFIX}-{d:05d}", *record) for d in range(devices)])
+    return {"kind": model.KIND, "devices": devices, "trained_on_readings": len(rows)}
+
+
+_SCORES = re.compile(r"Anomaly scores: (\d+) of (\d+) readings scored, ([\d.]+) µs")
+
+
+def scoring_of(log_text: str) -> dict[str, float] | None:
+    """The hubs' own account of live scoring, from the line each logs as it stops."""
+    found = [(int(a), int(b), float(us)) for a, b, us in _SCORES.findall(log_text)]
+    readings = sum(b for _, b, _ in found)
+    if not readings:
+        return None
+    return {"scored": sum(a for a, _, _ in found), "readings": readings,
+            "cpu_us_per_reading": sum(b * us for _, b, us in found) / readings}
+
+
 # --- one window ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -197,6 +241,7 @@ class Bench:
     hub_log_level: str = "WARNING"
     processes: int = 1  # fleetpulse hub processes sharing the load ($share subscription)
     nodered: Path | None = None  # the npm cache holding Node-RED and pg
+    models: bool = False  # every device has a detector (install_models): readings are scored
 
     @staticmethod
     def table(kind: str) -> str:
@@ -235,6 +280,8 @@ class Bench:
                         "FLEETPULSE_CLIENT_ID": f"bench-hub-{uuid.uuid4().hex[:8]}",
                         "FLEETPULSE_HTTP_PORT": "0", "FLEETPULSE_LOG_LEVEL": self.hub_log_level,
                         "FLEETPULSE_DATA_DIR": str(self.workdir / "hubdata")})
+            if self.models:  # the installed models only; the stopping line says the cost
+                env.update({"FLEETPULSE_RETRAIN_H": "0", "FLEETPULSE_LOG_LEVEL": "INFO"})
             cmd = [sys.executable, "-m", "hub.main", "run"]
         elif kind == "nodered":
             if self.nodered is None:
@@ -369,6 +416,8 @@ class Bench:
                     hub.wait(5)
             broker.stop()
         result["hub_log_tail"] = self.log_tail(tag)
+        if self.models and kind.startswith("fleetpulse"):
+            result["scoring"] = scoring_of(self.log_tail(tag, 10 ** 7))
         return result
 
     def log_tail(self, tag: str, chars: int = 600) -> str:
@@ -581,6 +630,10 @@ def main() -> int:
     parser.add_argument("--payload", choices=["small", "pi"], default="small",
                         help="small: every section, 2 cores, 1 disk/NIC/sensor; pi: a Pi 5 "
                         "with lo, eth0, wlan0, two partitions, two sensors")
+    parser.add_argument("--models", action="store_true",
+                        help="give every device a trained detector first, so the fleetpulse "
+                        "hub scores every reading as in the field, and report the hub's own "
+                        "scoring CPU per reading")
     parser.add_argument("--profile", type=int, metavar="RATE",
                         help="only py-spy the fleetpulse hub at this QoS 1 rate")
     parser.add_argument("--profile-s", type=int, default=15)
@@ -633,8 +686,9 @@ def main() -> int:
         if nodered_cache is not None:
             with psycopg.connect(pg.url, autocommit=True) as conn:
                 conn.execute(nodered_flow.create_table_sql().encode())
+        models = install_models(pg.url, args.devices) if args.models else None
         bench = Bench(workdir, build_loadgen(workdir), pg, args.devices, args.window_s, small,
-                      processes=args.processes, nodered=nodered_cache)
+                      processes=args.processes, nodered=nodered_cache, models=args.models)
         if args.profile:
             prof = profile(bench, args.profile, args.profile_s)
             prof.update({"rate": args.profile, "qos": 1, "payload_bytes": payload_bytes,
@@ -667,11 +721,13 @@ def main() -> int:
                      r.get("cpu_us_per_message", {}).get("hub"),
                      r.get("cpu_us_per_message", {}).get("postgresql"),
                      r.get("ceiling_with_free_hub_msg_per_s"), r.get("hub_rss_mb"),
-                     r.get("hub_peak_rss_mb"), "yes" if r.get("sustained") else "no"])
+                     r.get("hub_peak_rss_mb"),
+                     (r.get("scoring") or {}).get("cpu_us_per_reading"),
+                     "yes" if r.get("sustained") else "no"])
     print(table(["hub", "QoS", "rate", "published/s", "rows", "missing", "dup", "p50 s", "p99 s",
                  "last +s", "hub %", "broker %", "pg %", "gen %", "irq %", "others %",
                  "hub µs/msg", "pg µs/msg", "free-hub ceiling/s", "hub RSS MB",
-                 "peak RSS MB", "sustained"],
+                 "peak RSS MB", "scoring µs/reading", "sustained"],
                 rows))
     if args.note:
         print(f"note: {args.note}")
@@ -700,6 +756,7 @@ def main() -> int:
         "machine": info, "devices": args.devices, "payload": args.payload,
         "payload_bytes": payload_bytes, "window_s": args.window_s, "best": best,
         "hub_processes": args.processes, "hubs": hubs, "nodered": nodered_versions,
+        "models": models,
         "priority": priority,
         "windows": results,
         "targets": TARGETS})
