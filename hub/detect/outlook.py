@@ -15,7 +15,9 @@ line through the last :data:`WINDOW` values (hub/detect/forecast.py ``Linear``, 
 ``predict_linear(x[5m])``): it warned of every machine-temperature crossing of NAB in
 bench/forecast_eval.py, damped Holt of 14 of 17 (fewer false warnings). Per-second readings
 are too noisy for a line through a few seconds, and a damped trend per second flattens out
-within a minute: the step makes both a question of minutes.
+within a minute: the step makes both a question of minutes. A partition's line starts again
+when space is freed (:data:`DISK_RESTART_POINTS` in one step): a line through a deletion
+points away from the fill that follows it for the next five minutes.
 """
 
 from __future__ import annotations
