@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, describe_machine, machine, table, write_result
 from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
 from hub.detect.live import LiveScorer
+from hub.detect.model import Floats
 from hub.detect.novelty import Novelty
 from hub.detect.train import TooLittleHistory, fit_novelty, load_detector, train
 from hub.ingest.validate import Accepted, Limits, validate
@@ -58,10 +59,16 @@ def recorded_rows() -> list[tuple[object, ...]]:
     return rows
 
 
+def recorded_signals(rows: list[tuple[object, ...]]) -> Floats:
+    """The detector's signals of ``rows`` (hub rows in :func:`metrics_columns` order)."""
+    at = {c.name: i for i, c in enumerate(metrics_columns())}
+    return signal_rows([tuple(r[at[c]] for c in SOURCE_COLUMNS) for r in rows])
+
+
 def scoring(rows: list[tuple[object, ...]], devices: int, batches: int) -> dict[str, float]:
     columns = [c.name for c in metrics_columns()]
     at = {name: i for i, name in enumerate(columns)}
-    signals = signal_rows([tuple(r[at[c]] for c in SOURCE_COLUMNS) for r in rows])
+    signals = recorded_signals(rows)
     half = len(rows) // 2
     model = train(signals[:half], "novelty", 1000)
     assert not isinstance(model, TooLittleHistory)
@@ -92,9 +99,7 @@ def scoring(rows: list[tuple[object, ...]], devices: int, batches: int) -> dict[
 
 
 def training(rows: list[tuple[object, ...]]) -> dict[str, float]:
-    columns = [c.name for c in metrics_columns()]
-    at = {name: i for i, name in enumerate(columns)}
-    signals = signal_rows([tuple(r[at[c]] for c in SOURCE_COLUMNS) for r in rows])
+    signals = recorded_signals(rows)
     day = np.resize(signals, (DAY, len(SIGNALS)))
     fast = Novelty(k=len(SIGNALS))
     began = time.process_time()

@@ -219,6 +219,9 @@ def stream_scores(name: str, x: Floats, fit_end: int) -> Floats:
 DETECTORS = ("novelty", "windowed_gaussian", "netdata_kmeans", "isolation_forest")
 
 
+SHIPPED = next(r for r in DEFAULT_RULES if r.name == "anomaly")  # the hub's anomaly rule
+
+
 def split(ts: Sequence[datetime], quiet_end: int, fit_s: float,
           calibrate_s: float) -> tuple[int, int]:
     """Return where fitting and calibration end: after ``fit_s`` and ``calibrate_s`` seconds of
@@ -255,11 +258,10 @@ def run(rec: Recording, duration_s: float, detectors: Sequence[str], fit_s: floa
         results[name] = {"threshold": threshold, "cpu_s": cpu,
                          **vars(judge(rec, alerts, cal_end))}
         if name == "novelty":  # as the hub ships it: its own rule, no calibration
-            shipped = next(r for r in DEFAULT_RULES if r.name == "anomaly")
             alerts = alerts_of(rec.ts, list(scores), Rule(
-                "anomaly", "above", "score", shipped.threshold, shipped.duration_s,
-                shipped.clear), cal_end)
-            results["novelty (hub rule)"] = {"threshold": shipped.threshold, "cpu_s": cpu,
+                "anomaly", "above", "score", SHIPPED.threshold, SHIPPED.duration_s,
+                SHIPPED.clear), cal_end)
+            results["novelty (hub rule)"] = {"threshold": SHIPPED.threshold, "cpu_s": cpu,
                                              **vars(judge(rec, alerts, cal_end))}
     # The hub's own threshold rules, on the readings' stored values, same span.
     values = [reading_values(row) for row in rec.rows]
@@ -421,10 +423,9 @@ def report(data: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    shipped = next(r for r in DEFAULT_RULES if r.name == "anomaly")
-    parser.add_argument("--duration-s", type=float, default=shipped.duration_s,
+    parser.add_argument("--duration-s", type=float, default=SHIPPED.duration_s,
                         help="the alert rule's duration (default: the hub's anomaly rule's, "
-                        f"{shipped.duration_s:g} s)")
+                        f"{SHIPPED.duration_s:g} s)")
     parser.add_argument("--fit-s", type=float, default=1500.0,
                         help="quiet seconds that train the detectors")
     parser.add_argument("--calibrate-s", type=float, default=600.0,

@@ -192,15 +192,12 @@ def install_models(url: str, devices: int) -> dict[str, Any]:
     the hub loads them at start and scores every reading, as in the field."""
     from datetime import UTC, datetime
 
-    from bench.detect_cost import recorded_rows
-    from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
+    from bench.detect_cost import recorded_rows, recorded_signals
+    from hub.detect.features import SIGNALS
     from hub.detect.train import TooLittleHistory, params_of, train
-    from shared.schema import metrics_columns
 
-    at = {c.name: i for i, c in enumerate(metrics_columns())}
     rows = recorded_rows()
-    model = train(signal_rows([tuple(r[at[c]] for c in SOURCE_COLUMNS) for r in rows]),
-                  "novelty", 1000)
+    model = train(recorded_signals(rows), "novelty", 1000)
     assert not isinstance(model, TooLittleHistory)
     now = datetime.now(UTC)
     record = (model.KIND, json.dumps(params_of(model)), list(SIGNALS), now, now, now,
