@@ -54,6 +54,34 @@ SIGNAL_SQL: tuple[str, ...] = (
 )
 NAN = math.nan
 
+# The smallest change of each signal, in its own units, that can count as anomalous by itself
+# (Novelty's ``floor`` state; tuned on bench/data/faults.jsonl.xz and faults2.jsonl.xz, judged
+# on faults3.jsonl.xz, docs/anomaly.md). A quiet machine trains on a tiny range: a load of
+# 0.2 or 20 MB of memory beyond it is a new record by the range alone, and nothing an operator
+# would call a fault. Memory sizes are floored by a share of the most memory ever available
+# (:func:`signal_floors`); the others by a fixed amount.
+KIB, MIB = 1024.0, 1024.0 ** 2
+FIXED_FLOORS: dict[str, float] = {
+    "cpu_percent": 10.0,  # points: a tenth of the machine
+    "cpu_core_spread_percent": 10.0,
+    "cpu_load_1": 0.5,
+    "memory_swap_in_bytes_per_s": 256 * KIB,  # 64 pages a second
+    "memory_swap_out_bytes_per_s": 256 * KIB,
+    "disk_read_bytes_per_s": MIB,
+    "disk_write_bytes_per_s": MIB,
+    "network_bytes_sent_per_s": 128 * KIB,  # 1 Mbit/s
+    "network_bytes_recv_per_s": 128 * KIB,
+    "cpu_celsius": 2.0,
+    "max_temperature_celsius": 2.0,
+    "cpu_ctx_switches_per_s": 1000.0,
+    "cpu_interrupts_per_s": 1000.0,
+    "cpu_soft_interrupts_per_s": 500.0,
+}
+MEMORY_FLOORS: dict[str, float] = {  # shares of the most memory available in the history
+    "memory_available_bytes": 0.01,
+    "memory_swap_used_bytes": 0.01,
+}
+
 
 def _number(value: Any) -> float:
     return NAN if value is None else float(value)
@@ -83,3 +111,12 @@ def signal_rows(raws: Iterable[Sequence[Any]]) -> Floats:
     if not rows:
         return np.zeros((0, len(SIGNALS)))
     return np.array(rows, dtype=np.float64)
+
+
+def signal_floors(history: Floats) -> Floats:
+    """Return each of the :data:`SIGNALS`' floor (:data:`FIXED_FLOORS`, :data:`MEMORY_FLOORS`)
+    for a device whose history is ``history`` (``T x len(SIGNALS)``)."""
+    available = history[:, SIGNALS.index("memory_available_bytes")]
+    most = float(np.nanmax(available)) if np.isfinite(available).any() else 0.0
+    return np.array([FIXED_FLOORS.get(name, 0.0) + MEMORY_FLOORS.get(name, 0.0) * most
+                     for name in SIGNALS])

@@ -20,6 +20,13 @@ so that 1 means "clearly anomalous"; the output is ``squash`` of it, in [0, 1)):
    deviation (half-life ``halflife_slow``), divided by ``shift_scale``: a sustained move
    of a few deviations, too small for any single value to stand out.
 
+A stream may have a **floor** (state ``floor``, in its own units; 0 unless the trainer sets
+it: hub/detect/features.py ``signal_floors``): how far from its long-run level (the slow
+mean) a value must be before it can be called anomalous at all. The score is multiplied by
+the distance in floors of the value, or of its recent (fast) mean, capped at 1: a quiet
+machine's new record by a hair, or a rare sequence within a few MB, counts for little; a
+fault, many floors away, is untouched. On NAB, with no floors, nothing changes.
+
 ``fit(history)`` learns the bin edges, the transitions, the range and the level from past rows;
 ``step`` then scores and keeps learning. Unfitted, the detector buffers its first ``fit_rows``
 rows and fits on them (what a streaming benchmark needs: no future data, no labels).
@@ -110,6 +117,7 @@ class Novelty:
             "slow": np.zeros(self.k), "slow_var": np.zeros(self.k),
             "surprise": np.zeros(self.k), "surprise_mean": np.zeros(self.k),
             "surprise_var": np.full(self.k, 0.01), "live": np.zeros(self.k),
+            "floor": np.zeros(self.k),
         }
         if any_seen.any():
             s["slow"][any_seen] = np.nanmean(h[:, any_seen], axis=0)
@@ -180,6 +188,11 @@ class Novelty:
                 s[name] = np.where(first, xs, s[name])
         span = s["hi"] - s["lo"]
         span = np.where(np.isfinite(span), span, 0.0)
+        # how far the value, or its recent mean, is from the long-run level, in floors (1
+        # where there is no floor): a bursty fault's lull does not close the gate
+        least = s["floor"]
+        away = np.maximum(np.abs(xs - s["slow"]), np.abs(s["fast"] - s["slow"]))
+        gate = np.where(least > 0.0, np.minimum(away / np.maximum(least, 1e-9), 1.0), 1.0)
         # 1. out of range
         excess = np.maximum(xs - s["hi"], s["lo"] - xs) / np.maximum(span, 1e-9)
         out_of_range = np.where(np.isfinite(excess) & (excess > 0.0), 1.0 + excess, 0.0)
@@ -208,7 +221,7 @@ class Novelty:
         # 4. shifted level
         z_shift = self._learn_shift(xs, ok)
         shifted = np.where(s["n"] + 1 > self.shift_warmup, z_shift / self.shift_scale, 0.0)
-        raw = np.maximum(np.maximum(out_of_range, far), np.maximum(sequence, shifted))
+        raw = np.maximum(np.maximum(out_of_range, far), np.maximum(sequence, shifted)) * gate
         # A stream with less history than fit_rows has no opinion yet: 0.
         scores = np.where(s["n"] >= self.fit_rows, _keep(ok, model.squash(raw), 0.0), 0.0)
         # learn
@@ -232,6 +245,8 @@ class Novelty:
         params, state = model.load(data, cls.KIND)
         buffer = state.pop("buffer", None)
         out = cls(**params)
+        if state and "floor" not in state:  # stored before floors existed
+            state["floor"] = np.zeros(out.k)
         out.state = state
         out.buffer = list(buffer) if buffer is not None else []
         return out

@@ -1,7 +1,8 @@
 """Train a device's detector from its stored history; pure (the history comes in as a matrix).
 
 :func:`train` decides whether the history is enough (``min_readings`` rows), builds the
-detector of the configured kind over :data:`hub.detect.features.SIGNALS` and fits it.
+detector of the configured kind over :data:`hub.detect.features.SIGNALS` and fits it (a
+Novelty detector gets each signal's floor too).
 
 ``Novelty.fit`` walks the history one row at a time (~100 µs a row for 15 signals here: 9 s of
 CPU per device-day at one reading a second). :func:`fit_novelty` computes the same state in a
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hub.detect.autoencoder import Autoencoder
+from hub.detect.features import SIGNALS, signal_floors
 from hub.detect.gaussian import WindowedGaussian
 from hub.detect.model import Floats
 from hub.detect.novelty import Novelty, _alpha
@@ -102,6 +104,8 @@ def train(history: Floats, kind: str, min_readings: int) -> Detector | TooLittle
     detector = BUILDERS[kind](history.shape[1], min_readings)
     if isinstance(detector, Novelty):
         fit_novelty(detector, history)
+        if history.shape[1] == len(SIGNALS):  # a device's signals (not a test's few)
+            detector.state["floor"] = signal_floors(history)
     else:
         detector.fit(history)
     return detector
@@ -170,6 +174,7 @@ def fit_novelty(detector: Novelty, history: Floats) -> None:
         "slow": np.zeros(d.k), "slow_var": np.zeros(d.k),
         "surprise": np.zeros(d.k), "surprise_mean": np.zeros(d.k),
         "surprise_var": np.full(d.k, 0.01), "live": np.zeros(d.k),
+        "floor": np.zeros(d.k),
     }
     s["slow"][any_seen] = np.nanmean(h[:, any_seen], axis=0)
     s["slow_var"][any_seen] = np.nanvar(h[:, any_seen], axis=0)

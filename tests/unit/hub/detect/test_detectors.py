@@ -90,6 +90,36 @@ def test_novelty_flags_a_sustained_shift_that_no_single_value_shows():
     assert s[3010:3060].mean() > 2 * without[3010:3060].mean()
 
 
+def test_a_floor_quiets_what_is_near_the_level_and_leaves_a_fault_alone():
+    # A quiet stream (deviation 0.01 around 1): a new record by 0.1 is clearly anomalous
+    # without a floor; with a floor of 0.5 it is a fifth of a floor from the level and counts
+    # a fifth. A fault many floors away (a jump to 10) scores the same either way.
+    x = np.random.default_rng(4).normal(1.0, 0.01, (1200, 1))
+    small, fault = x.copy(), x.copy()
+    small[1100:, 0] = 1.1
+    fault[1100:, 0] = 10.0
+    floored = Novelty(1)
+    floored.fit(x[:1000])
+    plain = Novelty.from_bytes(floored.to_bytes())
+    floored.state["floor"] = np.array([0.5])
+    for data in (small, fault):
+        a, b = (Novelty.from_bytes(d.to_bytes()) for d in (floored, plain))
+        with_floor, without = _raw(_run(a, data[1000:])), _raw(_run(b, data[1000:]))
+        if data is small:
+            assert without[100, 0] > 1.0  # a new record: above 1 (0.5 once squashed)
+            np.testing.assert_allclose(with_floor[100:110], without[100:110] * 0.2, rtol=0.05)
+        else:
+            np.testing.assert_array_equal(with_floor[100:], without[100:])
+
+
+def test_a_model_stored_before_floors_loads_with_none():
+    det = Novelty(2)
+    det.fit(_noise(300, 2))
+    del det.state["floor"]
+    again = Novelty.from_bytes(det.to_bytes())
+    np.testing.assert_array_equal(again.state["floor"], [0.0, 0.0])
+
+
 def test_novelty_waits_for_its_fit_rows_then_scores():
     det = Novelty(2, fit_rows=50)
     s = _run(det, _noise(50, 2))

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows, signal_values
+from hub.detect.features import (
+    FIXED_FLOORS,
+    SIGNALS,
+    SOURCE_COLUMNS,
+    signal_floors,
+    signal_rows,
+    signal_values,
+)
 from hub.detect.live import LiveScorer
 from hub.detect.novelty import Novelty
 from hub.detect.train import TooLittleHistory, fit_novelty, load_detector, train
@@ -54,6 +61,23 @@ def test_vectorised_fit_leaves_the_state_novelty_fit_leaves():
                                    err_msg=name)
     x = h[-1] * 1.5
     np.testing.assert_allclose(fast.step(x), slow.step(x), rtol=1e-9)
+
+
+def test_a_trained_model_has_each_signals_floor_memory_by_the_most_available():
+    h = np.full((300, len(SIGNALS)), 1.0)
+    memory = SIGNALS.index("memory_available_bytes")
+    h[:, memory] = np.linspace(3e9, 4e9, 300)
+    h[10, memory] = np.nan
+    floors = dict(zip(SIGNALS, signal_floors(h), strict=True))
+    assert floors["memory_available_bytes"] == pytest.approx(0.01 * 4e9)
+    assert floors["memory_swap_used_bytes"] == pytest.approx(0.01 * 4e9)
+    assert floors["cpu_load_1"] == FIXED_FLOORS["cpu_load_1"] > 0
+    h[:, memory] = np.nan  # no memory figure: no memory floor, the others stand
+    assert signal_floors(h)[memory] == 0.0
+    detector = train(_history(300, len(SIGNALS)), "novelty", 100)
+    assert isinstance(detector, Novelty)
+    np.testing.assert_array_equal(detector.state["floor"][SIGNALS.index("cpu_percent")],
+                                  FIXED_FLOORS["cpu_percent"])
 
 
 def test_too_little_history_says_how_much_there_is_and_what_is_needed():
