@@ -8,7 +8,14 @@ this module:
 
 - a persistent MQTT v5 session: a fixed client id, ``clean_start`` off and a session
   expiry, so the broker keeps what arrives while the hub is away;
-- Receive Maximum: how many unacknowledged messages the broker may send us at once;
+- Receive Maximum: how many unacknowledged messages the broker may send us at once, and
+  held to by this side too: with that many delivered and not acknowledged, the session stops
+  reading the socket (``pause_reading``) until acks bring it below, so the broker holds the
+  rest. Mosquitto 2.0.11 holds what comes while a client's window is full, but at the
+  client's next ack sends all it holds, whatever the Receive Maximum (seen in
+  tests/integration/test_hub_session.py): without this, a hub whose database comes back
+  after an outage would take everything queued meanwhile into memory at once. The bound is
+  exceeded by at most one read of the socket (256 KiB);
 - acknowledgements sent when the caller says (after its commit), in arrival order, and only
   on the connection that delivered the message (its *generation*): after a reconnect the
   broker sends the unacknowledged ones again under new packet ids;
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -94,6 +102,27 @@ def read_packets(buffer: bytearray) -> tuple[list[mqtt5.Packet], int]:
     return packets, used
 
 
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8  # TCP states (Linux's include/net/tcp_states.h)
+
+
+def peer_closed(transport: asyncio.BaseTransport) -> bool:
+    """Tell whether the other end has closed the connection, without reading from it.
+
+    A connection whose reading is paused cannot see the end of the stream (it comes after
+    the data the kernel holds); its TCP state says it. Linux only (``TCP_INFO``): elsewhere
+    False, and a dead broker is found when a write fails.
+    """
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, option, 1)[0]
+    except OSError:
+        return False
+    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to the broker; the session does the thinking."""
 
@@ -103,6 +132,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.accepted = False  # the broker sent a successful CONNACK
+        self.unacked = 0  # QoS 1 messages delivered on this connection, not acknowledged
+        self.paused = False  # reading stopped: ``unacked`` reached the Receive Maximum
         self.read_at = self.written_at = time.monotonic()
         self.disconnect_reason: str | None = None  # from a DISCONNECT the broker sent
 
@@ -174,6 +205,7 @@ class BrokerSession:
         self._wake: asyncio.Event | None = None  # ends a wait between connection attempts
         self._conn: _Connection | None = None  # the session's thread only
         self._keepalive_s = self._asked_keepalive_s = keepalive_s
+        self._receive_maximum = receive_maximum
         # Packet ids and publishes: shared with the threads that publish.
         self._lock = threading.Lock()
         self._last_id = 0
@@ -249,13 +281,18 @@ class BrokerSession:
 
     def _check_alive(self, conn: _Connection, opened_at: float) -> None:
         """Timer, every quarter keepalive: no CONNACK within CONNECT_TIMEOUT_S, or the
-        broker silent for 1.5 keepalives (a network gone without a reset): drop the
-        connection; nothing written for half a keepalive: ping."""
+        broker silent for 1.5 keepalives (a network gone without a reset), or, while reading
+        is paused, the broker's end closed: drop the connection; nothing written for half a
+        keepalive: ping."""
         if conn.transport is None:
             return  # closed
         now = time.monotonic()
         if not conn.accepted:
             if now - opened_at >= CONNECT_TIMEOUT_S:
+                conn.transport.abort()
+                return
+        elif conn.paused:  # nothing is read, the broker's answers and its goodbye included
+            if peer_closed(conn.transport):
                 conn.transport.abort()
                 return
         elif now - conn.read_at > 1.5 * self._keepalive_s:
@@ -264,7 +301,7 @@ class BrokerSession:
             self._outage_logged = True  # the one line of this outage
             conn.transport.abort()
             return
-        elif now - conn.written_at >= self._keepalive_s / 2:
+        if conn.accepted and now - conn.written_at >= self._keepalive_s / 2:
             conn.write(mqtt5.PingReqPacket().write())
         assert self._loop is not None
         self._loop.call_later(self._keepalive_s / 4, self._check_alive, conn, opened_at)
@@ -326,11 +363,10 @@ class BrokerSession:
         packet ids, and acking an old id would acknowledge some other message.
         """
         generation = self._generation
-        data = b"".join([mqtt5.PubAckPacket(packet_id).write()
-                         for packet_id, qos, delivered_by in tokens
-                         if qos and delivered_by == generation])
-        if data:
-            self._call(self._write_acks, generation, data)
+        acks = [mqtt5.PubAckPacket(packet_id).write()
+                for packet_id, qos, delivered_by in tokens if qos and delivered_by == generation]
+        if acks:
+            self._call(self._write_acks, generation, b"".join(acks), len(acks))
 
     def subscribe(self, filters: list[str], qos: int = 1) -> None:
         """Subscribe (from ``on_connected``, which runs in the session's thread)."""
@@ -350,9 +386,16 @@ class BrokerSession:
         raise RuntimeError("all 65,535 MQTT packet ids are in use")
 
     # --- the session's thread -----------------------------------------------------------
-    def _write_acks(self, generation: int, data: bytes) -> None:
-        if generation == self._generation and self._conn is not None and self._conn.accepted:
-            self._conn.write(data)
+    def _write_acks(self, generation: int, data: bytes, count: int) -> None:
+        conn = self._conn
+        if generation == self._generation and conn is not None and conn.accepted:
+            conn.write(data)
+            conn.unacked -= count
+            if conn.paused and conn.unacked < self._receive_maximum \
+                    and conn.transport is not None:
+                conn.paused = False
+                conn.read_at = time.monotonic()  # silent while paused: not the broker's fault
+                conn.transport.resume_reading()
 
     def _send_queued(self) -> None:
         conn = self._conn
@@ -382,6 +425,11 @@ class BrokerSession:
             # PINGRESP: its arrival (read_at) is what counts. No other packet comes to a
             # client that publishes and subscribes at QoS 1 at most.
         if messages:
+            conn.unacked += sum(1 for m in messages if int(m.qos))
+            if conn.unacked >= self._receive_maximum and not conn.paused \
+                    and conn.transport is not None:
+                conn.paused = True  # the broker holds the rest until acks bring us below
+                conn.transport.pause_reading()
             self.on_messages(messages, self._generation)
 
     def _connack(self, conn: _Connection, packet: mqtt5.ConnAckPacket) -> None:
