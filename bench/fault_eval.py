@@ -47,7 +47,9 @@ from hub.alerts import (
     OpenAlert,
     Reading,
     Rule,
+    Run,
     evaluate,
+    fold,
     reading_values,
 )
 from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
@@ -108,25 +110,19 @@ def alerts_of(ts: Sequence[datetime], values: Sequence[float | None], rule: Rule
               start: int) -> list[Alert]:
     """Replay the hub's rule over one metric from reading ``start`` on; return its alerts."""
     device = DeviceState("bench", "online", None, 1.0, None)
-    window = timedelta(seconds=rule.duration_s + 10.0)
     out: list[Alert] = []
     current: OpenAlert | None = None
-    readings: list[Reading] = []
-    first = 0
+    runs: dict[str, Run] = {}
     for i in range(start, len(ts)):
-        readings.append(Reading(ts[i], {rule.metric: values[i]}))
-        while readings[first].ts < ts[i] - window:
-            first += 1
+        fold([rule], (Reading(ts[i], {rule.metric: values[i]}),), runs)
         opened = {rule.name: current} if current else {}
-        for change in evaluate([rule], device, readings[first:], opened, ts[i]):
+        for change in evaluate([rule], device, runs, opened, ts[i]):
             if change.action == "open":
                 current = OpenAlert("bench", rule.name, change.started_at, change.peak_value)
                 out.append(Alert(ts[i], change.started_at, None))
             elif change.action == "close":
                 current = None
                 out[-1] = Alert(out[-1].opened, out[-1].started, change.ended_at)
-        if first > 4096:
-            readings, first = readings[first:], 0
     return out
 
 

@@ -11,7 +11,9 @@ readings overlap in time and that both delivered readings in the last ``threshol
 seconds are two machines claiming one device id (one machine's sessions follow each
 other; a replayed spool's readings are older than the next session's).
 :func:`evaluate` compares what fires with the open alerts and returns the changes to
-store and publish; it keeps no state of its own, so a restarted hub carries on.
+store and publish; it keeps no state of its own, so a restarted hub carries on. What it
+reads of a device's readings is a :class:`Run` per threshold rule, folded in one reading at
+a time (:func:`fold`): no window of readings is held in memory.
 
 Rules are configurable from a TOML table (``alert_rules_file``)::
 
@@ -218,35 +220,70 @@ def _worst(rule: Rule, values: Iterable[float]) -> float:
     return min(values) if rule.kind == "below" else max(values)
 
 
-def _above(rule: Rule, readings: Sequence[Reading], is_open: bool) -> _Firing | None:
+@dataclass
+class Run:
+    """What one threshold rule needs of a device's readings, folded in one at a time.
+
+    No window of readings is kept: only the newest run of readings beyond the threshold
+    (when it began, its worst value), the same beyond ``clear`` (how long an open alert
+    holds), and when the readings came back within ``clear`` after the last one beyond it.
+    So its size is the same for a device sending once a minute or fifty times a second.
+    """
+
+    ts: datetime | None = None  # the newest reading's
+    value: float | None = None
+    since: datetime | None = None  # first of the newest readings beyond the threshold
+    worst: float = 0.0
+    held_since: datetime | None = None  # first of the newest readings beyond ``clear``
+    held_worst: float = 0.0
+    # The first reading back within ``clear`` after the last one beyond it (or the first
+    # reading folded in, if none was beyond).
+    cleared_at: datetime | None = None
+
+    def add(self, rule: Rule, ts: datetime, value: float | None) -> None:
+        """Fold in the device's next reading (readings come oldest first)."""
+        if self.ts is None:
+            self.cleared_at = ts
+        self.ts, self.value = ts, value
+        if value is not None and _beyond(rule, value, rule.clear_at):
+            if self.held_since is None:
+                self.held_since, self.held_worst = ts, value
+            else:
+                self.held_worst = _worst(rule, (self.held_worst, value))
+        elif self.held_since is not None:
+            self.held_since, self.cleared_at = None, ts
+        if value is not None and _beyond(rule, value, rule.threshold):
+            if self.since is None:
+                self.since, self.worst = ts, value
+            else:
+                self.worst = _worst(rule, (self.worst, value))
+        else:
+            self.since = None
+
+
+def fold(rules: Iterable[Rule], readings: Iterable[Reading],
+         runs: dict[str, Run] | None = None) -> dict[str, Run]:
+    """Fold readings (oldest first) into each threshold rule's :class:`Run`, by rule name."""
+    runs = {} if runs is None else runs
+    pairs = [(rule, runs.setdefault(rule.name, Run())) for rule in rules
+             if rule.enabled and rule.kind in ("above", "below")]
+    for reading in readings:
+        for rule, run in pairs:
+            run.add(rule, reading.ts, reading.values.get(rule.metric))
+    return runs
+
+
+def _above(rule: Rule, run: Run, is_open: bool) -> _Firing | None:
     """Return the run of breaching readings ending at the newest, if it lasted long enough."""
-    if not readings:
+    since, worst = (run.held_since, run.held_worst) if is_open else (run.since, run.worst)
+    if since is None or run.ts is None or run.value is None:
         return None
-    limit = rule.clear_at if is_open else rule.threshold
-    run: list[tuple[datetime, float]] = []
-    for reading in reversed(readings):
-        value = reading.values.get(rule.metric)
-        if value is None or not _beyond(rule, value, limit):
-            break
-        run.append((reading.ts, value))
-    if not run:
-        return None
-    newest_ts, newest_value = run[0]
-    started_at = run[-1][0]
-    if not is_open and (newest_ts - started_at).total_seconds() < rule.duration_s:
+    if not is_open and (run.ts - since).total_seconds() < rule.duration_s:
         return None
     detail = ""
     if rule.kind == "below" and rule.unit == "s":  # a forecast: say when
-        detail = (newest_ts + timedelta(seconds=newest_value)).isoformat(timespec="seconds")
-    return _Firing(started_at, newest_value, _worst(rule, (v for _, v in run)), detail)
-
-
-def _cleared_at(rule: Rule, readings: Sequence[Reading]) -> datetime:
-    """Return the time of the first reading back within ``clear`` after the last beyond it."""
-    for i in range(len(readings) - 1, -1, -1):
-        if _beyond(rule, readings[i].values.get(rule.metric), rule.clear_at):
-            return readings[min(i + 1, len(readings) - 1)].ts
-    return readings[0].ts
+        detail = (run.ts + timedelta(seconds=run.value)).isoformat(timespec="seconds")
+    return _Firing(since, run.value, worst, detail)
 
 
 def _host(span: SessionSpan) -> str:
@@ -323,13 +360,13 @@ def _message(rule: Rule, device_id: str, firing: _Firing) -> str:
     return f"{rule.description}: {device_id} peaked at {value} (threshold {limit})"
 
 
-def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Reading],
+def evaluate(rules: Iterable[Rule], device: DeviceState, runs: Mapping[str, Run],
              open_alerts: Mapping[str, OpenAlert], now: datetime) -> list[Change]:
     """Return what changes for one device: alerts to open, to update (new peak), to close.
 
     Args:
-        readings: the device's recent readings, oldest first, covering at least the
-            longest ``duration_s`` of the threshold rules.
+        runs: the device's readings as each threshold rule sees them, by rule name
+            (:func:`fold`); a rule without one has no reading to judge by.
         open_alerts: the device's open alerts by rule name.
     """
     changes: list[Change] = []
@@ -337,10 +374,13 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
         if not rule.enabled:
             continue
         current = open_alerts.get(rule.name)
+        run = runs.get(rule.name)
+        if run is not None and run.ts is None:
+            run = None  # nothing folded in yet
         if rule.kind in ("above", "below"):
-            if not readings and current is not None:
+            if run is None and current is not None:
                 continue  # nothing to judge by (the offline rules speak for the device)
-            firing = _above(rule, readings, current is not None)
+            firing = None if run is None else _above(rule, run, current is not None)
         else:
             firing = _device_rule(rule, device, now)
         if firing is not None and current is None:
@@ -357,9 +397,7 @@ def evaluate(rules: Iterable[Rule], device: DeviceState, readings: Sequence[Read
                                       _message(rule, device.device_id,
                                                dataclasses.replace(firing, peak=peak))))
         elif firing is None and current is not None:
-            # Found only when closing: the scan goes back over the whole window.
-            ended_at = (_cleared_at(rule, readings) if readings
-                        and rule.kind in ("above", "below") else now)
+            ended_at = run.cleared_at if run is not None and run.cleared_at else now
             changes.append(Change("close", device.device_id, rule.name, current.started_at,
                                   ended_at, None, current.peak_value, rule.threshold, ""))
     return changes
@@ -372,17 +410,18 @@ def duplicate_window_s(rules: Iterable[Rule]) -> float | None:
 
 
 def window_s(rules: Iterable[Rule]) -> float:
-    """Seconds of readings :func:`evaluate` needs: the longest threshold duration, plus slack."""
+    """Seconds of readings a device's runs are rebuilt from (a hub starting): the longest
+    threshold duration, plus slack."""
     return max([r.duration_s for r in rules if r.enabled and r.kind in ("above", "below")]
                + [0.0]) + 10.0
 
 
 @dataclass
 class FleetInput:
-    """What one evaluation round reads: every device, its readings and its open alerts."""
+    """What one evaluation round reads: every device, its runs and its open alerts."""
 
     devices: list[DeviceState] = field(default_factory=list)
-    readings: dict[str, list[Reading]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Run]] = field(default_factory=dict)  # by device, rule
     open_alerts: dict[str, dict[str, OpenAlert]] = field(default_factory=dict)
 
 
@@ -390,7 +429,7 @@ def evaluate_fleet(rules: Sequence[Rule], fleet: FleetInput, now: datetime) -> l
     """Run :func:`evaluate` for every device."""
     changes = []
     for device in fleet.devices:
-        changes += evaluate(rules, device, fleet.readings.get(device.device_id, []),
+        changes += evaluate(rules, device, fleet.runs.get(device.device_id, {}),
                             fleet.open_alerts.get(device.device_id, {}), now)
     return changes
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -25,10 +25,12 @@ from hub.alerts import (
     OpenAlert,
     Reading,
     Rule,
+    Run,
     SessionSpan,
     alert_payload,
     duplicate_window_s,
     evaluate_fleet,
+    fold,
     reading_values,
     window_s,
 )
@@ -109,10 +111,11 @@ class AlertWatcher:
         # Each device's forecasts, fed the readings this watcher reads (in memory: after a
         # restart they speak again once a minute of readings has come in).
         self._outlooks: dict[str, Outlook] = {}
-        # Each device's readings of the last window, oldest first, kept between rounds.
+        # Each device's runs (hub/alerts.py: Run) by rule, and the newest reading folded in.
         # A reading stored after newer ones of its device (replayed from an agent's spool)
         # is not read back: rules judge the live stream.
-        self._recent: dict[str, list[Reading]] = {}
+        self._runs: dict[str, dict[str, Run]] = {}
+        self._newest: dict[str, datetime] = {}
 
     def load(self) -> FleetInput:
         fleet = FleetInput()
@@ -128,27 +131,24 @@ class AlertWatcher:
                                              row["status_since"], float(row["interval_s"]),
                                              row["last_reading_received_at"],
                                              tuple(sessions.get(row["device_id"], ()))))
-        known = {device: readings[-1].ts for device, readings in self._recent.items()}
+        known = self._newest
         for row in self._store.query(_READINGS, {"window": self._window_s,
                                                  "known_ids": list(known),
                                                  "known_ts": list(known.values())}):
+            device, ts = row["device_id"], row["ts"]
             values = reading_values(row)
-            outlook = self._outlooks.get(row["device_id"])
+            outlook = self._outlooks.get(device)
             if outlook is None:  # not setdefault: an Outlook is costly to build
-                outlook = self._outlooks[row["device_id"]] = Outlook()
-            values.update(outlook.add(row["ts"], row))
-            self._recent.setdefault(row["device_id"], []).append(Reading(row["ts"], values))
+                outlook = self._outlooks[device] = Outlook()
+            values.update(outlook.add(ts, row))
+            fold(self._rules, (Reading(ts, values),), self._runs.setdefault(device, {}))
+            known[device] = ts
         listed = {device.device_id for device in fleet.devices}
-        for device in list(self._recent):
-            if device not in listed:
-                del self._recent[device]  # removed from the devices table
-                self._outlooks.pop(device, None)
-                continue
-            readings = self._recent[device]  # never empty: the newest is always kept
-            oldest = readings[-1].ts - timedelta(seconds=self._window_s)
-            if readings[0].ts <= oldest:
-                readings[:] = [r for r in readings if r.ts > oldest]
-        fleet.readings = dict(self._recent)  # evaluation only reads them
+        for device in [d for d in self._runs if d not in listed]:
+            del self._runs[device]  # removed from the devices table
+            self._newest.pop(device, None)
+            self._outlooks.pop(device, None)
+        fleet.runs = self._runs  # evaluation only reads them
         for row in self._store.query(_OPEN):
             fleet.open_alerts.setdefault(row["device_id"], {})[row["rule"]] = OpenAlert(
                 row["device_id"], row["rule"], row["started_at"], row["peak_value"])

@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
@@ -152,19 +153,39 @@ def test_redelivered_hot_readings_do_not_open_a_second_alert(store: Store, prefi
     assert rows[0]["n"] == 1
 
 
-def test_each_round_reads_only_new_readings_and_keeps_one_window(store: Store,
-                                                                  prefix: str) -> None:
-    watcher = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES)
+class CountingStore:
+    """The store, counting the readings each query of the watcher returns."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.rows = store, 0
+
+    def query(self, text: str, params: Any = None) -> list[dict[str, Any]]:
+        rows = self.store.query(text, params)
+        self.rows += sum(1 for row in rows if "ts" in row)
+        return rows
+
+    def execute(self, statements: Any) -> None:
+        self.store.execute(statements)
+
+
+def test_each_round_reads_only_new_readings_and_keeps_no_window(store: Store,
+                                                               prefix: str) -> None:
+    counting = CountingStore(store)
+    watcher = AlertWatcher(counting, lambda t, p: None, prefix, DEFAULT_RULES)
     window = int(window_s(DEFAULT_RULES))
-    first = series("pi-1", T0, 30, cpu_percent=10.0)
+    first = series("pi-1", T0, 30, sensors_cpu_celsius=85.0)
     write_readings(store, first, received_at=T0 + timedelta(seconds=30))
-    assert watcher.load().readings["pi-1"][-1].ts == first[-1]["ts"]
-    later = series("pi-1", T0 + timedelta(seconds=30), window + 20, cpu_percent=10.0)
+    run = watcher.load().runs["pi-1"]["cpu_temperature_high"]
+    assert counting.rows == 30 and run.ts == first[-1]["ts"]
+    later = series("pi-1", T0 + timedelta(seconds=30), window + 20, sensors_cpu_celsius=85.0)
     write_readings(store, later, received_at=T0 + timedelta(seconds=window + 50))
-    readings = watcher.load().readings["pi-1"]
-    stamps = [r.ts for r in readings]
-    assert stamps == sorted(set(stamps))  # no reading twice, oldest first
-    assert stamps[-1] == later[-1]["ts"]
-    assert (stamps[-1] - stamps[0]).total_seconds() < window  # older ones dropped
-    assert len(stamps) == len([r for r in later
-                               if (later[-1]["ts"] - r["ts"]).total_seconds() < window])
+    counting.rows = 0
+    run = watcher.load().runs["pi-1"]["cpu_temperature_high"]
+    # Only what is new, and of that only the window before the newest.
+    assert counting.rows == len([r for r in later
+                                 if (later[-1]["ts"] - r["ts"]).total_seconds() < window])
+    assert run.ts == later[-1]["ts"]
+    assert run.since == first[0]["ts"]  # a run longer than the window keeps its start
+    counting.rows = 0
+    watcher.load()
+    assert counting.rows == 0

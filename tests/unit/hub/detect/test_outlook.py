@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub.alerts import DEFAULT_RULES, DeviceState, Reading, evaluate
+from hub.alerts import DEFAULT_RULES, DeviceState, Reading, evaluate, fold
 from hub.detect.outlook import (
     MIN_STEPS,
     PI3B_PLUS_SOFT_LIMIT_CELSIUS,
@@ -76,7 +76,7 @@ def test_memory_forecast_alert_fires_before_the_fact_and_says_when():
     etas = [2000.0] * 5 + [800.0 - i for i in range(40)]
     readings = [Reading(T0 + timedelta(seconds=i), {"memory_exhaustion_s": v})
                 for i, v in enumerate(etas)]
-    (change,) = evaluate([rule], device, readings, {}, T0)
+    (change,) = evaluate([rule], device, fold([rule], readings), {}, T0)
     assert change.action == "open" and change.started_at == T0 + timedelta(seconds=5)
     when = (readings[-1].ts + timedelta(seconds=etas[-1])).isoformat(timespec="seconds")
     assert "available memory falls to 5 % of the total in about 13 min" in change.message
