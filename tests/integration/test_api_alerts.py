@@ -157,19 +157,25 @@ class CountingStore:
     """The store, counting the readings each query of the watcher returns."""
 
     def __init__(self, store: Store) -> None:
-        self.store, self.rows = store, 0
+        self.store, self.rows, self.largest_chunk = store, 0, 0
 
     def query(self, text: str, params: Any = None) -> list[dict[str, Any]]:
-        rows = self.store.query(text, params)
-        self.rows += sum(1 for row in rows if "ts" in row)
-        return rows
+        return self.store.query(text, params)
+
+    def stream(self, text: str, params: Any = None, chunk_rows: int = 5000
+               ) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        for names, rows in self.store.stream(text, params, chunk_rows):
+            self.rows += len(rows)
+            self.largest_chunk = max(self.largest_chunk, len(rows))
+            yield names, rows
 
     def execute(self, statements: Any) -> None:
         self.store.execute(statements)
 
 
-def test_each_round_reads_only_new_readings_and_keeps_no_window(store: Store,
-                                                               prefix: str) -> None:
+def test_each_round_reads_only_new_readings_and_keeps_no_window(
+        store: Store, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hub.watch.READ_CHUNK_ROWS", 16)  # a round's readings, 16 at a time
     counting = CountingStore(store)
     watcher = AlertWatcher(counting, lambda t, p: None, prefix, DEFAULT_RULES)
     window = int(window_s(DEFAULT_RULES))
@@ -186,6 +192,7 @@ def test_each_round_reads_only_new_readings_and_keeps_no_window(store: Store,
                                  if (later[-1]["ts"] - r["ts"]).total_seconds() < window])
     assert run.ts == later[-1]["ts"]
     assert run.since == first[0]["ts"]  # a run longer than the window keeps its start
+    assert counting.largest_chunk == 16
     counting.rows = 0
     watcher.load()
     assert counting.rows == 0
