@@ -13,37 +13,25 @@ from __future__ import annotations
 import csv
 import io
 import time
-import types
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import (
-    Annotated,
     Any,
     BinaryIO,
     Literal,
     Protocol,
     TextIO,
-    Union,
-    get_args,
-    get_origin,
-    get_type_hints,
 )
 
 import orjson
-import pyarrow as pa  # no type stubs: see the mypy override in pyproject.toml
-import pyarrow.parquet as pq
-from typing_extensions import is_typeddict
 
 from hub import cold
-from shared.schema import Column, MetricsV1, metrics_columns
+from shared.schema import metrics_columns
 
 Format = Literal["csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 COLUMNS = metrics_columns()
-_ARROW_TYPES = {"text": pa.string(), "bigint": pa.int64(), "double precision": pa.float64(),
-                "boolean": pa.bool_(), "timestamptz": pa.timestamp("us", tz="UTC"),
-                "double precision[]": pa.list_(pa.float64())}
 Chunks = Iterable[tuple[list[str], list[tuple[Any, ...]]]]
 
 
@@ -70,40 +58,6 @@ def _source(device: bool) -> str:
 
 def count_sql(device: bool) -> str:
     return f"select count(*) as n from {_source(device)}"
-
-
-def arrow_type(tp: Any) -> pa.DataType:
-    """Map a schema annotation to an Arrow type: a list of records (partitions, disks,
-    interfaces, temperatures) becomes ``list<struct<…>>`` with the records' field types."""
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return arrow_type(get_args(tp)[0])
-    if origin in (Union, types.UnionType):
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return arrow_type(inner)
-    if origin is list:
-        (item,) = get_args(tp)
-        return pa.list_(arrow_type(item))
-    if is_typeddict(tp):
-        # Every field nullable: a record stored by an older agent may lack a newer field.
-        return pa.struct([pa.field(name, arrow_type(field_type))
-                          for name, field_type in get_type_hints(tp, include_extras=True).items()])
-    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string(),
-            datetime: pa.timestamp("us", tz="UTC")}[tp]
-
-
-def _column_arrow_type(column: Column) -> pa.DataType:
-    if column.pg_type != "jsonb":
-        return _ARROW_TYPES[column.pg_type]
-    section, field = column.path
-    section_type = get_type_hints(MetricsV1, include_extras=True)[section]
-    return arrow_type(get_type_hints(section_type, include_extras=True)[field])
-
-
-def arrow_schema() -> pa.Schema:
-    return pa.schema([pa.field(c.name, _column_arrow_type(c),
-                               nullable=c.name not in ("device_id", "session_id", "seq", "ts"))
-                      for c in COLUMNS])
 
 
 def _csv_cell(value: Any) -> Any:
@@ -158,17 +112,13 @@ def encode_chunks(chunks: Chunks, fmt: Format,
         if text.tell():
             yield text.getvalue().encode()  # the header of an empty export
         return
-    schema = arrow_schema()
+    # Imported here: pyarrow is ~30 MB of a running hub's memory, and only this needs it.
+    from hub.parquet import write_parquet
+
     sink = _Sink()
-    with pq.ParquetWriter(sink, schema, compression="zstd") as parquet:
-        for names, rows in chunks:
-            assert names == expected, "export query and schema disagree"
-            columns = list(zip(*rows, strict=True))
-            arrays = [pa.array(columns[i], type=schema.field(i).type)
-                      for i in range(len(COLUMNS))]
-            parquet.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            on_rows(len(rows))
-            yield sink.drain()
+    for _ in write_parquet(chunks, sink, expected, on_rows):
+        yield sink.drain()
+    yield sink.drain()
     yield sink.drain()
 
 
