@@ -15,13 +15,7 @@ import io
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import (
-    Any,
-    BinaryIO,
-    Literal,
-    Protocol,
-    TextIO,
-)
+from typing import Any, BinaryIO, Literal, Protocol, TextIO
 
 import orjson
 

@@ -1,6 +1,8 @@
 """Imports go one way (agent, hub → shared) and each third-party edge has one module."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,6 +47,15 @@ def test_one_module_each_imports_psutil_paho_and_psycopg():
     assert _importers("psutil") == ["agent/collect/portable.py"]
     assert _importers("paho") == ["shared/mqtt.py"]
     assert _importers("psycopg") == ["hub/store.py"]
+
+
+def test_a_running_hub_does_not_load_pyarrow():
+    # ~30 MB of a hub's memory: only a Parquet export needs it (hub/parquet.py).
+    assert _importers("pyarrow") == ["hub/parquet.py"]
+    loads = subprocess.run([sys.executable, "-c", "import sys, hub.main, hub.api; "
+                            "print('pyarrow' in sys.modules)"], cwd=ROOT, capture_output=True,
+                           text=True, check=True)
+    assert loads.stdout.strip() == "False"
 
 
 def test_the_agent_does_not_import_hub_libraries():
