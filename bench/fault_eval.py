@@ -181,22 +181,30 @@ def _max_over_streams(scores: Floats) -> Floats:
     return np.where(np.isfinite(out), out, 0.0)
 
 
+def signal_scores(name: str, x: Floats, fit_end: int) -> Floats:
+    """Each reading's per-signal scores (NaN: no value) from ``novelty`` or
+    ``windowed_gaussian``, trained on readings ``:fit_end`` and stepped from there."""
+    n, k = x.shape
+    model: WindowedGaussian | Any
+    if name == "novelty":
+        model = train(x[:fit_end], "novelty", min_readings=min(fit_end, 600))
+        if isinstance(model, TooLittleHistory):
+            raise SystemExit(f"novelty: {model.message}")
+    else:
+        model = WindowedGaussian(k=k)
+        for row in x[:fit_end]:
+            model.step(row)
+    out = np.zeros((n, k))
+    for i in range(fit_end, n):
+        out[i] = model.step(x[i])
+    return out
+
+
 def stream_scores(name: str, x: Floats, fit_end: int) -> Floats:
     """One score per reading (the largest over the signals) from detector ``name``."""
     n, k = x.shape
     if name in ("novelty", "windowed_gaussian"):
-        if name == "novelty":
-            model = train(x[:fit_end], "novelty", min_readings=min(fit_end, 600))
-            if isinstance(model, TooLittleHistory):
-                raise SystemExit(f"novelty: {model.message}")
-        else:
-            model = WindowedGaussian(k=k)
-            for row in x[:fit_end]:
-                model.step(row)
-        out = np.zeros((n, k))
-        for i in range(fit_end, n):
-            out[i] = model.step(x[i])
-        return _max_over_streams(out)
+        return _max_over_streams(signal_scores(name, x, fit_end))
     per_stream: Callable[[Floats], Floats] = {
         "netdata_kmeans": lambda v: netdata(v, first=min(150, fit_end)),
         "isolation_forest": lambda v: isolation_forest(v, first=min(150, fit_end)),
@@ -232,15 +240,22 @@ def split(ts: Sequence[datetime], quiet_end: int, fit_s: float,
     return after(fit_s), after(fit_s + calibrate_s)
 
 
-def run(rec: Recording, duration_s: float, detectors: Sequence[str], fit_s: float = 1500.0,
-        calibrate_s: float = 600.0) -> dict[str, Any]:
+def recording_split(rec: Recording, fit_s: float = 1500.0,
+                    calibrate_s: float = 600.0) -> tuple[int, int]:
+    """:func:`split` of the recording's quiet period (its header's ``quiet_s``, or up to the
+    first fault)."""
     t0 = rec.ts[0]
     quiet_end = next((i for i, t in enumerate(rec.ts) if rec.labels and t >= rec.labels[0][1]),
                      len(rec.ts))
     quiet_s = float(rec.header.get("quiet_s", 0.0))
     q_end = next((i for i, t in enumerate(rec.ts) if (t - t0).total_seconds() >= quiet_s),
                  quiet_end)
-    fit_end, cal_end = split(rec.ts, q_end, fit_s, calibrate_s)
+    return split(rec.ts, q_end, fit_s, calibrate_s)
+
+
+def run(rec: Recording, duration_s: float, detectors: Sequence[str], fit_s: float = 1500.0,
+        calibrate_s: float = 600.0) -> dict[str, Any]:
+    fit_end, cal_end = recording_split(rec, fit_s, calibrate_s)
     x = signal_rows([[row[c] for c in SOURCE_COLUMNS] for row in rec.rows])
     results: dict[str, Any] = {}
     for name in detectors:
