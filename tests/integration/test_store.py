@@ -14,6 +14,7 @@ from hub.ingest.validate import validate
 from hub.ingest.write import write_batch
 from hub.store import Store
 from shared.errors import TransientStoreError
+from shared.schema import metrics_columns
 from tests.servers import PostgresServer, wait_for
 from tests.unit.hub.messages import NOW, metrics, metrics_bytes
 
@@ -56,6 +57,33 @@ def test_a_redelivered_batch_is_a_no_op(db_url: str, store: Store):
     again = store.write(batch.rows, batch.quarantine, batch.devices)
     assert (first.inserted, again.inserted) == (5, 0)
     assert count(db_url, "select count(*) from metrics") == 5
+
+
+def test_lists_kept_as_json_until_the_write_are_stored_as_the_message_sent_them(
+        db_url: str, store: Store):
+    # The batch holds partitions, disks and interfaces as JSON bytes (hub/ingest/batch.py);
+    # both write paths must store them as jsonb equal to the message's lists.
+    sent = {s: metrics(seq=s) for s in range(1, 6)}
+    assert sent[1]["network"]["per_interface"] and sent[1]["disk"]["partitions"]
+    first = batch_of([("fp/pi-1/metrics", orjson.dumps(sent[s])) for s in (1, 2, 3)])
+    assert isinstance(first.rows[0][_column("network_per_interface")], bytes)
+    store.write(first.rows, first.quarantine, first.devices)  # the COPY fast path
+    overlap = batch_of([("fp/pi-1/metrics", orjson.dumps(sent[s])) for s in range(1, 6)])
+    assert store.write(overlap.rows, overlap.quarantine,
+                       overlap.devices).duplicate_safe  # a redelivery among new rows
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute("select seq, disk_partitions, disk_per_disk, "
+                              "network_per_interface from metrics order by seq").fetchall()
+    assert [row[0] for row in stored] == [1, 2, 3, 4, 5]
+    for seq, partitions, disks, interfaces in stored:
+        message = sent[seq]
+        assert (partitions, disks, interfaces) == (message["disk"]["partitions"],
+                                                   message["disk"]["per_disk"],
+                                                   message["network"]["per_interface"])
+
+
+def _column(name: str) -> int:
+    return [c.name for c in metrics_columns()].index(name)
 
 
 def test_a_redelivered_bad_message_is_quarantined_once(db_url: str, store: Store):
