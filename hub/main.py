@@ -16,6 +16,7 @@ and map each command to its function (:data:`COMMANDS`; the one-shot ones are in
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -234,6 +235,9 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
             except OSError as exc:
                 log.error("%s", exc)
                 return 1
+        # What is loaded by now lives as long as the hub (modules, schemas, models): out of
+        # the cyclic collector's way, so a full collection scans the readings in flight only.
+        gc.freeze()
         receiver.start()
         if primary:
             watching.start()
