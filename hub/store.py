@@ -74,7 +74,6 @@ _ROLLUP_SOURCE = [_NAMES.index(name) for name in ROLLUP_SOURCE_COLUMNS]
 _COLD_END = b"select max(hour) + interval '1 hour' from metrics_cold"
 
 
-
 def _json(value: Any) -> bytes:
     """A jsonb value's text: orjson (~10x faster than json.dumps), or the bytes as they are
     when the value is already JSON (hub/ingest/batch.py encodes some lists early)."""
