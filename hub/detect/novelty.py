@@ -18,7 +18,11 @@ so that 1 means "clearly anomalous"; the output is ``squash`` of it, in [0, 1)):
 
 4. **Shifted level**: a fast mean (half-life ``halflife_fast``) against a slow mean and
    deviation (half-life ``halflife_slow``), divided by ``shift_scale``: a sustained move
-   of a few deviations, too small for any single value to stand out.
+   of a few deviations, too small for any single value to stand out. With ``shift_clip``
+   (the hub's device models: hub/detect/train.py ``SHIFT_CLIP``), training learns the slow
+   mean and deviation from the history held within that many robust deviations, or floors,
+   of its median (:func:`shift_history`): minutes of unrelated work in the history do not
+   inflate the deviation enough to hide a sustained fault of their size.
 
 A stream may have a **floor** (state ``floor``, in its own units; 0 unless the trainer sets
 it: hub/detect/features.py ``signal_floors``): how far from its long-run level (the slow
@@ -27,9 +31,9 @@ the distance in floors of the value, or of its recent (fast) mean, capped at 1: 
 machine's new record by a hair, or a rare sequence within a few MB, counts for little; a
 fault, many floors away, is untouched. On NAB, with no floors, nothing changes.
 
-``fit(history)`` learns the bin edges, the transitions, the range and the level from past rows;
-``step`` then scores and keeps learning. Unfitted, the detector buffers its first ``fit_rows``
-rows and fits on them (what a streaming benchmark needs: no future data, no labels).
+``fit(history, floors)`` learns the bin edges, the transitions, the range and the level from
+past rows; ``step`` then scores and keeps learning. Unfitted, the detector buffers its first
+``fit_rows`` rows and fits on them (what a streaming benchmark needs: no future data, no labels).
 
 Tuned on half of the NAB corpus (alternate files of each group), reported on the other half
 by bench/anomaly_eval.py.
@@ -37,6 +41,7 @@ by bench/anomaly_eval.py.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -60,6 +65,21 @@ def _alpha(halflife: float) -> float:
     return float(1.0 - 0.5 ** (1.0 / halflife))
 
 
+def shift_history(h: Floats, clip: float, floors: Floats) -> Floats:
+    """The history the shifted-level test learns its slow mean and deviation from: each
+    stream's values held within ``clip`` robust deviations (1.4826 MAD, or its floor where
+    that is larger) of its median; unchanged when ``clip`` is 0."""
+    if clip <= 0.0 or not np.isfinite(h).any():
+        return h
+    with warnings.catch_warnings():  # a stream with no value at all: NaN, left alone
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(h, axis=0)
+        spread = 1.4826 * np.nanmedian(np.abs(h - median), axis=0)
+    bound = clip * np.maximum(np.nan_to_num(spread), floors)
+    out: Floats = np.clip(h, median - bound, median + bound)
+    return np.where(np.isnan(h), np.nan, out)
+
+
 @dataclass
 class Novelty:
     """Score ``k`` streams by range excess, extreme z-scores and transition surprise."""
@@ -72,6 +92,7 @@ class Novelty:
     halflife_slow: float = 4000.0
     shift_scale: float = 6.0
     shift_warmup: int = 300
+    shift_clip: float = 0.0
     z_scale: float = 40.0
     range_floor: float = 1e-3
     halflife_short: float = 5.0
@@ -91,9 +112,12 @@ class Novelty:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("state", "buffer")}
 
-    def fit(self, history: Floats) -> None:
-        """Learn edges, transitions, range and level from past rows (shape ``T x k``)."""
+    def fit(self, history: Floats, floors: Floats | None = None) -> None:
+        """Learn edges, transitions, range and level from past rows (shape ``T x k``), each
+        stream with its ``floors`` (none: 0)."""
         h = np.asarray(history, dtype=np.float64).reshape(-1, self.k)
+        floors = np.zeros(self.k) if floors is None else np.asarray(floors, dtype=np.float64)
+        held = shift_history(h, self.shift_clip, floors)
         seen = ~np.isnan(h)
         any_seen = seen.any(axis=0)
         quant = np.linspace(0.0, 1.0, self.bins + 1)[1:-1]
@@ -117,20 +141,21 @@ class Novelty:
             "slow": np.zeros(self.k), "slow_var": np.zeros(self.k),
             "surprise": np.zeros(self.k), "surprise_mean": np.zeros(self.k),
             "surprise_var": np.full(self.k, 0.01), "live": np.zeros(self.k),
-            "floor": np.zeros(self.k),
+            "floor": floors.copy(),
         }
         if any_seen.any():
-            s["slow"][any_seen] = np.nanmean(h[:, any_seen], axis=0)
-            s["slow_var"][any_seen] = np.nanvar(h[:, any_seen], axis=0)
+            s["slow"][any_seen] = np.nanmean(held[:, any_seen], axis=0)
+            s["slow_var"][any_seen] = np.nanvar(held[:, any_seen], axis=0)
         self.state = s
         a = _alpha(self.halflife_level)
-        for row, ok in zip(h, seen, strict=True):
+        for row, kept, ok in zip(h, held, seen, strict=True):
             self._learn_level(row, ok, a)
             self._learn_transition(row, ok)
-            self._learn_shift(row, ok)
+            self._learn_shift(row, ok, kept)
 
-    def _learn_shift(self, x: Floats, ok: Floats | None) -> Floats:
-        """Move the fast mean, measure it against the slow mean and variance, move those."""
+    def _learn_shift(self, x: Floats, ok: Floats | None, held: Floats | None = None) -> Floats:
+        """Move the fast mean, measure it against the slow mean and variance, move those (from
+        ``held`` where given: in training, the history within its robust bounds)."""
         s = self.state
         xs = _keep(ok, x, 0.0)
         s["fast"] = _keep(ok, s["fast"] + _alpha(self.halflife_fast) * (xs - s["fast"]),
@@ -139,7 +164,7 @@ class Novelty:
         floor = (self.range_floor * np.where(np.isfinite(span), span, 0.0) + 1e-9) ** 2
         z: Floats = np.abs(s["fast"] - s["slow"]) / np.sqrt(s["slow_var"] + floor)
         a = _alpha(self.halflife_slow)
-        dev = xs - s["slow"]
+        dev = (xs if held is None else _keep(ok, held, 0.0)) - s["slow"]
         s["slow"] = _keep(ok, s["slow"] + a * dev, s["slow"])
         s["slow_var"] = _keep(ok, (1.0 - a) * (s["slow_var"] + a * dev * dev), s["slow_var"])
         return z

@@ -25,7 +25,7 @@ from hub.detect.autoencoder import Autoencoder
 from hub.detect.features import SIGNALS, signal_floors
 from hub.detect.gaussian import WindowedGaussian
 from hub.detect.model import Floats
-from hub.detect.novelty import Novelty, _alpha
+from hub.detect.novelty import Novelty, _alpha, shift_history
 
 
 class Detector(Protocol):
@@ -41,12 +41,20 @@ class Detector(Protocol):
     def to_bytes(self) -> bytes: ...
 
 
+# A device's history is held within this many robust deviations (or floors) of its median
+# before the level-shift test learns its slow deviation from it (hub/detect/novelty.py
+# ``shift_history``): minutes of unrelated work in the history no longer hide a sustained
+# fault of the same size (docs/anomaly.md, "The busy history").
+SHIFT_CLIP = 4.0
+
+
 def _novelty(k: int, min_readings: int) -> Novelty:
     # Its warm-ups (readings before a signal has an opinion, before the level-shift test
     # speaks) never exceed what a trained model is guaranteed to have seen.
     default = Novelty(k=k)
     return Novelty(k=k, fit_rows=min(default.fit_rows, min_readings),
-                   shift_warmup=min(default.shift_warmup, min_readings))
+                   shift_warmup=min(default.shift_warmup, min_readings),
+                   shift_clip=SHIFT_CLIP)
 
 
 BUILDERS: dict[str, Callable[[int, int], Detector]] = {
@@ -103,9 +111,9 @@ def train(history: Floats, kind: str, min_readings: int) -> Detector | TooLittle
         return TooLittleHistory(rows, min_readings)
     detector = BUILDERS[kind](history.shape[1], min_readings)
     if isinstance(detector, Novelty):
-        fit_novelty(detector, history)
-        if history.shape[1] == len(SIGNALS):  # a device's signals (not a test's few)
-            detector.state["floor"] = signal_floors(history)
+        # a device's signals have floors (a test's few streams none)
+        floors = signal_floors(history) if history.shape[1] == len(SIGNALS) else None
+        fit_novelty(detector, history, floors)
     else:
         detector.fit(history)
     return detector
@@ -148,14 +156,16 @@ def _ewma_with_var(v: Floats, mean: float, var: float, a: float, halflife: float
     return float(means[-1]), float(powers[n] * var + a * (powers[n:0:-1] @ (dev * dev)))
 
 
-def fit_novelty(detector: Novelty, history: Floats) -> None:
-    """Set ``detector``'s state exactly as ``detector.fit(history)`` would, vectorised."""
+def fit_novelty(detector: Novelty, history: Floats, floors: Floats | None = None) -> None:
+    """Set ``detector``'s state exactly as ``detector.fit(history, floors)`` would, vectorised."""
     d = detector
     h = np.asarray(history, dtype=np.float64).reshape(-1, d.k)
+    floors = np.zeros(d.k) if floors is None else np.asarray(floors, dtype=np.float64)
     seen = ~np.isnan(h)
     if not seen.any():
-        d.fit(h[:0])  # no value at all: the walk over the rows would change nothing
+        d.fit(h[:0], floors)  # no value at all: the walk over the rows would change nothing
         return
+    held = shift_history(h, d.shift_clip, floors)
     quant = np.linspace(0.0, 1.0, d.bins + 1)[1:-1]
     any_seen = seen.any(axis=0)
     edges = np.zeros((d.k, d.bins - 1))
@@ -174,10 +184,10 @@ def fit_novelty(detector: Novelty, history: Floats) -> None:
         "slow": np.zeros(d.k), "slow_var": np.zeros(d.k),
         "surprise": np.zeros(d.k), "surprise_mean": np.zeros(d.k),
         "surprise_var": np.full(d.k, 0.01), "live": np.zeros(d.k),
-        "floor": np.zeros(d.k),
+        "floor": floors.copy(),
     }
-    s["slow"][any_seen] = np.nanmean(h[:, any_seen], axis=0)
-    s["slow_var"][any_seen] = np.nanvar(h[:, any_seen], axis=0)
+    s["slow"][any_seen] = np.nanmean(held[:, any_seen], axis=0)
+    s["slow_var"][any_seen] = np.nanvar(held[:, any_seen], axis=0)
     a_level, a_fast, a_slow = (_alpha(d.halflife_level), _alpha(d.halflife_fast),
                                _alpha(d.halflife_slow))
     steps = np.arange(len(h) + 1, dtype=np.float64)
@@ -191,7 +201,8 @@ def fit_novelty(detector: Novelty, history: Floats) -> None:
                                                             d.halflife_level, p_level)
         s["previous"][j] = v[-1]
         s["fast"][j] = _ewma_final(v, v[0], a_fast, p_fast)
-        s["slow"][j], s["slow_var"][j] = _ewma_with_var(v, s["slow"][j], s["slow_var"][j],
+        s["slow"][j], s["slow_var"][j] = _ewma_with_var(held[seen[:, j], j], s["slow"][j],
+                                                        s["slow_var"][j],
                                                         a_slow, d.halflife_slow, p_slow)
         b = np.searchsorted(edges[j], v, side="left")  # edges below the value, as _bin
         context = np.concatenate(([0], b[:-1]))

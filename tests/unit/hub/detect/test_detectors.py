@@ -6,7 +6,7 @@ import pytest
 
 from hub.detect import model
 from hub.detect.gaussian import WindowedGaussian
-from hub.detect.novelty import Novelty
+from hub.detect.novelty import Novelty, shift_history
 
 
 def _noise(rows, k, seed=0):
@@ -110,6 +110,40 @@ def test_a_floor_quiets_what_is_near_the_level_and_leaves_a_fault_alone():
             np.testing.assert_allclose(with_floor[100:110], without[100:110] * 0.2, rtol=0.05)
         else:
             np.testing.assert_array_equal(with_floor[100:], without[100:])
+
+
+def test_clipped_training_keeps_bursts_in_the_history_from_hiding_a_sustained_shift():
+    # A quiet stream (3 ± 1) whose history holds two 40-reading bursts at 90, then live a
+    # sustained move to 60: the bursts inflate the slow deviation the shift is measured
+    # against. Held within 4 robust deviations (or floors of 10) of the median in training,
+    # they count for less: the deviation drops by a third, the shift scores higher, and the
+    # quiet readings before it do not score higher.
+    rng = np.random.default_rng(5)
+    history = rng.normal(3.0, 1.0, (3000, 1))
+    for start in (700, 2200):
+        history[start:start + 40, 0] = rng.normal(90.0, 3.0, 40)
+    live = rng.normal(3.0, 1.0, (400, 1))
+    live[200:320, 0] = rng.normal(60.0, 1.0, 120)
+    runs = {}
+    for clip in (0.0, 4.0):
+        det = Novelty(1, shift_clip=clip)
+        det.fit(history, np.array([10.0]))
+        runs[clip] = (float(np.sqrt(det.state["slow_var"][0])), _run(det, live)[:, 0])
+    (plain_sd, plain), (held_sd, held) = runs[0.0], runs[4.0]
+    assert held_sd < 0.7 * plain_sd
+    assert held[215:320].mean() > 1.3 * plain[215:320].mean()
+    assert held[:200].max() <= plain[:200].max()
+
+
+def test_clipping_leaves_a_history_within_its_bounds_alone():
+    h = np.random.default_rng(6).normal(0.0, 1.0, (500, 2))
+    h[3, 1] = np.nan
+    np.testing.assert_array_equal(shift_history(h, 0.0, np.zeros(2)), h)
+    held = shift_history(h, 10.0, np.zeros(2))  # 10 robust deviations: nothing that far
+    np.testing.assert_array_equal(held, h)
+    h[7, 0] = 100.0
+    assert shift_history(h, 4.0, np.zeros(2))[7, 0] == pytest.approx(
+        np.median(h[:, 0]) + 4 * 1.4826 * np.median(np.abs(h[:, 0] - np.median(h[:, 0]))))
 
 
 def test_a_model_stored_before_floors_loads_with_none():

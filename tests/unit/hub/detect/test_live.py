@@ -50,11 +50,13 @@ def _history(rows, k, seed=0):
     return h
 
 
-def test_vectorised_fit_leaves_the_state_novelty_fit_leaves():
+@pytest.mark.parametrize("clip", [0.0, 4.0])
+def test_vectorised_fit_leaves_the_state_novelty_fit_leaves(clip):
     h = _history(3000, 6)
-    slow, fast = Novelty(k=6), Novelty(k=6)
-    slow.fit(h)
-    fit_novelty(fast, h)
+    floors = np.array([0.0, 0.0, 5.0, 0.0, 1e5, 0.0])
+    slow, fast = Novelty(k=6, shift_clip=clip), Novelty(k=6, shift_clip=clip)
+    slow.fit(h, floors)
+    fit_novelty(fast, h, floors)
     assert slow.state.keys() == fast.state.keys()
     for name in slow.state:
         np.testing.assert_allclose(fast.state[name], slow.state[name], rtol=1e-9,
