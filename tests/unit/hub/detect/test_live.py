@@ -178,3 +178,24 @@ def test_a_newer_model_replaces_the_devices_state_and_leaves_the_others_alone():
     assert row_b[score_at] == pytest.approx(own_b.step(x).max(), rel=1e-9)
     assert row_c[score_at] == pytest.approx(own_c.step(x).max(), rel=1e-9)
     assert scorer.devices == 3
+
+
+def test_a_retrained_model_with_a_clipped_history_replaces_one_trained_before_the_clip():
+    # A hub started with models stored before shift_clip existed (0): the device's
+    # retrained model (4) must take its place in the stack, not be left out of it.
+    columns, _ = _rows([], [])
+    score_at = columns.index("anomaly_score")
+    scorer = LiveScorer(columns)
+    old = train(_quiet(0), "novelty", 200)
+    old.shift_clip = 0.0
+    scorer.install("a", load_detector("novelty", old.to_bytes()))
+    scorer.install("b", train(_quiet(1), "novelty", 200))
+    scorer.score(_rows(["a", "b"], [10.0, 10.0])[1])
+    newer = train(_quiet(9) * 3, "novelty", 200)
+    assert newer.shift_clip > 0.0
+    own_a = load_detector("novelty", newer.to_bytes())
+    scorer.install("a", newer)
+    (row_a, _) = scorer.score(_rows(["a", "b"], [30.0, 30.0])[1])
+    x = np.array(signal_values(_raw(cpu=30.0)))
+    assert row_a[score_at] == pytest.approx(own_a.step(x).max(), rel=1e-9)
+    assert scorer.devices == 2
