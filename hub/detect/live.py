@@ -99,13 +99,14 @@ class _Stack:
         return scores
 
 
-# Parameters that only training reads: models that differ in them step alike and share the
-# stack (a model trained before ``shift_clip`` and its device's retrained one, say).
-_TRAINING_ONLY = ("k", "shift_clip")
+# Parameters the stack does not compare: ``k`` (the stack has its own) and those only training
+# reads, so models that differ in them step alike and share the stack (a model trained before
+# ``shift_clip`` and its device's retrained one, say).
+_NOT_COMPARED = ("k", "shift_clip")
 
 
 def _novelty_params(detector: Novelty) -> dict[str, Any]:
-    return {k: v for k, v in detector.params().items() if k not in _TRAINING_ONLY}
+    return {k: v for k, v in detector.params().items() if k not in _NOT_COMPARED}
 
 
 class LiveScorer:
