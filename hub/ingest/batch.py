@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from hub.ingest.validate import Accepted, Rejected, Result
+from hub.processes import COLUMNS as PROCESS_COLUMNS
 from hub.processes import SECTION, process_row
 from shared.schema import metrics_columns, metrics_row
 
@@ -18,8 +19,10 @@ from shared.schema import metrics_columns, metrics_row
 # the bytes as they are into the jsonb columns. msgspec, not orjson: orjson's bytes keep
 # the 4 KB buffer they were written in.
 _ENCODE = msgspec.json.Encoder().encode
-_JSON_EARLY = [i for i, c in enumerate(metrics_columns())
-               if c.name in ("disk_partitions", "disk_per_disk", "network_per_interface")]
+_COLUMN_NAMES = [c.name for c in metrics_columns()]
+_JSON_EARLY = [i for i, name in enumerate(_COLUMN_NAMES)
+               if name in ("disk_partitions", "disk_per_disk", "network_per_interface")]
+RECEIVED_AT_INDEX = _COLUMN_NAMES.index("received_at")
 
 
 def _lists_as_json(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -28,6 +31,22 @@ def _lists_as_json(row: tuple[Any, ...]) -> tuple[Any, ...]:
         if values[i] is not None:
             values[i] = _ENCODE(values[i])
     return tuple(values)
+
+
+def row_as_json(row: tuple[Any, ...]) -> bytes:
+    """The JSON of a row as the hub built it: its columns by name, processes under theirs.
+
+    What a row the database refuses is quarantined with. The message it came from is not
+    kept until the commit (its payload, ~2.6 KB a reading, would be held for every reading
+    waiting to be stored, for the rare row a database rule refuses).
+    """
+    named: dict[str, Any] = dict(zip(_COLUMN_NAMES, row, strict=False))
+    for i in _JSON_EARLY:
+        if row[i] is not None:
+            named[_COLUMN_NAMES[i]] = msgspec.Raw(row[i])
+    if len(row) > len(_COLUMN_NAMES):  # the processes row rides at the end
+        named[SECTION] = dict(zip(PROCESS_COLUMNS, row[-1], strict=True))
+    return _ENCODE(named)
 
 
 class Ack(NamedTuple):
@@ -91,7 +110,7 @@ class DeviceEvents:
 class Batch:
     opened_at: float  # monotonic seconds
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    row_sources: list[Inbound] = field(default_factory=list)  # parallel to rows
+    row_topics: list[str] = field(default_factory=list)  # parallel to rows
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     devices: DeviceEvents = field(default_factory=DeviceEvents)
     acks: list[Ack] = field(default_factory=list)
@@ -122,7 +141,7 @@ class Batch:
                 row = (*row, process_row(device, value["ts"], value["session_id"],
                                          value["seq"], received, section))
             self.rows.append(row)
-            self.row_sources.append(message)
+            self.row_topics.append(message.topic)
             ts = result.value["ts"]
             seen = self.devices.seen.get(device)
             if seen is None or ts > seen[0]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hub.ingest.batch import Batch, DeviceEvents, Inbound, QuarantineRecord
+from hub.ingest.batch import RECEIVED_AT_INDEX, Batch, DeviceEvents, QuarantineRecord, row_as_json
 from shared.errors import PermanentStoreError, TransientStoreError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def write_batch(store: StoreLike, batch: Batch, stop: threading.Event) -> WriteO
     attempt = 0
     while True:
         try:
-            _write_splitting(store, batch.rows, batch.row_sources, batch.quarantine,
+            _write_splitting(store, batch.rows, batch.row_topics, batch.quarantine,
                              batch.devices, outcome)
             if attempt:
                 log.warning("Database is back: stored the batch of %d messages after %d "
@@ -70,7 +70,7 @@ def write_batch(store: StoreLike, batch: Batch, stop: threading.Event) -> WriteO
 
 
 def _write_splitting(store: StoreLike, rows: Sequence[tuple[Any, ...]],
-                     sources: Sequence[Inbound], quarantine: Sequence[QuarantineRecord],
+                     topics: Sequence[str], quarantine: Sequence[QuarantineRecord],
                      devices: DeviceEvents, outcome: WriteOutcome) -> None:
     try:
         result = store.write(rows, quarantine, devices)
@@ -81,13 +81,14 @@ def _write_splitting(store: StoreLike, rows: Sequence[tuple[Any, ...]],
         if not exc.bad_data or len(rows) == 0:
             raise  # not the rows' fault, or nothing left to split: retry the whole batch
         if len(rows) == 1:
-            source = sources[0]
+            row = rows[0]
             log.warning("Quarantined a reading the database refused: %s", exc)
-            bad = QuarantineRecord(source.received_at, source.topic, None,
-                                   f"database refused the row: {exc}", source.payload)
+            # Its row as JSON, not the message: see row_as_json.
+            bad = QuarantineRecord(row[RECEIVED_AT_INDEX], topics[0], row[0],
+                                   f"database refused the row: {exc}", row_as_json(row))
             _write_splitting(store, [], [], [*quarantine, bad], devices, outcome)
             return
     # Halve: each half carries on; quarantine records and device events go with the first.
     middle = len(rows) // 2
-    _write_splitting(store, rows[:middle], sources[:middle], quarantine, devices, outcome)
-    _write_splitting(store, rows[middle:], sources[middle:], [], DeviceEvents(), outcome)
+    _write_splitting(store, rows[:middle], topics[:middle], quarantine, devices, outcome)
+    _write_splitting(store, rows[middle:], topics[middle:], [], DeviceEvents(), outcome)

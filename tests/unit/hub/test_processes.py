@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from hub.ingest.batch import Ack, Batch, Inbound
+from hub.ingest.batch import Ack, Batch, Inbound, row_as_json
 from hub.ingest.validate import Accepted, Rejected, validate
 from hub.processes import COLUMNS as PROCESS_COLUMNS
 from hub.processes import process_row, section_from_row, section_problem
@@ -106,6 +106,9 @@ def test_the_batch_carries_the_processes_row_after_the_reading_and_the_problem_t
     width = len(metrics_columns())
     assert len(row) == width + 1 and as_dict(row[width])["seq"] == 2
     assert not batch.quarantine
+    # Were the database to refuse it, the row is quarantined as JSON, processes included.
+    refused = orjson.loads(row_as_json(row))
+    assert refused["seq"] == 2 and refused["processes"]["name"][0] == "stress-ng"
 
     bad = Inbound(TOPIC, with_section(section(count=9)), datetime.now(UTC), Ack(2, 1, 0))
     batch.add(bad, validate(TOPIC, bad.payload, NOW, "fp"))

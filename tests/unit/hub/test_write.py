@@ -2,16 +2,21 @@
 
 import threading
 
+import orjson
+
 from hub.ingest.batch import Ack, Batch, Inbound, QuarantineRecord
+from hub.ingest.validate import validate
 from hub.ingest.write import BACKOFF_MAX_S, backoff_s, write_batch
 from shared.errors import PermanentStoreError, TransientStoreError
-from tests.unit.hub.messages import NOW
+from tests.unit.hub.messages import NOW, metrics_bytes
+
+SEQ = 2  # the row's column
 
 
 class FakeStore:
-    def __init__(self, failures=(), bad_rows=()):
+    def __init__(self, failures=(), bad_seqs=()):
         self.failures = list(failures)  # exceptions raised by the next calls
-        self.bad_rows = set(bad_rows)
+        self.bad_seqs = set(bad_seqs)
         self.rows: list = []
         self.quarantine: list[QuarantineRecord] = []
         self.calls = 0
@@ -20,7 +25,7 @@ class FakeStore:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
-        if self.bad_rows & set(rows):
+        if any(row[SEQ] in self.bad_seqs for row in rows):
             raise PermanentStoreError("value out of range (SQLSTATE 22003)", "22003")
         self.rows += rows
         self.quarantine += quarantine
@@ -44,13 +49,16 @@ class NoWaitEvent(threading.Event):
 
 
 def batch_of(n: int) -> Batch:
+    """Readings of seq 1 … n of device pi-1."""
     batch = Batch(opened_at=0)
-    for i in range(n):
-        batch.rows.append((i,))
-        ack = Ack(i, 1, 0)
-        batch.row_sources.append(Inbound("fp/d/metrics", f"payload {i}".encode(), NOW, ack))
-        batch.acks.append(ack)
+    for i in range(1, n + 1):
+        message = Inbound("fp/pi-1/metrics", metrics_bytes(seq=i), NOW, Ack(i, 1, 0))
+        batch.add(message, validate(message.topic, message.payload, NOW, "fp"))
     return batch
+
+
+def seqs(rows) -> list[int]:
+    return sorted(row[SEQ] for row in rows)
 
 
 def test_transient_failures_are_retried_with_growing_backoff_until_stored():
@@ -71,11 +79,15 @@ def test_stop_during_an_outage_returns_none_so_nothing_is_acknowledged():
 
 
 def test_one_bad_row_is_quarantined_and_the_rest_stored():
-    store = FakeStore(bad_rows={(5,)})
+    store = FakeStore(bad_seqs={5})
     outcome = write_batch(store, batch_of(8), NoWaitEvent())
-    assert sorted(store.rows) == [(i,) for i in range(8) if i != 5]
-    assert [q.payload for q in store.quarantine] == [b"payload 5"]
-    assert "database refused the row: value out of range" in store.quarantine[0].reason
+    assert seqs(store.rows) == [1, 2, 3, 4, 6, 7, 8]
+    bad, = store.quarantine
+    assert "database refused the row: value out of range" in bad.reason
+    assert (bad.topic, bad.device_id, bad.received_at) == ("fp/pi-1/metrics", "pi-1", NOW)
+    stored = orjson.loads(bad.payload)  # the row as the hub built it, by column
+    assert (stored["device_id"], stored["seq"]) == ("pi-1", 5)
+    assert stored["disk_partitions"] == orjson.loads(metrics_bytes(seq=5))["disk"]["partitions"]
     assert outcome.inserted == 7 and outcome.quarantined == 1
 
 
