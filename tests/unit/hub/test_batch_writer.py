@@ -10,7 +10,7 @@ from hub.ingest import BatchWriter, IngestStats
 from hub.ingest.batch import Ack
 from shared.errors import TransientStoreError
 from tests.servers import wait_for
-from tests.unit.hub.test_write import FakeStore, NoWaitEvent, batch_of
+from tests.unit.hub.test_write import SEQ, FakeStore, NoWaitEvent, batch_of
 
 
 class FakeReceiver:
@@ -32,8 +32,8 @@ def test_batches_are_written_in_order_and_acked_after_their_write() -> None:
     for size in (3, 1, 2):
         assert writer.submit(batch_of(size))
     writer.finish()
-    assert store.rows == [(0,), (1,), (2,), (0,), (0,), (1,)]
-    assert [token.mid for token in receiver.acked] == [0, 1, 2, 0, 0, 1]
+    assert [row[SEQ] for row in store.rows] == [1, 2, 3, 1, 1, 2]
+    assert [token.mid for token in receiver.acked] == [1, 2, 3, 1, 1, 2]
     assert receiver.rows_stored_at_ack == [3, 4, 6]  # each ack after its batch was stored
     assert (stats.acked, stats.stored, stats.batches) == (6, 6, 3)
     assert stats.last_write_at is not None and not writer.failed
