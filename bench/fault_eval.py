@@ -53,7 +53,7 @@ from hub.alerts import (
     reading_values,
 )
 from hub.detect.features import SIGNALS, SOURCE_COLUMNS, signal_rows
-from hub.detect.forecast import DampedHolt, Linear, Persistence
+from hub.detect.forecast import DampedHolt, Line, Persistence
 from hub.detect.gaussian import WindowedGaussian
 from hub.detect.model import Floats
 from hub.detect.outlook import (
@@ -295,7 +295,7 @@ def run(rec: Recording, duration_s: float, detectors: Sequence[str], fit_s: floa
 # The forecasts on the slow runs (bench/fault_run.py RAMPS): each method, fed the run's
 # readings as the hub feeds its own, warns through the hub's forecast rule of that kind.
 FORECASTERS: dict[str, Callable[[], Forecaster]] = {
-    "linear (shipped)": lambda: Linear(k=1, window=WINDOW),
+    "linear (shipped)": lambda: Line(window=WINDOW),
     "damped_holt": lambda: DampedHolt(k=1),
     "persistence": lambda: Persistence(k=1),
 }

@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-import numpy as np
 import orjson
 
-from hub.detect.forecast import Linear, steps_to_threshold
-from hub.detect.model import Floats
+from hub.detect.forecast import Line, steps_to_threshold_1
 
 STEP_S = 10.0
 WINDOW = 30  # steps: five minutes
@@ -54,17 +52,22 @@ def throttle_limit(pi_model: str | None) -> float:
 
 
 class Forecaster(Protocol):
-    """What a series needs of a forecaster (hub/detect/forecast.py, one stream)."""
+    """What a series needs of a forecaster (hub/detect/forecast.py): one stream, its level
+    and trend as floats (``Line``) or as arrays of one (the others)."""
 
     phi: float
 
-    def step(self, x: Floats) -> None: ...
+    def step(self, x: Any) -> None: ...
 
     @property
-    def level(self) -> Floats: ...
+    def level(self) -> Any: ...
 
     @property
-    def trend(self) -> Floats: ...
+    def trend(self) -> Any: ...
+
+
+def _one(value: Any) -> float:
+    return value if isinstance(value, float) else float(value[0])
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Series:
     # A step back from the target by more than this restarts the line from the new level
     # (None: never): a line through a deletion says nothing of the fill that follows it.
     restart_back: float | None = None
-    make_model: Callable[[], Forecaster] = lambda: Linear(k=1, window=WINDOW)
+    make_model: Callable[[], Forecaster] = lambda: Line(window=WINDOW)
     model: Forecaster = field(init=False)
     step_at: float | None = None  # start of the open step (seconds)
     steps: int = 0  # steps closed since the start (or the last restart)
@@ -108,7 +111,7 @@ class Series:
         if self.restart_back is not None and back > self.restart_back:
             self.model, self.steps = self.make_model(), 0
         self.last_step = mean
-        self.model.step(np.array([mean]))
+        self.model.step(mean)  # a float: the array forecasters take it as one stream
         self.steps += 1
         self.eta_s = self._eta_s()
 
@@ -116,11 +119,10 @@ class Series:
         """Seconds until the forecast reaches the target (0 once past it)."""
         if self.steps < MIN_STEPS:
             return None
-        level = float(self.model.level[0])
+        level = _one(self.model.level)
         if (level <= self.target) if self.falling else (level >= self.target):
             return 0.0
-        steps = float(steps_to_threshold(self.model.level, self.model.trend, self.target,
-                                         self.model.phi)[0])
+        steps = steps_to_threshold_1(level, _one(self.model.trend), self.target, self.model.phi)
         return steps * STEP_S if math.isfinite(steps) else None
 
 

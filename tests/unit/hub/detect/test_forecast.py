@@ -1,9 +1,19 @@
 """Forecasters and time-to-threshold of hub/detect/forecast.py, checked by hand."""
 
+import math
+
 import numpy as np
 import pytest
 
-from hub.detect.forecast import DampedHolt, Linear, Persistence, forecast, steps_to_threshold
+from hub.detect.forecast import (
+    DampedHolt,
+    Line,
+    Linear,
+    Persistence,
+    forecast,
+    steps_to_threshold,
+    steps_to_threshold_1,
+)
 
 
 def test_steps_to_threshold_on_a_straight_line():
@@ -46,3 +56,28 @@ def test_nan_leaves_forecasters_unchanged():
     level, trend = h.level.copy(), h.trend.copy()
     h.step(np.array([np.nan]))
     assert h.level == level and h.trend == trend
+
+
+def test_the_scalar_line_fits_as_linear_does_with_gaps_and_large_values():
+    rng = np.random.default_rng(7)
+    values = list(1e9 + np.cumsum(rng.normal(0.5, 3.0, 80)))
+    values[0:2] = [math.nan, math.nan]  # before the first value
+    values[40:43] = [math.nan] * 3  # a gap: the previous value repeats
+    line, linear = Line(window=12), Linear(1, window=12)
+    for v in values:
+        line.step(v)
+        linear.step(np.array([v]))
+        assert line.level == pytest.approx(linear.level[0], rel=0, abs=1e-6)
+        assert line.trend == pytest.approx(linear.trend[0], rel=0, abs=1e-9)
+    assert abs(line.trend) > 0.01  # a line was fitted
+
+
+def test_steps_to_threshold_of_one_stream_agrees_with_the_array_form():
+    cases = [(50.0, 2.0, 60.0), (50.0, -2.0, 60.0), (50.0, 0.0, 60.0), (60.0, 0.0, 60.0),
+             (60.0, 1.0, 50.0), (0.0, 1.0, 0.75), (0.0, 1.0, 2.0), (math.nan, 1.0, 5.0),
+             (5.0, math.nan, 9.0), (-3.0, -0.5, -10.0)]
+    for phi in (1.0, 0.98, 0.5):
+        for level, trend, threshold in cases:
+            want = steps_to_threshold(np.array([level]), np.array([trend]), threshold, phi)[0]
+            got = steps_to_threshold_1(level, trend, threshold, phi)
+            assert got == pytest.approx(want), (level, trend, threshold, phi)
