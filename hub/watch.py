@@ -54,7 +54,11 @@ _STATES = (
     "and m.ts > d.last_seen - interval '1 day' order by ts desc limit 1) m on true order by 1")
 # Readings up to the window before each device's newest one (its own clock), newer than the
 # newest one this watcher already holds for the device (``known``): each round reads only
-# what arrived since the last, not the whole window of every device again.
+# what arrived since the last, not the whole window of every device again. Both bounds are
+# one range on the primary key (greatest() passes over a NULL: a device not yet known), and
+# ``offset 0`` keeps the lateral a scan of that range per device: flattened into a join,
+# the planner read every device's whole window and filtered afterwards (1,000 devices, 5 s
+# of new readings: 32–52 µs of PostgreSQL a reading, 11 with the range).
 _READINGS = (
     "select m.device_id, m.ts, m.sensors_cpu_celsius, m.memory_percent, "
     "m.memory_swap_in_bytes_per_s, m.memory_swap_out_bytes_per_s, "
@@ -67,8 +71,8 @@ _READINGS = (
     "from devices d left join unnest(%(known_ids)s::text[], %(known_ts)s::timestamptz[]) "
     "as k(device_id, ts) on k.device_id = d.device_id "
     "join lateral (select * from metrics m where m.device_id = d.device_id "
-    "and m.ts > d.last_seen - make_interval(secs => %(window)s) and m.ts <= d.last_seen "
-    "and (k.ts is null or m.ts > k.ts)) m on true order by m.device_id, m.ts")
+    "and m.ts > greatest(d.last_seen - make_interval(secs => %(window)s), k.ts) "
+    "and m.ts <= d.last_seen offset 0) m on true order by m.device_id, m.ts")
 # Agent sessions that delivered readings lately (duplicate_device).
 _SESSIONS = (
     "select device_id, session_id, hostname, first_ts, last_ts from device_sessions "
