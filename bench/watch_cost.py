@@ -1,6 +1,6 @@
 """What the alert watcher costs per reading, and how that grows with the stored history.
 
-    python3 -m bench.watch_cost [--devices 1000] [--history 60,600] [--rounds 6]
+    python3 -m bench.watch_cost [--devices 1000] [--history 60,600,1800] [--rounds 6]
 
 For each history length: a PostgreSQL of its own (tests/servers.py), migrated; ``--devices``
 devices send one reading a second (the hub_ingest bench's message, stored by the hub's own
@@ -139,7 +139,8 @@ def forecast_step_us(make: Any, steps: int = 20_000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--history", default="60,600", help="seconds of history, comma-separated")
+    parser.add_argument("--history", default="60,600,1800",
+                        help="seconds of history, comma-separated")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     info = machine()
