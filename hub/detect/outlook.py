@@ -11,7 +11,7 @@ the forecast never gets there):
   temperature limit has occurred since boot").
 
 Each signal is averaged into one value per :data:`STEP_S` and forecast by the least-squares
-line through the last :data:`WINDOW` values (hub/detect/forecast.py ``Linear``, as Prometheus'
+line through the last :data:`WINDOW` values (hub/detect/forecast.py ``Line``, as Prometheus'
 ``predict_linear(x[5m])``): it warned of every machine-temperature crossing of NAB in
 bench/forecast_eval.py, damped Holt of 14 of 17 (fewer false warnings). Per-second readings
 are too noisy for a line through a few seconds, and a damped trend per second flattens out
