@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +132,20 @@ def template(session_id: str, *, small: bool) -> bytes:
     return payload
 
 
+def patch(payload: bytes, device_id: str, seq: int, ts: datetime) -> bytes:
+    """Fill the template's placeholders as the loadgen does (ts to the millisecond)."""
+    return (payload.replace(b"bench-XXXXX", device_id.encode())
+            .replace(b"999999999999", b"%12d" % seq)
+            .replace(b"2000-01-01T00:00:00.001000Z",
+                     ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23].encode() + b"000Z"))
+
+
 def check_template(payload: bytes) -> None:
     """Patch the placeholders as the loadgen does and make sure the hub accepts the result."""
-    from datetime import UTC, datetime
-
     from hub.ingest.validate import Accepted, validate
 
     now = datetime.now(UTC)
-    patched = (payload.replace(b"bench-XXXXX", b"bench-00042")
-               .replace(b"999999999999", b"           7")
-               .replace(b"2000-01-01T00:00:00.001000Z",
-                        now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23].encode() + b"000Z"))
+    patched = patch(payload, "bench-00042", 7, now)
     result = validate(f"{PREFIX}/bench-00042/metrics", patched, now, PREFIX)
     if not isinstance(result, Accepted):
         raise SystemExit(f"the bench's message is not valid: {result}")
@@ -190,8 +193,6 @@ def install_models(url: str, devices: int) -> dict[str, Any]:
     """Give every simulated device a trained detector, as a hub whose fleet has history has
     (one ``novelty`` model trained on the real agent's recording, stored once per device):
     the hub loads them at start and scores every reading, as in the field."""
-    from datetime import UTC, datetime
-
     from bench.detect_cost import recorded_rows, recorded_signals
     from hub.detect.features import SIGNALS
     from hub.detect.train import TooLittleHistory, params_of, train

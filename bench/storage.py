@@ -49,7 +49,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
-from bench.hub_ingest import PREFIX, template
+from bench.hub_ingest import PREFIX, patch, template
 from hub.ingest.batch import DeviceEvents
 from hub.ingest.validate import Accepted, validate
 from hub.store import Store
@@ -61,9 +61,8 @@ from tests.servers import PostgresServer
 def build_rows(count: int, devices: int, small: bool) -> list[tuple[Any, ...]]:
     """``count`` rows: ``devices`` devices, one reading a second each, ending now."""
     now = datetime.now(UTC).replace(microsecond=0)
-    payload = template(uuid.uuid4().hex, small=small).replace(
-        b"2000-01-01T00:00:00.001000Z", now.strftime("%Y-%m-%dT%H:%M:%S.001000Z").encode()
-    ).replace(b"999999999999", b"1").replace(b"bench-XXXXX", b"bench-00000")
+    payload = patch(template(uuid.uuid4().hex, small=small), "bench-00000", 1,
+                    now + timedelta(milliseconds=1))
     result = validate(f"{PREFIX}/bench-00000/metrics", payload, now, PREFIX)
     assert isinstance(result, Accepted), result
     base = result.value

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import describe_machine, machine, progress, table, write_result
-from bench.hub_ingest import PREFIX, template
+from bench.hub_ingest import PREFIX, patch, template
 from hub.alerts import DEFAULT_RULES
 from hub.detect.forecast import Line, Linear
 from hub.detect.outlook import WINDOW, Series
@@ -51,6 +51,7 @@ SHIPPED_RANGE = (
     "and m.ts > greatest(d.last_seen - make_interval(secs => %(window)s), k.ts) "
     "and m.ts <= d.last_seen offset 0) m on true order by m.device_id, m.ts")
 # The baseline: the query before, whose lateral the planner flattened into a join.
+assert SHIPPED_RANGE in _READINGS, "hub/watch.py's query changed: update the baseline here"
 FLATTENED = _READINGS.replace(SHIPPED_RANGE, (
     "join lateral (select * from metrics m where m.device_id = d.device_id "
     "and m.ts > d.last_seen - make_interval(secs => %(window)s) and m.ts <= d.last_seen "
@@ -67,12 +68,9 @@ class Fleet:
     def second(self, s: int) -> Batch:
         batch = Batch(opened_at=0)
         ts = self.start + timedelta(seconds=s)
-        stamp = ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23].encode() + b"000Z"
         for d in range(self.devices):
             device = f"bench-{d:05d}"
-            payload = (self.payload.replace(b"bench-XXXXX", device.encode())
-                       .replace(b"999999999999", b"%12d" % (s + 1))
-                       .replace(b"2000-01-01T00:00:00.001000Z", stamp))
+            payload = patch(self.payload, device, s + 1, ts)
             message = Inbound(f"{PREFIX}/{device}/metrics", payload, ts, Ack(0, 1, 0))
             batch.add(message, validate(message.topic, payload, ts + timedelta(seconds=0.1),
                                         PREFIX))

@@ -176,12 +176,12 @@ class Line:
         """Add one value (NaN repeats the previous one) and fit the line again."""
         if self.ref is None and not math.isnan(x):
             self.ref = x
+        ref = self.ref or 0.0
         if math.isnan(x):
             self.values.append(self.values[-1] if self.values else 0.0)
         else:
-            self.values.append(x - (self.ref or 0.0))
+            self.values.append(x - ref)
         n, ys = len(self.values), self.values
-        ref = self.ref or 0.0
         if n == 1:
             self.level, self.trend = ys[0] + ref, 0.0
             return

@@ -22,7 +22,7 @@ _ENCODE = msgspec.json.Encoder().encode
 _COLUMN_NAMES = [c.name for c in metrics_columns()]
 _JSON_EARLY = [i for i, name in enumerate(_COLUMN_NAMES)
                if name in ("disk_partitions", "disk_per_disk", "network_per_interface")]
-RECEIVED_AT_INDEX = _COLUMN_NAMES.index("received_at")
+_DEVICE_ID, _RECEIVED_AT = _COLUMN_NAMES.index("device_id"), _COLUMN_NAMES.index("received_at")
 
 
 def _lists_as_json(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -34,12 +34,7 @@ def _lists_as_json(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def row_as_json(row: tuple[Any, ...]) -> bytes:
-    """The JSON of a row as the hub built it: its columns by name, processes under theirs.
-
-    What a row the database refuses is quarantined with. The message it came from is not
-    kept until the commit (its payload, ~2.6 KB a reading, would be held for every reading
-    waiting to be stored, for the rare row a database rule refuses).
-    """
+    """The JSON of a row as the hub built it: its columns by name, processes under theirs."""
     named: dict[str, Any] = dict(zip(_COLUMN_NAMES, row, strict=False))
     for i in _JSON_EARLY:
         if row[i] is not None:
@@ -77,6 +72,16 @@ class QuarantineRecord:
     device_id: str | None
     reason: str
     payload: bytes
+
+
+def refused_record(row: tuple[Any, ...], topic: str, reason: str) -> QuarantineRecord:
+    """The quarantine record of a row the database refused: the row in JSON (row_as_json).
+
+    Not the message it came from: a batch does not keep messages until the commit (a
+    payload, ~2.6 KB a reading, would be held for every reading waiting to be stored, for
+    the rare row a database rule refuses).
+    """
+    return QuarantineRecord(row[_RECEIVED_AT], topic, row[_DEVICE_ID], reason, row_as_json(row))
 
 
 @dataclass

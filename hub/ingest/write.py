@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hub.ingest.batch import RECEIVED_AT_INDEX, Batch, DeviceEvents, QuarantineRecord, row_as_json
+from hub.ingest.batch import Batch, DeviceEvents, QuarantineRecord, refused_record
 from shared.errors import PermanentStoreError, TransientStoreError
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,8 @@ def _write_splitting(store: StoreLike, rows: Sequence[tuple[Any, ...]],
         if not exc.bad_data or len(rows) == 0:
             raise  # not the rows' fault, or nothing left to split: retry the whole batch
         if len(rows) == 1:
-            row = rows[0]
             log.warning("Quarantined a reading the database refused: %s", exc)
-            # Its row as JSON, not the message: see row_as_json.
-            bad = QuarantineRecord(row[RECEIVED_AT_INDEX], topics[0], row[0],
-                                   f"database refused the row: {exc}", row_as_json(row))
+            bad = refused_record(rows[0], topics[0], f"database refused the row: {exc}")
             _write_splitting(store, [], [], [*quarantine, bad], devices, outcome)
             return
     # Halve: each half carries on; quarantine records and device events go with the first.
