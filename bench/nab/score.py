@@ -240,6 +240,22 @@ def openings(scores: Floats, threshold: float, clear: float) -> Floats:
     return opened.astype(np.float64)
 
 
+def new_highs(scores: Floats, window: int) -> Floats:
+    """Keep a row's score only where it is above every score of the ``window`` rows before
+    it (0.0 elsewhere): an episode of high scores becomes its rises.
+
+    Causal and independent of the threshold, so the result is an ordinary score series for
+    NAB's sweep: at any threshold, a detection is a row that reaches it and tops the recent
+    past, not every row of a long episode (each one outside a window a false positive).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if window < 1 or not len(s):
+        return s.copy()
+    before = np.lib.stride_tricks.sliding_window_view(
+        np.r_[np.full(window, -np.inf), s[:-1]], window).max(axis=1)
+    return np.where(s > before, s, 0.0)
+
+
 def sweep_openings(scores: Sequence[Floats], ws: Sequence[RowWeights], profile: Profile,
                    clear_ratio: float, candidates: int = 300) -> Sweep:
     """Like :func:`sweep`, with a detection being an alert opening (:func:`openings`, clearing

@@ -148,3 +148,26 @@ def test_one_detection_per_alert_forgives_a_long_false_episode():
     assert per_alert.raw > per_row.raw
     expected = score.score_series(_fires(100, [40, 70]), w, 0.5, STANDARD).raw
     assert per_alert.raw == pytest.approx(expected)
+
+
+def test_new_highs_keep_the_rises_of_an_episode_and_nothing_else():
+    s = np.array([0.1, 0.9, 0.9, 0.95, 0.2, 0.2, 0.8, 0.1])
+    assert list(score.new_highs(s, 3)) == [0.1, 0.9, 0, 0.95, 0, 0, 0, 0]
+    # Once the window has forgotten the episode, a rise counts again.
+    assert list(score.new_highs(s, 2)) == [0.1, 0.9, 0, 0.95, 0, 0, 0.8, 0]
+    # A window of 0 keeps every row; an empty series stays empty.
+    assert list(score.new_highs(s, 0)) == list(s)
+    assert len(score.new_highs(np.zeros(0), 5)) == 0
+
+
+def test_new_highs_forgive_a_long_false_episode_at_any_threshold():
+    # As for one detection per alert, but as a score series: the sweep itself is unchanged.
+    s = np.zeros(100)
+    s[40] = 0.9
+    s[70:90] = 0.9
+    w = score.weights(ONE)
+    per_row = score.sweep([s], [w], STANDARD)
+    rises = score.sweep([score.new_highs(s, 20)], [w], STANDARD)
+    assert rises.raw > per_row.raw
+    assert rises.raw == pytest.approx(
+        score.score_series(_fires(100, [40, 70]), w, 0.5, STANDARD).raw)
