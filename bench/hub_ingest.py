@@ -437,6 +437,14 @@ class Bench:
                 "extract(epoch from pg_xact_commit_timestamp(xmin) - ts) as lat, "
                 f"{recv} as recv "
                 f"from {self.table(kind)} where session_id = %s) s", (session_id,)).fetchone()
+            # The worst latency of each second of publishing: shows whether the p99 comes
+            # from a steady queue or from stalls.
+            by_second = conn.execute(
+                "select s, max(lat) from (select "
+                "floor(extract(epoch from ts - min(ts) over ()))::int as s, "
+                "extract(epoch from pg_xact_commit_timestamp(xmin) - ts) as lat "
+                f"from {self.table(kind)} where session_id = %s) t group by s order by s",
+                (session_id,)).fetchall()
         assert row is not None
         rows, distinct, p50, p99, worst, last_commit, recv_p50 = row
         last_after = (float(last_commit) - generator["last_publish"]) if last_commit else None
@@ -448,7 +456,10 @@ class Bench:
                 "latency_p99_s": float(p99) if p99 is not None else None,
                 "latency_max_s": float(worst) if worst is not None else None,
                 "publish_to_hub_p50_s": float(recv_p50) if recv_p50 is not None else None,
-                "last_commit_after_last_publish_s": last_after, "sustained": ok}
+                "last_commit_after_last_publish_s": last_after,
+                "worst_latency_by_second_s": [round(float(lat), 2) for _, lat in by_second
+                                              if lat is not None],
+                "sustained": ok}
 
 
 # --- sweeps and profile --------------------------------------------------------------------
@@ -639,6 +650,11 @@ def main() -> int:
     parser.add_argument("--note", default="",
                         help="stored with the results and drawn on the charts, e.g. "
                         "'smoke run, shared machine'")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy the hubs' logs here (with --hub-log-level DEBUG the writer "
+                        "logs each batch's wall and CPU time)")
+    parser.add_argument("--hub-log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING"])
     parser.add_argument("--nice", type=int, default=-10,
                         help="niceness (and autogroup niceness) of the bench and all it "
                         "starts: shields the measurement from other work on a shared "
@@ -686,7 +702,8 @@ def main() -> int:
                 conn.execute(nodered_flow.create_table_sql().encode())
         models = install_models(pg.url, args.devices) if args.models else None
         bench = Bench(workdir, build_loadgen(workdir), pg, args.devices, args.window_s, small,
-                      processes=args.processes, nodered=nodered_cache, models=args.models)
+                      processes=args.processes, nodered=nodered_cache, models=args.models,
+                      hub_log_level=args.hub_log_level)
         if args.profile:
             prof = profile(bench, args.profile, args.profile_s)
             prof.update({"rate": args.profile, "qos": 1, "payload_bytes": payload_bytes,
@@ -703,6 +720,11 @@ def main() -> int:
                 best[f"{kind}_q{qos}"] = rate
     finally:
         pg.stop()
+        if args.keep:
+            for log in workdir.rglob("hub*.log"):
+                target = args.keep / log.relative_to(workdir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, target)
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nHub ingest: {args.devices} devices, {payload_bytes}-byte messages ({args.payload}),"
