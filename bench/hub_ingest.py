@@ -240,6 +240,7 @@ class Bench:
     processes: int = 1  # fleetpulse hub processes sharing the load ($share subscription)
     nodered: Path | None = None  # the npm cache holding Node-RED and pg
     models: bool = False  # every device has a detector (install_models): readings are scored
+    statements: bool = False  # PostgreSQL's time per statement (pg_stat_statements), per window
 
     @staticmethod
     def table(kind: str) -> str:
@@ -350,6 +351,9 @@ class Bench:
             pids = {"hub": hub_pids + [c for p in hub_pids for c in children(p)],
                     "broker": [broker.process.pid] if broker.process else [],
                     "postgresql": pg_pids + children(pg_pids[0])}
+            if self.statements:
+                with self.db() as conn:
+                    conn.execute("select pg_stat_statements_reset()")
             before = {name: cpu_snapshot(p) for name, p in pids.items()}
             busy0 = machine_busy_s()
             gen, gen_out = self.publish(broker, qos, rate, expected, payload_file)
@@ -375,6 +379,8 @@ class Bench:
             # The peak over the whole life of the hub, warm-up, window and drain included.
             result["hub_peak_rss_mb"] = sum(status_kb(p, "VmHWM") or 0
                                             for p in pids["hub"]) / 1024
+            if self.statements:
+                result["statements"] = self.statement_times(max(1, expected))
             result.update(self.check(kind, session_id, expected, generator))
             # CPU per stored message, window and drain together: robust to other load.
             result["cpu_us_per_message"] = {
@@ -417,6 +423,18 @@ class Bench:
         if self.models and kind.startswith("fleetpulse"):
             result["scoring"] = scoring_of(self.log_tail(tag, 10 ** 7))
         return result
+
+    def statement_times(self, messages: int, top: int = 12) -> list[dict[str, Any]]:
+        """PostgreSQL's execution time per statement since the window began, in µs per
+        message of the window (wall time in the server: CPU, or waiting for locks or I/O)."""
+        with self.db() as conn:
+            rows = conn.execute(
+                "select calls, total_exec_time, rows, query from pg_stat_statements "
+                "where query not like '%%pg_stat_statements%%' "
+                "order by total_exec_time desc limit %s", (top,)).fetchall()
+        return [{"us_per_message": round(1000 * total / messages, 2), "calls": calls,
+                 "rows": n, "query": " ".join(query.split())[:160]}
+                for calls, total, n, query in rows]
 
     def log_tail(self, tag: str, chars: int = 600) -> str:
         return "".join(p.read_text(errors="replace")
@@ -653,6 +671,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="copy the hubs' logs here (with --hub-log-level DEBUG the writer "
                         "logs each batch's wall and CPU time)")
+    parser.add_argument("--statements", action="store_true",
+                        help="record PostgreSQL's time per statement in each window "
+                        "(pg_stat_statements), in µs per message")
     parser.add_argument("--hub-log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING"])
     parser.add_argument("--nice", type=int, default=-10,
@@ -688,7 +709,13 @@ def main() -> int:
     pg = PostgresServer(workdir / "pg").init()
     with open(pg.data / "postgresql.conf", "a") as conf:
         conf.write("\ntrack_commit_timestamp = on\n")  # latency: publish → commit
+        if args.statements:
+            conf.write("shared_preload_libraries = 'pg_stat_statements'\n"
+                       "pg_stat_statements.track = all\n")
     pg.start()
+    if args.statements:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("create extension if not exists pg_stat_statements")
     try:
         subprocess.run([sys.executable, "-m", "hub.main", "migrate", "--db", pg.url], cwd=ROOT,
                        check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -703,7 +730,7 @@ def main() -> int:
         models = install_models(pg.url, args.devices) if args.models else None
         bench = Bench(workdir, build_loadgen(workdir), pg, args.devices, args.window_s, small,
                       processes=args.processes, nodered=nodered_cache, models=args.models,
-                      hub_log_level=args.hub_log_level)
+                      hub_log_level=args.hub_log_level, statements=args.statements)
         if args.profile:
             prof = profile(bench, args.profile, args.profile_s)
             prof.update({"rate": args.profile, "qos": 1, "payload_bytes": payload_bytes,
