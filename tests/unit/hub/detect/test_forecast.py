@@ -69,6 +69,7 @@ def test_the_scalar_line_fits_as_linear_does_with_gaps_and_large_values():
         linear.step(np.array([v]))
         assert line.level == pytest.approx(linear.level[0], rel=0, abs=1e-6)
         assert line.trend == pytest.approx(linear.trend[0], rel=0, abs=1e-9)
+        assert len(line.values) <= 12  # it holds its window, not the stream
     assert abs(line.trend) > 0.01  # a line was fitted
 
 
