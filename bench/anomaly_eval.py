@@ -122,8 +122,8 @@ def run(iforest: bool, neural: bool) -> dict[str, Any]:
             # The hub can score one batch of readings from many devices in one call:
             # 1,000 devices x 16 signals per step, cost divided by 1,000 readings.
             batched_us_per_reading=step_cost_us(timed, k=16_000, steps=100) / 1000))
-        streamed[name] = (scores, cpu)
         if name in STREAMING:  # the same scores, one detection per alert (see ALERT_CLEAR)
+            streamed[name] = (scores, cpu)
             print(f"{name}, one detection per alert ...", flush=True)
             as_alerts.append(result(f"{name.split(' (')[0]}, one detection per alert", scores,
                                     series, cpu, tune, test, clear_ratio=ALERT_CLEAR))
@@ -170,13 +170,12 @@ def new_high_grid(scores: list[Floats], series: list[Series], tune: list[int],
                   test: list[int]) -> list[dict[str, Any]]:
     """Standard score of each NEW_HIGH_WINDOWS reading: the best on the tune half is chosen
     (the smaller window of equals), and only then is the test half scored."""
-    grid = [{"window": w, "tune": evaluate.evaluate(
-        [score.new_highs(x, w) for x in scores], series, tune)["standard"]["score"]}
-        for w in NEW_HIGH_WINDOWS]
+    highs = {w: [score.new_highs(x, w) for x in scores] for w in NEW_HIGH_WINDOWS}
+    grid = [{"window": w, "tune": evaluate.evaluate(h, series, tune)["standard"]["score"]}
+            for w, h in highs.items()]
     best = max(grid, key=lambda g: g["tune"])
     for g in grid:
-        g["test"] = evaluate.evaluate([score.new_highs(x, g["window"]) for x in scores],
-                                      series, test)["standard"]["score"]
+        g["test"] = evaluate.evaluate(highs[g["window"]], series, test)["standard"]["score"]
         g["chosen"] = g is best
     return grid
 
