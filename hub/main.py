@@ -66,8 +66,12 @@ def open_store(settings: HubSettings, stop: threading.Event) -> Store | None:
     Raise the StoreError when the server refuses the login or the database for good (wrong
     role, password or database name): waiting would not fix a setting.
     """
+    # The writer's store: its rollups trail by up to rollup_flush_s, marked as this hub's
+    # (its client id is unique among the hubs on the broker, so on the database too).
+    owner = settings.client_id if settings.rollup_flush_s > 0 else None
     store = Store(database_url(settings),
-                  quarantine_payload_bytes=settings.quarantine_payload_bytes)
+                  quarantine_payload_bytes=settings.quarantine_payload_bytes,
+                  rollup_owner=owner)
     attempt = 0
     while not stop.is_set():
         try:

@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from hub.cold import cold_keys_sql, history_source
+from hub.cold import TABLE as COLD_TABLE
+from hub.cold import cold_keys_sql, cold_select_sql, history_source
+from hub.cold import layout as cold_layout
 from shared.schema import metrics_columns
 
 # The main per-second columns that get a minute and an hour summary.
@@ -110,13 +112,20 @@ def _rollup_insert(table: RollupTable, source: str) -> str:
     for column in WEIGHTED_COLUMNS:
         selects += [f"sum({column} * interval_s)",
                     f"coalesce(sum(interval_s) filter (where {column} is not null), 0)"]
+    return (f"insert into {table.name} as r ({', '.join(names)}) "
+            f"select {', '.join(selects)} from {source} group by 1, 2 {_MERGE}")
+
+
+def _merge_clause() -> str:
+    """ON CONFLICT clause adding a row of sums, counts and bounds to the stored one."""
     merges = ["readings = r.readings + excluded.readings"]
     merges += [_merge(column, agg) for column in ROLLUP_COLUMNS for agg in AGGREGATES]
     # After the plain sums: SET expressions read the row as it was, whatever their order.
     merges += [_merge_weight(column, w) for column in WEIGHTED_COLUMNS for w in WEIGHTS]
-    return (f"insert into {table.name} as r ({', '.join(names)}) "
-            f"select {', '.join(selects)} from {source} group by 1, 2 "
-            f"on conflict (device_id, bucket) do update set {', '.join(merges)}")
+    return f"on conflict (device_id, bucket) do update set {', '.join(merges)}"
+
+
+_MERGE = _merge_clause()
 
 
 def insert_with_rollups_sql(staging: str) -> str:
@@ -173,25 +182,96 @@ def subtract_rollups_sql(source: str) -> str:
     return "with " + ", ".join(parts) + " select count(*) from s"
 
 
-# What the fast path (hub/store.py) sends of each inserted row, one array per column, for
-# :func:`rollups_from_arrays_sql`.
-ROLLUP_SOURCE_COLUMNS: tuple[str, ...] = ("device_id", "ts", *ROLLUP_COLUMNS)
+# --- pending minutes: the writer's rollups, deferred ------------------------------------------
+# The writer does not merge each batch into the rollups (two wide upserts a device a batch,
+# most of its database time). It marks the device-minutes it inserted readings into
+# (``PENDING``, in the batch's transaction), and every ``rollup_flush_s`` recomputes each
+# marked minute from the per-second rows of both tiers, replaces the minute's row with it
+# and adds the difference to the hour's row (:func:`flush_pending_sql`). Recomputing from
+# what is stored needs no state in memory: a mark left by a crash is recomputed like any
+# other, and recomputing a minute twice changes nothing.
+PENDING = "rollup_pending"
+# Flushes, the duplicate-safe path's merges and compaction's subtraction take this lock
+# before they touch a rollup row, so a flush's snapshot (taken after it has the lock) sees
+# every merge made before it, and no merge is overwritten by a flush that did not see it.
+LOCK_SQL = "select pg_advisory_xact_lock(hashtext('fleetpulse.rollups'))"
+# Parameters: owner, then the device ids and minutes as arrays.
+MARK_SQL = (f"insert into {PENDING} (owner, device_id, bucket) select %s, d, b from "
+            "unnest(%s::text[], %s::timestamptz[]) as u(d, b) on conflict do nothing")
+# A mark older than this is recomputed by any hub: its owner (a client id no hub uses any
+# more, or a hub stalled that long) has not flushed it.
+ABANDONED_AFTER = "1 day"
 
 
-def rollups_from_arrays_sql() -> str:
-    """Return one statement that adds rows given as arrays to both rollups.
+def _diff(column: str, agg: str) -> str:
+    """The part of the new minute's ``column_agg`` that the stored minute row lacks."""
+    name = f"{column}_{agg}"
+    if agg in ("min", "max"):
+        return f"n.{name}"  # the new minute holds the old one's readings: its bounds do
+    if agg in WEIGHTS:
+        old = weighted_parts(column, "o.")[WEIGHTS.index(agg)]
+        return f"n.{name} - coalesce({old}, 0)"
+    return f"n.{name} - coalesce(o.{name}, 0)"
 
-    Parameters: one array per :data:`ROLLUP_SOURCE_COLUMNS` entry, in that order, holding
-    the rows the caller has just inserted into ``metrics`` (all of them: the fast path
-    inserts a whole batch or nothing). The aggregation and the merge are those of
-    :func:`insert_with_rollups_sql`, so both paths sum, count and bound alike.
+
+def flush_pending_sql() -> str:
+    """Return one statement that brings the rollups of the pending minutes up to date.
+
+    Parameter ``%(owner)s``: the marks of that owner, and any mark older than
+    ``ABANDONED_AFTER``, are deleted and their minutes recomputed from ``metrics`` and the
+    cold tier (UNION ALL, so a reading in both tiers counts twice until compaction subtracts
+    it, as with merged rollups). The minute row is replaced; the hour row gets the
+    difference (sums and counts add, bounds take the extreme). A minute whose per-second
+    rows hold fewer readings than its rollup (retention dropped them) is left as it is.
+    Run after :data:`LOCK_SQL` in the same transaction. Result: (minutes recomputed,
+    minutes left as they were).
     """
-    types = {c.name: c.pg_type for c in metrics_columns()}
-    arrays = ", ".join(f"%b::{types[c]}[]" for c in ROLLUP_SOURCE_COLUMNS)
-    parts = [f"ins as (select * from unnest({arrays}) as u({', '.join(ROLLUP_SOURCE_COLUMNS)}))"]
-    for i, table in enumerate(ROLLUP_TABLES):
-        parts.append(f"r{i} as ({_rollup_insert(table, 'ins')})")
-    return "with " + ", ".join(parts) + " select count(*) from ins"
+    names = ["device_id", "bucket", *rollup_column_types()]
+    source = ", ".join(["device_id", "ts", *ROLLUP_COLUMNS])
+    # The cold part decodes each device-hour's block once, only where a block exists.
+    lay = cold_layout()
+    listed = [c.name for c in lay.columns if c.name in ("device_id", "ts", *ROLLUP_COLUMNS)]
+    hours = (f"select distinct k.device_id, date_bin('1 hour', k.bucket, {_ORIGIN}) as hour "
+             f"from k where exists (select 1 from {COLD_TABLE} b where b.device_id = "
+             f"k.device_id and b.hour = date_bin('1 hour', k.bucket, {_ORIGIN}))")
+    cold_rows = cold_select_sql(lay, listed, "t.device_id", "t.hour",
+                                "t.hour + interval '1 hour'")
+    selects = ["device_id", f"date_bin('60 seconds', ts, {_ORIGIN})", "count(*)"]
+    for column in ROLLUP_COLUMNS:
+        selects += [f"sum({column})", f"count({column})", f"min({column})", f"max({column})"]
+    for column in WEIGHTED_COLUMNS:
+        selects += [f"sum({column} * interval_s)",
+                    f"coalesce(sum(interval_s) filter (where {column} is not null), 0)"]
+    diffs = ["n.device_id", f"date_bin('3600 seconds', n.bucket, {_ORIGIN})",
+             "n.readings - coalesce(o.readings, 0)"]
+    diffs += [_diff(c, agg) for c in ROLLUP_COLUMNS for agg in AGGREGATES]
+    diffs += [_diff(c, w) for c in WEIGHTED_COLUMNS for w in WEIGHTS]
+    hour_names = names[2:]
+    hour_aggs = ["sum(readings)"] + [
+        f"{'min' if n.endswith('_min') else 'max' if n.endswith('_max') else 'sum'}({n})"
+        for n in hour_names[1:]]
+    replace = ", ".join(f"{n} = excluded.{n}" for n in names[2:])
+    return (
+        f"with d as (delete from {PENDING} where owner = %(owner)s or created_at < now() - "
+        f"interval '{ABANDONED_AFTER}' returning device_id, bucket), "
+        "k as materialized (select distinct device_id, bucket from d), "
+        f"src as (select {source} from (select m.* from k join metrics m on m.device_id = "
+        "k.device_id and m.ts >= k.bucket and m.ts < k.bucket + interval '1 minute') m "
+        f"union all select {source} from (select c.* from ({hours}) t cross join lateral "
+        f"({cold_rows}) c join k on k.device_id = c.device_id and c.ts >= k.bucket and "
+        "c.ts < k.bucket + interval '1 minute') c), "
+        f"n0 as materialized (select {', '.join(selects)} from src group by 1, 2), "
+        f"n as (select * from n0 as n ({', '.join(names)})), "
+        f"o as materialized (select r.* from {MINUTE.name} r join k using (device_id, bucket)), "
+        "kept as materialized (select n.* from n left join o using (device_id, bucket) "
+        "where n.readings >= coalesce(o.readings, 0)), "
+        f"m as (insert into {MINUTE.name} as r ({', '.join(names)}) select * from kept "
+        f"on conflict (device_id, bucket) do update set {replace}), "
+        f"h as (insert into {HOUR.name} as r ({', '.join(names)}) select x.device_id, x.bucket, "
+        f"{', '.join(hour_aggs)} from (select {', '.join(diffs)} from kept n left join o "
+        f"using (device_id, bucket)) as x ({', '.join(names)}) group by 1, 2 {_MERGE}) "
+        "select (select count(*) from kept), (select count(*) from n) - "
+        "(select count(*) from kept)")
 
 
 def create_rollup_table_sql(table: RollupTable) -> str:

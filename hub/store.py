@@ -15,7 +15,7 @@ import logging
 import queue
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -32,9 +32,10 @@ from hub import cold, processes
 from hub.ingest.batch import DeviceEvents, QuarantineRecord
 from hub.read import FleetReader
 from hub.rollup import (
-    ROLLUP_SOURCE_COLUMNS,
+    LOCK_SQL,
+    MARK_SQL,
+    flush_pending_sql,
     insert_with_rollups_sql,
-    rollups_from_arrays_sql,
     subtract_rollups_sql,
 )
 from shared.errors import PermanentStoreError, StoreError, TransientStoreError
@@ -64,10 +65,10 @@ _TRANSIENT_CLASSES = (
 #      migrations have not run): fix the grants or run ``fleetpulse-hub migrate``.
 
 _INSERT_WITH_ROLLUPS = insert_with_rollups_sql("metrics_in").encode()  # constant SQL of ours
-_ROLLUPS_FROM_ARRAYS = rollups_from_arrays_sql().encode()  # constant SQL of ours
+_FLUSH_PENDING = flush_pending_sql().encode()  # constant SQL of ours
 _NAMES = [c.name for c in COLUMNS]
 _TS = _NAMES.index("ts")
-_ROLLUP_SOURCE = [_NAMES.index(name) for name in ROLLUP_SOURCE_COLUMNS]
+_DEVICE = _NAMES.index("device_id")
 # Where the cold tier begins to matter: a reading before the end of the newest cold hour
 # may be a redelivery of one already compacted (hub/cold.py), which only the duplicate-safe
 # path looks for. metrics_cold_hour indexes ``hour``, so this is one index probe.
@@ -174,9 +175,6 @@ _FLOAT8_OID = postgres.types["float8"].oid
 _EMPTY_FLOAT8_ARRAY = struct.pack("!iiI", 0, 0, _FLOAT8_OID)
 _FLOAT8_ROWS: dict[int, struct.Struct] = {}
 
-_ARRAY_ENCODERS: dict[str, Callable[[Sequence[Any]], bytes]] = {
-    "text": text_array, "double precision": float8_array, "timestamptz": timestamptz_array}
-_ROLLUP_ENCODERS = [_ARRAY_ENCODERS[COLUMNS[i].pg_type] for i in _ROLLUP_SOURCE]
 
 
 def classify(exc: Exception) -> StoreError:
@@ -264,16 +262,32 @@ class Store:
     """One connection to PostgreSQL, used by one thread."""
 
     def __init__(self, url: str, *, quarantine_payload_bytes: int = 4096,
-                 application_name: str = "fleetpulse-hub") -> None:
+                 application_name: str = "fleetpulse-hub",
+                 rollup_owner: str | None = None) -> None:
+        """``rollup_owner``: None, every write brings the rollups up to date in its own
+        transaction; a name (the hub's MQTT client id, unique among the hubs on this
+        database), writes mark their minutes as that owner's and :meth:`flush_rollups`
+        brings them up to date (see hub/rollup.py, "pending minutes")."""
         self._url = url
         self._application_name = application_name
         self._quarantine_payload_bytes = quarantine_payload_bytes
         self._conn: psycopg.Connection[Any] | None = None
         self._partitions: set[date] = set()
+        self._deferred = rollup_owner is not None
+        # Marks of an immediate flush never outlive their transaction: no client id is "".
+        self._owner = rollup_owner or ""
+        # (device, minute) marks committed and not yet flushed, so a batch inserts only the
+        # marks it adds. Only an optimisation: cleared whenever in doubt, never trusted more.
+        self._marked: set[tuple[str, int]] = set()
 
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def defers_rollups(self) -> bool:
+        """Whether writes leave the rollups to :meth:`flush_rollups`."""
+        return self._deferred
 
     # --- connection -----------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
@@ -461,32 +475,67 @@ class Store:
               devices: DeviceEvents) -> WriteResult:
         """Store one batch in one transaction; raise Transient/PermanentStoreError."""
         self.ensure_partitions({row[_TS].astimezone(UTC).date() for row in rows})
-        inserted, safe = 0, False
+        inserted, safe, marked = 0, False, set[tuple[str, int]]()
         with self._transaction() as cur:
             if rows:
                 width = len(COLUMNS)  # a reading's processes row rides at its end (batch.py)
                 readings = [row if len(row) == width else row[:width] for row in rows]
-                inserted, safe = self._insert_readings(cur, readings)
+                inserted, safe, marked = self._insert_readings(cur, readings)
                 sections = [row[width] for row in rows if len(row) > width]
                 if sections:
                     self._insert_processes(cur, sections)
             if quarantine:
                 self._insert_quarantine(cur, quarantine)
             self._update_devices(cur, devices)
+            if marked and not self._deferred:
+                self._flush_rollups(cur)
+        if self._deferred:
+            self._marked |= marked
         return WriteResult(inserted=inserted, quarantined=len(quarantine), duplicate_safe=safe)
 
-    @staticmethod
-    def _insert_readings(cur: psycopg.Cursor[Any],
-                         rows: Sequence[tuple[Any, ...]]) -> tuple[int, bool]:
-        """Insert the rows new to ``metrics`` and roll them up; return how many were new
-        and whether the duplicate-safe path did it.
+    def flush_rollups(self) -> int:
+        """Bring the rollups of this owner's pending minutes (and any abandoned ones) up to
+        date, in one transaction; return how many minutes were recomputed."""
+        with self._transaction() as cur:
+            return self._flush_rollups(cur)
+
+    def _flush_rollups(self, cur: psycopg.Cursor[Any]) -> int:
+        self._marked.clear()  # if this fails half-way, which marks are left is not known
+        cur.execute("set local jit = off")  # compiling the statement costs more than it runs
+        cur.execute(LOCK_SQL)
+        cur.execute(_FLUSH_PENDING, {"owner": self._owner})
+        found = cur.fetchone()
+        recomputed, short = (int(found[0]), int(found[1])) if found else (0, 0)
+        if short:
+            log.warning("%d minutes have fewer per-second readings than their rollup holds "
+                        "(retention dropped them): their rollups were left as they were, "
+                        "without the readings added to them since.", short)
+        return recomputed
+
+    def _mark_minutes(self, cur: psycopg.Cursor[Any],
+                      rows: Sequence[tuple[Any, ...]]) -> set[tuple[str, int]]:
+        """Mark the device-minutes of ``rows`` as pending; return the marks added."""
+        minutes = {(row[_DEVICE], int(row[_TS].timestamp() // 60)) for row in rows}
+        new = minutes - self._marked
+        if new:
+            keys = sorted(new)
+            cur.execute(MARK_SQL.encode(), (  # constant SQL of ours
+                self._owner, text_array([k[0] for k in keys]),
+                timestamptz_array([datetime.fromtimestamp(k[1] * 60, UTC) for k in keys])))
+        return new
+
+    def _insert_readings(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]
+                         ) -> tuple[int, bool, set[tuple[str, int]]]:
+        """Insert the rows new to ``metrics``; return how many were new, whether the
+        duplicate-safe path did it, and the pending minutes it marked.
 
         Redelivery is rare, so the batch is first COPied straight into ``metrics`` (its
-        day's partition when it has one day) under a savepoint, and rolled up from the
-        rows as sent. If any row is already there (unique_violation, 23505), the savepoint
-        is rolled back and the duplicate-safe path below runs instead. So does a batch with
-        a reading older than the end of the newest cold hour, which may have been compacted
-        already: the COPY could not see it.
+        day's partition when it has one day) under a savepoint, and its minutes are marked
+        pending: their rollups are recomputed from the stored rows (hub/rollup.py). If any
+        row is already there (unique_violation, 23505), the savepoint is rolled back and the
+        duplicate-safe path below runs instead. So does a batch with a reading older than
+        the end of the newest cold hour, which may have been compacted already: the COPY
+        could not see it.
         """
         cur.execute(_COLD_END)
         found = cur.fetchone()
@@ -506,13 +555,12 @@ class Store:
                 cur.execute("rollback to savepoint fast_copy")  # a redelivery: slow path
             else:
                 cur.execute("release savepoint fast_copy")
-                cur.execute(_ROLLUPS_FROM_ARRAYS, [
-                    encode([row[i] for row in rows])
-                    for i, encode in zip(_ROLLUP_SOURCE, _ROLLUP_ENCODERS, strict=True)])
-                return len(rows), False
+                return len(rows), False, self._mark_minutes(cur, rows)
         # The duplicate-safe path: COPY into a temporary table, then insert and roll up in
         # one statement: only rows new to ``metrics`` (and to the cold tier) reach the
-        # minute and hour rollups, so a redelivered message is counted once.
+        # minute and hour rollups, so a redelivered message is counted once. Merged after
+        # the rollups' lock, as a flush would replace them (hub/rollup.py).
+        cur.execute(LOCK_SQL)
         cur.execute(sql.SQL("create temp table metrics_in (like metrics) on commit drop"))
         with cur.copy(sql.SQL("copy metrics_in ({}) from stdin (format binary)").format(
                 _COLUMN_LIST)) as copy:
@@ -521,7 +569,7 @@ class Store:
                 copy.write_row(row)
         cur.execute(_INSERT_WITH_ROLLUPS)
         counted = cur.fetchone()
-        return (int(counted[0]) if counted else 0), True
+        return (int(counted[0]) if counted else 0), True, set()
 
     @staticmethod
     def _insert_processes(cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
@@ -685,6 +733,7 @@ class Store:
                 duplicated = (f"(select h.* from ({cold.hot_rows_sql(lay)}) h where exists "
                               "(select 1 from cold_merge c where c.ts = h.ts and c.session_id "
                               "= h.session_id and c.seq = h.seq)) d")
+                cur.execute(LOCK_SQL)  # as any change to the rollups (hub/rollup.py)
                 cur.execute(subtract_rollups_sql(duplicated).encode(), params)
                 cur.execute(("insert into cold_merge " + cold.hot_rows_sql(lay) +
                              " and not exists (select 1 from cold_merge c where c.ts = "

@@ -222,6 +222,9 @@ class HubSettings:
     batch_max_age_s: float = setting(0.5, "… or when its oldest message is this old", _positive)
     batch_early_rows: int = setting(1000, "… or, while the writer is idle, when it holds this "
                                     "many (a busy writer lets the batch grow)", _positive)
+    rollup_flush_s: float = setting(10.0, "Seconds the minute and hour rollups may trail the "
+                                    "per-second rows (0: updated with every batch)",
+                                    _not_negative)
     max_pending: int = setting(50000, "Messages held in memory while the database is away; "
                                "beyond this the hub stops taking messages", _positive)
     max_payload_bytes: int = setting(64 * 1024, "Larger messages are quarantined", _positive)

@@ -53,12 +53,18 @@ class BatchWriter:
     The ingest loop goes on validating the next batch while one is written: the database's
     part of a write runs without the GIL. One batch waits at most while another is written,
     so memory stays bounded; acks go out in batch order, each only after its commit.
+
+    ``rollup_flush_s`` > 0: the store marks the minutes it writes, and this thread brings
+    their rollups up to date that often (and at start, for marks a crash left, and at
+    stop), between batches (hub/rollup.py, "pending minutes").
     """
 
     def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
-                 stop: threading.Event, score: Score | None = None) -> None:
+                 stop: threading.Event, score: Score | None = None,
+                 rollup_flush_s: float = 0.0) -> None:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
         self._score = score
+        self._flush_s = rollup_flush_s
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         # Batches handed over, and batches written: each counted by one thread only.
         self._submitted = self._written = 0
@@ -100,7 +106,28 @@ class BatchWriter:
             self._stop.set()
 
     def _write_all(self) -> None:
-        while (batch := self._pending.get()) is not None:
+        if self._flush_s and not self._flush_rollups():  # what a crash may have left
+            self._gave_up.set()
+            return
+        flushed_at, unflushed = time.monotonic(), False
+        while True:
+            idle = False
+            batch: Batch | None = None
+            try:
+                batch = self._pending.get(timeout=self._flush_s or None)
+            except queue.Empty:
+                idle = True  # only the rollups may be due
+            last = batch is None and not idle
+            if unflushed and (last or time.monotonic() - flushed_at >= self._flush_s):
+                if not self._flush_rollups() and not last:
+                    self._gave_up.set()  # stopped while the database was away
+                    return
+                flushed_at, unflushed = time.monotonic(), False
+            if batch is None:
+                if last:
+                    return
+                continue
+            unflushed = bool(self._flush_s)
             started, cpu_started = time.monotonic(), time.thread_time()
             if self._score is not None:  # once per batch: a retried write keeps its scores
                 batch.rows = self._score(batch.rows)
@@ -122,6 +149,30 @@ class BatchWriter:
                       1000 * (time.monotonic() - started),
                       1000 * (time.thread_time() - cpu_started),
                       time.monotonic() - batch.opened_at)
+
+    def _flush_rollups(self) -> bool:
+        """Bring the marked minutes' rollups up to date; False if stopped before it could.
+
+        Retried like a write: new batches wait meanwhile, and the marks are in the database,
+        so a hub stopped before it succeeds recomputes them at its next start.
+        """
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                minutes = self._store.flush_rollups()
+            except StoreError as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.error("Cannot bring the rollups up to date: %s. Retrying.", exc)
+                if self._stop.wait(backoff_s(attempt)):
+                    return False
+                continue
+            if attempt:
+                log.warning("Database is back: the rollups are up to date.")
+            log.debug("Recomputed the rollups of %d device-minutes in %.0f ms.", minutes,
+                      1000 * (time.monotonic() - started))
+            return True
 
 
 def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
@@ -150,7 +201,8 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: Hu
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
                     settings.retention_days)
     prefix = settings.topic_prefix
-    writer = BatchWriter(store, receiver, stats, stop, score)
+    writer = BatchWriter(store, receiver, stats, stop, score,
+                         settings.rollup_flush_s if store.defers_rollups else 0.0)
     # Its own connection: only the first unsynchronised reading of a session uses it.
     clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
     placer = ClockPlacer(clock_store, limits)

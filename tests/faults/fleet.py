@@ -2,7 +2,8 @@
 
 Every fault test ends with :meth:`Fleet.account`: for every device and agent session,
 stored ``seq`` values have no gaps and no duplicates, and every reading an agent says it
-took is a row (or a quarantine record).
+took is a row (or a quarantine record); and with :meth:`Fleet.wait_rollups_agree`: every
+minute and hour rollup counts exactly the stored readings.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class Fleet:
         self.db_url = db_url
         self.prefix = prefix
         self.broker = broker or MosquittoServer(workdir / "mqtt", persistence=True)
-        self.hub_settings = {"batch_max_age_s": "0.2", **(hub_settings or {})}
+        # Rollups trail the rows by up to 2 s (default 10): the accounting waits for them.
+        self.hub_settings = {"batch_max_age_s": "0.2", "rollup_flush_s": "2",
+                             **(hub_settings or {})}
         self.agent_settings = {"interval_s": str(interval_s), "spool_flush_s": "1",
                                **(agent_settings or {})}
         self.device_ids = [f"dev-{i}" for i in range(agents)]
@@ -127,6 +130,29 @@ class Fleet:
                 result.lost += count
         result.quarantined = int(query(self.db_url, "select count(*) from quarantine")[0][0])
         return result
+
+    def rollups_disagree(self) -> list[str]:
+        """Minutes and hours whose rollup does not count exactly the stored readings (or
+        whose sum of cpu_percent differs)."""
+        found = []
+        for step in ("1 minute", "1 hour"):
+            table = "metrics_1m" if step == "1 minute" else "metrics_1h"
+            found += [f"{table} {device} {bucket}: rollup {counted}, rows {stored}"
+                      for device, bucket, counted, stored in query(self.db_url, (
+                          f"with m as (select device_id, date_bin('{step}', ts, "
+                          "timestamptz '2000-01-01 00:00:00+00') as bucket, count(*) as n, "
+                          "sum(cpu_percent) as s from metrics group by 1, 2) "
+                          f"select device_id, bucket, r.readings, m.n from m full join {table} "
+                          "r using (device_id, bucket) where r.readings is distinct from m.n "
+                          "or abs(r.cpu_percent_sum - m.s) > 1e-6 * greatest(1, abs(m.s))"))]
+        return found
+
+    def wait_rollups_agree(self, timeout_s: float = 30) -> None:
+        """Wait (the hub flushes every rollup_flush_s) until no rollup disagrees."""
+        try:
+            wait_for(lambda: not self.rollups_disagree(), timeout_s, "rollups to agree")
+        except AssertionError:
+            assert self.rollups_disagree() == [], self.logs()
 
     def close(self) -> None:
         for agent in self.agents.values():

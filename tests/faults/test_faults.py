@@ -43,6 +43,7 @@ def assert_clean(fleet: Fleet, taken: dict[str, int], name: str) -> None:
     assert result.lost == 0, fleet.logs()
     assert result.quarantined == 0
     assert result.rows == result.sent
+    fleet.wait_rollups_agree()
     assert "Traceback" not in fleet.logs()
 
 

@@ -54,6 +54,7 @@ def test_two_workers_share_the_load_and_a_killed_one_is_restarted_without_loss(
         print(result.line("two workers, one SIGKILL and restarted"))
         assert result.gaps == [] and result.duplicated == 0 and result.lost == 0
         assert result.rows == result.sent
+        fleet.wait_rollups_agree()  # worker 1's marks were flushed by its restart
         final = children(hub.pid)
         assert hub.stop() == 0  # SIGTERM to the supervisor: forwarded, all exit
         assert not any(alive(p) for p in final)

@@ -1,0 +1,182 @@
+"""The writer's deferred rollups (hub/rollup.py, "pending minutes"), on a real PostgreSQL.
+
+A hub's store marks the minutes it writes and brings their rollups up to date at a flush.
+Each test compares what the deferred path gives with the rollups of the same readings
+written under another device id by a store that updates them with every write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hub.retention import ColdStats, Compactor, Retention, housekeep
+from hub.rollup import HOUR, MINUTE
+from hub.store import Store
+from shared.schema import MetricsV1
+from tests.readings import series, write_readings
+
+T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
+SUMS = ("_sum", "_wsum")  # added up in another order: equal to within a double's last bits
+
+
+@pytest.fixture
+def hub_store(store: Store, db_url: str) -> Iterator[Store]:
+    """A store writing as the hub with client id hub-a does (the fixture ``store`` is the
+    reference: its rollups are updated with every write)."""
+    deferred = Store(db_url, rollup_owner="hub-a")
+    yield deferred
+    deferred.close()
+
+
+def readings(device: str, start: datetime = T0 + timedelta(minutes=58), count: int = 300,
+             step_s: float = 1.0, first_seq: int = 1) -> list[MetricsV1]:
+    """Readings across minutes and an hour boundary, with nulls and a changing value."""
+    out = series(device, start, count, step_s,
+                 cpu_percent=lambda i: float(i % 7) + 0.25,
+                 sensors_cpu_celsius=lambda i: None if i % 3 else 40.0 + i,
+                 network_bytes_recv_per_s=lambda i: 1e6 * i)
+    for i, message in enumerate(out):
+        message["seq"] = first_seq + i
+    return out
+
+
+def rollups_of(store: Store, device: str) -> list[dict[str, Any]]:
+    return [{"table": table.name, **{k: v for k, v in row.items() if k != "device_id"}}
+            for table in (MINUTE, HOUR)
+            for row in store.query(f"select * from {table.name} where device_id = %s "
+                                   "order by bucket", (device,))]
+
+
+def assert_same_rollups(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    assert [{k: v for k, v in r.items() if not k.endswith(SUMS)} for r in got] == [
+        {k: v for k, v in r.items() if not k.endswith(SUMS)} for r in expected]
+    for row, want in zip(got, expected, strict=True):
+        for key in (k for k in row if k.endswith(SUMS)):
+            assert row[key] == pytest.approx(want[key], rel=1e-12, abs=1e-9), key
+
+
+def pending(store: Store) -> list[tuple[str, str]]:
+    return [(r["owner"], r["device_id"])
+            for r in store.query("select distinct owner, device_id from rollup_pending "
+                                 "order by 1, 2")]
+
+
+def test_deferred_writes_reach_the_rollups_at_the_flush_as_immediate_ones_do(
+        store: Store, hub_store: Store) -> None:
+    batches = readings("pi-hub")
+    for start in range(0, len(batches), 70):  # five batches, as the writer would send them
+        write_readings(hub_store, batches[start:start + 70])
+    assert rollups_of(store, "pi-hub") == []  # not yet: the minutes are marked
+    assert pending(store) == [("hub-a", "pi-hub")]
+    write_readings(store, readings("pi-ref"))
+
+    assert hub_store.flush_rollups() == 5  # 10:58 to 11:02
+    assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))
+    assert pending(store) == []
+    assert hub_store.flush_rollups() == 0  # nothing left: a second flush changes nothing
+    assert len(rollups_of(store, "pi-hub")) == 5 + 2
+
+
+def test_a_late_reading_into_a_flushed_minute_is_added_once(store: Store,
+                                                            hub_store: Store) -> None:
+    on_time = readings("pi-hub", count=100)
+    late = readings("pi-hub", start=T0 + timedelta(minutes=58, seconds=0.5), count=3,
+                    first_seq=500)
+    write_readings(hub_store, on_time)
+    hub_store.flush_rollups()
+    write_readings(hub_store, late)  # into minutes whose rows exist already
+    hub_store.flush_rollups()
+    write_readings(hub_store, late)  # redelivered: the duplicate-safe path, counted once
+    hub_store.flush_rollups()
+    write_readings(store, [*readings("pi-ref", count=100),
+                           *readings("pi-ref", start=late[0]["ts"], count=3, first_seq=500)])
+    assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))
+    assert sum(r["readings"] for r in rollups_of(store, "pi-hub")
+               if r["table"] == "metrics_1m") == 103
+
+
+def test_marks_a_crash_left_are_recomputed_by_their_owner_or_once_abandoned(
+        store: Store, db_url: str) -> None:
+    crashed = Store(db_url, rollup_owner="hub-a")
+    write_readings(crashed, readings("pi-a"))
+    crashed.close()  # as a SIGKILL would: committed rows and marks, no flush
+    other = Store(db_url, rollup_owner="hub-b")
+    try:
+        write_readings(other, readings("pi-b"))
+        # hub-b's flush leaves hub-a's marks: hub-a may be running, and flush them itself.
+        assert other.flush_rollups() == 5
+        assert rollups_of(store, "pi-a") == []
+        assert pending(store) == [("hub-a", "pi-a")]
+
+        restarted = Store(db_url, rollup_owner="hub-a")  # same client id: its next start
+        assert restarted.flush_rollups() == 5
+        restarted.close()
+        assert_same_rollups(rollups_of(store, "pi-a"), rollups_of(store, "pi-b"))
+
+        # A client id no hub uses any more: its marks are anyone's after a day.
+        gone = Store(db_url, rollup_owner="hub-gone")
+        write_readings(gone, readings("pi-c"))
+        gone.close()
+        assert other.flush_rollups() == 0
+        store.execute([("update rollup_pending set created_at = now() - interval '25 hours'",
+                        ())])
+        assert other.flush_rollups() == 5
+        assert_same_rollups(rollups_of(store, "pi-c"), rollups_of(store, "pi-b"))
+        assert pending(store) == []
+    finally:
+        other.close()
+
+
+def test_two_hubs_writing_the_same_minutes_each_flush_their_own(store: Store, db_url: str,
+                                                                hub_store: Store) -> None:
+    second = Store(db_url, rollup_owner="hub-b")
+    try:
+        shared = readings("pi-1")
+        # A share group hands one device's readings to either hub, message by message.
+        for i in range(0, len(shared), 25):
+            write_readings(hub_store if i % 50 else second, shared[i:i + 25])
+            if i % 75 == 0:
+                (second if i % 150 else hub_store).flush_rollups()
+        hub_store.flush_rollups()
+        assert pending(store) == [("hub-b", "pi-1")]
+        second.flush_rollups()
+        write_readings(store, readings("pi-ref"))
+        assert_same_rollups(rollups_of(store, "pi-1"), rollups_of(store, "pi-ref"))
+    finally:
+        second.close()
+
+
+def test_a_minute_compacted_before_its_flush_is_recomputed_from_the_cold_tier(
+        store: Store, hub_store: Store) -> None:
+    write_readings(hub_store, readings("pi-hub"))
+    now = T0 + timedelta(days=3)
+    compactor = Compactor(store, Retention(30, 90, 730, hot_window_h=48), ColdStats(),
+                          clock=lambda: now)
+    while compactor.round():
+        pass
+    assert store.query("select count(*) as n from metrics")[0]["n"] == 0  # all cold
+    assert hub_store.flush_rollups() == 5
+    write_readings(store, readings("pi-ref"))
+    assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))
+
+
+def test_a_minute_whose_readings_retention_dropped_keeps_its_rollup_and_says_so(
+        store: Store, hub_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    now = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
+    old = now - timedelta(days=40)
+    write_readings(store, series("pi-1", old, 2))
+    housekeep(store, Retention(30, 90, 730), now)  # the rows go, the minute rollup stays
+    late = series("pi-1", old + timedelta(seconds=10), 1)
+    late[0]["seq"] = 7
+    write_readings(hub_store, late)
+    with caplog.at_level(logging.WARNING, logger="hub.store"):
+        assert hub_store.flush_rollups() == 0
+    assert "retention dropped them" in caplog.text
+    minute = store.query("select readings from metrics_1m where device_id = 'pi-1'")
+    assert minute == [{"readings": 2}]  # not replaced by the one reading left
+    assert pending(store) == []
