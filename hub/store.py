@@ -66,6 +66,7 @@ _TRANSIENT_CLASSES = (
 
 _INSERT_WITH_ROLLUPS = insert_with_rollups_sql("metrics_in").encode()  # constant SQL of ours
 _FLUSH_PENDING = flush_pending_sql().encode()  # constant SQL of ours
+_FLUSH_ATTEMPTS = 5  # a flush meeting a concurrent change (serialization failure) again
 _NAMES = [c.name for c in COLUMNS]
 _TS = _NAMES.index("ts")
 _DEVICE = _NAMES.index("device_id")
@@ -495,9 +496,22 @@ class Store:
 
     def flush_rollups(self) -> int:
         """Bring the rollups of this owner's pending minutes (and any abandoned ones) up to
-        date, in one transaction; return how many minutes were recomputed."""
-        with self._transaction() as cur:
-            return self._flush_rollups(cur)
+        date, in one transaction; return how many minutes were recomputed.
+
+        REPEATABLE READ: a rollup row changed since the flush's snapshot (by another hub's
+        flush, or by a hub of the version before, which merges every batch without the
+        lock) fails the flush with a serialization failure instead of being overwritten
+        with a count that misses the change; it is run again at once, with a new snapshot.
+        """
+        for attempt in range(1, _FLUSH_ATTEMPTS + 1):
+            try:
+                with self._transaction() as cur:
+                    cur.execute("set transaction isolation level repeatable read")
+                    return self._flush_rollups(cur)
+            except TransientStoreError as exc:
+                if exc.sqlstate != "40001" or attempt == _FLUSH_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def _flush_rollups(self, cur: psycopg.Cursor[Any]) -> int:
         self._marked.clear()  # if this fails half-way, which marks are left is not known

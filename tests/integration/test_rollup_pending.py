@@ -8,17 +8,20 @@ written under another device id by a store that updates them with every write.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from hub.retention import ColdStats, Compactor, Retention, housekeep
-from hub.rollup import HOUR, MINUTE
+from hub.rollup import HOUR, MINUTE, ROLLUP_TABLES, _rollup_insert
 from hub.store import Store
 from shared.schema import MetricsV1
 from tests.readings import series, write_readings
+from tests.servers import wait_for
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 SUMS = ("_sum", "_wsum")  # added up in another order: equal to within a double's last bits
@@ -180,3 +183,36 @@ def test_a_minute_whose_readings_retention_dropped_keeps_its_rollup_and_says_so(
     minute = store.query("select readings from metrics_1m where device_id = 'pi-1'")
     assert minute == [{"readings": 2}]  # not replaced by the one reading left
     assert pending(store) == []
+
+
+def test_a_flush_meeting_an_older_hubs_merge_does_not_overwrite_it(store: Store,
+                                                                   db_url: str) -> None:
+    """A hub of the version before merges every batch into the rollups, without the lock.
+    Its merge of minute K, committed while a flush of K waits on its row, must survive."""
+    flusher = Store(db_url, rollup_owner="hub-a", application_name="flusher")
+    try:
+        write_readings(flusher, readings("pi-1", count=30))  # 10:58:00-29, one minute
+        with psycopg.connect(db_url) as older:
+            # The older hub stores one more reading of that minute and merges it at once.
+            older.execute("create temp table again as select * from metrics order by ts "
+                          "limit 1")
+            older.execute("update again set seq = 999, ts = ts + interval '45 seconds'")
+            older.execute("insert into metrics select * from again")
+            for table in ROLLUP_TABLES:
+                older.execute(_rollup_insert(table, "again").encode())
+            result: list[int] = []
+            flush = threading.Thread(target=lambda: result.append(flusher.flush_rollups()))
+            flush.start()
+            wait_for(lambda: store.query(
+                "select count(*) as n from pg_stat_activity where application_name = "
+                "'flusher' and wait_event_type = 'Lock'")[0]["n"] == 1, 10,
+                "the flush to wait on the older hub's row")
+            older.commit()
+            flush.join(10)
+        assert result == [1]
+        stored = store.query("select count(*) as n from metrics")[0]["n"]
+        assert stored == 31
+        for table in ("metrics_1m", "metrics_1h"):
+            assert store.query(f"select readings from {table}") == [{"readings": 31}], table
+    finally:
+        flusher.close()

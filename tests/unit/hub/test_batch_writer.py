@@ -81,3 +81,57 @@ def test_an_unexpected_error_stops_the_hub_instead_of_hanging_it(
     writer.finish()
     assert writer.failed and not writer.submit(batch_of(1))
     assert "The writer failed" in caplog.text
+
+
+class FlushingStore(FakeStore):
+    """A store whose rollups are flushed by the writer; records what was written before each
+    flush, and fails the flushes it is told to."""
+
+    def __init__(self, flush_failures: int = 0) -> None:
+        super().__init__()
+        self.flushed_at_rows: list[int] = []
+        self.flush_failures = flush_failures
+
+    def flush_rollups(self) -> int:
+        if self.flush_failures:
+            self.flush_failures -= 1
+            raise TransientStoreError("connection lost")
+        self.flushed_at_rows.append(len(self.rows))
+        return 1
+
+
+def test_deferred_rollups_are_flushed_at_start_when_due_and_at_the_end() -> None:
+    store = FlushingStore()
+    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
+                         threading.Event(), rollup_flush_s=0.2)
+    wait_for(lambda: store.flushed_at_rows == [0], 10, "the flush of marks a crash left")
+    writer.submit(batch_of(2))
+    # Idle after a write: flushed once the interval has passed, without another batch.
+    wait_for(lambda: store.flushed_at_rows == [0, 2], 10, "the flush after the interval")
+    writer.submit(batch_of(3))
+    writer.finish()  # what the last batch marked is flushed before the thread ends
+    assert store.flushed_at_rows == [0, 2, 5]
+    assert len(store.rows) == 5
+
+
+def test_no_flush_without_a_write_since_the_last() -> None:
+    store = FlushingStore()
+    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
+                         threading.Event(), rollup_flush_s=0.05)
+    wait_for(lambda: store.flushed_at_rows == [0], 10, "the flush at start")
+    writer.submit(batch_of(1))
+    wait_for(lambda: len(store.flushed_at_rows) == 2, 10, "the flush after a write")
+    writer.finish()
+    assert store.flushed_at_rows == [0, 1]  # idle rounds and the end found nothing new
+
+
+def test_a_failed_flush_is_retried_before_the_next_batch() -> None:
+    store = FlushingStore(flush_failures=2)
+    stop = NoWaitEvent()  # backoff without sleeping
+    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
+                         stop, rollup_flush_s=0.01)
+    writer.submit(batch_of(2))
+    writer.finish()
+    assert store.flushed_at_rows[0] == 0 and store.flushed_at_rows[-1] == 2
+    assert stop.waited[:2] == [0.5, 1.0]  # the two failures, backed off as a write is
+    assert len(store.rows) == 2 and not writer.failed
