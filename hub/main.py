@@ -248,7 +248,11 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
             compacting.start()
             syncing.start()
         training.start()
-        run_ingest_loop(inbox, receiver, store, settings, stop, stats, scorer.score)
+        # Alone on the database (no workers, no share group), the hub's writer hands the
+        # watcher the readings it stored: no reading back (hub/watch.py, AlertWatcher.feed).
+        alone = worker_index is None and settings.share_group is None
+        run_ingest_loop(inbox, receiver, store, settings, stop, stats, scorer.score,
+                        watcher.feed if alone else None)
     finally:
         stop.set()
         if http is not None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -39,6 +41,7 @@ from hub.columns import DISK_MAX_PERCENT
 from hub.detect.outlook import Outlook, throttle_limit
 from hub.retention import HousekeepingStore, Retention, housekeep
 from shared.errors import StoreError
+from shared.schema import metrics_columns
 from shared.topics import alert_topic
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,31 @@ class WatchStore(Protocol):
 # the whole fleet's), which as one list of dicts was most of the hub's peak memory.
 READ_CHUNK_ROWS = 2000
 
+# The columns of a reading the rules and forecasts read, as the writer's rows hold them (a
+# hub alone on its database is fed them: AlertWatcher.feed). disk_partitions is JSON bytes.
+_FED = ("device_id", "ts", "sensors_cpu_celsius", "memory_percent",
+        "memory_swap_in_bytes_per_s", "memory_swap_out_bytes_per_s",
+        "throttling_under_voltage_now", "throttling_throttled_now",
+        "throttling_freq_capped_now", "throttling_soft_temp_limit_now", "anomaly_score",
+        "memory_available_bytes", "memory_total_bytes", "disk_partitions")
+_COLUMN_NAMES = [c.name for c in metrics_columns()]
+_PICK = operator.itemgetter(*(_COLUMN_NAMES.index(name) for name in _FED))
+_DEVICE_TS = operator.itemgetter(0, 1)
+# Fed readings waiting for a drain, at most (~0.4 KB each): beyond, the watcher drops them
+# and reads them back from the database at its next round, as it would without the feed.
+MAX_FED_ROWS = 20_000
+# How often the alerts thread folds in what it was fed, between rounds.
+DRAIN_S = 0.5
+
+
+def _disk_max_percent(partitions: bytes | list[Any] | None) -> float | None:
+    """The largest partition use of a reading (as the query's ``disk_max_percent``), from
+    its partitions as JSON (as the writer holds them) or as a list."""
+    listed = orjson.loads(partitions) if isinstance(partitions, bytes) else partitions
+    percents = [float(p["percent"]) for p in listed if isinstance(p, dict)
+                and p.get("percent") is not None] if isinstance(listed, list) else []
+    return max(percents) if percents else None
+
 
 Publish = Callable[[str, bytes], object]  # topic, payload: retained, QoS 1
 
@@ -129,6 +157,64 @@ class AlertWatcher:
         # is not read back: rules judge the live stream.
         self._runs: dict[str, dict[str, Run]] = {}
         self._newest: dict[str, datetime] = {}
+        # Readings the writer committed (feed), folded by drain() in the alerts thread.
+        self._fed: list[list[tuple[Any, ...]]] = []
+        self._fed_rows = 0
+        self._fed_lock = threading.Lock()
+        self._fed_gap = False  # some were dropped: none is folded until a round reads them
+
+    def feed(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Take readings the writer has just committed (its rows, hub/ingest/batch.py).
+
+        Called by the writer's thread when this hub is alone on its database (no workers,
+        no share group): the alerts thread folds them in (:meth:`drain`) instead of reading
+        them back from PostgreSQL. Only the columns the rules read are kept.
+        """
+        picked = [_PICK(row) for row in rows]
+        with self._fed_lock:
+            if self._fed_rows + len(picked) > MAX_FED_ROWS:  # the alerts thread is stuck
+                self._fed, self._fed_rows, self._fed_gap = [], 0, True
+                return
+            self._fed.append(picked)
+            self._fed_rows += len(picked)
+
+    def drain(self) -> int:
+        """Fold in the fed readings of the devices this watcher follows; return how many.
+
+        A device it does not follow yet is left to the next round's query, which reads its
+        window of history; a reading no newer than the device's newest folded one (a
+        redelivery, or one the query read already) is skipped, as the query skips it.
+        """
+        with self._fed_lock:
+            batches, gap = self._fed, self._fed_gap
+            self._fed, self._fed_rows = [], 0
+        if gap or not batches:
+            return 0  # dropped ones: the next round's query reads all of them
+        picked = [row for batch in batches for row in batch]
+        picked.sort(key=_DEVICE_TS)
+        folded = 0
+        for device, rows in itertools.groupby(picked, key=operator.itemgetter(0)):
+            newest = self._newest.get(device)
+            if newest is None:
+                continue
+            outlook = self._outlooks.get(device)
+            if outlook is None:
+                outlook = self._outlooks[device] = Outlook()
+            readings = []
+            for values_of_row in rows:
+                if values_of_row[1] <= newest:
+                    continue
+                row = dict(zip(_FED, values_of_row, strict=True))
+                row["disk_max_percent"] = _disk_max_percent(row["disk_partitions"])
+                values = reading_values(row)
+                values.update(outlook.add(row["ts"], row))
+                readings.append(Reading(row["ts"], values))
+                newest = row["ts"]
+            if readings:
+                fold(self._rules, readings, self._runs.setdefault(device, {}))
+                self._newest[device] = newest
+                folded += len(readings)
+        return folded
 
     def load(self) -> FleetInput:
         fleet = FleetInput()
@@ -144,6 +230,9 @@ class AlertWatcher:
                                              row["status_since"], float(row["interval_s"]),
                                              row["last_reading_received_at"],
                                              tuple(sessions.get(row["device_id"], ()))))
+        self.drain()  # what the writer fed: older than what the query below finds
+        with self._fed_lock:
+            self._fed_gap = False  # the query reads whatever was dropped
         known = self._newest
         params = {"window": self._window_s, "known_ids": list(known),
                   "known_ts": list(known.values())}
@@ -242,4 +331,9 @@ def run_alerts_loop(store: HousekeepingStore, watcher: AlertWatcher, retention: 
             if not failing:
                 log.error("Cannot check alerts: %s. Retrying every %g s.", exc, every_s)
             failing = True
-        stop.wait(every_s)
+        due = time.monotonic() + every_s
+        # Between rounds, fold in what the writer fed (if it feeds this watcher).
+        while not stop.wait(max(0.0, min(DRAIN_S, due - time.monotonic()))):
+            if time.monotonic() >= due:
+                break
+            watcher.drain()

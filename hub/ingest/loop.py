@@ -45,6 +45,8 @@ class IngestStats:
 
 # Sets the anomaly score of a batch's rows (``LiveScorer.score``), before they are written.
 Score = Callable[[list[tuple[Any, ...]]], list[tuple[Any, ...]]]
+# Takes the rows a batch stored, after its commit (``AlertWatcher.feed``).
+Stored = Callable[[list[tuple[Any, ...]]], None]
 
 
 class BatchWriter:
@@ -56,14 +58,16 @@ class BatchWriter:
 
     ``rollup_flush_s`` > 0: the store marks the minutes it writes, and this thread brings
     their rollups up to date that often (and at start, for marks a crash left, and at
-    stop), between batches (hub/rollup.py, "pending minutes").
+    stop), between batches (hub/rollup.py, "pending minutes"). ``stored`` is handed the
+    rows each batch stored, after its acks.
     """
 
     def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
                  stop: threading.Event, score: Score | None = None,
-                 rollup_flush_s: float = 0.0) -> None:
+                 rollup_flush_s: float = 0.0, stored: Stored | None = None) -> None:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
         self._score = score
+        self._stored = stored
         self._flush_s = rollup_flush_s
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         # Batches handed over, and batches written: each counted by one thread only.
@@ -136,6 +140,10 @@ class BatchWriter:
                 self._gave_up.set()  # the broker keeps the messages
                 return
             self._receiver.ack(batch.acks)
+            if self._stored is not None and batch.rows:
+                refused = {id(row) for row in outcome.refused}
+                self._stored([row for row in batch.rows if id(row) not in refused]
+                             if refused else batch.rows)
             stats = self._stats
             stats.acked += len(batch.acks)
             stats.stored += outcome.inserted
@@ -191,10 +199,12 @@ def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
 
 
 def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: HubSettings,
-           stop: threading.Event, stats: IngestStats, score: Score | None = None) -> None:
+           stop: threading.Event, stats: IngestStats, score: Score | None = None,
+           stored: Stored | None = None) -> None:
     """Validate and batch; a :class:`BatchWriter` writes and acknowledges; until ``stop``.
 
-    ``score`` sets each row's anomaly score, a batch at a time (hub/detect/live.py).
+    ``score`` sets each row's anomaly score, a batch at a time (hub/detect/live.py);
+    ``stored`` takes the rows of each batch once stored (the alert watcher's feed).
     """
     batcher = Batcher(settings.batch_max_rows, settings.batch_max_age_s,
                       settings.batch_early_rows)
@@ -202,7 +212,7 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: Hu
                     settings.retention_days)
     prefix = settings.topic_prefix
     writer = BatchWriter(store, receiver, stats, stop, score,
-                         settings.rollup_flush_s if store.defers_rollups else 0.0)
+                         settings.rollup_flush_s if store.defers_rollups else 0.0, stored)
     # Its own connection: only the first unsynchronised reading of a session uses it.
     clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
     placer = ClockPlacer(clock_store, limits)

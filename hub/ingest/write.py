@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hub.ingest.batch import Batch, DeviceEvents, QuarantineRecord, refused_record
@@ -36,6 +36,7 @@ class WriteOutcome:
     inserted: int = 0
     quarantined: int = 0
     retries: int = 0
+    refused: list[tuple[Any, ...]] = field(default_factory=list)  # rows quarantined instead
 
 
 def backoff_s(attempt: int) -> float:
@@ -83,6 +84,7 @@ def _write_splitting(store: StoreLike, rows: Sequence[tuple[Any, ...]],
         if len(rows) == 1:
             log.warning("Quarantined a reading the database refused: %s", exc)
             bad = refused_record(rows[0], topics[0], f"database refused the row: {exc}")
+            outcome.refused.append(rows[0])
             _write_splitting(store, [], [], [*quarantine, bad], devices, outcome)
             return
     # Halve: each half carries on; quarantine records and device events go with the first.
