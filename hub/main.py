@@ -203,8 +203,11 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
     watch_store = Store(store.url, application_name="fleetpulse-hub-alerts")
     pool = StorePool(store.url)
     http: HttpServer | None = None
+    # Alone on the database (no workers, no share group), the hub's writer hands the
+    # watcher the readings it stored: no reading back (hub/watch.py, AlertWatcher.feed).
+    alone = worker_index is None and settings.share_group is None
     watcher = AlertWatcher(watch_store, lambda topic, payload: receiver.mqtt.publish(
-        topic, payload, qos=1, retain=True), settings.topic_prefix, rules)
+        topic, payload, qos=1, retain=True), settings.topic_prefix, rules, fed=alone)
     # Settings changed remotely: a thread and a connection of their own; the API records
     # requests through the pool and wakes the thread (hub/sync.py).
     sync_store = Store(store.url, application_name="fleetpulse-hub-settings")
@@ -248,9 +251,6 @@ def run(settings: HubSettings, worker_index: int | None = None) -> int:
             compacting.start()
             syncing.start()
         training.start()
-        # Alone on the database (no workers, no share group), the hub's writer hands the
-        # watcher the readings it stored: no reading back (hub/watch.py, AlertWatcher.feed).
-        alone = worker_index is None and settings.share_group is None
         run_ingest_loop(inbox, receiver, store, settings, stop, stats, scorer.score,
                         watcher.feed if alone else None)
     finally:

@@ -63,7 +63,7 @@ _STATES = (
 # the planner scanned the day's partition and filtered afterwards, a cost that grew with
 # the partition: 1,000 devices, 5 s of new readings, 32-52 µs of PostgreSQL a reading
 # after 1 minute of history and 92-195 after 10, against 11 and 15-20 with the range.
-_READINGS = (
+_READ_COLUMNS = (
     "select m.device_id, m.ts, m.sensors_cpu_celsius, m.memory_percent, "
     "m.memory_swap_in_bytes_per_s, m.memory_swap_out_bytes_per_s, "
     "m.throttling_under_voltage_now, m.throttling_throttled_now, "
@@ -71,12 +71,22 @@ _READINGS = (
     # As text: hub/detect/outlook.py parses one reading's partitions per 10 s step.
     "m.memory_available_bytes, m.memory_total_bytes, "
     "m.disk_partitions::text as disk_partitions, "
-    + DISK_MAX_PERCENT + " "
+    + DISK_MAX_PERCENT + " ")
+_READINGS = (
+    _READ_COLUMNS +
     "from devices d left join unnest(%(known_ids)s::text[], %(known_ts)s::timestamptz[]) "
     "as k(device_id, ts) on k.device_id = d.device_id "
     "join lateral (select * from metrics m where m.device_id = d.device_id "
     "and m.ts > greatest(d.last_seen - make_interval(secs => %(window)s), k.ts) "
     "and m.ts <= d.last_seen offset 0) m on true order by m.device_id, m.ts")
+# A fed watcher's history of devices new to it: each one's window before its first reading
+# fed (AlertWatcher.drain), one primary-key range per device.
+_HISTORY = (
+    _READ_COLUMNS +
+    "from unnest(%(ids)s::text[], %(before)s::timestamptz[]) as k(device_id, ts) "
+    "join lateral (select * from metrics m where m.device_id = k.device_id "
+    "and m.ts >= k.ts - make_interval(secs => %(window)s) and m.ts < k.ts offset 0) m on true "
+    "order by m.device_id, m.ts")
 # Agent sessions that delivered readings lately (duplicate_device).
 _SESSIONS = (
     "select device_id, session_id, hostname, first_ts, last_ts from device_sessions "
@@ -138,10 +148,15 @@ Publish = Callable[[str, bytes], object]  # topic, payload: retained, QoS 1
 
 
 class AlertWatcher:
-    """Run one evaluation round at a time; :meth:`check` is called by the hub's loop."""
+    """Run one evaluation round at a time; :meth:`check` is called by the hub's loop.
+
+    ``fed``: the hub's writer hands it every reading it stores (:meth:`feed`, for a hub alone
+    on its database), so a round reads no readings back; otherwise each round reads from
+    PostgreSQL the readings stored since the last.
+    """
 
     def __init__(self, store: WatchStore, publish: Publish, prefix: str,
-                 rules: Sequence[Rule]) -> None:
+                 rules: Sequence[Rule], fed: bool = False) -> None:
         self._store = store
         self._publish = publish
         self._prefix = prefix
@@ -158,10 +173,13 @@ class AlertWatcher:
         self._runs: dict[str, dict[str, Run]] = {}
         self._newest: dict[str, datetime] = {}
         # Readings the writer committed (feed), folded by drain() in the alerts thread.
+        self._is_fed = fed
         self._fed: list[list[tuple[Any, ...]]] = []
         self._fed_rows = 0
         self._fed_lock = threading.Lock()
-        self._fed_gap = False  # some were dropped: none is folded until a round reads them
+        # Some were dropped (or a device's history could not be read): none is folded until
+        # a round has read back what is missing, as an unfed watcher does.
+        self._fed_gap = not fed
 
     def feed(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Take readings the writer has just committed (its rows, hub/ingest/batch.py).
@@ -179,42 +197,71 @@ class AlertWatcher:
             self._fed_rows += len(picked)
 
     def drain(self) -> int:
-        """Fold in the fed readings of the devices this watcher follows; return how many.
+        """Fold in the readings fed since the last drain; return how many.
 
-        A device it does not follow yet is left to the next round's query, which reads its
-        window of history; a reading no newer than the device's newest folded one (a
-        redelivery, or one the query read already) is skipped, as the query skips it.
+        A device new to this watcher first gets its window of history before its first fed
+        reading, read from PostgreSQL. A reading no newer than its device's newest folded
+        one (a redelivery, or a reading replayed from an agent's spool) is skipped, as the
+        query of an unfed watcher skips it.
         """
         with self._fed_lock:
             batches, gap = self._fed, self._fed_gap
             self._fed, self._fed_rows = [], 0
         if gap or not batches:
-            return 0  # dropped ones: the next round's query reads all of them
+            return 0  # dropped: the next round reads all of them back
         picked = [row for batch in batches for row in batch]
         picked.sort(key=_DEVICE_TS)
+        by_device = [(device, list(rows)) for device, rows in
+                     itertools.groupby(picked, key=operator.itemgetter(0))]
+        new = {device: rows[0][1] for device, rows in by_device if device not in self._newest}
+        if new:
+            try:
+                self._read_history(new)
+            except StoreError as exc:
+                log.warning("Cannot read the history of %d devices new to the alert rules: "
+                            "%s. The next round reads it.", len(new), exc)
+                with self._fed_lock:
+                    self._fed_gap = True
+                return 0
         folded = 0
-        for device, rows in itertools.groupby(picked, key=operator.itemgetter(0)):
+        for device, rows in by_device:
             newest = self._newest.get(device)
-            if newest is None:
-                continue
-            outlook = self._outlooks.get(device)
-            if outlook is None:
-                outlook = self._outlooks[device] = Outlook()
-            readings = []
+            dicts = []
             for values_of_row in rows:
-                if values_of_row[1] <= newest:
+                if newest is not None and values_of_row[1] <= newest:
                     continue
                 row = dict(zip(_FED, values_of_row, strict=True))
                 row["disk_max_percent"] = _disk_max_percent(row["disk_partitions"])
-                values = reading_values(row)
-                values.update(outlook.add(row["ts"], row))
-                readings.append(Reading(row["ts"], values))
+                dicts.append(row)
                 newest = row["ts"]
-            if readings:
-                fold(self._rules, readings, self._runs.setdefault(device, {}))
-                self._newest[device] = newest
-                folded += len(readings)
+            if dicts:
+                self._fold(device, dicts)
+                folded += len(dicts)
         return folded
+
+    def _read_history(self, first_fed: dict[str, datetime]) -> None:
+        """Fold in each device's window of readings before its first fed one."""
+        for device in first_fed:
+            self._outlooks.setdefault(device, Outlook())
+        params = {"ids": list(first_fed), "before": list(first_fed.values()),
+                  "window": self._window_s}
+        for names, chunk in self._store.stream(_HISTORY, params, READ_CHUNK_ROWS):
+            by_device = names.index("device_id")
+            for device, rows in itertools.groupby(chunk, key=lambda r: r[by_device]):
+                self._fold(device, [dict(zip(names, row, strict=True)) for row in rows])
+
+    def _fold(self, device: str, rows: list[dict[str, Any]]) -> None:
+        """Fold a device's readings, oldest first, into its forecasts and rule runs."""
+        outlook = self._outlooks.get(device)
+        if outlook is None:  # not setdefault: an Outlook is costly to build
+            outlook = self._outlooks[device] = Outlook()
+        readings = []
+        for row in rows:
+            values = reading_values(row)
+            values.update(outlook.add(row["ts"], row))
+            readings.append(Reading(row["ts"], values))
+        fold(self._rules, readings, self._runs.setdefault(device, {}))
+        self._newest[device] = readings[-1].ts
 
     def load(self) -> FleetInput:
         fleet = FleetInput()
@@ -230,27 +277,18 @@ class AlertWatcher:
                                              row["status_since"], float(row["interval_s"]),
                                              row["last_reading_received_at"],
                                              tuple(sessions.get(row["device_id"], ()))))
-        self.drain()  # what the writer fed: older than what the query below finds
+        self.drain()  # what the writer fed, if it feeds this watcher
         with self._fed_lock:
-            self._fed_gap = False  # the query reads whatever was dropped
-        known = self._newest
-        params = {"window": self._window_s, "known_ids": list(known),
-                  "known_ts": list(known.values())}
-        for names, chunk in self._store.stream(_READINGS, params, READ_CHUNK_ROWS):
-            by_device = names.index("device_id")
-            # Rows come ordered by device, then time: each device's are folded in at once.
-            for device, rows in itertools.groupby(chunk, key=lambda r: r[by_device]):
-                outlook = self._outlooks.get(device)
-                if outlook is None:  # not setdefault: an Outlook is costly to build
-                    outlook = self._outlooks[device] = Outlook()
-                readings = []
-                for values_of_row in rows:
-                    row = dict(zip(names, values_of_row, strict=True))
-                    values = reading_values(row)
-                    values.update(outlook.add(row["ts"], row))
-                    readings.append(Reading(row["ts"], values))
-                fold(self._rules, readings, self._runs.setdefault(device, {}))
-                known[device] = readings[-1].ts
+            read_back, self._fed_gap = self._fed_gap, not self._is_fed
+        if read_back:  # not fed, or fed with a gap: read what arrived since the last round
+            known = self._newest
+            params = {"window": self._window_s, "known_ids": list(known),
+                      "known_ts": list(known.values())}
+            for names, chunk in self._store.stream(_READINGS, params, READ_CHUNK_ROWS):
+                by_device = names.index("device_id")
+                # Rows come ordered by device, then time: each device's folded in at once.
+                for device, rows in itertools.groupby(chunk, key=lambda r: r[by_device]):
+                    self._fold(device, [dict(zip(names, row, strict=True)) for row in rows])
         listed = {device.device_id for device in fleet.devices}
         for device in [d for d in self._runs if d not in listed]:
             del self._runs[device]  # removed from the devices table

@@ -110,53 +110,57 @@ class BatchWriter:
             self._stop.set()
 
     def _write_all(self) -> None:
-        if self._flush_s and not self._flush_rollups():  # what a crash may have left
+        if self._flush_s and not self._flush_rollups():  # marks a crash may have left
             self._gave_up.set()
             return
         flushed_at, unflushed = time.monotonic(), False
         while True:
-            idle = False
-            batch: Batch | None = None
             try:
                 batch = self._pending.get(timeout=self._flush_s or None)
-            except queue.Empty:
-                idle = True  # only the rollups may be due
-            last = batch is None and not idle
-            if unflushed and (last or time.monotonic() - flushed_at >= self._flush_s):
-                if not self._flush_rollups() and not last:
+                ending = batch is None
+            except queue.Empty:  # idle: only the rollups may be due
+                batch, ending = None, False
+            if unflushed and (ending or time.monotonic() - flushed_at >= self._flush_s):
+                if not self._flush_rollups() and not ending:
                     self._gave_up.set()  # stopped while the database was away
                     return
                 flushed_at, unflushed = time.monotonic(), False
+            if ending:
+                return
             if batch is None:
-                if last:
-                    return
                 continue
-            unflushed = bool(self._flush_s)
-            started, cpu_started = time.monotonic(), time.thread_time()
-            if self._score is not None:  # once per batch: a retried write keeps its scores
-                batch.rows = self._score(batch.rows)
-            outcome = write_batch(self._store, batch, self._stop)
-            if outcome is None:
+            if not self._write(batch):
                 self._gave_up.set()  # the broker keeps the messages
                 return
-            self._receiver.ack(batch.acks)
-            if self._stored is not None and batch.rows:
-                refused = {id(row) for row in outcome.refused}
-                self._stored([row for row in batch.rows if id(row) not in refused]
-                             if refused else batch.rows)
-            stats = self._stats
-            stats.acked += len(batch.acks)
-            stats.stored += outcome.inserted
-            stats.quarantined += outcome.quarantined
-            stats.batches += 1
-            stats.last_write_at = datetime.now(UTC)
-            self._written += 1
-            # The rest of the wall time is waiting: for PostgreSQL, or for the GIL.
-            log.debug("Stored a batch of %d messages in %.0f ms, %.0f ms of it this thread's "
-                      "CPU (%.2f s after it opened).", len(batch),
-                      1000 * (time.monotonic() - started),
-                      1000 * (time.thread_time() - cpu_started),
-                      time.monotonic() - batch.opened_at)
+            unflushed = self._flush_s > 0
+
+    def _write(self, batch: Batch) -> bool:
+        """Write one batch and acknowledge it; False if stopped before it could be written."""
+        started, cpu_started = time.monotonic(), time.thread_time()
+        if self._score is not None:  # once per batch: a retried write keeps its scores
+            batch.rows = self._score(batch.rows)
+        outcome = write_batch(self._store, batch, self._stop)
+        if outcome is None:
+            return False
+        self._receiver.ack(batch.acks)
+        if self._stored is not None and batch.rows:
+            refused = {id(row) for row in outcome.refused}
+            self._stored([row for row in batch.rows if id(row) not in refused]
+                         if refused else batch.rows)
+        stats = self._stats
+        stats.acked += len(batch.acks)
+        stats.stored += outcome.inserted
+        stats.quarantined += outcome.quarantined
+        stats.batches += 1
+        stats.last_write_at = datetime.now(UTC)
+        self._written += 1
+        # The rest of the wall time is waiting: for PostgreSQL, or for the GIL.
+        log.debug("Stored a batch of %d messages in %.0f ms, %.0f ms of it this thread's "
+                  "CPU (%.2f s after it opened).", len(batch),
+                  1000 * (time.monotonic() - started),
+                  1000 * (time.thread_time() - cpu_started),
+                  time.monotonic() - batch.opened_at)
+        return True
 
     def _flush_rollups(self) -> bool:
         """Bring the marked minutes' rollups up to date; False if stopped before it could.

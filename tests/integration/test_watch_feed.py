@@ -75,12 +75,15 @@ def store_as_the_hub(store: Store, messages: list[MetricsV1]) -> list[tuple[Any,
 def test_a_fed_watcher_folds_what_one_reading_back_folds_without_reading_it(
         store: Store, prefix: str) -> None:
     fed_store, read_store = CountingStore(store), CountingStore(store)
-    fed = AlertWatcher(fed_store, lambda t, p: None, prefix, DEFAULT_RULES)  # type: ignore[arg-type]
+    fed = AlertWatcher(fed_store, lambda t, p: None, prefix, DEFAULT_RULES,  # type: ignore[arg-type]
+                       fed=True)
     read = AlertWatcher(read_store, lambda t, p: None, prefix, DEFAULT_RULES)  # type: ignore[arg-type]
     changes: dict[str, list[tuple[str, str, str]]] = {"fed": [], "read": []}
+    # Stored before this hub started (by the one it replaced): read back as history.
+    store_as_the_hub(store, fleet_readings(T0 - timedelta(seconds=50), 50, first_seq=1))
     for bunch in range(12):
         start = T0 + timedelta(seconds=25 * bunch)
-        rows = store_as_the_hub(store, fleet_readings(start, 25, first_seq=25 * bunch + 1))
+        rows = store_as_the_hub(store, fleet_readings(start, 25, first_seq=25 * bunch + 51))
         fed.feed(rows)
         if bunch % 2:
             fed.drain()  # between rounds, as the alerts thread does
@@ -97,16 +100,17 @@ def test_a_fed_watcher_folds_what_one_reading_back_folds_without_reading_it(
     # Threshold rules saw their readings beyond the threshold too.
     assert fed._runs["pi-hot"]["cpu_temperature_high"].worst > 90.0
     assert fed._runs["pi-disk"]["disk_nearly_full"].since is not None
-    # The first round read each device's window back; after it, nothing but the feed.
-    assert read_store.streamed == 12 * 75
-    assert fed_store.streamed == 75
+    # Reading back, every reading is read; fed, only the history from before the start.
+    assert read_store.streamed == 150 + 12 * 75
+    assert fed_store.streamed == 150
 
 
 def test_fed_readings_beyond_the_bound_are_read_back_at_the_next_round(
         store: Store, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(watch, "MAX_FED_ROWS", 100)
     counting = CountingStore(store)
-    fed = AlertWatcher(counting, lambda t, p: None, prefix, DEFAULT_RULES)  # type: ignore[arg-type]
+    fed = AlertWatcher(counting, lambda t, p: None, prefix, DEFAULT_RULES,  # type: ignore[arg-type]
+                       fed=True)
     read = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES)
     fed.feed(store_as_the_hub(store, fleet_readings(T0, 10)))
     fed.load()
@@ -124,7 +128,7 @@ def test_fed_readings_beyond_the_bound_are_read_back_at_the_next_round(
 
 
 def test_a_redelivered_or_refused_reading_is_not_folded_twice(store: Store, prefix: str) -> None:
-    fed = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES)
+    fed = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES, fed=True)
     read = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES)
     rows = store_as_the_hub(store, fleet_readings(T0, 10))
     fed.feed(rows)

@@ -135,3 +135,20 @@ def test_a_failed_flush_is_retried_before_the_next_batch() -> None:
     assert store.flushed_at_rows[0] == 0 and store.flushed_at_rows[-1] == 2
     assert stop.waited[:2] == [0.5, 1.0]  # the two failures, backed off as a write is
     assert len(store.rows) == 2 and not writer.failed
+
+
+def test_the_rows_a_batch_stored_are_handed_on_after_the_ack_without_refused_ones() -> None:
+    store = FakeStore(bad_seqs={2})  # the database refuses the row of seq 2
+    receiver = FakeReceiver(store)
+    handed: list[list[int]] = []
+
+    def stored(rows: list) -> None:
+        assert len(receiver.acked) == 3  # after the ack
+        handed.append([row[SEQ] for row in rows])
+
+    writer = BatchWriter(store, receiver, IngestStats(), NoWaitEvent(),  # type: ignore[arg-type]
+                         stored=stored)
+    writer.submit(batch_of(3))
+    writer.finish()
+    assert handed == [[1, 3]]  # seq 2 went to quarantine, not to the alert watcher
+    assert len(store.quarantine) == 1
