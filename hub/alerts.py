@@ -265,12 +265,23 @@ def fold(rules: Iterable[Rule], readings: Iterable[Reading],
          runs: dict[str, Run] | None = None) -> dict[str, Run]:
     """Fold readings (oldest first) into each threshold rule's :class:`Run`, by rule name."""
     runs = {} if runs is None else runs
-    pairs = [(rule, runs.setdefault(rule.name, Run())) for rule in rules
-             if rule.enabled and rule.kind in ("above", "below")]
+    pairs = run_pairs(rules, runs)
     for reading in readings:
-        for rule, run in pairs:
-            run.add(rule, reading.ts, reading.values.get(rule.metric))
+        fold_reading(pairs, reading.ts, reading.values)
     return runs
+
+
+def run_pairs(rules: Iterable[Rule], runs: dict[str, Run]) -> list[tuple[Rule, Run]]:
+    """Each enabled threshold rule with its :class:`Run` in ``runs`` (added if missing)."""
+    return [(rule, runs.setdefault(rule.name, Run())) for rule in rules
+            if rule.enabled and rule.kind in ("above", "below")]
+
+
+def fold_reading(pairs: list[tuple[Rule, Run]], ts: datetime,
+                 values: Mapping[str, float | None]) -> None:
+    """Fold one reading (newer than those folded before) into the runs of ``pairs``."""
+    for rule, run in pairs:
+        run.add(rule, ts, values.get(rule.metric))
 
 
 def _above(rule: Rule, run: Run, is_open: bool) -> _Firing | None:

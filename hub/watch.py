@@ -26,15 +26,15 @@ from hub.alerts import (
     DeviceState,
     FleetInput,
     OpenAlert,
-    Reading,
     Rule,
     Run,
     SessionSpan,
     alert_payload,
     duplicate_window_s,
     evaluate_fleet,
-    fold,
+    fold_reading,
     reading_values,
+    run_pairs,
     window_s,
 )
 from hub.columns import DISK_MAX_PERCENT
@@ -132,7 +132,7 @@ _DEVICE_TS = operator.itemgetter(0, 1)
 # and reads them back from the database at its next round, as it would without the feed.
 MAX_FED_ROWS = 20_000
 # How often the alerts thread folds in what it was fed, between rounds.
-DRAIN_S = 0.5
+DRAIN_S = 1.0
 
 
 def _disk_max_percent(partitions: bytes | list[Any] | None) -> float | None:
@@ -172,6 +172,7 @@ class AlertWatcher:
         # is not read back: rules judge the live stream.
         self._runs: dict[str, dict[str, Run]] = {}
         self._newest: dict[str, datetime] = {}
+        self._pairs: dict[str, list[tuple[Rule, Run]]] = {}  # each device's runs, by rule
         # Readings the writer committed (feed), folded by drain() in the alerts thread.
         self._is_fed = fed
         self._fed: list[list[tuple[Any, ...]]] = []
@@ -255,13 +256,15 @@ class AlertWatcher:
         outlook = self._outlooks.get(device)
         if outlook is None:  # not setdefault: an Outlook is costly to build
             outlook = self._outlooks[device] = Outlook()
-        readings = []
+        pairs = self._pairs.get(device)
+        if pairs is None:
+            pairs = self._pairs[device] = run_pairs(self._rules,
+                                                    self._runs.setdefault(device, {}))
         for row in rows:
             values = reading_values(row)
             values.update(outlook.add(row["ts"], row))
-            readings.append(Reading(row["ts"], values))
-        fold(self._rules, readings, self._runs.setdefault(device, {}))
-        self._newest[device] = readings[-1].ts
+            fold_reading(pairs, row["ts"], values)
+        self._newest[device] = rows[-1]["ts"]
 
     def load(self) -> FleetInput:
         fleet = FleetInput()
@@ -292,6 +295,7 @@ class AlertWatcher:
         listed = {device.device_id for device in fleet.devices}
         for device in [d for d in self._runs if d not in listed]:
             del self._runs[device]  # removed from the devices table
+            self._pairs.pop(device, None)
             self._newest.pop(device, None)
             self._outlooks.pop(device, None)
         fleet.runs = self._runs  # evaluation only reads them
