@@ -217,14 +217,15 @@ def _diff(column: str, agg: str) -> str:
 def flush_pending_sql() -> str:
     """Return one statement that brings the rollups of the pending minutes up to date.
 
-    Parameter ``%(owner)s``: the marks of that owner, and any mark older than
-    ``ABANDONED_AFTER``, are deleted and their minutes recomputed from ``metrics`` and the
+    Parameters ``%(owner)s``, ``%(age_s)s`` and ``%(limit)s``: the marks of that owner at
+    least ``age_s`` old (and any mark older than ``ABANDONED_AFTER``), at most ``limit`` of
+    them, oldest first, are deleted and their minutes recomputed from ``metrics`` and the
     cold tier (UNION ALL, so a reading in both tiers counts twice until compaction subtracts
     it, as with merged rollups). The minute row is replaced; the hour row gets the
     difference (sums and counts add, bounds take the extreme). A minute whose per-second
     rows hold fewer readings than its rollup (retention dropped them) is left as it is.
-    Run after :data:`LOCK_SQL` in the same transaction. Result: (minutes recomputed,
-    minutes left as they were).
+    Run after :data:`LOCK_SQL` in the same transaction. Result: minutes recomputed,
+    minutes left as they were, and the device ids and minutes of the marks deleted.
     """
     names = ["device_id", "bucket", *rollup_column_types()]
     source = ", ".join(["device_id", "ts", *ROLLUP_COLUMNS])
@@ -252,8 +253,11 @@ def flush_pending_sql() -> str:
         for n in hour_names[1:]]
     replace = ", ".join(f"{n} = excluded.{n}" for n in names[2:])
     return (
-        f"with d as (delete from {PENDING} where owner = %(owner)s or created_at < now() - "
-        f"interval '{ABANDONED_AFTER}' returning device_id, bucket), "
+        f"with d as (delete from {PENDING} where (owner, device_id, bucket) in (select owner, "
+        f"device_id, bucket from {PENDING} where (owner = %(owner)s and created_at <= now() - "
+        f"make_interval(secs => %(age_s)s)) or created_at < now() - interval "
+        f"'{ABANDONED_AFTER}' order by created_at limit %(limit)s) "
+        "returning owner, device_id, bucket), "
         "k as materialized (select distinct device_id, bucket from d), "
         f"src as (select {source} from (select m.* from k join metrics m on m.device_id = "
         "k.device_id and m.ts >= k.bucket and m.ts < k.bucket + interval '1 minute') m "
@@ -271,7 +275,8 @@ def flush_pending_sql() -> str:
         f"{', '.join(hour_aggs)} from (select {', '.join(diffs)} from kept n left join o "
         f"using (device_id, bucket)) as x ({', '.join(names)}) group by 1, 2 {_MERGE}) "
         "select (select count(*) from kept), (select count(*) from n) - "
-        "(select count(*) from kept)")
+        "(select count(*) from kept), (select array_agg(device_id) from d where owner = "
+        "%(owner)s), (select array_agg(bucket) from d where owner = %(owner)s)")
 
 
 def create_rollup_table_sql(table: RollupTable) -> str:

@@ -494,9 +494,10 @@ class Store:
             self._marked |= marked
         return WriteResult(inserted=inserted, quarantined=len(quarantine), duplicate_safe=safe)
 
-    def flush_rollups(self) -> int:
-        """Bring the rollups of this owner's pending minutes (and any abandoned ones) up to
-        date, in one transaction; return how many minutes were recomputed.
+    def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
+        """Bring the rollups of this owner's pending minutes marked at least ``age_s`` ago
+        (at most ``limit`` of them, oldest first; and any abandoned ones) up to date, in one
+        transaction; return how many minutes were recomputed.
 
         REPEATABLE READ: a rollup row changed since the flush's snapshot (by another hub's
         flush, or by a hub of the version before, which merges every batch without the
@@ -507,19 +508,27 @@ class Store:
             try:
                 with self._transaction() as cur:
                     cur.execute("set transaction isolation level repeatable read")
-                    return self._flush_rollups(cur)
+                    return self._flush_rollups(cur, age_s, limit)
             except TransientStoreError as exc:
                 if exc.sqlstate != "40001" or attempt == _FLUSH_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 
-    def _flush_rollups(self, cur: psycopg.Cursor[Any]) -> int:
-        self._marked.clear()  # if this fails half-way, which marks are left is not known
+    def _flush_rollups(self, cur: psycopg.Cursor[Any], age_s: float = 0.0,
+                       limit: int | None = None) -> int:
+        marked, self._marked = self._marked, set()  # back below only if all goes well
         cur.execute("set local jit = off")  # compiling the statement costs more than it runs
         cur.execute(LOCK_SQL)
-        cur.execute(_FLUSH_PENDING, {"owner": self._owner})
+        cur.execute(_FLUSH_PENDING, {"owner": self._owner, "age_s": age_s, "limit": limit})
         found = cur.fetchone()
-        recomputed, short = (int(found[0]), int(found[1])) if found else (0, 0)
+        assert found is not None
+        recomputed, short = int(found[0]), int(found[1])
+        # The marks this flush deletes are no longer there: the next write of those minutes
+        # marks them again. (Should the commit fail, a key missing here only costs a mark
+        # inserted again, which finds it there.)
+        for device, bucket in zip(found[2] or (), found[3] or (), strict=True):
+            marked.discard((device, int(bucket.timestamp() // 60)))
+        self._marked = marked
         if short:
             log.warning("%d minutes have fewer per-second readings than their rollup holds "
                         "(retention dropped them): their rollups were left as they were, "

@@ -28,6 +28,11 @@ log = logging.getLogger("fleetpulse.hub")
 # How often the ingest loop takes what has arrived: adds at most this to the latency, and
 # lets a bunch of messages build up between thread switches.
 INGEST_POLL_S = 0.05
+# The writer brings the rollups of minutes marked rollup_flush_s ago up to date this often,
+# at most this many minutes at a time: a flush of every device's minute at once (6,000
+# devices) held the writer for most of a second, and every message waited.
+FLUSH_EVERY_S = 1.0
+FLUSH_LIMIT = 1000
 
 
 @dataclass
@@ -56,10 +61,11 @@ class BatchWriter:
     part of a write runs without the GIL. One batch waits at most while another is written,
     so memory stays bounded; acks go out in batch order, each only after its commit.
 
-    ``rollup_flush_s`` > 0: the store marks the minutes it writes, and this thread brings
-    their rollups up to date that often (and at start, for marks a crash left, and at
-    stop), between batches (hub/rollup.py, "pending minutes"). ``stored`` is handed the
-    rows each batch stored, after its acks.
+    ``rollup_flush_s`` > 0: the store marks the minutes it writes, and between batches this
+    thread brings the rollups of the minutes marked that long ago up to date (every
+    ``FLUSH_EVERY_S``, ``FLUSH_LIMIT`` at a time), and of all of them at start (what a crash
+    left) and at stop (hub/rollup.py, "pending minutes"). ``stored`` is handed the rows each
+    batch stored, after its acks.
     """
 
     def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
@@ -110,21 +116,27 @@ class BatchWriter:
             self._stop.set()
 
     def _write_all(self) -> None:
-        if self._flush_s and not self._flush_rollups():  # marks a crash may have left
+        if self._flush_s and self._flush_rollups(everything=True) is None:  # a crash's marks
             self._gave_up.set()
             return
-        flushed_at, unflushed = time.monotonic(), False
+        checked_at = time.monotonic()
+        pending_until = checked_at  # until then, marks may come due
         while True:
             try:
-                batch = self._pending.get(timeout=self._flush_s or None)
+                batch = self._pending.get(timeout=FLUSH_EVERY_S if self._flush_s else None)
                 ending = batch is None
             except queue.Empty:  # idle: only the rollups may be due
                 batch, ending = None, False
-            if unflushed and (ending or time.monotonic() - flushed_at >= self._flush_s):
-                if not self._flush_rollups() and not ending:
+            now = time.monotonic()
+            if self._flush_s and (ending or (now <= pending_until
+                                             and now - checked_at >= FLUSH_EVERY_S)):
+                flushed = self._flush_rollups(everything=ending)
+                if flushed is None and not ending:
                     self._gave_up.set()  # stopped while the database was away
                     return
-                flushed_at, unflushed = time.monotonic(), False
+                checked_at = time.monotonic()
+                if flushed is not None and flushed >= FLUSH_LIMIT:  # more may be due
+                    pending_until = max(pending_until, checked_at + 2 * FLUSH_EVERY_S)
             if ending:
                 return
             if batch is None:
@@ -132,7 +144,8 @@ class BatchWriter:
             if not self._write(batch):
                 self._gave_up.set()  # the broker keeps the messages
                 return
-            unflushed = self._flush_s > 0
+            # Its marks come due rollup_flush_s from now; a limited flush may need more.
+            pending_until = time.monotonic() + self._flush_s + 2 * FLUSH_EVERY_S
 
     def _write(self, batch: Batch) -> bool:
         """Write one batch and acknowledge it; False if stopped before it could be written."""
@@ -162,8 +175,9 @@ class BatchWriter:
                   time.monotonic() - batch.opened_at)
         return True
 
-    def _flush_rollups(self) -> bool:
-        """Bring the marked minutes' rollups up to date; False if stopped before it could.
+    def _flush_rollups(self, everything: bool = False) -> int | None:
+        """Bring the rollups of minutes marked ``rollup_flush_s`` ago (``everything``: of all
+        marked minutes) up to date; return how many, or None if stopped before it could.
 
         Retried like a write: new batches wait meanwhile, and the marks are in the database,
         so a hub stopped before it succeeds recomputes them at its next start.
@@ -172,19 +186,20 @@ class BatchWriter:
         while True:
             started = time.monotonic()
             try:
-                minutes = self._store.flush_rollups()
+                minutes = self._store.flush_rollups(*((0.0, None) if everything else
+                                                      (self._flush_s, FLUSH_LIMIT)))
             except StoreError as exc:
                 attempt += 1
                 if attempt == 1:
                     log.error("Cannot bring the rollups up to date: %s. Retrying.", exc)
                 if self._stop.wait(backoff_s(attempt)):
-                    return False
+                    return None
                 continue
             if attempt:
                 log.warning("Database is back: the rollups are up to date.")
             log.debug("Recomputed the rollups of %d device-minutes in %.0f ms.", minutes,
                       1000 * (time.monotonic() - started))
-            return True
+            return minutes
 
 
 def place_clock(placer: ClockPlacer, result: Result, message: Inbound,

@@ -216,3 +216,23 @@ def test_a_flush_meeting_an_older_hubs_merge_does_not_overwrite_it(store: Store,
             assert store.query(f"select readings from {table}") == [{"readings": 31}], table
     finally:
         flusher.close()
+
+
+def test_a_flush_takes_the_marks_old_enough_oldest_first_and_at_most_its_limit(
+        store: Store, hub_store: Store) -> None:
+    first = readings("pi-hub", count=150)  # 10:58:00 to 11:00:29: three minutes
+    write_readings(hub_store, first)
+    assert hub_store.flush_rollups(age_s=3600) == 0  # marked just now: not due yet
+    assert hub_store.flush_rollups(limit=2) == 2
+    assert len(store.query("select * from rollup_pending")) == 1
+    # More readings of a flushed minute and of the one still marked: the flushed one is
+    # marked again (the store forgot it was marked), the other stays marked once.
+    more = readings("pi-hub", start=T0 + timedelta(minutes=58, seconds=0.5), count=150,
+                    first_seq=1000)
+    write_readings(hub_store, more)
+    assert len(store.query("select * from rollup_pending")) == 3
+    hub_store.flush_rollups()
+    write_readings(store, [*readings("pi-ref", count=150),
+                           *readings("pi-ref", start=more[0]["ts"], count=150,
+                                     first_seq=1000)])
+    assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+import hub.ingest.loop as loop
 from hub.ingest import BatchWriter, IngestStats
 from hub.ingest.batch import Ack
 from shared.errors import TransientStoreError
@@ -84,55 +85,49 @@ def test_an_unexpected_error_stops_the_hub_instead_of_hanging_it(
 
 
 class FlushingStore(FakeStore):
-    """A store whose rollups are flushed by the writer; records what was written before each
-    flush, and fails the flushes it is told to."""
+    """A store whose rollups are flushed by the writer; records each flush (rows written
+    before it, the age and limit it was asked for), and fails the flushes it is told to."""
 
     def __init__(self, flush_failures: int = 0) -> None:
         super().__init__()
-        self.flushed_at_rows: list[int] = []
+        self.flushes: list[tuple[int, float, int | None]] = []
         self.flush_failures = flush_failures
 
-    def flush_rollups(self) -> int:
+    def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
         if self.flush_failures:
             self.flush_failures -= 1
             raise TransientStoreError("connection lost")
-        self.flushed_at_rows.append(len(self.rows))
+        self.flushes.append((len(self.rows), age_s, limit))
         return 1
 
 
-def test_deferred_rollups_are_flushed_at_start_when_due_and_at_the_end() -> None:
+@pytest.fixture
+def quick_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "FLUSH_EVERY_S", 0.05)
+
+
+def test_deferred_rollups_all_at_start_and_end_and_due_ones_between(quick_flushes) -> None:
     store = FlushingStore()
     writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
                          threading.Event(), rollup_flush_s=0.2)
-    wait_for(lambda: store.flushed_at_rows == [0], 10, "the flush of marks a crash left")
+    wait_for(lambda: store.flushes == [(0, 0.0, None)], 10, "the flush of a crash's marks")
     writer.submit(batch_of(2))
-    # Idle after a write: flushed once the interval has passed, without another batch.
-    wait_for(lambda: store.flushed_at_rows == [0, 2], 10, "the flush after the interval")
+    # Idle after a write: the minutes marked rollup_flush_s ago, a limited number at once.
+    wait_for(lambda: (2, 0.2, loop.FLUSH_LIMIT) in store.flushes, 10, "a flush of due marks")
     writer.submit(batch_of(3))
-    writer.finish()  # what the last batch marked is flushed before the thread ends
-    assert store.flushed_at_rows == [0, 2, 5]
+    writer.finish()  # every mark is flushed before the thread ends
+    assert store.flushes[-1] == (5, 0.0, None)
     assert len(store.rows) == 5
 
 
-def test_no_flush_without_a_write_since_the_last() -> None:
-    store = FlushingStore()
-    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
-                         threading.Event(), rollup_flush_s=0.05)
-    wait_for(lambda: store.flushed_at_rows == [0], 10, "the flush at start")
-    writer.submit(batch_of(1))
-    wait_for(lambda: len(store.flushed_at_rows) == 2, 10, "the flush after a write")
-    writer.finish()
-    assert store.flushed_at_rows == [0, 1]  # idle rounds and the end found nothing new
-
-
-def test_a_failed_flush_is_retried_before_the_next_batch() -> None:
+def test_a_failed_flush_is_retried_before_the_next_batch(quick_flushes) -> None:
     store = FlushingStore(flush_failures=2)
     stop = NoWaitEvent()  # backoff without sleeping
     writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
                          stop, rollup_flush_s=0.01)
     writer.submit(batch_of(2))
     writer.finish()
-    assert store.flushed_at_rows[0] == 0 and store.flushed_at_rows[-1] == 2
+    assert store.flushes[0] == (0, 0.0, None) and store.flushes[-1] == (2, 0.0, None)
     assert stop.waited[:2] == [0.5, 1.0]  # the two failures, backed off as a write is
     assert len(store.rows) == 2 and not writer.failed
 
