@@ -151,8 +151,8 @@ class AlertWatcher:
     """Run one evaluation round at a time; :meth:`check` is called by the hub's loop.
 
     ``fed``: the hub's writer hands it every reading it stores (:meth:`feed`, for a hub alone
-    on its database), so a round reads no readings back; otherwise each round reads from
-    PostgreSQL the readings stored since the last.
+    on its database), so a round reads back only readings stored by other writers; otherwise
+    each round reads from PostgreSQL every reading stored since the last.
     """
 
     def __init__(self, store: WatchStore, publish: Publish, prefix: str,
@@ -282,16 +282,18 @@ class AlertWatcher:
                                              tuple(sessions.get(row["device_id"], ()))))
         self.drain()  # what the writer fed, if it feeds this watcher
         with self._fed_lock:
-            read_back, self._fed_gap = self._fed_gap, not self._is_fed
-        if read_back:  # not fed, or fed with a gap: read what arrived since the last round
-            known = self._newest
-            params = {"window": self._window_s, "known_ids": list(known),
-                      "known_ts": list(known.values())}
-            for names, chunk in self._store.stream(_READINGS, params, READ_CHUNK_ROWS):
-                by_device = names.index("device_id")
-                # Rows come ordered by device, then time: each device's folded in at once.
-                for device, rows in itertools.groupby(chunk, key=lambda r: r[by_device]):
-                    self._fold(device, [dict(zip(names, row, strict=True)) for row in rows])
+            self._fed_gap = not self._is_fed  # the query below reads what was dropped
+        # What arrived since the last round and was not fed: stored by another writer (an
+        # import, another hub), dropped from the feed, or everything when not fed. A fed
+        # device's newest reading is the feed's, so its range is empty.
+        known = self._newest
+        params = {"window": self._window_s, "known_ids": list(known),
+                  "known_ts": list(known.values())}
+        for names, chunk in self._store.stream(_READINGS, params, READ_CHUNK_ROWS):
+            by_device = names.index("device_id")
+            # Rows come ordered by device, then time: each device's are folded in at once.
+            for device, rows in itertools.groupby(chunk, key=lambda r: r[by_device]):
+                self._fold(device, [dict(zip(names, row, strict=True)) for row in rows])
         listed = {device.device_id for device in fleet.devices}
         for device in [d for d in self._runs if d not in listed]:
             del self._runs[device]  # removed from the devices table
