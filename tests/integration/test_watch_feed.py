@@ -141,3 +141,18 @@ def test_a_redelivered_or_refused_reading_is_not_folded_twice(store: Store, pref
     assert fed.drain() == 30
     read.load()
     assert fed._runs == read._runs and fed._newest == read._newest
+
+
+def test_a_fed_watcher_still_reads_back_what_another_writer_stored(store: Store,
+                                                                   prefix: str) -> None:
+    fed = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES, fed=True)
+    read = AlertWatcher(store, lambda t, p: None, prefix, DEFAULT_RULES)
+    fed.feed(store_as_the_hub(store, fleet_readings(T0, 10)))
+    fed.load()
+    # An import (or another hub on another broker) stores readings this hub never sees.
+    imported = series("pi-imported", T0, 20, sensors_cpu_celsius=95.0)
+    store_as_the_hub(store, imported)
+    fed.load()
+    read.load()
+    assert fed._runs == read._runs and fed._newest == read._newest
+    assert fed._runs["pi-imported"]["cpu_temperature_high"].since == T0
