@@ -78,7 +78,10 @@ _READINGS = (
     "as k(device_id, ts) on k.device_id = d.device_id "
     "join lateral (select * from metrics m where m.device_id = d.device_id "
     "and m.ts > greatest(d.last_seen - make_interval(secs => %(window)s), k.ts) "
-    "and m.ts <= d.last_seen offset 0) m on true order by m.device_id, m.ts")
+    "and m.ts <= d.last_seen offset 0) m on true "
+    # Only devices with a reading newer than the watcher's newest: a fed device's range is
+    # empty, and probing it still cost ~250 µs a device (6,000 devices: 74 µs a message).
+    "where d.last_seen > coalesce(k.ts, '-infinity') order by m.device_id, m.ts")
 # A fed watcher's history of devices new to it: each one's window before its first reading
 # fed (AlertWatcher.drain), one primary-key range per device.
 _HISTORY = (
