@@ -104,16 +104,23 @@ def _merge_weight(column: str, weight: str) -> str:
     return f"{name} = coalesce({old} + excluded.{name}, {old}, excluded.{name})"
 
 
-def _rollup_insert(table: RollupTable, source: str) -> str:
-    names = ["device_id", "bucket", *rollup_column_types()]
-    selects = ["device_id", f"date_bin('{table.step_s} seconds', ts, {_ORIGIN})", "count(*)"]
+def _aggregates(step_s: int) -> list[str]:
+    """The SELECT list of a rollup row of per-second rows (device_id, ts, the columns), in
+    ``rollup_column_types()`` order after device_id and bucket; GROUP BY 1, 2."""
+    selects = ["device_id", f"date_bin('{step_s} seconds', ts, {_ORIGIN})", "count(*)"]
     for column in ROLLUP_COLUMNS:
         selects += [f"sum({column})", f"count({column})", f"min({column})", f"max({column})"]
     for column in WEIGHTED_COLUMNS:
         selects += [f"sum({column} * interval_s)",
                     f"coalesce(sum(interval_s) filter (where {column} is not null), 0)"]
+    return selects
+
+
+def _rollup_insert(table: RollupTable, source: str) -> str:
+    names = ["device_id", "bucket", *rollup_column_types()]
     return (f"insert into {table.name} as r ({', '.join(names)}) "
-            f"select {', '.join(selects)} from {source} group by 1, 2 {_MERGE}")
+            f"select {', '.join(_aggregates(table.step_s))} from {source} group by 1, 2 "
+            f"{_MERGE}")
 
 
 def _merge_clause() -> str:
@@ -237,12 +244,7 @@ def flush_pending_sql() -> str:
              f"k.device_id and b.hour = date_bin('1 hour', k.bucket, {_ORIGIN}))")
     cold_rows = cold_select_sql(lay, listed, "t.device_id", "t.hour",
                                 "t.hour + interval '1 hour'")
-    selects = ["device_id", f"date_bin('60 seconds', ts, {_ORIGIN})", "count(*)"]
-    for column in ROLLUP_COLUMNS:
-        selects += [f"sum({column})", f"count({column})", f"min({column})", f"max({column})"]
-    for column in WEIGHTED_COLUMNS:
-        selects += [f"sum({column} * interval_s)",
-                    f"coalesce(sum(interval_s) filter (where {column} is not null), 0)"]
+    selects = _aggregates(MINUTE.step_s)
     diffs = ["n.device_id", f"date_bin('3600 seconds', n.bucket, {_ORIGIN})",
              "n.readings - coalesce(o.readings, 0)"]
     diffs += [_diff(c, agg) for c in ROLLUP_COLUMNS for agg in AGGREGATES]
