@@ -88,17 +88,22 @@ class FlushingStore(FakeStore):
     """A store whose rollups are flushed by the writer; records each flush (rows written
     before it, the age and limit it was asked for), and fails the flushes it is told to."""
 
-    def __init__(self, flush_failures: int = 0) -> None:
+    def __init__(self, flush_failures: int = 0, due: int = 1) -> None:
         super().__init__()
         self.flushes: list[tuple[int, float, int | None]] = []
         self.flush_failures = flush_failures
+        self.due = due  # marks the next limited flushes find due
 
     def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
         if self.flush_failures:
             self.flush_failures -= 1
             raise TransientStoreError("connection lost")
         self.flushes.append((len(self.rows), age_s, limit))
-        return 1
+        if limit is None:
+            return 1
+        taken = min(limit, self.due)
+        self.due -= taken
+        return taken
 
 
 @pytest.fixture
@@ -118,6 +123,29 @@ def test_deferred_rollups_all_at_start_and_end_and_due_ones_between(quick_flushe
     writer.finish()  # every mark is flushed before the thread ends
     assert store.flushes[-1] == (5, 0.0, None)
     assert len(store.rows) == 5
+
+
+def test_while_more_marks_are_due_a_limited_flush_follows_at_once(monkeypatch) -> None:
+    # 2.5 limits' worth of marks due together: no flush takes more than FLUSH_LIMIT, and the
+    # next follows at once (or after the batch waiting), not FLUSH_EVERY_S later: that is
+    # made an hour as the first of them runs.
+    monkeypatch.setattr(loop, "FLUSH_EVERY_S", 0.05)
+
+    class Store(FlushingStore):
+        def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
+            if limit is not None:
+                monkeypatch.setattr(loop, "FLUSH_EVERY_S", 3600.0)
+            return super().flush_rollups(age_s, limit)
+
+    store = Store(due=5 * loop.FLUSH_LIMIT // 2)
+    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
+                         threading.Event(), rollup_flush_s=0.01)
+    writer.submit(batch_of(2))
+    wait_for(lambda: store.due == 0, 10, "the due marks flushed, one limit at a time")
+    assert [f[2] for f in store.flushes] == [None] + [loop.FLUSH_LIMIT] * 3
+    writer.submit(batch_of(3))
+    writer.finish()
+    assert len(store.rows) == 5 and store.flushes[-1] == (5, 0.0, None)
 
 
 def test_a_failed_flush_is_retried_before_the_next_batch(quick_flushes) -> None:
