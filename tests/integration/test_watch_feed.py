@@ -3,6 +3,7 @@ reading back from a real PostgreSQL: the same runs, forecasts and alerts, withou
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,10 +13,12 @@ import pytest
 from hub import watch
 from hub.alerts import DEFAULT_RULES, evaluate_fleet
 from hub.ingest.batch import DeviceEvents
+from hub.retention import Retention
 from hub.store import Store
-from hub.watch import AlertWatcher
+from hub.watch import AlertWatcher, run_alerts_loop
 from shared.schema import MetricsV1, metrics_row
 from tests.readings import partition, series
+from tests.servers import wait_for
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 GIB = 2 ** 30
@@ -125,6 +128,35 @@ def test_fed_readings_beyond_the_bound_are_read_back_at_the_next_round(
     read.load()
     assert counting.streamed - streamed == 150  # read back instead
     assert fed._runs == read._runs and fed._newest == read._newest
+
+
+def test_the_alerts_thread_folds_in_as_soon_as_many_readings_wait(
+        store: Store, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rounds and timed drains an hour apart: only the readings waiting can start a drain.
+    monkeypatch.setattr(watch, "DRAIN_S", 3600.0)
+    monkeypatch.setattr(watch, "DRAIN_ROWS", 50)
+    monkeypatch.setattr(watch, "DRAIN_POLL_S", 0.01)
+    rounds = threading.Event()
+
+    class Watcher(AlertWatcher):
+        def check(self, now: datetime) -> list[Any]:
+            changes = super().check(now)
+            rounds.set()
+            return changes
+
+    fed = Watcher(store, lambda t, p: None, prefix, DEFAULT_RULES, fed=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_alerts_loop, args=(
+        store, fed, Retention(30, 90, 730), 3600.0, stop), daemon=True)
+    thread.start()
+    try:
+        assert rounds.wait(30), "the first round"
+        fed.feed(store_as_the_hub(store, fleet_readings(T0, 25)))  # 75 readings
+        wait_for(lambda: fed.waiting() == 0, 10, "the readings folded in")
+        assert sorted(fed._newest) == ["pi-disk", "pi-hot", "pi-leak"]
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def test_a_redelivered_or_refused_reading_is_not_folded_twice(store: Store, prefix: str) -> None:
