@@ -64,7 +64,7 @@ from hub.detect.outlook import (
     partition_percent,
 )
 from hub.detect.train import TooLittleHistory, train
-from hub.ingest.validate import decode_metrics
+from hub.ingest.validate import as_message, decode_metrics
 from shared.schema import metrics_columns, metrics_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def load(path: Path) -> Recording:
         header = json.loads(f.readline())
         rows, stamps = [], []
         for line in f:
-            message = decode_metrics(line)
+            message = as_message(decode_metrics(line))
             row = dict(zip(names, metrics_row(message, message["ts"]), strict=True))
             rows.append(row)
             stamps.append(message["ts"])

@@ -30,9 +30,11 @@ cannot be stored (the clock jumped within the session) is quarantined with the r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
+
+import msgspec
 
 from hub.ingest.validate import Accepted, Limits, Rejected, Result, ts_problem
 
@@ -66,14 +68,13 @@ def decide_offset(agent_ts: datetime, received_at: datetime, age_s: float | None
     return Offset(round(error_s * 1000), f"placed at the hub's receive time: {problem}")
 
 
-def place(value: dict[str, Any], offset_ms: int) -> dict[str, Any]:
+def place(result: Accepted, offset_ms: int) -> Accepted:
     """Return the reading with ``ts`` moved by the offset and the agent's stamp kept."""
     if offset_ms == 0:
-        return value
-    moved = dict(value)
-    moved["agent_ts"] = value["ts"]
-    moved["ts"] = value["ts"] + timedelta(milliseconds=offset_ms)
-    return moved
+        return result
+    value = result.value
+    moved = msgspec.structs.replace(value, ts=value.ts + timedelta(milliseconds=offset_ms))
+    return replace(result, value=moved, agent_ts=value.ts)
 
 
 class OffsetStore(Protocol):
@@ -98,13 +99,13 @@ class ClockPlacer:
         Raises the store's StoreError when the offset cannot be read or recorded.
         """
         if not (isinstance(result, Accepted) and result.kind == "metrics"
-                and result.value.get("clock_synced") is False):
+                and result.value.clock_synced is False):
             return result
         value = result.value
-        key = (result.device_id, value["session_id"])
+        key = (result.device_id, value.session_id)
         offset_ms = self._offsets.get(key)
         if offset_ms is None:
-            proposed = decide_offset(value["ts"], received_at, age_s, self._limits)
+            proposed = decide_offset(value.ts, received_at, age_s, self._limits)
             offset_ms = self._store.clock_offset(key[0], key[1], proposed.offset_ms,
                                                  proposed.reason, received_at)
             if offset_ms:
@@ -114,9 +115,9 @@ class ClockPlacer:
             if len(self._offsets) >= self._cache_size:
                 self._offsets.clear()  # old sessions; a miss costs one query
             self._offsets[key] = offset_ms
-        placed = place(value, offset_ms)
-        problem = ts_problem(placed["ts"], received_at, self._limits)
+        placed = place(result, offset_ms)
+        problem = ts_problem(placed.value.ts, received_at, self._limits)
         if problem is not None:
             return Rejected(f"clock not synchronised and its reading cannot be placed: "
                             f"{problem}", result.device_id)
-        return Accepted(result.kind, result.device_id, placed, result.problem)
+        return placed

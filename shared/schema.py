@@ -22,6 +22,7 @@ that refuses the subscription) an agent sends exactly the fields of the first re
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin, get_type_hints
@@ -339,7 +340,7 @@ _ADDED = [
     Column("clock_synced", "boolean", ("clock_synced",)),
     Column("agent_ts", "timestamptz", ("agent_ts",)),
 ]
-_OPTIONAL_PATHS = {c.path for c in _ADDED}  # read with .get(): absent from older messages
+OPTIONAL_PATHS = {c.path for c in _ADDED}  # read with .get(): absent from older messages
 # Added by migration 0007, written by the hub: the reading's anomaly score in [0, 1), from the
 # device's detector as the reading was ingested (hub/detect/live.py); null when the device
 # had no model yet, and for readings stored before.
@@ -387,23 +388,33 @@ def metrics_row(message: MetricsV1, received_at: datetime) -> tuple[Any, ...]:
     return row
 
 
-def _compile_row_getter() -> Any:
-    # Built once from the column list so the per-message cost is one tuple display,
-    # not a walk over the schema (this runs for every message the hub stores).
+def compile_row_getter(read: Callable[[Column], str], names: dict[str, Any] | None = None
+                       ) -> Callable[..., tuple[Any, ...]]:
+    """Build ``getter(m, received_at, agent_ts=None)``: a message's row as one tuple display.
+
+    ``read(column)`` is the expression of a column of the message ``m`` (in terms of
+    ``names``). Built once from the column list, so the per-message cost is one tuple
+    display, not a walk over the schema (this runs for every message the hub stores).
+    """
     parts = []
     for column in metrics_columns():
         if column is RECEIVED_AT:
             parts.append("received_at")
         elif column is ANOMALY_SCORE:
             parts.append("None")  # set by the live scorer, once the batch is scored
-        elif column.path in _OPTIONAL_PATHS:
-            parts.append(f"m.get({column.path[0]!r})")
         else:
-            parts.append("m" + "".join(f"[{key!r}]" for key in column.path))
-    source = f"def getter(m, received_at):\n    return ({', '.join(parts)},)\n"
-    namespace: dict[str, Any] = {}
+            parts.append(read(column))
+    source = (f"def getter(m, received_at, agent_ts=None):\n"
+              f"    return ({', '.join(parts)},)\n")
+    namespace: dict[str, Any] = dict(names or {})
     exec(compile(source, "<metrics_row>", "exec"), namespace)  # noqa: S102 - generated above
-    return namespace["getter"]
+    return namespace["getter"]  # type: ignore[no-any-return]
 
 
-_row_getter = _compile_row_getter()
+def _read_dict(column: Column) -> str:
+    if column.path in OPTIONAL_PATHS:
+        return f"m.get({column.path[0]!r})"
+    return "m" + "".join(f"[{key!r}]" for key in column.path)
+
+
+_row_getter = compile_row_getter(_read_dict)

@@ -11,7 +11,7 @@ import msgspec
 from hub.ingest.validate import Accepted, Rejected, Result
 from hub.processes import COLUMNS as PROCESS_COLUMNS
 from hub.processes import SECTION, process_row
-from shared.schema import metrics_columns, metrics_row
+from shared.schema import OPTIONAL_PATHS, Column, compile_row_getter, metrics_columns
 
 # Lists of records that nothing before the database reads (the live scorer reads the
 # temperatures): their JSON is kept instead of dicts while the reading waits for its commit,
@@ -25,12 +25,34 @@ _JSON_EARLY = [i for i, name in enumerate(_COLUMN_NAMES)
 _DEVICE_ID, _RECEIVED_AT = _COLUMN_NAMES.index("device_id"), _COLUMN_NAMES.index("received_at")
 
 
-def _lists_as_json(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    values = list(row)
-    for i in _JSON_EARLY:
-        if values[i] is not None:
-            values[i] = _ENCODE(values[i])
-    return tuple(values)
+def _json(value: Any) -> bytes | None:
+    return None if value is None else _ENCODE(value)
+
+
+def _known(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
+
+
+def _read_struct(column: Column) -> str:
+    """A column of the message as the hub decodes it (validate.READING, a struct per
+    section): its lists of records kept as JSON bytes (see _JSON_EARLY), the others as
+    lists of dicts (the live scorer reads the temperatures)."""
+    if column.name == "agent_ts":
+        return "agent_ts"  # hub/clock.py: set where the hub moved the reading
+    if column.path in OPTIONAL_PATHS:
+        return f"_known(m.{column.path[0]})"
+    value = "m." + ".".join(column.path)
+    if _COLUMN_NAMES.index(column.name) in _JSON_EARLY:
+        return f"_json({value})"
+    if column.pg_type == "jsonb":
+        return f"_builtins({value})"
+    return value
+
+
+# metrics_row for a decoded message; the struct is read as it is, not turned into dicts
+# first (~6 µs a message, an eighth of the hub's CPU).
+_reading_row = compile_row_getter(_read_struct, {"_json": _json, "_known": _known,
+                                                 "_builtins": msgspec.to_builtins})
 
 
 def row_as_json(row: tuple[Any, ...]) -> bytes:
@@ -137,21 +159,20 @@ class Batch:
             self.quarantine.append(QuarantineRecord(received, message.topic, device,
                                                     result.problem, message.payload))
         if result.kind == "metrics":
-            row = _lists_as_json(metrics_row(result.value, received))
-            section = result.value.get(SECTION)
-            if section is not None:
+            value = result.value
+            row = _reading_row(value, received, result.agent_ts)
+            if value.processes is not msgspec.UNSET:
                 # The processes row rides at the end of its reading's row, so the two are
                 # stored, split off or quarantined together (hub/store.py, hub/write.py).
-                value = result.value
-                row = (*row, process_row(device, value["ts"], value["session_id"],
-                                         value["seq"], received, section))
+                row = (*row, process_row(device, value.ts, value.session_id, value.seq,
+                                         received, msgspec.to_builtins(value.processes)))
             self.rows.append(row)
             self.row_topics.append(message.topic)
-            ts = result.value["ts"]
+            ts = value.ts
             seen = self.devices.seen.get(device)
             if seen is None or ts > seen[0]:
                 self.devices.seen[device] = (ts, received)
-            key = (device, result.value["session_id"])
+            key = (device, value.session_id)
             span = self.devices.sessions.get(key)
             if span is None:
                 self.devices.sessions[key] = SessionEvents(ts, ts, received, received)

@@ -80,32 +80,59 @@ def msgspec_type(tp: Any, structs: dict[Any, Any] | None = None) -> Any:
     return tp
 
 
-_FAST_METRICS = msgspec.json.Decoder(msgspec_type(MetricsV1))
+# What the hub reads a metrics message into: a struct per section, as declared in the schema.
+# Its ``ts`` is a datetime once decoded (decode_metrics); the hub reads the rest as it is,
+# without turning it into dicts (hub/ingest/batch.py builds the row from the struct).
+READING = msgspec_type(MetricsV1)
+_FAST_METRICS = msgspec.json.Decoder(READING)
+# A time stamp of the form READING's ts takes, in place of the datetime pydantic read.
+_TS_STANDIN = "2000-01-01T00:00:00Z"
 
 
 def decode_metrics_fast(payload: bytes) -> Any:
-    """Decode and check with msgspec alone; raise msgspec.DecodeError or ValueError."""
-    message = msgspec.to_builtins(_FAST_METRICS.decode(payload))
-    message["ts"] = datetime.fromisoformat(message["ts"])  # the schema's only datetime
+    """Decode and check with msgspec alone (a :data:`READING`); raise msgspec.DecodeError
+    or ValueError."""
+    message = _FAST_METRICS.decode(payload)
+    message.ts = datetime.fromisoformat(message.ts)  # the schema's only datetime
     return message
 
 
 def decode_metrics(payload: bytes) -> Any:
-    """Return the message as checked dicts; raise pydantic's ValidationError if it is bad."""
+    """Return the message as a checked :data:`READING`; raise pydantic's ValidationError if
+    it is bad."""
     try:
         return decode_metrics_fast(payload)
     except (msgspec.DecodeError, ValueError):  # ValidationError is a DecodeError
         # Refused (or a form only pydantic reads, such as a space in the timestamp): the
         # reference decides, and explains what is wrong.
-        return _validate_reference(_METRICS, payload)
+        message = _validate_reference(_METRICS, payload)
+    try:
+        return as_reading(message)
+    except msgspec.ValidationError as exc:
+        raise _Refused(f"wrong fields: {exc}") from exc
 
 
-class _NotVersion(ValueError):
-    """pydantic took a version that is not the integer 1 (see _validate_reference)."""
+def as_reading(message: MetricsV1) -> Any:
+    """The :data:`READING` of a message pydantic checked (its values are msgspec's too)."""
+    reading = msgspec.convert({**message, "ts": _TS_STANDIN}, READING)
+    reading.ts = message["ts"]
+    return reading
+
+
+def as_message(reading: Any) -> MetricsV1:
+    """The message of a :data:`READING`, as dicts (as pydantic reads it)."""
+    message: MetricsV1 = msgspec.to_builtins(reading)
+    message["ts"] = reading.ts
+    return message
+
+
+class _Refused(ValueError):
+    """pydantic took what a check after it refuses: a version that is not the integer 1
+    (see _validate_reference), or a value msgspec does not (see decode_metrics)."""
 
 
 def _validate_reference(adapter: TypeAdapter[Any], payload: bytes) -> Any:
-    """Validate with pydantic; raise _NotVersion where it took ``true`` or ``1.0`` for 1.
+    """Validate with pydantic; raise _Refused where it took ``true`` or ``1.0`` for 1.
 
     Its ``Literal[1]`` compares by equality even in strict mode; msgspec, and the schema's
     other integers, refuse such values. Only messages off the fast path get here.
@@ -113,7 +140,7 @@ def _validate_reference(adapter: TypeAdapter[Any], payload: bytes) -> Any:
     value = adapter.validate_json(payload)
     version = json.loads(payload)["v"]
     if type(version) is not int:
-        raise _NotVersion(f"unknown schema version {version!r} (this hub reads "
+        raise _Refused(f"unknown schema version {version!r} (this hub reads "
                           f"{SCHEMA_VERSION})")
     return value
 
@@ -143,10 +170,12 @@ def ts_problem(ts: datetime, received_at: datetime, limits: Limits) -> str | Non
 class Accepted:
     kind: str  # "metrics", "status", "meta" or "config"
     device_id: str
-    value: Any  # MetricsV1 | Meta | str (status) | ConfigV1 | None (config cleared)
+    value: Any  # READING (metrics) | Meta | str (status) | ConfigV1 | None (config cleared)
     # A part of the message that was left out and goes to quarantine with this reason (a
     # bad ``processes`` section); the rest is stored.
     problem: str | None = None
+    # The agent's own ts of a reading the hub moved (hub/clock.py), else None.
+    agent_ts: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -223,44 +252,57 @@ def validate(topic: str, payload: bytes, received_at: datetime, prefix: str,
             return Rejected(config, device_id)
         return Accepted("config", device_id, config)  # None: cleared
 
-    if kind not in ("metrics", "meta"):
+    if kind == "meta":
+        try:
+            meta = _validate_reference(_META, payload)
+        except ValidationError as exc:
+            return Rejected(_why_invalid(payload, exc), device_id)
+        except _Refused as exc:
+            return Rejected(str(exc), device_id)
+        if meta["device_id"] != device_id:
+            return _other_device(meta["device_id"], device_id)
+        return Accepted(kind, device_id, meta)
+
+    if kind != "metrics":
         return Rejected(f"unknown topic kind {kind[:40]!r}", device_id)
     try:
-        value: Any = (decode_metrics(payload) if kind == "metrics"
-                      else _validate_reference(_META, payload))
+        value = decode_metrics(payload)
     except ValidationError as exc:
-        split = split_section(payload) if kind == "metrics" else None
+        split = split_section(payload)
         if split is not None:
             # Only the optional section is wrong: keep the reading, quarantine the section.
             result = validate(topic, split[0], received_at, prefix, limits)
             if isinstance(result, Accepted):
                 return replace(result, problem=_section_refused(split[1]))
         return Rejected(_why_invalid(payload, exc), device_id)
-    except _NotVersion as exc:
+    except _Refused as exc:
         return Rejected(str(exc), device_id)
 
-    if value["device_id"] != device_id:
-        return Rejected(f"device id {value['device_id']!r} in the payload does not match "
-                        f"{device_id!r} in the topic", device_id)
+    if value.device_id != device_id:
+        return _other_device(value.device_id, device_id)
     problem = None
-    if kind == "metrics" and SECTION in value:
-        problem = section_problem(value[SECTION])
+    if value.processes is not msgspec.UNSET:
+        problem = section_problem(msgspec.to_builtins(value.processes))
         if problem is not None:
-            del value[SECTION]
+            value.processes = msgspec.UNSET
             problem = _section_refused(problem)
-    if kind == "metrics":
-        ts = value["ts"]
-        if ts.tzinfo is None or ts.utcoffset() is None:
-            return Rejected(f"ts {ts.isoformat()} has no time zone (send UTC, ending in Z)",
-                            device_id)
-        if value.get("clock_synced") is False:
-            # Stamped by a clock the agent knows is not synchronised: hub/clock.py places
-            # it by the hub's clock and checks the result, whatever the stamp says.
-            return Accepted(kind, device_id, value, problem)
-        stamp = ts_problem(ts, received_at, limits)
-        if stamp is not None:
-            return Rejected(stamp, device_id)
+    ts = value.ts
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        return Rejected(f"ts {ts.isoformat()} has no time zone (send UTC, ending in Z)",
+                        device_id)
+    if value.clock_synced is False:
+        # Stamped by a clock the agent knows is not synchronised: hub/clock.py places
+        # it by the hub's clock and checks the result, whatever the stamp says.
+        return Accepted(kind, device_id, value, problem)
+    stamp = ts_problem(ts, received_at, limits)
+    if stamp is not None:
+        return Rejected(stamp, device_id)
     return Accepted(kind, device_id, value, problem)
+
+
+def _other_device(named: str, device_id: str) -> Rejected:
+    return Rejected(f"device id {named!r} in the payload does not match {device_id!r} in the "
+                    "topic", device_id)
 
 
 def _section_refused(why: str) -> str:

@@ -1,8 +1,15 @@
 
+import msgspec
+import orjson
+
 from hub.ingest.batch import Ack, Batcher, Inbound
-from hub.ingest.validate import validate
-from shared.schema import metrics_columns
-from tests.unit.hub.messages import NOW, meta_bytes, metrics_bytes
+from hub.ingest.validate import _METRICS, decode_metrics_fast, validate
+from hub.processes import process_row
+from shared.schema import metrics_columns, metrics_row
+from tests.unit.hub.messages import NOW, meta_bytes, metrics, metrics_bytes
+from tests.unit.hub.test_processes import section
+
+_COLUMN_NAMES = [c.name for c in metrics_columns()]
 
 
 def inbound(topic: str, payload: bytes, ack: int) -> Inbound:
@@ -82,3 +89,47 @@ def test_batch_records_each_sessions_span_and_the_hostname_its_meta_names():
     assert set(spans) == {("pi-1", "a"), ("pi-1", "b")}
     assert (spans[("pi-1", "a")].last_ts - spans[("pi-1", "a")].first_ts).total_seconds() == 1
     assert batch.devices.session_hosts == {("pi-1", meta["session_id"]): meta["hostname"]}
+
+
+def _rows_of(payload: bytes) -> list[tuple]:
+    batcher = Batcher(max_rows=100, max_age_s=1)
+    add(batcher, inbound("fp/pi-1/metrics", payload, 1), 0)
+    batch = batcher.take()
+    assert batch is not None and not batch.quarantine, batch and batch.quarantine
+    return batch.rows
+
+
+def test_the_row_of_a_decoded_reading_is_the_row_of_its_message_as_dicts():
+    # The hub reads the decoded structs (validate.READING); metrics_row reads the message
+    # as dicts, as pydantic gives it. Every column the same, the lists of records as their
+    # JSON, the processes row at the end.
+    message = metrics()
+    message["disk"]["partitions"].append({**message["disk"]["partitions"][0], "mountpoint": "/b"})
+    message["processes"] = section()
+    payload = orjson.dumps(message)
+    (row,) = _rows_of(payload)
+    reference = list(metrics_row(_METRICS.validate_json(payload), NOW))
+    for i, name in enumerate(_COLUMN_NAMES):
+        if name in ("disk_partitions", "disk_per_disk", "network_per_interface"):
+            reference[i] = msgspec.json.encode(reference[i])
+    assert row[:-1] == tuple(reference)
+    assert row[-1] == process_row("pi-1", reference[_COLUMN_NAMES.index("ts")], "s1", 2, NOW,
+                                  section())
+
+
+def test_a_message_only_pydantic_reads_gives_the_same_row():
+    message = metrics()
+    fast = orjson.dumps(message)
+    ts = message["ts"]
+    message["ts"] = ts.replace("T", " ")  # RFC 3339 allows it; the fast path hands it over
+    slow = orjson.dumps(message)
+    assert not _fast_accepts(slow) and _fast_accepts(fast)
+    assert _rows_of(slow) == _rows_of(fast)
+
+
+def _fast_accepts(payload: bytes) -> bool:
+    try:
+        decode_metrics_fast(payload)
+    except (msgspec.DecodeError, ValueError):
+        return False
+    return True

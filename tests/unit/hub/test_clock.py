@@ -58,10 +58,12 @@ def test_without_an_age_only_an_impossible_stamp_is_moved() -> None:
 
 
 def test_placing_keeps_the_agents_stamp() -> None:
-    value = {"ts": BOOT_1970, "seq": 1}
-    placed = place(value, 1000)
-    assert placed == {"ts": BOOT_1970 + timedelta(seconds=1), "agent_ts": BOOT_1970, "seq": 1}
-    assert place(value, 0) is value
+    result = unsynced(BOOT_1970)
+    assert isinstance(result, Accepted)
+    placed = place(result, 1000)
+    assert (placed.value.ts, placed.agent_ts) == (BOOT_1970 + timedelta(seconds=1), BOOT_1970)
+    assert placed.value.seq == 1 and result.value.ts == BOOT_1970  # a copy, moved
+    assert place(result, 0) is result
 
 
 def test_a_sessions_readings_share_one_offset_so_redeliveries_keep_their_key() -> None:
@@ -71,13 +73,13 @@ def test_a_sessions_readings_share_one_offset_so_redeliveries_keep_their_key() -
     later = placer.apply(unsynced(BOOT_1970 + timedelta(seconds=5), seq=6),
                          RECEIVED + timedelta(seconds=5), 0.5)
     assert isinstance(first, Accepted) and isinstance(later, Accepted)
-    assert first.value["ts"] == RECEIVED - timedelta(seconds=2)
-    assert later.value["ts"] == RECEIVED + timedelta(seconds=3)  # the same offset, not 0.5 s
-    assert first.value["agent_ts"] == BOOT_1970
+    assert first.value.ts == RECEIVED - timedelta(seconds=2)
+    assert later.value.ts == RECEIVED + timedelta(seconds=3)  # the same offset, not 0.5 s
+    assert first.agent_ts == BOOT_1970
     # A restarted hub (an empty cache) redelivered the first reading: the same ts.
     again = ClockPlacer(store, LIMITS).apply(unsynced(BOOT_1970, seq=1),
                                              RECEIVED + timedelta(minutes=3), 0.0)
-    assert isinstance(again, Accepted) and again.value["ts"] == first.value["ts"]
+    assert isinstance(again, Accepted) and again.value.ts == first.value.ts
     assert store.calls == 2  # one look-up per session per hub
 
 

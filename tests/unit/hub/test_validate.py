@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import msgspec
 import orjson
 import pytest
 
@@ -34,7 +35,7 @@ def with_change(path: str, value) -> bytes:
 def test_a_valid_reading_is_accepted_typed():
     result = check(metrics_bytes())
     assert isinstance(result, Accepted) and result.kind == "metrics"
-    assert result.value["seq"] == 2 and result.value["ts"].tzinfo is not None
+    assert result.value.seq == 2 and result.value.ts.tzinfo is not None
 
 
 def test_not_json():
@@ -159,12 +160,12 @@ def with_field(name: str, value, **kwargs) -> bytes:
 @pytest.mark.parametrize("value", [True, False, None])
 def test_clock_synced_is_read_when_present(value):
     result = check(with_field("clock_synced", value))
-    assert isinstance(result, Accepted) and result.value["clock_synced"] is value
+    assert isinstance(result, Accepted) and result.value.clock_synced is value
 
 
 def test_a_reading_without_optional_fields_is_read_as_before():
     result = check(metrics_bytes())
-    assert isinstance(result, Accepted) and "clock_synced" not in result.value
+    assert isinstance(result, Accepted) and result.value.clock_synced is msgspec.UNSET
 
 
 def test_clock_synced_of_another_type_is_refused():

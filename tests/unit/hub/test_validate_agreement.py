@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from hub.ingest.validate import _METRICS, decode_metrics, decode_metrics_fast
+from hub.ingest.validate import _METRICS, as_message, decode_metrics, decode_metrics_fast
 from tests.unit.hub.messages import metrics
 
 
@@ -88,7 +88,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 def _fast(payload: bytes) -> Any:
     """The fast path alone: what it accepts, or None where it hands over to pydantic."""
     try:
-        return decode_metrics_fast(payload)
+        return as_message(decode_metrics_fast(payload))
     except (msgspec.DecodeError, ValueError):
         return None
 
@@ -113,7 +113,7 @@ def test_fast_decoder_accepts_nothing_the_reference_refuses(payload: bytes) -> N
 def test_valid_message_reads_the_same_both_ways() -> None:
     payload = json.dumps(_valid()).encode()
     assert _fast(payload) is not None
-    assert _fast(payload) == _reference(payload) == decode_metrics(payload)
+    assert _fast(payload) == _reference(payload) == as_message(decode_metrics(payload))
 
 
 @pytest.mark.parametrize(("path", "value"), [
