@@ -8,6 +8,7 @@ written under another device id by a store that updates them with every write.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 from hub.retention import ColdStats, Compactor, Retention, housekeep
-from hub.rollup import HOUR, MINUTE, ROLLUP_TABLES, _rollup_insert
+from hub.rollup import HOUR, MINUTE, ROLLUP_TABLES, _rollup_insert, flush_pending_sql
 from hub.store import Store
 from shared.schema import MetricsV1
 from tests.readings import series, write_readings
@@ -236,3 +237,20 @@ def test_a_flush_takes_the_marks_old_enough_oldest_first_and_at_most_its_limit(
                            *readings("pi-ref", start=more[0]["ts"], count=150,
                                      first_seq=1000)])
     assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))
+
+
+def test_a_flush_looks_each_minute_up_by_its_key_however_full_the_day(hub_store: Store,
+                                                                       db_url: str) -> None:
+    # A day's partition holds every device's readings; a flush recomputes 100 minutes.
+    # Planned as a join, it read the whole partition at every flush (a hash join over a
+    # sequential scan): its cost grew with the day, not with the minutes it recomputed.
+    for n in range(40):
+        write_readings(hub_store, readings(f"pi-{n:02d}", count=600))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("analyze")
+        plan = "\n".join(row[0] for row in conn.execute(
+            b"explain " + flush_pending_sql().encode(),
+            {"owner": "hub-a", "age_s": 0.0, "limit": 100}))
+    assert "metrics_20261120_pkey" in plan  # the minute's rows, by device and time
+    assert not re.search(r"Seq Scan on metrics_\d{8}", plan), plan
+    assert hub_store.flush_rollups() == 40 * 10  # each device's 10 minutes
