@@ -14,6 +14,7 @@ import hashlib
 import logging
 import queue
 import struct
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -259,16 +260,82 @@ def _load_migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+Minute = tuple[str, int]  # a device id and a minute (Unix seconds // 60)
+
+
+class PendingMarks:
+    """The device-minutes one hub has marked pending and not yet flushed, shared by its
+    writer's connection and its flusher's, which run side by side.
+
+    A write inserts a mark only for the minutes not in :attr:`marked`. So a flush that
+    deletes a mark must not miss a write that counted on it: a write committed after the
+    flush's snapshot, whose readings the flush did not see. Such a write is either the one
+    under way when the flush began, or one begun since. The flush therefore notes their
+    minutes (:meth:`flush_begins`), and before it commits marks again those of its deleted
+    minutes that they wrote (:meth:`flush_settles`), with the writes held back meanwhile, so
+    the writes that follow see the marks it leaves. Only an optimisation of the number of
+    marks inserted: cleared whenever in doubt, and a mark too many only recomputes a minute
+    twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.marked: set[Minute] = set()
+        self._writing: set[Minute] = set()  # the minutes of the write under way
+        self._unsure: set[Minute] | None = None  # while a flush runs: minutes written since
+
+    def write_begins(self, minutes: set[Minute]) -> set[Minute]:
+        """Note the minutes a write is about to store; return those it must mark."""
+        with self._lock:
+            self._writing = minutes
+            if self._unsure is not None:
+                self._unsure |= minutes
+            return minutes - self.marked
+
+    def write_ends(self, marked: set[Minute] | None) -> None:
+        """The write committed the marks ``marked``; None: it failed."""
+        with self._lock:
+            if marked:
+                self.marked |= marked
+            self._writing = set()
+
+    def flush_begins(self) -> None:
+        """Call before the flush's transaction takes its snapshot."""
+        with self._lock:
+            self._unsure = set(self._writing)
+
+    @contextmanager
+    def flush_settles(self, deleted: set[Minute]) -> Iterator[set[Minute]]:
+        """Hold the writes back, and yield the deleted minutes that writes the flush may not
+        have seen stored readings into: mark them again and commit inside the block."""
+        with self._lock:
+            again = deleted & (self._unsure or set())
+            try:
+                yield again
+            except BaseException:
+                self.marked.clear()  # in doubt
+                raise
+            finally:
+                self._unsure = None
+            self.marked -= deleted - again
+
+    def flush_failed(self) -> None:
+        with self._lock:
+            self.marked.clear()  # in doubt: the next writes mark again what they store
+            self._unsure = None
+
+
 class Store:
     """One connection to PostgreSQL, used by one thread."""
 
     def __init__(self, url: str, *, quarantine_payload_bytes: int = 4096,
                  application_name: str = "fleetpulse-hub",
-                 rollup_owner: str | None = None) -> None:
+                 rollup_owner: str | None = None, marks: PendingMarks | None = None) -> None:
         """``rollup_owner``: None, every write brings the rollups up to date in its own
         transaction; a name (the hub's MQTT client id, unique among the hubs on this
         database), writes mark their minutes as that owner's and :meth:`flush_rollups`
-        brings them up to date (see hub/rollup.py, "pending minutes")."""
+        brings them up to date (see hub/rollup.py, "pending minutes"), on this connection
+        or on a :meth:`sibling`'s, beside the writes."""
         self._url = url
         self._application_name = application_name
         self._quarantine_payload_bytes = quarantine_payload_bytes
@@ -277,9 +344,14 @@ class Store:
         self._deferred = rollup_owner is not None
         # Marks of an immediate flush never outlive their transaction: no client id is "".
         self._owner = rollup_owner or ""
-        # (device, minute) marks committed and not yet flushed, so a batch inserts only the
-        # marks it adds. Only an optimisation: cleared whenever in doubt, never trusted more.
-        self._marked: set[tuple[str, int]] = set()
+        self._marks = marks or PendingMarks()
+
+    def sibling(self, application_name: str) -> Store:
+        """A store on a connection of its own, for another thread, with this one's owner
+        and marks: one flushes the rollups of the minutes the other writes."""
+        return Store(self._url, quarantine_payload_bytes=self._quarantine_payload_bytes,
+                     application_name=application_name,
+                     rollup_owner=self._owner if self._deferred else None, marks=self._marks)
 
     @property
     def url(self) -> str:
@@ -476,22 +548,29 @@ class Store:
               devices: DeviceEvents) -> WriteResult:
         """Store one batch in one transaction; raise Transient/PermanentStoreError."""
         self.ensure_partitions({row[_TS].astimezone(UTC).date() for row in rows})
-        inserted, safe, marked = 0, False, set[tuple[str, int]]()
-        with self._transaction() as cur:
-            if rows:
-                width = len(COLUMNS)  # a reading's processes row rides at its end (batch.py)
-                readings = [row if len(row) == width else row[:width] for row in rows]
-                inserted, safe, marked = self._insert_readings(cur, readings)
-                sections = [row[width] for row in rows if len(row) > width]
-                if sections:
-                    self._insert_processes(cur, sections)
-            if quarantine:
-                self._insert_quarantine(cur, quarantine)
-            self._update_devices(cur, devices)
-            if marked and not self._deferred:
-                self._flush_rollups(cur)
+        inserted, safe, marked = 0, False, set[Minute]()
+        minutes = {(row[_DEVICE], int(row[_TS].timestamp() // 60)) for row in rows}
+        to_mark = self._marks.write_begins(minutes) if self._deferred else minutes
+        try:
+            with self._transaction() as cur:
+                if rows:
+                    width = len(COLUMNS)  # a reading's processes row rides at its end
+                    readings = [row if len(row) == width else row[:width] for row in rows]
+                    inserted, safe, marked = self._insert_readings(cur, readings, to_mark)
+                    sections = [row[width] for row in rows if len(row) > width]
+                    if sections:
+                        self._insert_processes(cur, sections)
+                if quarantine:
+                    self._insert_quarantine(cur, quarantine)
+                self._update_devices(cur, devices)
+                if marked and not self._deferred:
+                    self._flush_pending(cur)
+        except BaseException:
+            if self._deferred:
+                self._marks.write_ends(None)
+            raise
         if self._deferred:
-            self._marked |= marked
+            self._marks.write_ends(marked)
         return WriteResult(inserted=inserted, quarantined=len(quarantine), duplicate_safe=safe)
 
     def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
@@ -503,54 +582,58 @@ class Store:
         flush, or by a hub of the version before, which merges every batch without the
         lock) fails the flush with a serialization failure instead of being overwritten
         with a count that misses the change; it is run again at once, with a new snapshot.
+        Writes on a :meth:`sibling` may go on meanwhile (see :class:`PendingMarks`).
         """
         for attempt in range(1, _FLUSH_ATTEMPTS + 1):
+            self._marks.flush_begins()  # before the transaction's snapshot
             try:
                 with self._transaction() as cur:
                     cur.execute("set transaction isolation level repeatable read")
-                    return self._flush_rollups(cur, age_s, limit)
+                    recomputed, deleted = self._flush_pending(cur, age_s, limit)
+                    with self._marks.flush_settles(deleted) as again:
+                        if again:
+                            self._mark(cur, again)
+                        cur.connection.commit()
+                return recomputed
             except TransientStoreError as exc:
+                self._marks.flush_failed()
                 if exc.sqlstate != "40001" or attempt == _FLUSH_ATTEMPTS:
                     raise
+            except BaseException:
+                self._marks.flush_failed()
+                raise
         raise AssertionError("unreachable")
 
-    def _flush_rollups(self, cur: psycopg.Cursor[Any], age_s: float = 0.0,
-                       limit: int | None = None) -> int:
-        marked, self._marked = self._marked, set()  # back below only if all goes well
+    def _flush_pending(self, cur: psycopg.Cursor[Any], age_s: float = 0.0,
+                       limit: int | None = None) -> tuple[int, set[Minute]]:
+        """Run the flush's statement; return the minutes recomputed and this owner's marks
+        it deleted."""
         cur.execute("set local jit = off")  # compiling the statement costs more than it runs
         cur.execute(LOCK_SQL)
         cur.execute(_FLUSH_PENDING, {"owner": self._owner, "age_s": age_s, "limit": limit})
         found = cur.fetchone()
         assert found is not None
         recomputed, short = int(found[0]), int(found[1])
-        # The marks this flush deletes are no longer there: the next write of those minutes
-        # marks them again. (Should the commit fail, a key missing here only costs a mark
-        # inserted again, which finds it there.)
-        for device, bucket in zip(found[2] or (), found[3] or (), strict=True):
-            marked.discard((device, int(bucket.timestamp() // 60)))
-        self._marked = marked
+        deleted = {(device, int(bucket.timestamp() // 60))
+                   for device, bucket in zip(found[2] or (), found[3] or (), strict=True)}
         if short:
             log.warning("%d minutes have fewer per-second readings than their rollup holds "
                         "(retention dropped them): their rollups were left as they were, "
                         "without the readings added to them since.", short)
-        return recomputed
+        return recomputed, deleted
 
-    def _mark_minutes(self, cur: psycopg.Cursor[Any],
-                      rows: Sequence[tuple[Any, ...]]) -> set[tuple[str, int]]:
-        """Mark the device-minutes of ``rows`` as pending; return the marks added."""
-        minutes = {(row[_DEVICE], int(row[_TS].timestamp() // 60)) for row in rows}
-        new = minutes - self._marked
-        if new:
-            keys = sorted(new)
-            cur.execute(MARK_SQL.encode(), (  # constant SQL of ours
-                self._owner, text_array([k[0] for k in keys]),
-                timestamptz_array([datetime.fromtimestamp(k[1] * 60, UTC) for k in keys])))
-        return new
+    def _mark(self, cur: psycopg.Cursor[Any], minutes: set[Minute]) -> None:
+        """Mark ``minutes`` as pending (a mark already there is left as it is)."""
+        keys = sorted(minutes)
+        cur.execute(MARK_SQL.encode(), (  # constant SQL of ours
+            self._owner, text_array([k[0] for k in keys]),
+            timestamptz_array([datetime.fromtimestamp(k[1] * 60, UTC) for k in keys])))
 
-    def _insert_readings(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]
-                         ) -> tuple[int, bool, set[tuple[str, int]]]:
+    def _insert_readings(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]],
+                         to_mark: set[Minute]) -> tuple[int, bool, set[Minute]]:
         """Insert the rows new to ``metrics``; return how many were new, whether the
-        duplicate-safe path did it, and the pending minutes it marked.
+        duplicate-safe path did it, and the pending minutes it marked (``to_mark``, the
+        minutes of ``rows`` not known to be marked already).
 
         Redelivery is rare, so the batch is first COPied straight into ``metrics`` (its
         day's partition when it has one day) under a savepoint, and its minutes are marked
@@ -578,7 +661,9 @@ class Store:
                 cur.execute("rollback to savepoint fast_copy")  # a redelivery: slow path
             else:
                 cur.execute("release savepoint fast_copy")
-                return len(rows), False, self._mark_minutes(cur, rows)
+                if to_mark:
+                    self._mark(cur, to_mark)
+                return len(rows), False, to_mark
         # The duplicate-safe path: COPY into a temporary table, then insert and roll up in
         # one statement: only rows new to ``metrics`` (and to the cold tier) reach the
         # minute and hour rollups, so a redelivered message is counted once. Merged after

@@ -1,7 +1,8 @@
 """The ingest loop: take what arrived, validate, batch; a writer thread stores and acks.
 
     receive (the MQTT session's thread) → Inbox → run_ingest_loop: validate → batch →
-    BatchWriter (its own thread): write → ack
+    BatchWriter (its own thread): write → ack, and beside it
+    RollupFlusher (its own thread, hub/ingest/flush.py): the rollups of the minutes written
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from hub.clock import ClockPlacer
 from hub.ingest.batch import Batch, Batcher, Inbound
+from hub.ingest.flush import FlushStore, RollupFlusher
 from hub.ingest.receive import Inbox, Receiver
 from hub.ingest.validate import Limits, Result, validate
 from hub.ingest.write import backoff_s, write_batch
@@ -28,15 +30,6 @@ log = logging.getLogger("fleetpulse.hub")
 # How often the ingest loop takes what has arrived: adds at most this to the latency, and
 # lets a bunch of messages build up between thread switches.
 INGEST_POLL_S = 0.05
-# The writer brings the rollups of minutes marked rollup_flush_s ago up to date this often,
-# at most FLUSH_LIMIT minutes in one statement. While more are due it goes on with the next
-# FLUSH_LIMIT after each batch (or at once, with no batch waiting), so a batch waits for one
-# such statement at most: when 1,000 devices' minutes came due together, one flush of all
-# of them held the writer for 930 ms at 14,000 msg/s (the p99). Recomputing minutes more
-# often costs more: 100 every 0.25 s took 20-28 µs of PostgreSQL a message against 7-12.
-FLUSH_EVERY_S = 1.0
-FLUSH_LIMIT = 100
-
 
 @dataclass
 class IngestStats:
@@ -64,28 +57,36 @@ class BatchWriter:
     part of a write runs without the GIL. One batch waits at most while another is written,
     so memory stays bounded; acks go out in batch order, each only after its commit.
 
-    ``rollup_flush_s`` > 0: the store marks the minutes it writes, and between batches this
-    thread brings the rollups of the minutes marked that long ago up to date (every
-    ``FLUSH_EVERY_S``, ``FLUSH_LIMIT`` at a time, and while more are due, the next ones
-    after each batch), and of all of them at start (what a crash left) and at stop
-    (hub/rollup.py, "pending minutes"). ``stored`` is handed the rows each
-    batch stored, after its acks.
+    ``flush_store``: a connection of its own (``Store.sibling``) on which a
+    :class:`RollupFlusher` brings the rollups of the minutes this writer marks up to date,
+    ``rollup_flush_s`` after they were marked, beside the writes; and of all of them at
+    start (what a crash left) and at :meth:`finish` (hub/rollup.py, "pending minutes").
+    ``stored`` is handed the rows each batch stored, after its acks.
     """
 
     def __init__(self, store: Store, receiver: Receiver, stats: IngestStats,
                  stop: threading.Event, score: Score | None = None,
-                 rollup_flush_s: float = 0.0, stored: Stored | None = None) -> None:
+                 rollup_flush_s: float = 0.0, stored: Stored | None = None,
+                 flush_store: FlushStore | None = None) -> None:
         self._store, self._receiver, self._stats, self._stop = store, receiver, stats, stop
         self._score = score
         self._stored = stored
-        self._flush_s = rollup_flush_s
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         # Batches handed over, and batches written: each counted by one thread only.
         self._submitted = self._written = 0
+        self._written_at = time.monotonic()
         self._gave_up = threading.Event()  # stopped while the database was away
-        self.failed = False
+        self._failed = False
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
         self._thread.start()
+        self._flusher = (RollupFlusher(flush_store, rollup_flush_s, stop,
+                                       lambda: self._written_at)
+                         if flush_store is not None and rollup_flush_s > 0 else None)
+
+    @property
+    def failed(self) -> bool:
+        """The writer, or its rollups thread, stopped on a bug."""
+        return self._failed or (self._flusher is not None and self._flusher.failed)
 
     def submit(self, batch: Batch | None) -> bool:
         """Queue a batch (None: no more); False once the writer has given up."""
@@ -104,53 +105,25 @@ class BatchWriter:
         return self._written >= self._submitted
 
     def finish(self) -> None:
-        """Write what is queued, then end the thread."""
+        """Write what is queued, then end the thread; then flush every mark left."""
         self.submit(None)
         self._thread.join()
+        if self._flusher is not None:
+            self._flusher.finish()
 
     def _run(self) -> None:
         try:
-            self._write_all()
+            while (batch := self._pending.get()) is not None:
+                if not self._write(batch):
+                    self._gave_up.set()  # the broker keeps the messages
+                    return
         except Exception:
             # A bug, not the database (write_batch retries those): stop the hub, as an
             # exception in a single-threaded hub would; the broker keeps the messages.
             log.exception("The writer failed; stopping.")
-            self.failed = True
+            self._failed = True
             self._gave_up.set()
             self._stop.set()
-
-    def _write_all(self) -> None:
-        if self._flush_s and self._flush_rollups(everything=True) is None:  # a crash's marks
-            self._gave_up.set()
-            return
-        checked_at = time.monotonic()
-        pending_until = checked_at  # until then, marks may come due
-        backlog = False  # the last flush took FLUSH_LIMIT minutes: more may be due now
-        while True:
-            try:
-                batch = self._pending.get(timeout=(0.0 if backlog else FLUSH_EVERY_S)
-                                          if self._flush_s else None)
-                ending = batch is None
-            except queue.Empty:  # idle: only the rollups may be due
-                batch, ending = None, False
-            now = time.monotonic()
-            if self._flush_s and (ending or backlog or (now <= pending_until
-                                                        and now - checked_at >= FLUSH_EVERY_S)):
-                flushed = self._flush_rollups(everything=ending)
-                if flushed is None and not ending:
-                    self._gave_up.set()  # stopped while the database was away
-                    return
-                checked_at = time.monotonic()
-                backlog = flushed is not None and flushed >= FLUSH_LIMIT
-            if ending:
-                return
-            if batch is None:
-                continue
-            if not self._write(batch):
-                self._gave_up.set()  # the broker keeps the messages
-                return
-            # Its marks come due rollup_flush_s from now; a limited flush may need more.
-            pending_until = time.monotonic() + self._flush_s + 2 * FLUSH_EVERY_S
 
     def _write(self, batch: Batch) -> bool:
         """Write one batch and acknowledge it; False if stopped before it could be written."""
@@ -172,6 +145,7 @@ class BatchWriter:
         stats.batches += 1
         stats.last_write_at = datetime.now(UTC)
         self._written += 1
+        self._written_at = time.monotonic()
         # The rest of the wall time is waiting: for PostgreSQL, or for the GIL.
         log.debug("Stored a batch of %d messages in %.0f ms, %.0f ms of it this thread's "
                   "CPU (%.2f s after it opened).", len(batch),
@@ -179,32 +153,6 @@ class BatchWriter:
                   1000 * (time.thread_time() - cpu_started),
                   time.monotonic() - batch.opened_at)
         return True
-
-    def _flush_rollups(self, everything: bool = False) -> int | None:
-        """Bring the rollups of minutes marked ``rollup_flush_s`` ago (``everything``: of all
-        marked minutes) up to date; return how many, or None if stopped before it could.
-
-        Retried like a write: new batches wait meanwhile, and the marks are in the database,
-        so a hub stopped before it succeeds recomputes them at its next start.
-        """
-        attempt = 0
-        while True:
-            started = time.monotonic()
-            try:
-                minutes = self._store.flush_rollups(*((0.0, None) if everything else
-                                                      (self._flush_s, FLUSH_LIMIT)))
-            except StoreError as exc:
-                attempt += 1
-                if attempt == 1:
-                    log.error("Cannot bring the rollups up to date: %s. Retrying.", exc)
-                if self._stop.wait(backoff_s(attempt)):
-                    return None
-                continue
-            if attempt:
-                log.warning("Database is back: the rollups are up to date.")
-            log.debug("Recomputed the rollups of %d device-minutes in %.0f ms.", minutes,
-                      1000 * (time.monotonic() - started))
-            return minutes
 
 
 def place_clock(placer: ClockPlacer, result: Result, message: Inbound,
@@ -235,9 +183,12 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: Hu
     limits = Limits(settings.max_payload_bytes, settings.max_future_skew_s,
                     settings.retention_days)
     prefix = settings.topic_prefix
-    writer = BatchWriter(store, receiver, stats, stop, score,
-                         settings.rollup_flush_s if store.defers_rollups else 0.0, stored)
-    # Its own connection: only the first unsynchronised reading of a session uses it.
+    # Connections of their own: the rollups thread's, and the clock placer's (only the first
+    # unsynchronised reading of a session uses it).
+    flush_store = (store.sibling("fleetpulse-hub-rollups") if store.defers_rollups
+                   else None)
+    writer = BatchWriter(store, receiver, stats, stop, score, settings.rollup_flush_s,
+                         stored, flush_store)
     clock_store = Store(store.url, application_name="fleetpulse-hub-clock")
     placer = ClockPlacer(clock_store, limits)
     try:
@@ -271,5 +222,7 @@ def run_ingest_loop(inbox: Inbox, receiver: Receiver, store: Store, settings: Hu
     finally:
         writer.finish()
         clock_store.close()
+        if flush_store is not None:
+            flush_store.close()
         if writer.failed:
             raise RuntimeError("the hub's writer thread failed (see the log above)")

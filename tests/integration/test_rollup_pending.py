@@ -254,3 +254,74 @@ def test_a_flush_looks_each_minute_up_by_its_key_however_full_the_day(hub_store:
     assert "metrics_20261120_pkey" in plan  # the minute's rows, by device and time
     assert not re.search(r"Seq Scan on metrics_\d{8}", plan), plan
     assert hub_store.flush_rollups() == 40 * 10  # each device's 10 minutes
+
+
+# --- a flush beside the writes (hub/ingest/flush.py): the writer's connection and the
+# flusher's share the marks (Store.sibling). A write that counted on a mark the flush
+# deletes, and that the flush's snapshot did not see, must find its minute marked again.
+
+def waiting_on_a_lock(store: Store, application_name: str) -> bool:
+    return store.query("select count(*) as n from pg_stat_activity where application_name = "
+                       "%s and wait_event_type = 'Lock'", (application_name,))[0]["n"] == 1
+
+
+@pytest.fixture
+def writer_and_flusher(db_url: str) -> Iterator[tuple[Store, Store]]:
+    writer = Store(db_url, rollup_owner="hub-a", application_name="writer")
+    flusher = writer.sibling("flusher")
+    yield writer, flusher
+    writer.close()
+    flusher.close()
+
+
+def test_a_write_under_way_as_a_flush_begins_finds_its_minute_marked_again(
+        store: Store, db_url: str, writer_and_flusher: tuple[Store, Store]) -> None:
+    writer, flusher = writer_and_flusher
+    first, second = readings("pi-hub", count=20), readings(
+        "pi-hub", start=T0 + timedelta(minutes=58, seconds=30), count=20, first_seq=100)
+    write_readings(writer, first)  # marks 10:58; the writer knows it is marked
+    with psycopg.connect(db_url) as holder:
+        # The second write (same minute, so no mark of its own) is held at its COPY...
+        holder.execute("lock table metrics_20261120 in share mode")
+        done = threading.Thread(target=write_readings, args=(writer, second))
+        done.start()
+        wait_for(lambda: waiting_on_a_lock(store, "writer"), 10, "the write to be under way")
+        # ...while a flush recomputes 10:58 without it and deletes the mark.
+        assert flusher.flush_rollups() == 1
+        holder.commit()
+        done.join(10)
+    assert pending(store) == [("hub-a", "pi-hub")]  # marked again for the readings it missed
+    assert flusher.flush_rollups() == 1
+    write_readings(store, [*readings("pi-ref", count=20),
+                           *readings("pi-ref", start=second[0]["ts"], count=20,
+                                     first_seq=100)])
+    assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))
+
+
+def test_writes_go_on_while_a_flush_runs_and_the_minutes_they_wrote_stay_marked(
+        store: Store, db_url: str, writer_and_flusher: tuple[Store, Store]) -> None:
+    writer, flusher = writer_and_flusher
+    first = readings("pi-hub", count=20)
+    more = [readings("pi-hub", start=T0 + timedelta(minutes=58, seconds=21 + 10 * n),
+                     count=5, first_seq=100 + 10 * n) for n in range(3)]
+    write_readings(writer, first)
+    with psycopg.connect(db_url) as holder:
+        # The flush is held at its update of the minute rollup, its snapshot taken...
+        holder.execute("lock table metrics_1m in exclusive mode")
+        result: list[int] = []
+        flush = threading.Thread(target=lambda: result.append(flusher.flush_rollups()))
+        flush.start()
+        wait_for(lambda: waiting_on_a_lock(store, "flusher"), 10, "the flush to be under way")
+        for batch in more:  # ...while the writer stores three batches of the same minute
+            assert write_readings(writer, batch).inserted == 5
+        holder.commit()
+        flush.join(10)
+    assert result == [1]
+    assert pending(store) == [("hub-a", "pi-hub")]
+    assert flusher.flush_rollups() == 1
+    write_readings(store, [m for batch in ([readings("pi-ref", count=20)] + [
+        readings("pi-ref", start=b[0]["ts"], count=5, first_seq=b[0]["seq"]) for b in more])
+        for m in batch])
+    assert_same_rollups(rollups_of(store, "pi-hub"), rollups_of(store, "pi-ref"))
+    assert sum(r["readings"] for r in rollups_of(store, "pi-hub")
+               if r["table"] == "metrics_1m") == 35

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-import hub.ingest.loop as loop
+import hub.ingest.flush as flush
 from hub.ingest import BatchWriter, IngestStats
 from hub.ingest.batch import Ack
 from shared.errors import TransientStoreError
@@ -85,7 +85,7 @@ def test_an_unexpected_error_stops_the_hub_instead_of_hanging_it(
 
 
 class FlushingStore(FakeStore):
-    """A store whose rollups are flushed by the writer; records each flush (rows written
+    """A store whose rollups are flushed beside the writes; records each flush (rows written
     before it, the age and limit it was asked for), and fails the flushes it is told to."""
 
     def __init__(self, flush_failures: int = 0, due: int = 1) -> None:
@@ -106,58 +106,98 @@ class FlushingStore(FakeStore):
         return taken
 
 
+def flushing_writer(store: FlushingStore, stop: threading.Event | None = None,
+                    flush_s: float = 0.2) -> BatchWriter:
+    return BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
+                       stop or threading.Event(), rollup_flush_s=flush_s, flush_store=store)
+
+
 @pytest.fixture
 def quick_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "FLUSH_EVERY_S", 0.05)
+    monkeypatch.setattr(flush, "FLUSH_EVERY_S", 0.05)
 
 
 def test_deferred_rollups_all_at_start_and_end_and_due_ones_between(quick_flushes) -> None:
     store = FlushingStore()
-    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
-                         threading.Event(), rollup_flush_s=0.2)
+    writer = flushing_writer(store)
     wait_for(lambda: store.flushes == [(0, 0.0, None)], 10, "the flush of a crash's marks")
     writer.submit(batch_of(2))
     # Idle after a write: the minutes marked rollup_flush_s ago, a limited number at once.
-    wait_for(lambda: (2, 0.2, loop.FLUSH_LIMIT) in store.flushes, 10, "a flush of due marks")
+    wait_for(lambda: (2, 0.2, flush.FLUSH_LIMIT) in store.flushes, 10, "a flush of due marks")
     writer.submit(batch_of(3))
-    writer.finish()  # every mark is flushed before the thread ends
+    writer.finish()  # every mark is flushed, after the last batch, before the threads end
     assert store.flushes[-1] == (5, 0.0, None)
     assert len(store.rows) == 5
 
 
 def test_while_more_marks_are_due_a_limited_flush_follows_at_once(monkeypatch) -> None:
     # 2.5 limits' worth of marks due together: no flush takes more than FLUSH_LIMIT, and the
-    # next follows at once (or after the batch waiting), not FLUSH_EVERY_S later: that is
-    # made an hour as the first of them runs.
-    monkeypatch.setattr(loop, "FLUSH_EVERY_S", 0.05)
+    # next follows at once, not FLUSH_EVERY_S later: that is made an hour as the first of
+    # them runs.
+    monkeypatch.setattr(flush, "FLUSH_EVERY_S", 0.05)
 
     class Store(FlushingStore):
         def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
             if limit is not None:
-                monkeypatch.setattr(loop, "FLUSH_EVERY_S", 3600.0)
+                monkeypatch.setattr(flush, "FLUSH_EVERY_S", 3600.0)
             return super().flush_rollups(age_s, limit)
 
-    store = Store(due=5 * loop.FLUSH_LIMIT // 2)
-    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
-                         threading.Event(), rollup_flush_s=0.01)
+    store = Store(due=5 * flush.FLUSH_LIMIT // 2)
+    writer = flushing_writer(store, flush_s=0.01)
     writer.submit(batch_of(2))
     wait_for(lambda: store.due == 0, 10, "the due marks flushed, one limit at a time")
-    assert [f[2] for f in store.flushes] == [None] + [loop.FLUSH_LIMIT] * 3
+    assert [f[2] for f in store.flushes] == [None] + [flush.FLUSH_LIMIT] * 3
     writer.submit(batch_of(3))
     writer.finish()
     assert len(store.rows) == 5 and store.flushes[-1] == (5, 0.0, None)
 
 
-def test_a_failed_flush_is_retried_before_the_next_batch(quick_flushes) -> None:
+def test_batches_are_written_and_acked_while_a_flush_takes_its_time(quick_flushes) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class SlowFlushes(FlushingStore):
+        def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
+            if limit is not None:
+                started.set()
+                release.wait(10)  # the database busy with a long flush
+            return super().flush_rollups(age_s, limit)
+
+    store = SlowFlushes()
+    receiver = FakeReceiver(store)
+    writer = BatchWriter(store, receiver, IngestStats(),  # type: ignore[arg-type]
+                         threading.Event(), rollup_flush_s=0.01, flush_store=store)
+    writer.submit(batch_of(2))
+    assert started.wait(10)  # the flush of the first batch's marks, held from here on
+    for size in (3, 4):
+        writer.submit(batch_of(size))
+    wait_for(lambda: len(receiver.acked) == 9, 5, "the batches written beside the flush")
+    assert not release.is_set()
+    release.set()
+    writer.finish()
+    assert store.flushes[-1] == (9, 0.0, None) and not writer.failed
+
+
+def test_a_failed_flush_is_retried_and_the_writes_go_on(quick_flushes) -> None:
     store = FlushingStore(flush_failures=2)
     stop = NoWaitEvent()  # backoff without sleeping
-    writer = BatchWriter(store, FakeReceiver(store), IngestStats(),  # type: ignore[arg-type]
-                         stop, rollup_flush_s=0.01)
+    writer = flushing_writer(store, stop, flush_s=0.01)
     writer.submit(batch_of(2))
     writer.finish()
-    assert store.flushes[0] == (0, 0.0, None) and store.flushes[-1] == (2, 0.0, None)
+    assert store.flushes[0][1:] == (0.0, None) and store.flushes[-1] == (2, 0.0, None)
     assert stop.waited[:2] == [0.5, 1.0]  # the two failures, backed off as a write is
     assert len(store.rows) == 2 and not writer.failed
+
+
+def test_a_bug_in_the_rollups_thread_stops_the_hub(caplog: pytest.LogCaptureFixture) -> None:
+    class Buggy(FlushingStore):
+        def flush_rollups(self, age_s: float = 0.0, limit: int | None = None) -> int:
+            raise ZeroDivisionError("a bug")
+
+    stop = threading.Event()
+    writer = flushing_writer(Buggy(), stop)
+    assert stop.wait(10)
+    writer.finish()
+    assert writer.failed and "The rollups thread failed" in caplog.text
 
 
 def test_the_rows_a_batch_stored_are_handed_on_after_the_ack_without_refused_ones() -> None:
