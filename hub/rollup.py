@@ -192,11 +192,12 @@ def subtract_rollups_sql(source: str) -> str:
 # --- pending minutes: the writer's rollups, deferred ------------------------------------------
 # The writer does not merge each batch into the rollups (two wide upserts a device a batch,
 # most of its database time). It marks the device-minutes it inserted readings into
-# (``PENDING``, in the batch's transaction), and every ``rollup_flush_s`` recomputes each
-# marked minute from the per-second rows of both tiers, replaces the minute's row with it
-# and adds the difference to the hour's row (:func:`flush_pending_sql`). Recomputing from
-# what is stored needs no state in memory: a mark left by a crash is recomputed like any
-# other, and recomputing a minute twice changes nothing.
+# (``PENDING``, in the batch's transaction), and every ``rollup_flush_s`` the hub's rollups
+# thread (hub/ingest/flush.py) recomputes each marked minute from the per-second rows of
+# both tiers, replaces the minute's row with it and adds the difference to the hour's row
+# (:func:`flush_pending_sql`). Recomputing from what is stored needs no state in memory: a
+# mark left by a crash is recomputed like any other, and recomputing a minute twice changes
+# nothing.
 PENDING = "rollup_pending"
 # Flushes, the duplicate-safe path's merges and compaction's subtraction take this lock
 # before they touch a rollup row, so a flush's snapshot (taken after it has the lock) sees
