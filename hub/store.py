@@ -267,7 +267,7 @@ class PendingMarks:
     """The device-minutes one hub has marked pending and not yet flushed, shared by its
     writer's connection and its flusher's, which run side by side.
 
-    A write inserts a mark only for the minutes not in :attr:`marked`. So a flush that
+    A write inserts a mark only for the minutes not known to be marked. So a flush that
     deletes a mark must not miss a write that counted on it: a write committed after the
     flush's snapshot, whose readings the flush did not see. Such a write is either the one
     under way when the flush began, or one begun since. The flush therefore notes their
@@ -280,7 +280,7 @@ class PendingMarks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.marked: set[Minute] = set()
+        self._marked: set[Minute] = set()
         self._writing: set[Minute] = set()  # the minutes of the write under way
         self._unsure: set[Minute] | None = None  # while a flush runs: minutes written since
 
@@ -290,13 +290,13 @@ class PendingMarks:
             self._writing = minutes
             if self._unsure is not None:
                 self._unsure |= minutes
-            return minutes - self.marked
+            return minutes - self._marked
 
     def write_ends(self, marked: set[Minute] | None) -> None:
         """The write committed the marks ``marked``; None: it failed."""
         with self._lock:
             if marked:
-                self.marked |= marked
+                self._marked |= marked
             self._writing = set()
 
     def flush_begins(self) -> None:
@@ -310,18 +310,17 @@ class PendingMarks:
         have seen stored readings into: mark them again and commit inside the block."""
         with self._lock:
             again = deleted & (self._unsure or set())
+            self._unsure = None
             try:
                 yield again
             except BaseException:
-                self.marked.clear()  # in doubt
+                self._marked.clear()  # in doubt whether the flush committed
                 raise
-            finally:
-                self._unsure = None
-            self.marked -= deleted - again
+            self._marked -= deleted - again
 
     def flush_failed(self) -> None:
         with self._lock:
-            self.marked.clear()  # in doubt: the next writes mark again what they store
+            self._marked.clear()  # in doubt: the next writes mark again what they store
             self._unsure = None
 
 
@@ -595,13 +594,11 @@ class Store:
                             self._mark(cur, again)
                         cur.connection.commit()
                 return recomputed
-            except TransientStoreError as exc:
+            except BaseException as exc:
                 self._marks.flush_failed()
-                if exc.sqlstate != "40001" or attempt == _FLUSH_ATTEMPTS:
+                if not (isinstance(exc, TransientStoreError) and exc.sqlstate == "40001"
+                        and attempt < _FLUSH_ATTEMPTS):
                     raise
-            except BaseException:
-                self._marks.flush_failed()
-                raise
         raise AssertionError("unreachable")
 
     def _flush_pending(self, cur: psycopg.Cursor[Any], age_s: float = 0.0,
